@@ -1,0 +1,44 @@
+# embedrail — the two commands: `make demo` and `make test`.
+# Everything below sets itself up: the virtualenv, the Python packages, and the test servers.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed
+CACHE ?= $(HOME)/.cache/embedrail
+PYTEST_ARGS ?=
+
+.PHONY: demo test servers servers-down lint bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-dev.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(VENV)/bin/pip install --quiet "uv>=0.4"
+	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip install --quiet -r requirements-dev.lock
+	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+# Starts Elasticsearch, Weaviate and a Chroma server on 127.0.0.1 (unless EMBEDRAIL_*_URL point at
+# servers already), runs the whole suite, and stops what it started — also when tests fail.
+test: $(STAMP)
+	$(PY) scripts/servers.py run -- $(PY) -m pytest $(PYTEST_ARGS)
+
+servers: $(STAMP)
+	$(PY) scripts/servers.py up
+
+servers-down:
+	@test -x $(PY) && $(PY) scripts/servers.py down || python3 scripts/servers.py down
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/embed_throughput.py
+
+clean:
+	rm -rf $(VENV) .embedrail .servers .servers.env

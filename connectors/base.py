@@ -1,0 +1,175 @@
+"""The one small protocol every store connector implements, and the types that cross it.
+
+Vectors cross this boundary as ``numpy.float32`` arrays (one row per record), L2-normalised by the
+embedding side. A connector knows nothing about models: the embedding configuration arrives as an
+opaque ``IndexSpec`` (dims, metric, fingerprint, free-form ``embedding`` dict) that the connector
+stores in the index's own metadata and compares on ``ensure_index``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from embedrail.errors import (  # re-exported for connector users
+    ConfigError,
+    DimensionLimitError,
+    EmbedrailError,
+    IndexMismatchError,
+    StoreError,
+    StoreUnavailableError,
+    WriteError,
+)
+
+__all__ = [
+    "ConfigError",
+    "DimensionLimitError",
+    "EmbedrailError",
+    "Hit",
+    "IndexInfo",
+    "IndexMismatchError",
+    "IndexSpec",
+    "Metric",
+    "Record",
+    "StoreError",
+    "StoreUnavailableError",
+    "UpsertResult",
+    "DeleteResult",
+    "VectorStore",
+    "WriteError",
+]
+
+Metric = str  # "cosine" | "dot" | "l2"
+METRICS = ("cosine", "dot", "l2")
+
+
+@dataclass(slots=True)
+class Record:
+    """One item to write: a chunk id, its vector, its text and flat-or-nested JSON metadata."""
+
+    id: str
+    vector: np.ndarray | Sequence[float]
+    text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSpec:
+    """What an index/collection must be: vector size, distance metric and the embedding identity.
+
+    ``fingerprint`` identifies the embedding configuration (model, revision, dims, pooling,
+    document instruction); vectors of another fingerprint must never be mixed into the index.
+    ``embedding`` is extra, human-readable configuration (e.g. {"model": ..., "dims": ...}) stored
+    alongside so that ``describe()`` can tell a CLI which model to load for queries.
+    """
+
+    dims: int
+    metric: Metric = "cosine"
+    fingerprint: str = ""
+    embedding: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dims, int) or self.dims <= 0:
+            raise ConfigError(f"IndexSpec.dims must be a positive integer, got {self.dims!r}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"IndexSpec.metric must be one of {METRICS}, got {self.metric!r}")
+
+
+@dataclass(slots=True)
+class IndexInfo:
+    """What ``describe()`` reports about the index/collection a connector points at."""
+
+    name: str  # the name users address (alias / logical name)
+    exists: bool
+    physical_name: str | None = None  # the concrete versioned index behind an alias, if any
+    spec: IndexSpec | None = None  # as recorded in the index's own metadata
+    count: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # server version, index options, ...
+
+
+@dataclass(slots=True)
+class Hit:
+    id: str
+    score: float  # higher is better, whatever the store's native distance
+    text: str
+    metadata: dict[str, Any]
+
+
+@dataclass(slots=True)
+class UpsertResult:
+    written: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # record id -> reason
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def merge(self, other: UpsertResult) -> UpsertResult:
+        self.written += other.written
+        self.failed.update(other.failed)
+        return self
+
+
+@dataclass(slots=True)
+class DeleteResult:
+    deleted: int = 0  # ids acknowledged as gone (deleting an absent id counts as done)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """The connector contract. All methods raise ``StoreError`` subclasses on failure.
+
+    - ``url`` is safe to log: it never contains credentials.
+    - ``max_dims()`` is the largest vector dimension the server accepts (None: no limit).
+    - ``ensure_index(spec)`` creates the index, or verifies the existing one matches ``spec``
+      (dims, metric, fingerprint); a mismatch raises ``IndexMismatchError`` and writes nothing.
+    - ``upsert`` is idempotent per id (re-upserting an id replaces it, never duplicates it) and
+      reports per-id failures instead of raising for them; the good items are written.
+    - ``flush()`` makes writes so far visible to search (ES refresh); call once per write session.
+    - Rebuilds: ``begin_rebuild(spec)`` creates a new versioned physical index and returns a
+      connector writing to it; ``commit_rebuild(new)`` atomically points the user-facing name at
+      it and drops the old physical index; ``abort_rebuild(new)`` drops the half-built one.
+    """
+
+    url: str
+    name: str
+
+    def max_dims(self) -> int | None: ...
+
+    def ensure_index(self, spec: IndexSpec) -> IndexInfo: ...
+
+    def describe(self) -> IndexInfo: ...
+
+    def upsert(self, records: Iterable[Record]) -> UpsertResult: ...
+
+    def delete(self, ids: Iterable[str]) -> DeleteResult: ...
+
+    def search(
+        self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
+    ) -> list[Hit]: ...
+
+    def count(self) -> int: ...
+
+    def iter_ids(self) -> Iterator[str]: ...
+
+    def get(self, ids: Sequence[str]) -> dict[str, Hit]: ...
+
+    def flush(self) -> None: ...
+
+    def drop(self) -> None: ...
+
+    def begin_rebuild(self, spec: IndexSpec) -> VectorStore: ...
+
+    def commit_rebuild(self, new: VectorStore) -> None: ...
+
+    def abort_rebuild(self, new: VectorStore) -> None: ...
+
+    def close(self) -> None: ...
