@@ -1,0 +1,43 @@
+"""embed_core: the model side of embedrail.
+
+Loads an embedding model (the packaged all-MiniLM-L6-v2 offline, Qwen3-Embedding and other
+sentence-transformers-style models from a directory or the hub, or a remote OpenAI-compatible
+server), and turns texts into L2-normalised float32 vectors, fast and reproducibly::
+
+    from embed_core import Embedder
+    emb = Embedder.load("minilm")
+    vectors = emb.embed_documents(["some text", "more text"])   # (2, 384) float32, unit norm
+
+Importing this package touches no network and loads no model.
+"""
+
+from __future__ import annotations
+
+from .base import BaseEmbedder, EmbedStats
+from .config import QWEN3_DEFAULT_TASK, QWEN3_QUERY_TEMPLATE, EmbedderConfig
+from .embedder import Embedder
+from .fingerprint import compute_fingerprint
+from .pooling import truncate_and_normalize
+from .spec import MINILM_ID, packaged_minilm_dir
+
+__all__ = [
+    "BaseEmbedder",
+    "EmbedStats",
+    "Embedder",
+    "EmbedderConfig",
+    "MINILM_ID",
+    "QWEN3_DEFAULT_TASK",
+    "QWEN3_QUERY_TEMPLATE",
+    "RemoteEmbedder",
+    "compute_fingerprint",
+    "packaged_minilm_dir",
+    "truncate_and_normalize",
+]
+
+
+def __getattr__(name: str) -> object:  # lazy: the remote backend imports httpx
+    if name == "RemoteEmbedder":
+        from .remote import RemoteEmbedder
+
+        return RemoteEmbedder
+    raise AttributeError(f"module 'embed_core' has no attribute {name!r}")

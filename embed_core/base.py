@@ -1,0 +1,159 @@
+"""What local and remote embedders share: input checks, instructions/prefixes, streaming, stats."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from embedrail.errors import ConfigError
+
+from .config import QWEN3_QUERY_TEMPLATE
+from .fingerprint import compute_fingerprint
+from .text import check_texts
+
+#: Texts taken from an iterable per step of :meth:`BaseEmbedder.iter_embed_documents`.
+DEFAULT_STREAM_CHUNK = 1024
+
+
+@dataclass
+class EmbedStats:
+    """Running counters of one embedder (read them, or ``reset()`` them)."""
+
+    texts: int = 0  # texts embedded (after de-duplication within a call)
+    duplicates: int = 0  # texts served from an identical text in the same call
+    tokens: int = 0  # real tokens fed to the model (padding excluded)
+    padded_tokens: int = 0  # tokens including padding
+    truncated: int = 0  # texts cut at max_tokens
+    batches: int = 0  # forward passes / HTTP requests
+    oom_retries: int = 0  # CUDA out-of-memory events answered by halving the batch budget
+    http_retries: int = 0  # remote backend: retried requests
+    seconds: float = 0.0  # wall time spent embedding
+
+    def reset(self) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, type(getattr(self, name))())
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class BaseEmbedder:
+    """The Embedder interface. Subclasses implement ``_embed_texts`` (formatted, validated texts)."""
+
+    model_id: str
+    model: str
+    dims: int
+    native_dims: int
+    max_tokens: int
+    query_instruction: str | None
+    query_prefix: str
+    document_prefix: str
+    metric = "cosine"  # vectors are unit-norm, so cosine similarity == dot product
+    stats: EmbedStats
+
+    # ---- to implement -------------------------------------------------------------------------
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fingerprint_components(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def embedding_info(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the model / HTTP client. The object is unusable afterwards."""
+
+    def __enter__(self) -> BaseEmbedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- shared -----------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that changes stored document vectors (see ``embed_core.fingerprint``)."""
+        return compute_fingerprint(self.fingerprint_components())
+
+    @property
+    def instruction_style(self) -> bool:
+        """True for instruction-following models (Qwen3-Embedding): queries get ``Instruct: ...``."""
+        return self.query_instruction is not None
+
+    def format_query(self, text: str, instruction: str | None = None) -> str:
+        """The exact string a query is embedded as.
+
+        Instruction-style models (Qwen3-Embedding): ``Instruct: {task}\\nQuery:{text}``; others:
+        ``query_prefix + text``.
+        """
+        if instruction is not None:
+            if not isinstance(instruction, str) or not instruction.strip():
+                raise ConfigError("instruction must be a non-empty string (or None for the model's default)")
+            if not self.instruction_style:
+                raise ConfigError(
+                    f"{self.model_id} is not an instruction-style model, so embed_queries(instruction=...) does not "
+                    "apply; load it with query_instruction=... to force Qwen3-style instructions, or pass None"
+                )
+            return QWEN3_QUERY_TEMPLATE.format(instruction=instruction, text=text)
+        if self.query_instruction is not None:
+            return QWEN3_QUERY_TEMPLATE.format(instruction=self.query_instruction, text=text)
+        return self.query_prefix + text
+
+    def format_document(self, text: str) -> str:
+        """The exact string a document is embedded as (``document_prefix + text``; Qwen3: unchanged)."""
+        return self.document_prefix + text
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed documents: ``(n, dims)`` float32, unit L2 norm, in input order.
+
+        Empty or whitespace-only texts raise :class:`~embedrail.errors.InputError` naming the
+        position (the sync engine drops empty chunks before embedding).
+        """
+        items = check_texts(texts)
+        return self._embed_texts([self.format_document(t) for t in items])
+
+    def embed_queries(self, texts: Sequence[str], instruction: str | None = None) -> np.ndarray:
+        """Embed search queries (with the model's query instruction or prefix); see :meth:`format_query`."""
+        items = check_texts(texts, what="queries")
+        return self._embed_texts([self.format_query(t, instruction) for t in items])
+
+    def embed_query(self, text: str, instruction: str | None = None) -> np.ndarray:
+        """One query -> a ``(dims,)`` vector."""
+        return self.embed_queries([text], instruction=instruction)[0]
+
+    def iter_embed_documents(
+        self,
+        texts: Iterable[str],
+        progress: Callable[[int], Any] | None = None,
+        chunk_size: int = DEFAULT_STREAM_CHUNK,
+    ) -> Iterator[np.ndarray]:
+        """Stream documents: yields ``(k, dims)`` arrays in input order, ``chunk_size`` texts at a time.
+
+        Memory stays bounded by ``chunk_size`` whatever the iterable's length. ``progress`` is called
+        after each chunk with the number of texts just embedded (so ``tqdm(...).update`` fits).
+        Error positions count from the start of the whole stream.
+        """
+        if isinstance(texts, (str, bytes)):
+            check_texts(texts)  # raises the "single string" error
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        iterator = iter(texts)
+        offset = 0
+        while True:
+            block = list(itertools.islice(iterator, chunk_size))
+            if not block:
+                return
+            items = check_texts(block, offset=offset)
+            vectors = self._embed_texts([self.format_document(t) for t in items])
+            offset += len(block)
+            if progress is not None:
+                progress(len(block))
+            yield vectors
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model_id!r}, dims={self.dims}, fingerprint={self.fingerprint})"

@@ -1,0 +1,473 @@
+"""The local embedder: a transformers model run in-process (CPU or CUDA)."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedrail.errors import ConfigError, InputError, ModelError
+
+from .base import BaseEmbedder, EmbedStats
+from .config import EmbedderConfig
+from .device import Placement, available_cpus, choose_placement, free_device_memory, is_oom
+from .pooling import pool, truncate_and_normalize
+from .spec import ModelSpec, ResolvedModel, check_config, choose_dims, read_spec, resolve_model
+from .text import check_texts, split_by_offsets
+
+log = logging.getLogger(__name__)
+
+#: Default token budget of one forward pass (padded tokens), per device type.
+DEFAULT_BATCH_TOKENS = {"cpu": 16384, "cuda": 32768, "mps": 8192}
+
+
+class Embedder(BaseEmbedder):
+    """Embeds texts with a local transformers model. Build it with :meth:`Embedder.load`.
+
+    Vectors are ``float32`` with unit L2 norm, so ``metric == "cosine"`` and cosine == dot product.
+    """
+
+    # ------------------------------------------------------------------------------------------
+    # construction
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        model: str = "minilm",
+        *,
+        dims: int | None = None,
+        device: str = "auto",
+        revision: str | None = None,
+        max_tokens: int | None = None,
+        batch_tokens: int | None = None,
+        query_instruction: str | None = None,
+        query_prefix: str | None = None,
+        document_prefix: str | None = None,
+        matryoshka: bool | None = None,
+        **kwargs: Any,
+    ) -> Embedder:
+        """Load a model: ``"minilm"`` (the packaged offline default), a local directory, or a hub id.
+
+        - ``dims``: output dimension; below the native size only for Matryoshka models (Qwen3 is
+          recognised; force others with ``matryoshka=True``).
+        - ``device``: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        - ``max_tokens``: truncation length (default: the model's limit); ``batch_tokens``: padded
+          tokens per forward pass (halved automatically on CUDA out-of-memory).
+        - ``query_instruction`` (Qwen3-style task), ``query_prefix`` / ``document_prefix`` (e5-style).
+        - more keywords: see :class:`EmbedderConfig` (``pooling``, ``dtype``, ``attn_implementation``,
+          ``num_threads``, ``quantize="int8"``, ``max_batch_size``, ``trust_remote_code``).
+        """
+        unknown = set(kwargs) - set(EmbedderConfig.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown Embedder.load option(s): {', '.join(sorted(unknown))}")
+        config = EmbedderConfig(
+            model=model,
+            dims=dims,
+            device=device,
+            revision=revision,
+            max_tokens=max_tokens,
+            batch_tokens=batch_tokens,
+            query_instruction=query_instruction,
+            query_prefix=query_prefix,
+            document_prefix=document_prefix,
+            matryoshka=matryoshka,
+            **kwargs,
+        )
+        return cls(config)
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any], *, check: bool = True, **overrides: Any) -> BaseEmbedder:
+        """Rebuild the embedder described by :meth:`embedding_info` (e.g. from index metadata).
+
+        With ``check`` the rebuilt fingerprint must equal the stored one (else :class:`ModelError`:
+        the model files changed). ``overrides`` (e.g. ``device``) are passed to the loader.
+        """
+        from .remote import RemoteEmbedder
+
+        if info.get("backend") == "remote":
+            emb: BaseEmbedder = RemoteEmbedder.from_info(info, **overrides)
+        else:
+            kwargs: dict[str, Any] = {
+                "dims": info.get("dims"),
+                "revision": info.get("revision") if info.get("source") == "hub" else None,
+                "max_tokens": info.get("max_tokens"),
+                "document_prefix": info.get("document_prefix"),
+                "pooling": info.get("pooling"),
+            }
+            if info.get("query_instruction") is not None:
+                kwargs["query_instruction"] = info["query_instruction"]
+            else:
+                kwargs["query_prefix"] = info.get("query_prefix")
+            if info.get("dims") != info.get("native_dims"):
+                kwargs["matryoshka"] = True
+            if info.get("quantize"):
+                kwargs["quantize"] = info["quantize"]
+            kwargs.update(overrides)
+            emb = cls.load(info["model"], **kwargs)
+        if check and info.get("fingerprint") and emb.fingerprint != info["fingerprint"]:
+            emb.close()
+            raise ModelError(
+                f"model {info.get('model')!r} reloaded with fingerprint {emb.fingerprint}, but the stored vectors were "
+                f"made with {info['fingerprint']} (the model files or settings changed); re-index, or restore the model"
+            )
+        return emb
+
+    @staticmethod
+    def remote(
+        base_url: str,
+        model: str,
+        dims: int | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> BaseEmbedder:
+        """An Embedder-compatible client of an OpenAI-compatible ``/v1/embeddings`` server."""
+        from .remote import RemoteEmbedder
+
+        return RemoteEmbedder(base_url, model, dims=dims, api_key=api_key, **kwargs)
+
+    def __init__(self, config: EmbedderConfig) -> None:
+        config.validate()
+        check_config(config)
+        self.config = config
+        self.stats = EmbedStats()
+        self._lock = threading.RLock()
+        started = time.perf_counter()
+
+        resolved: ResolvedModel = resolve_model(config.model, config.revision)
+        spec: ModelSpec = read_spec(resolved.path)
+        self._resolved, self._spec = resolved, spec
+        for note in spec.notes:
+            log.warning("%s: %s", resolved.model_id, note)
+
+        self.model = resolved.name
+        self.model_id = resolved.model_id
+        self.revision = resolved.revision
+        self.native_dims = spec.output_dims
+        self.dims = choose_dims(spec, config)
+        self.matryoshka = bool(spec.is_mrl if config.matryoshka is None else config.matryoshka)
+        self.pooling = config.pooling or spec.pooling
+        self.padding_side = "left" if self.pooling == "lasttoken" else spec.padding_side
+        self.append_eos = spec.append_eos or self.pooling == "lasttoken"
+        if config.max_tokens is not None and config.max_tokens > spec.max_tokens:
+            raise ConfigError(
+                f"max_tokens={config.max_tokens} exceeds the model's limit of {spec.max_tokens} tokens; pass a smaller value"
+            )
+        self.max_tokens = config.max_tokens or spec.max_tokens
+        if config.query_instruction is not None:
+            self.query_instruction: str | None = config.query_instruction
+            self.query_prefix = ""
+        elif config.query_prefix is not None:
+            self.query_instruction, self.query_prefix = None, config.query_prefix
+        else:
+            self.query_instruction, self.query_prefix = spec.query_instruction, spec.query_prefix
+        self.document_prefix = config.document_prefix if config.document_prefix is not None else spec.document_prefix
+
+        self.placement: Placement = choose_placement(config.device, config.dtype, config.attn_implementation)
+        if self.placement.device.type == "cpu":
+            torch.set_num_threads(config.num_threads or available_cpus())
+        if config.quantize and self.placement.device.type != "cpu":
+            raise ConfigError("quantize='int8' is a CPU-only option; drop it for GPU runs")
+        self.batch_tokens = config.batch_tokens or DEFAULT_BATCH_TOKENS.get(self.placement.device.type, 16384)
+        self.batch_tokens = max(self.batch_tokens, self.max_tokens)
+        self._budget = self.batch_tokens
+
+        self.tokenizer = self._load_tokenizer()
+        self._net = self._load_model()
+        self._dense = self._load_dense()
+        params = inspect.signature(self._net.forward).parameters
+        self._pass_positions = self.padding_side == "left" and "position_ids" in params
+        self._extra_forward: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}
+        log.info(
+            "loaded %s (%s, dims=%d/%d, pooling=%s, max_tokens=%d) on %s/%s in %.1fs",
+            self.model_id, resolved.source, self.dims, self.native_dims, self.pooling, self.max_tokens,
+            self.placement.device, str(self.placement.dtype).removeprefix("torch."), time.perf_counter() - started,
+        )  # fmt: skip
+
+    def _load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(
+                str(self._resolved.path), trust_remote_code=self.config.trust_remote_code
+            )
+        except Exception as exc:
+            raise ModelError(f"cannot load the tokenizer of {self.model_id}: {exc}") from exc
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is None:
+            raise ModelError(f"{self.model_id}: a fast (Rust) tokenizer is required (tokenizer.json)")
+        tok.padding_side = self.padding_side
+        tok.model_max_length = self.max_tokens
+        # private copies of the Rust tokenizer: one that truncates (for embedding), one that doesn't
+        self._tok_trunc = copy.deepcopy(backend)
+        self._tok_trunc.no_padding()
+        self._tok_trunc.enable_truncation(self.max_tokens)
+        self._tok_full = copy.deepcopy(backend)
+        self._tok_full.no_padding()
+        self._tok_full.no_truncation()
+        self.eos_token_id: int | None = tok.eos_token_id
+        if self.append_eos and self.eos_token_id is None:
+            raise ModelError(f"{self.model_id} uses last-token pooling but its tokenizer defines no EOS token")
+        pad = tok.pad_token_id
+        if pad is None:
+            pad = tok.eos_token_id if tok.eos_token_id is not None else 0
+        self.pad_token_id: int = int(pad)
+        # special tokens the tokenizer adds around a text (for split_text's default budget)
+        self._special_overhead = len(self._tok_full.encode("a").ids) - len(self._tok_full.encode("a", add_special_tokens=False).ids)
+        if self.append_eos:
+            probe = self._tok_full.encode("a").ids
+            if not probe or probe[-1] != self.eos_token_id:
+                self._special_overhead += 1
+        return tok
+
+    def _load_model(self) -> torch.nn.Module:
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        p = self.placement
+        kwargs: dict[str, Any] = {"dtype": p.dtype, "trust_remote_code": self.config.trust_remote_code}
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            try:
+                net = AutoModel.from_pretrained(str(self._resolved.path), attn_implementation=p.attn_implementation, **kwargs)
+            except (ValueError, ImportError) as exc:
+                if p.attn_implementation == "eager":
+                    raise
+                log.warning("%s: attention %s unavailable (%s); using eager", self.model_id, p.attn_implementation, exc)
+                self.placement = Placement(p.device, p.dtype, "eager")
+                net = AutoModel.from_pretrained(str(self._resolved.path), attn_implementation="eager", **kwargs)
+        except Exception as exc:
+            raise ModelError(f"cannot load model {self.model_id} from {self._resolved.path}: {exc}") from exc
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
+        net.eval()
+        net.to(p.device)
+        if self.config.quantize == "int8":
+            net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+        return net
+
+    def _load_dense(self) -> list[torch.nn.Module]:
+        layers: list[torch.nn.Module] = []
+        for d in self._spec.dense:
+            linear = torch.nn.Linear(d.in_features, d.out_features, bias=d.bias)
+            st_file = d.path / "model.safetensors"
+            if st_file.is_file():
+                from safetensors.torch import load_file
+
+                state = load_file(str(st_file))
+            else:
+                state = torch.load(str(d.path / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+            state = {k.removeprefix("linear."): v for k, v in state.items()}
+            linear.load_state_dict(state)
+            act: torch.nn.Module = torch.nn.Tanh() if d.activation == "Tanh" else torch.nn.Identity()
+            layer = torch.nn.Sequential(linear, act).to(self.placement.device, torch.float32).eval()
+            layers.append(layer)
+        return layers
+
+    def close(self) -> None:
+        with self._lock:
+            device = self.placement.device
+            self._net = None  # type: ignore[assignment]
+            self._dense = []
+            free_device_memory(device)
+
+    # ------------------------------------------------------------------------------------------
+    # description
+    # ------------------------------------------------------------------------------------------
+    def fingerprint_components(self) -> dict[str, Any]:
+        r = self._resolved
+        return {
+            "model": "local" if r.source == "local" else r.model_id,
+            "revision": r.revision if r.source == "hub" else None,
+            "content": r.content_hash,
+            "dims": self.dims,
+            "pooling": self.pooling,
+            "normalize": True,
+            "document_prefix": self.document_prefix,
+            "document_instruction": None,
+            "max_tokens": self.max_tokens,
+            "append_eos": self.append_eos,
+            "quantize": self.config.quantize,
+        }
+
+    def embedding_info(self) -> dict[str, Any]:
+        """JSON-able description stored in index metadata; :meth:`from_info` reloads the same model."""
+        return {
+            "backend": "local",
+            "model": self.model,
+            "model_id": self.model_id,
+            "source": self._resolved.source,
+            "revision": self.revision,
+            "content_hash": self._resolved.content_hash,
+            "dims": self.dims,
+            "native_dims": self.native_dims,
+            "matryoshka": self.matryoshka,
+            "metric": self.metric,
+            "pooling": self.pooling,
+            "normalize": True,
+            "max_tokens": self.max_tokens,
+            "append_eos": self.append_eos,
+            "document_prefix": self.document_prefix,
+            "query_prefix": self.query_prefix,
+            "query_instruction": self.query_instruction,
+            "quantize": self.config.quantize,
+            "fingerprint": self.fingerprint,
+            "fingerprint_components": self.fingerprint_components(),
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # tokens
+    # ------------------------------------------------------------------------------------------
+    def _encode(self, texts: list[str]) -> tuple[list[list[int]], int]:
+        """Token ids per text (truncated at max_tokens, EOS ensured for last-token models)."""
+        encodings = self._tok_trunc.encode_batch(texts, add_special_tokens=True)
+        ids_list: list[list[int]] = []
+        truncated = 0
+        eos = self.eos_token_id
+        for enc in encodings:
+            ids = enc.ids
+            if enc.overflowing:
+                truncated += 1
+            if self.append_eos and (not ids or ids[-1] != eos):
+                if len(ids) >= self.max_tokens:
+                    ids[-1] = eos  # type: ignore[assignment]
+                else:
+                    ids.append(eos)  # type: ignore[arg-type]
+            ids_list.append(ids)
+        return ids_list, truncated
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text takes as model input, untruncated (special tokens and EOS included,
+        prefixes/instructions not)."""
+        items = check_texts(texts) if not isinstance(texts, str) else check_texts([texts])
+        encodings = self._tok_full.encode_batch([t.strip() for t in items], add_special_tokens=True)
+        counts = []
+        for enc in encodings:
+            n = len(enc.ids)
+            if self.append_eos and (n == 0 or enc.ids[-1] != self.eos_token_id):
+                n += 1
+            counts.append(n)
+        return counts
+
+    def split_text(self, text: str, max_tokens: int | None = None, overlap: int = 0) -> list[str]:
+        """Split ``text`` into exact substrings of at most ``max_tokens`` content tokens each.
+
+        Windows are cut on the model tokenizer's offsets and prefer paragraph, line and sentence
+        breaks near their end; consecutive chunks share ``overlap`` tokens. The default
+        ``max_tokens`` is the model limit minus the special tokens and the document prefix, so a
+        default chunk is never truncated. Returns ``[]`` for an empty/whitespace text.
+        """
+        if not isinstance(text, str):
+            raise InputError(f"split_text takes a str, got {type(text).__name__}")
+        if not text.strip():
+            return []
+        if max_tokens is None:
+            prefix = len(self._tok_full.encode(self.document_prefix, add_special_tokens=False).ids) if self.document_prefix else 0
+            max_tokens = max(1, self.max_tokens - self._special_overhead - prefix)
+        enc = self._tok_full.encode(text, add_special_tokens=False)
+        return split_by_offsets(text, enc.offsets, max_tokens, overlap)
+
+    # ------------------------------------------------------------------------------------------
+    # embedding
+    # ------------------------------------------------------------------------------------------
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        with self._lock:
+            if self._net is None:
+                raise ModelError("this Embedder was closed; load the model again")
+            started = time.perf_counter()
+            stripped = [t.strip() for t in texts]
+            unique: dict[str, int] = {}
+            inverse = np.fromiter((unique.setdefault(t, len(unique)) for t in stripped), dtype=np.int64, count=len(stripped))
+            uniq_texts = list(unique)
+            ids_list, truncated = self._encode(uniq_texts)
+            pooled = self._run(ids_list)
+            vectors = truncate_and_normalize(pooled, self.dims)
+            st = self.stats
+            st.texts += len(uniq_texts)
+            st.duplicates += len(texts) - len(uniq_texts)
+            st.truncated += truncated
+            st.seconds += time.perf_counter() - started
+            return vectors if len(uniq_texts) == len(texts) else vectors[inverse]
+
+    def _plan(self, lengths: np.ndarray, order: np.ndarray, budget: int) -> list[np.ndarray]:
+        """Cut length-sorted (descending) indices into batches of at most ``budget`` padded tokens."""
+        batches: list[np.ndarray] = []
+        i, n = 0, len(order)
+        cap = self.config.max_batch_size
+        while i < n:
+            longest = int(lengths[order[i]])
+            size = max(1, min(cap, budget // max(longest, 1), n - i))
+            batches.append(order[i : i + size])
+            i += size
+        return batches
+
+    def _run(self, ids_list: list[list[int]]) -> np.ndarray:
+        lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))
+        order = np.argsort(-lengths, kind="stable")
+        out = np.empty((len(ids_list), self._spec.output_dims), dtype=np.float32)
+        pending = self._plan(lengths, order, self._budget)
+        pending.reverse()
+        while pending:
+            batch = pending.pop()
+            try:
+                out[batch] = self._forward([ids_list[j] for j in batch])
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                free_device_memory(self.placement.device)
+                self.stats.oom_retries += 1
+                longest = int(lengths[batch[0]])
+                if len(batch) == 1 or self._budget <= longest:
+                    raise ModelError(
+                        f"out of memory embedding one text of {longest} tokens on {self.placement.device}; "
+                        "lower max_tokens, use a smaller model, or free GPU memory"
+                    ) from exc
+                self._budget = max(longest, self._budget // 2)
+                log.warning("out of memory on %s: batch token budget halved to %d", self.placement.device, self._budget)
+                pending.extend(reversed(self._plan(lengths, batch, self._budget)))
+        return out
+
+    def _forward(self, batch: list[list[int]]) -> np.ndarray:
+        n = len(batch)
+        width = max(len(x) for x in batch)
+        ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        left = self.padding_side == "left"
+        real = 0
+        for row, seq in enumerate(batch):
+            k = len(seq)
+            real += k
+            if left:
+                ids[row, width - k :] = seq
+                mask[row, width - k :] = 1
+            else:
+                ids[row, :k] = seq
+                mask[row, :k] = 1
+        dev = self.placement.device
+        ids_t = torch.from_numpy(ids).to(dev, non_blocking=True)
+        mask_t = torch.from_numpy(mask).to(dev, non_blocking=True)
+        kwargs: dict[str, Any] = dict(self._extra_forward)
+        if self._pass_positions:
+            kwargs["position_ids"] = (mask_t.cumsum(dim=1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            output = self._net(input_ids=ids_t, attention_mask=mask_t, **kwargs)
+            hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            pooled = pool(hidden, mask_t.to(hidden.device), self.pooling).float()
+            for layer in self._dense:
+                pooled = layer(pooled)
+            result = pooled.cpu().numpy()
+        st = self.stats
+        st.batches += 1
+        st.tokens += real
+        st.padded_tokens += n * width
+        return result
