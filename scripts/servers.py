@@ -1,0 +1,625 @@
+#!/usr/bin/env python3
+"""Provision, start and stop the real servers the test suite runs against.
+
+    python scripts/servers.py up [--only es,weaviate,chroma]   # start in the background, write .servers.env
+    python scripts/servers.py down                             # stop what `up` started (by PID)
+    python scripts/servers.py run -- CMD ARGS...               # start what is missing, run CMD, always stop
+    python scripts/servers.py provision                        # only download/build (fills the cache)
+
+Servers (all on 127.0.0.1, free ports, throw-away data directories):
+
+- Elasticsearch: the ``integ-test-zip`` distribution from Maven Central, run with the machine's JDK
+  (ES 8.x needs Java 17+) with a small heap, single-node discovery, security off. Elasticsearch
+  refuses to run as root, so when we are root it runs as the system user ``embedrail`` (created
+  on first use) from an unpacked copy under /var/cache/embedrail.
+- Weaviate: built from the Go module ``github.com/weaviate/weaviate`` (``./cmd/weaviate-server``)
+  with the Go toolchain, run with anonymous access and ``DEFAULT_VECTORIZER_MODULE=none``.
+- Chroma: ``chroma run`` from the ``chromadb`` wheel in the active virtualenv.
+
+A server whose ``EMBEDRAIL_ES_URL`` / ``EMBEDRAIL_WEAVIATE_URL`` / ``EMBEDRAIL_CHROMA_URL`` is already
+set in the environment is not started: that URL is used as is (run the suite against your cluster).
+
+Downloads and builds are cached in ``$EMBEDRAIL_CACHE`` (default ``~/.cache/embedrail``), so a second
+start on the same machine takes seconds. Standard library only: `down` must work without the venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".servers"
+STATE_FILE = STATE_DIR / "state.json"
+ENV_FILE = ROOT / ".servers.env"
+CACHE = Path(os.environ.get("EMBEDRAIL_CACHE", Path.home() / ".cache" / "embedrail"))
+
+# Elasticsearch: Elastic publishes the integ-test-zip to Maven Central only up to 8.19.x (no 9.x
+# there), and 8.19 runs on the machine's JDK 17. Override with EMBEDRAIL_ES_VERSION.
+ES_VERSION = os.environ.get("EMBEDRAIL_ES_VERSION", "8.19.21")
+ES_URL_TMPL = (
+    "https://repo1.maven.org/maven2/org/elasticsearch/distribution/integ-test-zip/elasticsearch/"
+    "{v}/elasticsearch-{v}.zip"
+)
+# Weaviate: v1.39.3 is the newest release whose whole dependency graph the Go module proxy serves
+# (1.39.4+ need github.com/weaviate/sroar v0.0.17/18, which the proxy answers 403 for).
+WEAVIATE_VERSION = os.environ.get("EMBEDRAIL_WEAVIATE_VERSION", "v1.39.3")
+ES_USER = "embedrail"
+
+KINDS = ("es", "weaviate", "chroma")
+ENV_NAMES = {
+    "es": "EMBEDRAIL_ES_URL",
+    "weaviate": "EMBEDRAIL_WEAVIATE_URL",
+    "chroma": "EMBEDRAIL_CHROMA_URL",
+}
+
+
+class ProvisionError(RuntimeError):
+    """A server could not be provisioned or started; the message says why and what to do."""
+
+
+def log(msg: str) -> None:
+    print(f"[servers] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_ports(n: int) -> list[int]:
+    # Hold all sockets open while choosing so the n ports are distinct.
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return 200 <= r.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def download(url: str, dest: Path) -> None:
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    log(f"downloading {url}")
+    last_err: Exception | None = None
+    for attempt in range(4):
+        try:
+            with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f, 1 << 20)
+            tmp.replace(dest)
+            return
+        except (urllib.error.URLError, OSError) as e:  # pragma: no cover - network flake
+            last_err = e
+            time.sleep(2 * (attempt + 1))
+    raise ProvisionError(f"could not download {url}: {last_err}")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def ensure_es_user() -> None:
+    try:
+        pwd.getpwnam(ES_USER)
+    except KeyError:
+        log(f"creating system user {ES_USER!r} (Elasticsearch refuses to run as root)")
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", ES_USER],
+            check=True,
+        )
+
+
+def chown_tree(path: Path, user: str) -> None:
+    subprocess.run(["chown", "-R", user, str(path)], check=True)
+
+
+def java_major(home: Path) -> int | None:
+    java = home / "bin" / "java"
+    if not java.exists():
+        return None
+    try:
+        out = subprocess.run(
+            [str(java), "-XshowSettings:properties", "-version"], capture_output=True, text=True, timeout=30
+        ).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        if "java.specification.version" in line:
+            return int(line.split("=")[1].strip().split(".")[0])
+    return None
+
+
+def find_java(min_major: int) -> Path:
+    """A JDK with major version >= min_major: $EMBEDRAIL_JAVA_HOME if set, else the lowest such JDK
+    on the machine (the LTS an ES release is tested on most), from $JAVA_HOME, /usr/lib/jvm or PATH."""
+    forced = os.environ.get("EMBEDRAIL_JAVA_HOME")
+    if forced:
+        return Path(forced)
+    candidates: list[Path] = []
+    for env in ("ES_JAVA_HOME", "JAVA_HOME"):
+        if os.environ.get(env):
+            candidates.append(Path(os.environ[env]))
+    jvm = Path("/usr/lib/jvm")
+    if jvm.is_dir():
+        candidates += sorted(p for p in jvm.iterdir() if (p / "bin" / "java").exists())
+    java_on_path = shutil.which("java")
+    if java_on_path:
+        candidates.append(Path(java_on_path).resolve().parent.parent)
+    usable = [(m, h) for h in candidates if (m := java_major(h)) is not None and m >= min_major]
+    if not usable:
+        raise ProvisionError(
+            f"no JDK >= {min_major} found (looked in $JAVA_HOME, /usr/lib/jvm, PATH); "
+            f"install one (e.g. apt-get install openjdk-17-jdk-headless) or set EMBEDRAIL_JAVA_HOME"
+        )
+    return min(usable, key=lambda mh: mh[0])[1]
+
+
+# --------------------------------------------------------------------------------------------
+# servers
+
+
+@dataclass
+class Server:
+    kind: str
+    url: str
+    pid: int
+    log: str
+    data_dir: str
+    health_url: str
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=str(cwd) if cwd else None,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # own process group: stopped as a group by PID
+    )
+
+
+def provision_es() -> Path:
+    zip_path = CACHE / f"elasticsearch-{ES_VERSION}.zip"
+    download(ES_URL_TMPL.format(v=ES_VERSION), zip_path)
+    base = Path("/var/cache/embedrail") if is_root() else CACHE
+    home = base / f"elasticsearch-{ES_VERSION}"
+    if not (home / "bin" / "elasticsearch").exists():
+        log(f"unpacking Elasticsearch {ES_VERSION} into {home}")
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".unpack-"))
+        with zipfile.ZipFile(zip_path) as z:
+            z.extractall(tmp)
+        src = tmp / f"elasticsearch-{ES_VERSION}"
+        for p in (src / "bin").iterdir():
+            p.chmod(0o755)
+        for p in src.rglob("*"):
+            if p.is_file() and (p.parent.name == "bin" or "native" in p.parts):
+                p.chmod(p.stat().st_mode | 0o755)
+        if home.exists():
+            shutil.rmtree(home)
+        src.rename(home)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_root():
+            ensure_es_user()
+            chown_tree(home, ES_USER)
+    elif is_root():
+        ensure_es_user()
+    return home
+
+
+def start_es() -> Server:
+    home = provision_es()
+    java_home = find_java(17)
+    http_port, transport_port = free_ports(2)
+    data = Path(tempfile.mkdtemp(prefix="embedrail-es-"))
+    (data / "data").mkdir()
+    (data / "logs").mkdir()
+    log_path = STATE_DIR / "elasticsearch.log"
+    env = dict(os.environ)
+    env.update(
+        ES_JAVA_HOME=str(java_home),
+        ES_JAVA_OPTS=os.environ.get("EMBEDRAIL_ES_JAVA_OPTS", "-Xms512m -Xmx1g"),
+    )
+    env.pop("JAVA_HOME", None)
+    cmd = [
+        str(home / "bin" / "elasticsearch"),
+        "-E", "discovery.type=single-node",
+        "-E", "network.host=127.0.0.1",
+        "-E", f"http.port={http_port}",
+        "-E", f"transport.port={transport_port}",
+        "-E", f"path.data={data / 'data'}",
+        "-E", f"path.logs={data / 'logs'}",
+        "-E", "xpack.security.enabled=false",
+        "-E", "cluster.name=embedrail-test",
+        "-E", "cluster.routing.allocation.disk.threshold_enabled=false",
+        "-E", "action.destructive_requires_name=false",
+    ]  # fmt: skip
+    if is_root():
+        chown_tree(data, ES_USER)
+        cmd = ["runuser", "-u", ES_USER, "--", "env", *[f"{k}={env[k]}" for k in ("ES_JAVA_HOME", "ES_JAVA_OPTS")], *cmd]
+    log(f"starting Elasticsearch {ES_VERSION} (JDK {java_home}) on 127.0.0.1:{http_port}")
+    p = _spawn(cmd, env, log_path, cwd=home)
+    return Server(
+        kind="es",
+        url=f"es://127.0.0.1:{http_port}",
+        pid=p.pid,
+        log=str(log_path),
+        data_dir=str(data),
+        health_url=f"http://127.0.0.1:{http_port}/_cluster/health?wait_for_status=yellow&timeout=1s",
+        extra={"version": ES_VERSION, "java_home": str(java_home)},
+    )
+
+
+def provision_weaviate() -> Path:
+    binary = CACHE / f"weaviate-server-{WEAVIATE_VERSION}"
+    if binary.exists():
+        return binary
+    go = shutil.which("go")
+    if not go:
+        raise ProvisionError("the Go toolchain is needed to build Weaviate; install Go >= 1.24 and retry")
+    env = dict(os.environ)
+    env.update(
+        GOMODCACHE=str(CACHE / "gomod"),
+        GOCACHE=str(CACHE / "gocache"),
+        GOFLAGS="-modcacherw",
+        CGO_ENABLED=env.get("CGO_ENABLED", "1"),
+    )
+    env.setdefault("GOTOOLCHAIN", "auto")
+    log(f"fetching github.com/weaviate/weaviate@{WEAVIATE_VERSION} from the Go module proxy")
+    out = subprocess.run(
+        [go, "mod", "download", "-json", f"github.com/weaviate/weaviate@{WEAVIATE_VERSION}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=str(CACHE),
+    )
+    if out.returncode != 0:
+        raise ProvisionError(f"go mod download of weaviate {WEAVIATE_VERSION} failed:\n{out.stdout}{out.stderr}")
+    src = Path(json.loads(out.stdout)["Dir"])
+    log(f"building weaviate-server {WEAVIATE_VERSION} (first time only; a few minutes on 2 cores)")
+    tmp = binary.with_suffix(".tmp")
+    build = subprocess.run(
+        [go, "build", "-o", str(tmp), "./cmd/weaviate-server"], env=env, cwd=str(src), capture_output=True, text=True
+    )
+    if build.returncode != 0:
+        raise ProvisionError(f"building weaviate-server failed:\n{build.stdout[-4000:]}{build.stderr[-4000:]}")
+    tmp.replace(binary)
+    return binary
+
+
+def start_weaviate() -> Server:
+    binary = provision_weaviate()
+    http_port, grpc_port, gossip, data_port, raft, raft_rpc = free_ports(6)
+    data = Path(tempfile.mkdtemp(prefix="embedrail-weaviate-"))
+    log_path = STATE_DIR / "weaviate.log"
+    env = dict(os.environ)
+    env.update(
+        PERSISTENCE_DATA_PATH=str(data),
+        AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED="true",
+        DEFAULT_VECTORIZER_MODULE="none",
+        ENABLE_MODULES="",
+        CLUSTER_HOSTNAME="embedrail-test",
+        CLUSTER_BIND_ADDR="127.0.0.1",
+        CLUSTER_ADVERTISE_ADDR="127.0.0.1",
+        CLUSTER_GOSSIP_BIND_PORT=str(gossip),
+        CLUSTER_DATA_BIND_PORT=str(data_port),
+        RAFT_PORT=str(raft),
+        RAFT_INTERNAL_RPC_PORT=str(raft_rpc),
+        RAFT_BOOTSTRAP_EXPECT="1",
+        RAFT_JOIN="embedrail-test",
+        GRPC_PORT=str(grpc_port),
+        DISABLE_TELEMETRY="true",
+        GO_PROFILING_DISABLE="true",
+        QUERY_DEFAULTS_LIMIT="25",
+        LOG_LEVEL="info",
+        LIMIT_RESOURCES="true",
+    )
+    cmd = [str(binary), "--host", "127.0.0.1", "--port", str(http_port), "--scheme", "http"]
+    log(f"starting Weaviate {WEAVIATE_VERSION} on 127.0.0.1:{http_port} (gRPC {grpc_port})")
+    p = _spawn(cmd, env, log_path, cwd=data)
+    return Server(
+        kind="weaviate",
+        url=f"weaviate://127.0.0.1:{http_port}?grpc_port={grpc_port}",
+        pid=p.pid,
+        log=str(log_path),
+        data_dir=str(data),
+        health_url=f"http://127.0.0.1:{http_port}/v1/.well-known/ready",
+        extra={"version": WEAVIATE_VERSION, "grpc_port": grpc_port},
+    )
+
+
+def chroma_binary() -> Path:
+    here = Path(sys.executable).parent / "chroma"
+    if here.exists():
+        return here
+    venv = ROOT / ".venv" / "bin" / "chroma"
+    if venv.exists():
+        return venv
+    found = shutil.which("chroma")
+    if found:
+        return Path(found)
+    raise ProvisionError("the `chroma` command (from the chromadb wheel) was not found; run `make venv` first")
+
+
+def start_chroma() -> Server:
+    binary = chroma_binary()
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="embedrail-chroma-"))
+    log_path = STATE_DIR / "chroma.log"
+    env = dict(os.environ)
+    env["ANONYMIZED_TELEMETRY"] = "False"
+    cmd = [str(binary), "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)]
+    log(f"starting Chroma server on 127.0.0.1:{port}")
+    p = _spawn(cmd, env, log_path, cwd=data)
+    return Server(
+        kind="chroma",
+        url=f"chroma+http://127.0.0.1:{port}",
+        pid=p.pid,
+        log=str(log_path),
+        data_dir=str(data),
+        health_url=f"http://127.0.0.1:{port}/api/v2/heartbeat",
+    )
+
+
+STARTERS = {"es": start_es, "weaviate": start_weaviate, "chroma": start_chroma}
+TIMEOUTS = {"es": 180.0, "weaviate": 120.0, "chroma": 60.0}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours is not alive
+    try:
+        wpid, _ = os.waitpid(pid, os.WNOHANG)
+        return wpid == 0
+    except ChildProcessError:
+        return True
+
+
+def tail(path: str, n: int = 60) -> str:
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:])
+
+
+def wait_healthy(servers: Iterable[Server]) -> None:
+    pending = {s.kind: s for s in servers}
+    deadline = {k: time.monotonic() + TIMEOUTS[k] for k in pending}
+    while pending:
+        for kind, s in list(pending.items()):
+            if http_ok(s.health_url):
+                log(f"{kind} is up: {s.url}")
+                del pending[kind]
+            elif not pid_alive(s.pid):
+                raise ProvisionError(f"{kind} exited during start-up; its log ({s.log}) ends with:\n{tail(s.log)}")
+            elif time.monotonic() > deadline[kind]:
+                raise ProvisionError(
+                    f"{kind} did not become healthy within {TIMEOUTS[kind]:.0f}s; its log ({s.log}) ends with:\n"
+                    f"{tail(s.log)}"
+                )
+        if pending:
+            time.sleep(0.5)
+
+
+def stop_server(s: Server, timeout: float = 30.0) -> None:
+    try:
+        pgid = os.getpgid(s.pid)
+    except ProcessLookupError:
+        pgid = None
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and pid_alive(s.pid):
+            time.sleep(0.2)
+        if pid_alive(s.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        # Elasticsearch's JVM may outlive the runuser wrapper briefly: make sure the group is gone
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    shutil.rmtree(s.data_dir, ignore_errors=True)
+    log(f"stopped {s.kind} (pid {s.pid})")
+
+
+def load_state() -> list[Server]:
+    if not STATE_FILE.exists():
+        return []
+    try:
+        return [Server(**d) for d in json.loads(STATE_FILE.read_text())]
+    except (ValueError, TypeError):
+        return []
+
+
+def save_state(servers: list[Server]) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    STATE_FILE.write_text(json.dumps([s.__dict__ for s in servers], indent=2))
+
+
+def start(kinds: Iterable[str]) -> list[Server]:
+    """Start the given servers in parallel and wait until all are healthy (stop all on failure)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    started: list[Server] = []
+    try:
+        # Provision (download/build) first, serially: builds need the CPU and give clear errors.
+        for k in kinds:
+            if k == "es":
+                provision_es()
+            elif k == "weaviate":
+                provision_weaviate()
+        for k in kinds:
+            started.append(STARTERS[k]())
+        wait_healthy(started)
+    except BaseException:
+        for s in started:
+            stop_server(s)
+        raise
+    return started
+
+
+def write_env(urls: dict[str, str]) -> None:
+    ENV_FILE.write_text("".join(f"{ENV_NAMES[k]}={v}\n" for k, v in urls.items()))
+
+
+def parse_only(only: str | None) -> list[str]:
+    if not only:
+        return list(KINDS)
+    kinds = [k.strip() for k in only.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise SystemExit(f"unknown server kind(s) {bad}; choose from {KINDS}")
+    return kinds
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    running = [s for s in load_state() if pid_alive(s.pid)]
+    if running:
+        log("servers from a previous `up` are still running; reusing them (`make servers-down` to stop)")
+        write_env({s.kind: s.url for s in running})
+        print(ENV_FILE.read_text(), end="")
+        return 0
+    kinds = [k for k in parse_only(args.only) if not os.environ.get(ENV_NAMES[k])]
+    servers = start(kinds)
+    save_state(servers)
+    urls = {k: os.environ[ENV_NAMES[k]] for k in parse_only(args.only) if os.environ.get(ENV_NAMES[k])}
+    urls.update({s.kind: s.url for s in servers})
+    write_env(urls)
+    print(ENV_FILE.read_text(), end="")
+    log(f"URLs written to {ENV_FILE}; load them with: set -a; . {ENV_FILE.name}; set +a")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    servers = load_state()
+    for s in servers:
+        stop_server(s)
+    with contextlib.suppress(FileNotFoundError):
+        STATE_FILE.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        ENV_FILE.unlink()
+    if not servers:
+        log("nothing to stop")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
+    if not cmd:
+        raise SystemExit("usage: servers.py run -- CMD [ARGS...]")
+    wanted = parse_only(args.only)
+    missing = [k for k in wanted if not os.environ.get(ENV_NAMES[k])]
+    given = [k for k in wanted if k not in missing]
+    for k in given:
+        log(f"using {ENV_NAMES[k]}={os.environ[ENV_NAMES[k]]} (not starting a local {k})")
+    t0 = time.monotonic()
+    servers: list[Server] = []
+    env = dict(os.environ)
+    try:
+        try:
+            servers = start(missing)
+        except ProvisionError as e:
+            log(f"FAILED to provision the test servers: {e}")
+            return 2
+        log(f"servers ready in {time.monotonic() - t0:.1f}s")
+        for s in servers:
+            env[ENV_NAMES[s.kind]] = s.url
+        env["EMBEDRAIL_SERVER_LOGS"] = os.pathsep.join(s.log for s in servers)
+        proc = subprocess.Popen(cmd, env=env)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait()
+        if rc != 0:
+            for s in servers:
+                print(f"\n----- last lines of the {s.kind} server log ({s.log}) -----", file=sys.stderr)
+                print(tail(s.log, 40), file=sys.stderr)
+        return rc
+    finally:
+        for s in servers:
+            stop_server(s)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    kinds = parse_only(args.only)
+    if "es" in kinds:
+        print(provision_es())
+        print(find_java(17))
+    if "weaviate" in kinds:
+        print(provision_weaviate())
+    if "chroma" in kinds:
+        print(chroma_binary())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in ("up", "down", "provision", "run"):
+        p = sub.add_parser(name)
+        if name != "down":
+            p.add_argument("--only", help="comma-separated subset of es,weaviate,chroma")
+        if name == "run":
+            p.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    try:
+        return {"up": cmd_up, "down": cmd_down, "run": cmd_run, "provision": cmd_provision}[args.command](args)
+    except ProvisionError as e:
+        log(f"FAILED: {e}")
+        return 2
+
+
+# used by tests/conftest.py
+def env_hash() -> str:
+    return hashlib.sha1(f"{ES_VERSION}{WEAVIATE_VERSION}".encode()).hexdigest()[:8]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Test-session wiring: the real servers every store test runs against.
+
+Each server fixture resolves its base URL in this order:
+1. ``EMBEDRAIL_ES_URL`` / ``EMBEDRAIL_WEAVIATE_URL`` / ``EMBEDRAIL_CHROMA_URL`` in the environment
+   (``make test`` sets them after starting the servers; users point them at their own clusters);
+2. ``.servers.env`` written by ``make servers``, if those servers answer;
+3. otherwise the server is started here, on first use, and stopped at the end of the session.
+
+A server that cannot be provisioned fails the tests that need it, loudly, with the reason — it
+never silently skips. When a test fails, the tail of each local server's log is attached.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from util import with_name`
+
+
+def _load_servers_module():
+    spec = importlib.util.spec_from_file_location("embedrail_test_servers", ROOT / "scripts" / "servers.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve their module through sys.modules
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+servers = _load_servers_module()
+_started: list = []
+_failed: dict[str, str] = {}
+
+
+def _read_env_file() -> dict[str, str]:
+    env: dict[str, str] = {}
+    f = ROOT / ".servers.env"
+    if f.exists():
+        for line in f.read_text().splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                env[k.strip()] = v.strip()
+    return env
+
+
+def _health_url(kind: str, url: str) -> str:
+    from util import http_base
+
+    base = http_base(url)
+    return {
+        "es": f"{base}/_cluster/health",
+        "weaviate": f"{base}/v1/.well-known/ready",
+        "chroma": f"{base}/api/v2/heartbeat",
+    }[kind]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status < 300
+    except Exception:
+        return False
+
+
+def _server_url(kind: str) -> str:
+    name = servers.ENV_NAMES[kind]
+    if os.environ.get(name):
+        return os.environ[name]
+    from_file = _read_env_file().get(name)
+    if from_file and _answers(_health_url(kind, from_file)):
+        os.environ[name] = from_file
+        return from_file
+    if kind in _failed:
+        pytest.fail(f"{kind} server could not be provisioned: {_failed[kind]}", pytrace=False)
+    try:
+        (srv,) = servers.start([kind])
+    except Exception as e:  # provisioning failed: fail loudly, never skip
+        _failed[kind] = str(e)
+        pytest.fail(f"{kind} server could not be provisioned: {e}", pytrace=False)
+    _started.append(srv)
+    os.environ[name] = srv.url
+    logs = [p for p in os.environ.get("EMBEDRAIL_SERVER_LOGS", "").split(os.pathsep) if p]
+    os.environ["EMBEDRAIL_SERVER_LOGS"] = os.pathsep.join([*logs, srv.log])
+    return srv.url
+
+
+def pytest_sessionfinish(session, exitstatus):
+    while _started:
+        servers.stop_server(_started.pop())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed and call.when == "call":
+        for path in filter(None, os.environ.get("EMBEDRAIL_SERVER_LOGS", "").split(os.pathsep)):
+            report.sections.append((f"server log tail: {Path(path).name}", servers.tail(path, 30)))
+    return report
+
+
+@pytest.fixture(scope="session")
+def es_url() -> str:
+    """Base URL of a real Elasticsearch, e.g. es://127.0.0.1:9200 (append an index with with_name)."""
+    return _server_url("es")
+
+
+@pytest.fixture(scope="session")
+def weaviate_url() -> str:
+    """Base URL of a real Weaviate, e.g. weaviate://127.0.0.1:8080?grpc_port=50051."""
+    return _server_url("weaviate")
+
+
+@pytest.fixture(scope="session")
+def chroma_http_url() -> str:
+    """Base URL of a real Chroma server, e.g. chroma+http://127.0.0.1:8000."""
+    return _server_url("chroma")
+
+
+@pytest.fixture
+def chroma_path_url(tmp_path) -> str:
+    """Base URL of an embedded (on-disk) Chroma database in a fresh temp dir."""
+    return f"chroma://{tmp_path / 'chroma'}"
+
+
+@pytest.fixture
+def unique_name(request) -> str:
+    """A fresh lowercase index/collection name for this test (valid in ES, Chroma and Weaviate)."""
+    base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:30]
+    return f"t_{base}_{uuid.uuid4().hex[:8]}"

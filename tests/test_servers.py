@@ -1,0 +1,40 @@
+"""The test servers are real, reachable, and the versions the README names."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+from util import http_base, with_name
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_elasticsearch_is_real(es_url):
+    nodes = _get(f"{http_base(es_url)}/_nodes/_local?filter_path=nodes.*.version")["nodes"]
+    (node,) = nodes.values()
+    assert int(node["version"].split(".")[0]) >= 8
+    health = _get(f"{http_base(es_url)}/_cluster/health")
+    assert health["status"] in ("green", "yellow")
+
+
+def test_weaviate_is_real(weaviate_url):
+    meta = _get(f"{http_base(weaviate_url)}/v1/meta")
+    major, minor = (int(x) for x in meta["version"].split(".")[:2])
+    assert (major, minor) >= (1, 32), "collection aliases need Weaviate >= 1.32"
+    assert "grpc_port=" in weaviate_url
+
+
+def test_chroma_server_is_real(chroma_http_url):
+    beat = _get(f"{http_base(chroma_http_url)}/api/v2/heartbeat")
+    assert beat
+
+
+def test_with_name_builds_store_urls():
+    assert with_name("es://h:1", "docs") == "es://h:1/docs"
+    assert with_name("weaviate://h:1?grpc_port=2", "Docs") == "weaviate://h:1/Docs?grpc_port=2"
+    assert with_name("chroma+http://h:1", "docs") == "chroma+http://h:1/docs"
+    assert with_name("chroma:///tmp/x", "docs") == "chroma:///tmp/x?collection=docs"

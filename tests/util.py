@@ -1,0 +1,29 @@
+"""Small helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+
+def with_name(base_url: str, name: str) -> str:
+    """Insert an index/collection name into a store base URL.
+
+    es://h:p + docs                -> es://h:p/docs
+    weaviate://h:p?grpc_port=1 + X  -> weaviate://h:p/X?grpc_port=1
+    chroma+http://h:p + docs        -> chroma+http://h:p/docs
+    chroma:///abs/dir + docs        -> chroma:///abs/dir?collection=docs
+    """
+    u = urllib.parse.urlsplit(base_url)
+    if u.scheme == "chroma":
+        q = urllib.parse.parse_qsl(u.query)
+        q = [(k, v) for k, v in q if k != "collection"] + [("collection", name)]
+        return f"{u.scheme}://{u.netloc}{u.path}?{urllib.parse.urlencode(q)}"
+    path = u.path.rstrip("/") + "/" + name
+    return urllib.parse.urlunsplit((u.scheme, u.netloc, path, u.query, ""))
+
+
+def http_base(store_url: str) -> str:
+    """http://host:port for a store URL (for raw health/admin calls in tests)."""
+    u = urllib.parse.urlsplit(store_url)
+    scheme = "https" if u.scheme.endswith("+https") else "http"
+    return f"{scheme}://{u.hostname}:{u.port}"
