@@ -122,6 +122,11 @@ class BaseEmbedder:
         items = check_texts(texts, what="queries")
         return self._embed_texts([self.format_query(t, instruction) for t in items])
 
+    def embed_raw(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts verbatim: no document prefix, no query instruction (what a plain
+        OpenAI-style ``/v1/embeddings`` request does). Last-token models still get their EOS."""
+        return self._embed_texts(check_texts(texts))
+
     def embed_query(self, text: str, instruction: str | None = None) -> np.ndarray:
         """One query -> a ``(dims,)`` vector."""
         return self.embed_queries([text], instruction=instruction)[0]

@@ -211,7 +211,7 @@ class Embedder(BaseEmbedder):
         self._tok_full = copy.deepcopy(backend)
         self._tok_full.no_padding()
         self._tok_full.no_truncation()
-        self.eos_token_id: int | None = tok.eos_token_id
+        self.eos_token_id: int | None = self._pool_token_id(tok)
         if self.append_eos and self.eos_token_id is None:
             raise ModelError(f"{self.model_id} uses last-token pooling but its tokenizer defines no EOS token")
         pad = tok.pad_token_id
@@ -225,6 +225,15 @@ class Embedder(BaseEmbedder):
             if not probe or probe[-1] != self.eos_token_id:
                 self._special_overhead += 1
         return tok
+
+    def _pool_token_id(self, tok: Any) -> int | None:
+        """The end token last-token pooling reads: Qwen embedding models end every input with
+        ``<|endoftext|>`` (not the chat EOS ``<|im_end|>``); other models use the tokenizer's EOS."""
+        if self._spec.model_type.startswith("qwen"):
+            tid = tok.convert_tokens_to_ids("<|endoftext|>")
+            if isinstance(tid, int) and tid != tok.unk_token_id:
+                return tid
+        return tok.eos_token_id
 
     def _load_model(self) -> torch.nn.Module:
         from transformers import AutoModel
