@@ -1,0 +1,48 @@
+"""integration: the ETL side of embedrail — sources, chunking, the sync ledger, the sync engine, the CLI.
+
+```python
+from integration import SyncEngine, sync
+report = sync("docs.jsonl", ["chroma:///abs/path?collection=docs"])   # incremental by default
+print(report.to_dict())
+```
+
+Importing this package loads no model and touches no network; Airflow is imported only by
+``integration.airflow``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Chunk",
+    "Chunker",
+    "Document",
+    "Ledger",
+    "Report",
+    "SyncEngine",
+    "open_source",
+    "partition_of",
+    "sync",
+]
+
+_LAZY = {
+    "Chunk": "integration.documents",
+    "Document": "integration.documents",
+    "partition_of": "integration.documents",
+    "Chunker": "integration.chunking",
+    "Ledger": "integration.ledger",
+    "Report": "integration.report",
+    "SyncEngine": "integration.engine",
+    "sync": "integration.engine",
+    "open_source": "integration.sources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'integration' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(mod), name)

@@ -1,0 +1,414 @@
+"""The sync ledger: what each target holds, so a run does the least work and a crash is repairable.
+
+Any SQLAlchemy URL works; the default is SQLite at ``.embedrail/ledger.sqlite`` (WAL mode, so several
+processes — e.g. Airflow mapped tasks on one machine — can write different documents at once). Use
+PostgreSQL (``postgresql+psycopg://...``) when workers are spread over machines.
+
+Per target (key = the target URL without credentials) and generation (the physical index the rows
+describe) it records
+
+- ``er_chunks``: chunk id -> fingerprint (+ doc id). A row with a NULL fingerprint is an *intent*:
+  written just before an upsert, it says "this id may exist in the store" so a later delete finds it
+  even if the process died between the store's ack and the ledger commit.
+- ``er_docs``: doc id -> hash of (text, metadata, chunking + embedding config), set only after every
+  chunk of the document was acknowledged and its stale chunks deleted. Equal hash => skip the doc
+  before chunking or tokenising it.
+- ``er_targets``: the active generation, a pending full rebuild, the index fingerprint and spec.
+- ``er_watermarks``: per target and feed, the highest watermark whose rows the target fully holds.
+- ``er_meta``: a small cache (e.g. a model's fingerprint/dims) so an unchanged run needs no model.
+
+The rule of DESIGN.md holds by construction: the engine calls ``commit_*`` only after the target
+acknowledged, so the ledger is never ahead of the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from embedrail.errors import ConfigError
+
+__all__ = ["DEFAULT_LEDGER_URL", "Ledger", "TargetState"]
+
+DEFAULT_LEDGER_URL = "sqlite:///.embedrail/ledger.sqlite"
+T = TypeVar("T")
+_IN_BATCH = 400
+
+metadata = MetaData()
+targets_t = Table(
+    "er_targets",
+    metadata,
+    Column("target", String(512), primary_key=True),
+    Column("generation", String(512), nullable=False, default=""),
+    Column("fingerprint", String(128), nullable=False, default=""),
+    Column("spec", Text, nullable=False, default="{}"),
+    Column("pending_generation", String(512), nullable=True),
+    Column("pending_fingerprint", Text, nullable=True),
+    Column("updated_at", Integer, nullable=False, default=0),
+)
+docs_t = Table(
+    "er_docs",
+    metadata,
+    Column("target", String(512), primary_key=True),
+    Column("generation", String(512), primary_key=True),
+    Column("doc_id", String(1024), primary_key=True),
+    Column("doc_hash", String(64), nullable=False),
+    Column("n_chunks", Integer, nullable=False),
+)
+chunks_t = Table(
+    "er_chunks",
+    metadata,
+    Column("target", String(512), primary_key=True),
+    Column("generation", String(512), primary_key=True),
+    Column("chunk_id", String(1100), primary_key=True),
+    Column("doc_id", String(1024), nullable=False),
+    Column("fingerprint", String(64), nullable=True),
+    Index("er_chunks_doc", "target", "generation", "doc_id"),
+)
+watermarks_t = Table(
+    "er_watermarks",
+    metadata,
+    Column("target", String(512), primary_key=True),
+    Column("source", String(1024), primary_key=True),
+    Column("value", Text, nullable=True),
+)
+meta_t = Table(
+    "er_meta",
+    metadata,
+    Column("key", String(512), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+@dataclass(slots=True)
+class TargetState:
+    target: str
+    generation: str
+    fingerprint: str
+    spec: dict[str, Any]
+    pending_generation: str | None
+    pending_fingerprint: str | None
+
+
+def _chunks(seq: Sequence[T], n: int = _IN_BATCH) -> Iterable[Sequence[T]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class Ledger:
+    def __init__(self, url: str | None = None) -> None:
+        url = url or os.environ.get("EMBEDRAIL_LEDGER") or DEFAULT_LEDGER_URL
+        try:
+            parsed = make_url(url)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"bad ledger URL {url!r}: {e}") from None
+        self.url = parsed.render_as_string(hide_password=True)
+        kwargs: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            db = parsed.database
+            if db and db != ":memory:" and not db.startswith("file:"):
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 60}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(parsed, **kwargs)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._retry(lambda: metadata.create_all(self.engine))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def _retry(self, fn: Callable[[], T], attempts: int = 8) -> T:
+        for i in range(attempts):
+            try:
+                return fn()
+            except (OperationalError, IntegrityError):
+                if i == attempts - 1:
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _tx(self, fn: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.engine.begin() as conn:
+                return fn(conn)
+
+        return self._retry(run)
+
+    # --- targets ------------------------------------------------------------------------------
+    def target(self, target: str) -> TargetState | None:
+        def q(conn: Connection) -> TargetState | None:
+            row = conn.execute(select(targets_t).where(targets_t.c.target == target)).mappings().first()
+            if row is None:
+                return None
+            return TargetState(
+                row["target"], row["generation"], row["fingerprint"], json.loads(row["spec"] or "{}"),
+                row["pending_generation"], row["pending_fingerprint"],
+            )  # fmt: skip
+
+        return self._tx(q)
+
+    def set_target(self, target: str, *, generation: str, fingerprint: str, spec: dict[str, Any]) -> None:
+        values = {"generation": generation, "fingerprint": fingerprint, "spec": json.dumps(spec), "updated_at": int(time.time())}
+
+        def q(conn: Connection) -> None:
+            n = conn.execute(update(targets_t).where(targets_t.c.target == target).values(**values)).rowcount
+            if not n:
+                conn.execute(insert(targets_t).values(target=target, **values))
+
+        self._tx(q)
+
+    def set_pending(self, target: str, generation: str | None, url: str | None) -> None:
+        def q(conn: Connection) -> None:
+            n = conn.execute(
+                update(targets_t).where(targets_t.c.target == target).values(pending_generation=generation, pending_fingerprint=url)
+            ).rowcount
+            if not n:
+                conn.execute(
+                    insert(targets_t).values(
+                        target=target, generation="", fingerprint="", spec="{}", pending_generation=generation,
+                        pending_fingerprint=url, updated_at=int(time.time()),
+                    )
+                )  # fmt: skip
+
+        self._tx(q)
+
+    def switch_generation(self, target: str, generation: str, fingerprint: str, spec: dict[str, Any]) -> None:
+        """After a committed rebuild: make ``generation`` active, forget every other generation."""
+
+        def q(conn: Connection) -> None:
+            for t in (docs_t, chunks_t):
+                conn.execute(delete(t).where(and_(t.c.target == target, t.c.generation != generation)))
+            conn.execute(
+                update(targets_t).where(targets_t.c.target == target).values(
+                    generation=generation, fingerprint=fingerprint, spec=json.dumps(spec),
+                    pending_generation=None, pending_fingerprint=None, updated_at=int(time.time()),
+                )
+            )  # fmt: skip
+
+        self._tx(q)
+
+    def reset(self, target: str, generation: str | None = None) -> None:
+        """Forget what a target (generation) holds, e.g. because its index was dropped by hand."""
+
+        def q(conn: Connection) -> None:
+            for t in (docs_t, chunks_t):
+                cond = t.c.target == target
+                if generation is not None:
+                    cond = and_(cond, t.c.generation == generation)
+                conn.execute(delete(t).where(cond))
+            if generation is None:
+                conn.execute(delete(watermarks_t).where(watermarks_t.c.target == target))
+
+        self._tx(q)
+
+    # --- reading ------------------------------------------------------------------------------
+    def doc_hashes(self, target: str, generation: str) -> dict[str, tuple[str, int]]:
+        def q(conn: Connection) -> dict[str, tuple[str, int]]:
+            rows = conn.execute(
+                select(docs_t.c.doc_id, docs_t.c.doc_hash, docs_t.c.n_chunks).where(
+                    and_(docs_t.c.target == target, docs_t.c.generation == generation)
+                )
+            )
+            return {r[0]: (r[1], r[2]) for r in rows}
+
+        return self._tx(q)
+
+    def chunk_fingerprints(self, target: str, generation: str, doc_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        """doc id -> {chunk id -> fingerprint (None: intent only)} for the given documents."""
+
+        def q(conn: Connection) -> dict[str, dict[str, str | None]]:
+            out: dict[str, dict[str, str | None]] = {}
+            for part in _chunks(list(doc_ids)):
+                rows = conn.execute(
+                    select(chunks_t.c.doc_id, chunks_t.c.chunk_id, chunks_t.c.fingerprint).where(
+                        and_(chunks_t.c.target == target, chunks_t.c.generation == generation, chunks_t.c.doc_id.in_(part))
+                    )
+                )
+                for d, c, fp in rows:
+                    out.setdefault(d, {})[c] = fp
+            return out
+
+        return self._tx(q)
+
+    def doc_ids(self, target: str, generation: str) -> set[str]:
+        """Every doc id with a row (committed doc or chunk rows, incl. intents) in the ledger."""
+
+        def q(conn: Connection) -> set[str]:
+            a = conn.execute(
+                select(docs_t.c.doc_id).where(and_(docs_t.c.target == target, docs_t.c.generation == generation))
+            )
+            b = conn.execute(
+                select(chunks_t.c.doc_id).distinct().where(and_(chunks_t.c.target == target, chunks_t.c.generation == generation))
+            )
+            return {r[0] for r in a} | {r[0] for r in b}
+
+        return self._tx(q)
+
+    def chunk_map(self, target: str, generation: str) -> dict[str, str | None]:
+        """chunk id -> fingerprint for the whole target (status / tests)."""
+
+        def q(conn: Connection) -> dict[str, str | None]:
+            rows = conn.execute(
+                select(chunks_t.c.chunk_id, chunks_t.c.fingerprint).where(
+                    and_(chunks_t.c.target == target, chunks_t.c.generation == generation)
+                )
+            )
+            return {r[0]: r[1] for r in rows}
+
+        return self._tx(q)
+
+    def counts(self, target: str, generation: str) -> dict[str, int]:
+        def q(conn: Connection) -> dict[str, int]:
+            cond_d = and_(docs_t.c.target == target, docs_t.c.generation == generation)
+            cond_c = and_(chunks_t.c.target == target, chunks_t.c.generation == generation)
+            docs = conn.execute(select(func.count()).select_from(docs_t).where(cond_d)).scalar_one()
+            chunks = conn.execute(select(func.count()).select_from(chunks_t).where(cond_c)).scalar_one()
+            pending = conn.execute(
+                select(func.count()).select_from(chunks_t).where(and_(cond_c, chunks_t.c.fingerprint.is_(None)))
+            ).scalar_one()
+            return {"documents": docs, "chunks": chunks - pending, "pending_chunks": pending}
+
+        return self._tx(q)
+
+    # --- writing (only after the store acknowledged, except intents) ---------------------------
+    def mark_intent(self, target: str, generation: str, items: Sequence[tuple[str, str]]) -> None:
+        """Record chunk ids (with doc id) that are about to be written and are not in the ledger yet."""
+        if not items:
+            return
+
+        def q(conn: Connection) -> None:
+            ids = [c for c, _ in items]
+            existing: set[str] = set()
+            for part in _chunks(ids):
+                existing.update(
+                    r[0]
+                    for r in conn.execute(
+                        select(chunks_t.c.chunk_id).where(
+                            and_(chunks_t.c.target == target, chunks_t.c.generation == generation, chunks_t.c.chunk_id.in_(part))
+                        )
+                    )
+                )
+            new = [
+                {"target": target, "generation": generation, "chunk_id": c, "doc_id": d, "fingerprint": None}
+                for c, d in items
+                if c not in existing
+            ]
+            if new:
+                conn.execute(insert(chunks_t), new)
+
+        self._tx(q)
+
+    def commit(
+        self,
+        target: str,
+        generation: str,
+        *,
+        written: Sequence[tuple[str, str, str]] = (),
+        deleted: Sequence[str] = (),
+        docs_done: Sequence[tuple[str, str, int]] = (),
+        docs_removed: Sequence[str] = (),
+    ) -> None:
+        """One transaction: chunks written (id, doc, fp), chunk ids deleted, documents completed
+        (doc, hash, n_chunks) and documents removed entirely."""
+        if not (written or deleted or docs_done or docs_removed):
+            return
+
+        def q(conn: Connection) -> None:
+            base_c = and_(chunks_t.c.target == target, chunks_t.c.generation == generation)
+            base_d = and_(docs_t.c.target == target, docs_t.c.generation == generation)
+            gone = [c for c, _, _ in written] + list(deleted)
+            for part in _chunks(gone):
+                conn.execute(delete(chunks_t).where(and_(base_c, chunks_t.c.chunk_id.in_(part))))
+            if written:
+                conn.execute(
+                    insert(chunks_t),
+                    [
+                        {"target": target, "generation": generation, "chunk_id": c, "doc_id": d, "fingerprint": fp}
+                        for c, d, fp in written
+                    ],
+                )
+            doc_ids = [d for d, _, _ in docs_done] + list(docs_removed)
+            for part in _chunks(doc_ids):
+                conn.execute(delete(docs_t).where(and_(base_d, docs_t.c.doc_id.in_(part))))
+            if docs_removed:
+                for part in _chunks(list(docs_removed)):
+                    conn.execute(delete(chunks_t).where(and_(base_c, chunks_t.c.doc_id.in_(part))))
+            if docs_done:
+                conn.execute(
+                    insert(docs_t),
+                    [
+                        {"target": target, "generation": generation, "doc_id": d, "doc_hash": h, "n_chunks": n}
+                        for d, h, n in docs_done
+                    ],
+                )
+
+        self._tx(q)
+
+    # --- watermarks and meta ------------------------------------------------------------------
+    def watermark(self, target: str, source: str) -> str | None:
+        def q(conn: Connection) -> str | None:
+            return conn.execute(
+                select(watermarks_t.c.value).where(and_(watermarks_t.c.target == target, watermarks_t.c.source == source))
+            ).scalar_one_or_none()
+
+        return self._tx(q)
+
+    def set_watermark(self, target: str, source: str, value: str | None) -> None:
+        def q(conn: Connection) -> None:
+            conn.execute(delete(watermarks_t).where(and_(watermarks_t.c.target == target, watermarks_t.c.source == source)))
+            conn.execute(insert(watermarks_t).values(target=target, source=source, value=value))
+
+        self._tx(q)
+
+    def meta(self, key: str) -> Any:
+        def q(conn: Connection) -> Any:
+            raw = conn.execute(select(meta_t.c.value).where(meta_t.c.key == key)).scalar_one_or_none()
+            return json.loads(raw) if raw is not None else None
+
+        return self._tx(q)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        def q(conn: Connection) -> None:
+            conn.execute(delete(meta_t).where(meta_t.c.key == key))
+            conn.execute(insert(meta_t).values(key=key, value=json.dumps(value, sort_keys=True)))
+
+        self._tx(q)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+    finally:
+        cur.close()

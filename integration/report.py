@@ -1,0 +1,144 @@
+"""The run report: what a sync did, per target. ``to_dict()`` is the JSON the CLI prints with
+``--json`` and the Airflow report task returns as its XCom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Report"]
+
+
+@dataclass
+class Report:
+    mode: str = "incremental"
+    dry_run: bool = False
+    documents: int = 0  # source documents seen (tombstones included, bad rows excluded)
+    chunks: int = 0  # chunks the source documents make (unchanged docs: as recorded)
+    embedded: int = 0  # chunks embedded in this run (once, whatever the number of targets)
+    unchanged: int = 0  # chunks every target already held
+    tombstones: int = 0
+    upserted: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)  # chunks/ids not written, per target
+    errors: dict[str, str] = field(default_factory=dict)  # target -> first error (one line)
+    plan: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> new/changed/unchanged/deleted
+    skipped_bad_rows: int = 0
+    bad_rows: list[dict[str, Any]] = field(default_factory=list)  # first few, with location
+    model: str | None = None
+    dims: int | None = None
+    fingerprint: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    partitions: int = 1
+
+    MAX_BAD_ROWS = 20
+
+    def add_target(self, target: str) -> None:
+        self.upserted.setdefault(target, 0)
+        self.deleted.setdefault(target, 0)
+        self.failed.setdefault(target, 0)
+        self.plan.setdefault(target, {"new": 0, "changed": 0, "unchanged": 0, "deleted": 0})
+
+    def fail(self, target: str, error: str, count: int = 0) -> None:
+        self.add_target(target)
+        self.failed[target] += count
+        self.errors.setdefault(target, error.splitlines()[0] if error else "failed")
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not any(self.failed.values())
+
+    def failed_targets(self) -> list[str]:
+        return sorted(t for t in self.upserted if self.failed.get(t) or t in self.errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "mode": self.mode,
+            "dry_run": self.dry_run,
+            "documents": self.documents,
+            "chunks": self.chunks,
+            "embedded": self.embedded,
+            "unchanged": self.unchanged,
+            "tombstones": self.tombstones,
+            "upserted": dict(self.upserted),
+            "deleted": dict(self.deleted),
+            "failed": dict(self.failed),
+            "errors": dict(self.errors),
+            "plan": {k: dict(v) for k, v in self.plan.items()},
+            "skipped_bad_rows": self.skipped_bad_rows,
+            "bad_rows": list(self.bad_rows),
+            "model": self.model,
+            "dims": self.dims,
+            "fingerprint": self.fingerprint,
+            "notes": list(self.notes),
+            "partitions": self.partitions,
+            "seconds": round(self.seconds, 3),
+            "embed_seconds": round(self.embed_seconds, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        r = cls()
+        for k in (
+            "mode", "dry_run", "documents", "chunks", "embedded", "unchanged", "tombstones", "skipped_bad_rows",
+            "model", "dims", "fingerprint", "seconds", "embed_seconds", "partitions",
+        ):  # fmt: skip
+            if k in d:
+                setattr(r, k, d[k])
+        r.upserted = dict(d.get("upserted", {}))
+        r.deleted = dict(d.get("deleted", {}))
+        r.failed = dict(d.get("failed", {}))
+        r.errors = dict(d.get("errors", {}))
+        r.plan = {k: dict(v) for k, v in d.get("plan", {}).items()}
+        r.bad_rows = list(d.get("bad_rows", []))
+        r.notes = list(d.get("notes", []))
+        return r
+
+    def merge(self, other: Report) -> Report:
+        """Add another partition's counts into this report (used by ``SyncEngine.finalize``)."""
+        for k in ("documents", "chunks", "embedded", "unchanged", "tombstones", "skipped_bad_rows"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.embed_seconds += other.embed_seconds
+        for mine, theirs in ((self.upserted, other.upserted), (self.deleted, other.deleted), (self.failed, other.failed)):
+            for t, n in theirs.items():
+                mine[t] = mine.get(t, 0) + n
+        for t, e in other.errors.items():
+            self.errors.setdefault(t, e)
+        for t, p in other.plan.items():
+            mp = self.plan.setdefault(t, {"new": 0, "changed": 0, "unchanged": 0, "deleted": 0})
+            for k, n in p.items():
+                mp[k] = mp.get(k, 0) + n
+        self.bad_rows = (self.bad_rows + other.bad_rows)[: self.MAX_BAD_ROWS]
+        for n in other.notes:
+            if n not in self.notes:
+                self.notes.append(n)
+        self.model = self.model or other.model
+        self.dims = self.dims or other.dims
+        self.fingerprint = self.fingerprint or other.fingerprint
+        return self
+
+    def summary(self) -> str:
+        """A few human lines (the non-JSON CLI output)."""
+        verb = "would embed" if self.dry_run else "embedded"
+        lines = [
+            f"{self.documents} documents, {self.chunks} chunks: {verb} {self.embedded}, unchanged {self.unchanged}"
+            + (f", {self.skipped_bad_rows} bad rows skipped" if self.skipped_bad_rows else "")
+            + f" ({self.model}, {self.dims} dims, {self.seconds:.1f}s)"
+        ]
+        for t in self.upserted:
+            p = self.plan.get(t, {})
+            state = "FAILED: " + self.errors[t] if t in self.errors else ("FAILED" if self.failed.get(t) else "ok")
+            if self.dry_run:
+                lines.append(
+                    f"  {t}: plan new={p.get('new', 0)} changed={p.get('changed', 0)} "
+                    f"unchanged={p.get('unchanged', 0)} delete={p.get('deleted', 0)} [{state}]"
+                )
+            else:
+                lines.append(
+                    f"  {t}: upserted {self.upserted[t]}, deleted {self.deleted.get(t, 0)}, failed {self.failed.get(t, 0)} [{state}]"
+                )
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
