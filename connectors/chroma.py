@@ -443,6 +443,7 @@ class ChromaStore:
         try:
             if metadatas is None:
                 raise ValueError("metadata encoding failed")
+            self._clear_stale_keys(col, ids, metadatas)
             emb = np.stack([v for _, v in batch])
             docs = [r.text or "" for r, _ in batch]
             self._call(
@@ -458,6 +459,24 @@ class ChromaStore:
             mid = len(batch) // 2
             self._write(col, batch[:mid], result)
             self._write(col, batch[mid:], result)
+
+    def _clear_stale_keys(self, col: Any, ids: list[str], metadatas: list[dict[str, Any] | None]) -> None:
+        """Chroma's upsert merges metadata into an existing record; we want replacement.
+
+        Keys the stored record has but the new metadata lacks are set to None, which deletes them.
+        """
+        got = self._call(lambda: col.get(ids=ids, include=["metadatas"]), "read existing metadata")
+        old = {i: md for i, md in zip(got["ids"], got.get("metadatas") or [], strict=False) if md}
+        if not old:
+            return
+        for pos, i in enumerate(ids):
+            prev = old.get(i)
+            if not prev:
+                continue
+            new = metadatas[pos] or {}
+            stale = {k: None for k in prev if k not in new}
+            if stale:
+                metadatas[pos] = {**new, **stale}
 
     def delete(self, ids: Iterable[str]) -> DeleteResult:
         ids = list(dict.fromkeys(str(i) for i in ids))
@@ -619,6 +638,9 @@ class ChromaStore:
         target = getattr(new, "_physical_fixed", None)
         if target and target != self.resolve():
             self._drop_physical(target)
+        if isinstance(new, ChromaStore):
+            new._cols.clear()
+            new._specs.clear()
 
     def close(self) -> None:
         self._cols.clear()

