@@ -36,16 +36,17 @@ def stdlib_texts(n: int) -> list[str]:
             return texts
     files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
     files = [p for p in files if "test" not in p.parts] + [p for p in files if "test" in p.parts]
-    out = _collect(root, files, n)
+    seen: set[str] = set()
+    out = _collect(root, files, n, seen, [])
+    if len(out) < n:  # not enough paragraphs: add single sentences of the docstrings
+        out = _collect(root, files, n, seen, out, sentences=True)
     if len(out) == n:
         CACHE.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(out))
     return out
 
 
-def _collect(root: Path, files: list[Path], n: int) -> list[str]:
-    seen: set[str] = set()
-    out: list[str] = []
+def _collect(root: Path, files: list[Path], n: int, seen: set[str], out: list[str], sentences: bool = False) -> list[str]:
     for path in files:
         try:
             tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
@@ -61,7 +62,10 @@ def _collect(root: Path, files: list[Path], n: int) -> list[str]:
             doc = ast.get_docstring(node)
             if not doc:
                 continue
-            for para in doc.split("\n\n"):
+            units = doc.split("\n\n")
+            if sentences:
+                units = [x for u in units for x in " ".join(u.split()).split(". ")]
+            for para in units:
                 para = " ".join(para.split())
                 if len(para) < 40 or para in seen:
                     continue
