@@ -167,7 +167,7 @@ def with_index(url: str, index: str | None) -> str:
     u = urlsplit(url)
     if u.scheme == "chroma":  # embedded: the path is the directory
         q = [(k, v) for k, v in parse_qsl(u.query, keep_blank_values=True) if k != "collection"]
-        return urlunsplit((u.scheme, u.netloc, u.path, urlencode([*q, ("collection", index)]), ""))
+        return f"{u.scheme}://{u.netloc}{u.path}?{urlencode([*q, ('collection', index)])}"
     path = u.path.rstrip("/") + "/" + quote(index)
     return urlunsplit((u.scheme, u.netloc, path, u.query, ""))
 
@@ -271,7 +271,9 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
         path = extra.get("path")
         if path:
             url = f"chroma://{Path(str(path)).expanduser().resolve()}"
-            return with_index(url, index), secrets
+            if not index:
+                raise ConfigError(f"connection {conn_id!r} names no collection: use conn:{conn_id}/NAME or extra collection")
+            return with_index(url, str(index)), list(dict.fromkeys(secrets))
         schema = (getattr(conn, "schema", None) or "http").lower()
         scheme, host, hport = _split_host(getattr(conn, "host", None), schema if schema in ("http", "https") else "http")
         token = password or extra.get("token")
@@ -287,7 +289,7 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
     url = with_index(url, str(index))
     if params:
         url += "?" + urlencode(params)
-    return url, secrets
+    return url, list(dict.fromkeys(secrets))
 
 
 def _get_connection(conn_id: str) -> Any:

@@ -1,0 +1,286 @@
+"""dag.test() end-to-end: a real Airflow (isolated, SQLite metadata DB) drives the reindex DAG against
+the real Elasticsearch, Weaviate and Chroma servers; the stores are checked through the connectors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_airflow_env import airflow_home  # noqa: F401 - the session fixture
+from util import with_name
+
+pytestmark = pytest.mark.slow
+
+DAG_TEMPLATE = '''
+"""Test DAG for tests/test_airflow_e2e.py (config: {cfg_name})."""
+import json
+import os
+from pathlib import Path
+
+from integration.airflow import build_reindex_dag, cached_embedder
+
+CFG = json.loads(Path({cfg_path!r}).read_text())
+FAULT_FLAG = CFG.pop("fault_flag", None)
+
+
+class FlakyEmbedder:
+    """Injected fault: the 2nd batch this task embeds raises while the flag file exists (once)."""
+
+    def __init__(self, inner):
+        self._inner, self._calls = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def embed_documents(self, texts):
+        self._calls += 1
+        if self._calls >= 2 and FAULT_FLAG and os.path.exists(FAULT_FLAG):
+            os.remove(FAULT_FLAG)
+            raise RuntimeError("injected fault: worker lost in the middle of a partition")
+        return self._inner.embed_documents(texts)
+
+
+def flaky_embedder(name, dims=None, device="auto"):
+    return FlakyEmbedder(cached_embedder(name, dims=dims, device=device))
+
+
+dag = build_reindex_dag(CFG.pop("dag_id"), embedder_factory=flaky_embedder if FAULT_FLAG else None, **CFG)
+'''
+
+DOCS = {
+    f"doc{i}": text
+    for i, text in enumerate(
+        [
+            "Parse command line arguments with argparse.",
+            "Read and write JSON documents.",
+            "Compress data with gzip and zlib.",
+            "Regular expressions find patterns in text.",
+            "Dates and times with the datetime module.",
+            "Paths and files with pathlib.",
+            "Run child processes with subprocess.",
+            "Random numbers and shuffling.",
+            "Hash functions such as sha256.",
+            "Threads, locks and queues for concurrency.",
+        ]
+    )
+}
+
+
+def write_corpus(path: Path, docs: dict[str, str]) -> None:
+    path.write_text("".join(json.dumps({"id": k, "text": v, "lang": "en"}) + "\n" for k, v in docs.items()))
+
+
+def make_dag(home: Path, dag_id: str, cfg: dict[str, Any]) -> Any:
+    cfg_path = home / f"{dag_id}.json"
+    cfg_path.write_text(json.dumps({"dag_id": dag_id, **cfg}))
+    dag_file = home / "dags" / f"{dag_id}.py"
+    dag_file.write_text(textwrap.dedent(DAG_TEMPLATE.format(cfg_name=cfg_path.name, cfg_path=str(cfg_path))))
+    spec = importlib.util.spec_from_file_location(f"embedrail_test_{dag_id}", dag_file)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.dag
+
+
+def run(dag: Any, conf: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any] | None]:
+    """dag.test() one run; returns (dag run, the report task's XCom)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dr = dag.test(run_conf=conf)
+    with create_session() as s:
+        value = s.execute(
+            select(XComModel.value).where(
+                XComModel.dag_id == dag.dag_id,
+                XComModel.run_id == dr.run_id,
+                XComModel.task_id == "report",
+                XComModel.key == "return_value",
+            )
+        ).scalar_one_or_none()
+    if isinstance(value, str):
+        value = json.loads(value)
+    return dr, value
+
+
+def task_states(dag_id: str, run_id: str) -> list[tuple[str, int, int, str]]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as s:
+        rows = s.execute(
+            select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.try_number, TaskInstance.state).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id
+            )
+        ).all()
+    return sorted((r[0], r[1], r[2], str(r[3])) for r in rows)
+
+
+def all_xcoms(dag_id: str, run_id: str) -> str:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as s:
+        values = s.execute(select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)).scalars()
+        return json.dumps([v for v in values], default=str)
+
+
+def asset_events(uri: str) -> list[dict[str, Any]]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as s:
+        rows = s.execute(
+            select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id).where(AssetModel.uri == uri)
+        ).scalars()
+        return [dict(r or {}) for r in rows]
+
+
+def store_texts(url: str) -> dict[str, str]:
+    """What a store holds, read back through its connector: {chunk id: text}; count must agree."""
+    from connectors import connect
+
+    store = connect(url)
+    try:
+        ids = sorted(store.iter_ids())
+        hits = store.get(ids)
+        assert store.count() == len(ids), f"{store.url}: count {store.count()} != {len(ids)} ids"
+        return {i: hits[i].text for i in ids}
+    finally:
+        store.close()
+
+
+def expected(docs: dict[str, str]) -> dict[str, str]:
+    return {f"{k}#0": v for k, v in docs.items()}
+
+
+def report_keys() -> set[str]:
+    from integration.report import Report
+
+    return set(Report().to_dict())
+
+
+# ------------------------------------------------------------------------------------------------
+def test_dag_keeps_es_weaviate_and_chroma_in_step(airflow_home, es_url, weaviate_url, chroma_http_url,  # noqa: F811
+                                                  unique_name, monkeypatch, capfd):  # fmt: skip
+    """Connections (provider types + the Chroma convention) as targets; first run indexes everything,
+    a second embeds nothing, a dry run writes nothing, an edit re-embeds one document, a deletion
+    reaches every store; Asset events per index; no secret in XComs or logs."""
+    from urllib.parse import urlsplit
+
+    es, wv, ch = urlsplit(es_url), urlsplit(weaviate_url), urlsplit(chroma_http_url)
+    grpc_port = int(dict(p.split("=") for p in wv.query.split("&"))["grpc_port"])
+    es_secret, chroma_secret = "ZXNrZXk6czNjcjN0LWVzLTQy", "tok-s3cr3t-chroma-77"
+    monkeypatch.setenv("AIRFLOW_CONN_E2E_ES", json.dumps(
+        {"conn_type": "elasticsearch", "host": es.hostname, "port": es.port, "schema": "http",
+         "extra": {"api_key": es_secret}}))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_E2E_WEAVIATE", json.dumps(
+        {"conn_type": "weaviate", "host": wv.hostname, "port": wv.port, "extra": {"grpc_port": grpc_port}}))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_E2E_CHROMA", json.dumps(
+        {"conn_type": "generic", "host": ch.hostname, "port": ch.port, "password": chroma_secret,
+         "extra": {"store": "chroma"}}))  # fmt: skip
+    corpus = airflow_home / f"{unique_name}.jsonl"
+    docs = dict(DOCS)
+    write_corpus(corpus, docs)
+    wv_name = "E" + unique_name.replace("_", "")[:40]
+    targets = [f"conn:e2e_es/{unique_name}", {"conn": "e2e_weaviate", "index": wv_name}, f"conn:e2e_chroma/{unique_name}"]
+    urls = [with_name(es_url, unique_name), with_name(weaviate_url, wv_name), with_name(chroma_http_url, unique_name)]
+    dag = make_dag(airflow_home, "e2e_" + unique_name[-8:], {
+        "source": str(corpus), "targets": targets, "model": "minilm", "partitions": 2, "batch_size": 4,
+        "retry_delay": 0, "tags": ["test"]})  # fmt: skip
+    keys = None
+
+    # 1. first run: everything is embedded once and written to all three stores
+    dr, rep = run(dag)
+    assert str(dr.state) == "success", task_states(dag.dag_id, dr.run_id)
+    assert rep is not None and set(rep) == report_keys()  # the CLI's --json report
+    assert rep["ok"] and rep["documents"] == 10 and rep["embedded"] == 10 and rep["partitions"] == 2
+    keys = sorted(rep["upserted"])
+    assert len(keys) == 3 and all(rep["upserted"][k] == 10 for k in keys)
+    for url in urls:
+        assert store_texts(url) == expected(docs)
+    states = task_states(dag.dag_id, dr.run_id)
+    assert [s for s in states if s[0] == "sync_partition"] == [
+        ("sync_partition", 0, 1, "success"), ("sync_partition", 1, 1, "success")]  # fmt: skip
+    uris = [a.uri for a in dag.get_task("report").outlets]
+    assert uris[0] == f"embedrail+conn://e2e_es/{unique_name}"
+    for uri, key in zip(uris, sorted(rep["upserted"], key=lambda k: keys.index(k)), strict=False):
+        events = asset_events(uri)
+        assert len(events) == 1 and events[0]["upserted"] == 10, (uri, key, events)
+    leaked = [s for s in (es_secret, chroma_secret) if s in all_xcoms(dag.dag_id, dr.run_id)]
+    assert leaked == []
+
+    # 2. unchanged source: nothing embedded, nothing written
+    dr, rep = run(dag)
+    assert str(dr.state) == "success" and rep is not None
+    assert rep["embedded"] == 0 and rep["unchanged"] == 10 and all(v == 0 for v in rep["upserted"].values())
+
+    # 3. edit one document; a dry run plans it and writes nothing (report task skipped: no Asset event)
+    docs["doc3"] = "Regular expressions: the re module matches, searches and substitutes patterns."
+    write_corpus(corpus, docs)
+    dr, rep = run(dag, {"dry_run": True})
+    assert str(dr.state) == "success" and rep is not None and rep["dry_run"] is True
+    assert all(p["changed"] == 1 and p["unchanged"] == 9 for p in rep["plan"].values())
+    assert ("report", -1, 1, "skipped") in task_states(dag.dag_id, dr.run_id)
+    assert len(asset_events(uris[0])) == 2  # runs 1 and 2 only
+    for url in urls:
+        assert store_texts(url)["doc3#0"] == DOCS["doc3"]
+
+    # 4. the real run re-embeds only that document
+    dr, rep = run(dag)
+    assert str(dr.state) == "success" and rep is not None
+    assert rep["embedded"] == 1 and all(v == 1 for v in rep["upserted"].values()), rep
+    for url in urls:
+        assert store_texts(url) == expected(docs)
+
+    # 5. delete a document from the source: it leaves every store
+    del docs["doc5"]
+    write_corpus(corpus, docs)
+    dr, rep = run(dag)
+    assert str(dr.state) == "success" and rep is not None
+    assert rep["embedded"] == 0 and all(v == 1 for v in rep["deleted"].values()), rep
+    for url in urls:
+        held = store_texts(url)
+        assert held == expected(docs) and "doc5#0" not in held
+
+    out, err = capfd.readouterr()
+    assert es_secret not in out + err and chroma_secret not in out + err
+
+
+def test_partition_fails_once_and_retry_leaves_stores_in_step(airflow_home, es_url, weaviate_url,  # noqa: F811
+                                                              chroma_path_url, unique_name):  # fmt: skip
+    """A mapped partition task dies mid-way on its first try (after writing part of its share); Airflow
+    retries it; the stores end exactly in step with the source, and a re-run has nothing to do."""
+    corpus = airflow_home / f"{unique_name}.jsonl"
+    write_corpus(corpus, DOCS)
+    flag = airflow_home / f"{unique_name}.fault"
+    flag.write_text("fail once")
+    wv_name = "R" + unique_name.replace("_", "")[:40]
+    urls = [with_name(es_url, unique_name), with_name(weaviate_url, wv_name), with_name(chroma_path_url, unique_name)]
+    dag = make_dag(airflow_home, "retry_" + unique_name[-8:], {
+        "source": str(corpus), "targets": urls, "model": "minilm", "partitions": 2, "batch_size": 2,
+        "retries": 2, "retry_delay": 0, "fault_flag": str(flag)})  # fmt: skip
+
+    dr, rep = run(dag)
+    states = task_states(dag.dag_id, dr.run_id)
+    assert str(dr.state) == "success", states
+    assert not flag.exists(), "the fault was not injected"
+    parts = [s for s in states if s[0] == "sync_partition"]
+    assert sorted(s[2] for s in parts) == [1, 2], f"exactly one partition should have needed a retry: {parts}"
+    assert all(s[3] == "success" for s in parts)
+    assert rep is not None and rep["ok"] and rep["documents"] == 10
+    # the failed try wrote (and committed) its first batch before dying: the retry did the rest only
+    assert rep["embedded"] < 10 and all(v == rep["embedded"] for v in rep["upserted"].values()), rep
+    for url in urls:
+        assert store_texts(url) == expected(DOCS)
+
+    dr, rep = run(dag)
+    assert str(dr.state) == "success" and rep is not None
+    assert rep["embedded"] == 0 and rep["unchanged"] == 10
