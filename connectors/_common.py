@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import numpy as np
 
 from connectors.base import IndexMismatchError, IndexSpec, Record
-from embedrail.errors import ConfigError, StoreUnavailableError
+from embedrail.errors import ConfigError, EmbedrailError, StoreError, StoreUnavailableError
 
 log = logging.getLogger("connectors")
 
@@ -392,16 +392,23 @@ def retry_call(
     what: str,
     url: str,
     secrets: Sequence[str | None] = (),
+    passthrough: Callable[[BaseException], bool] | None = None,
 ) -> T:
-    """Run ``fn``; retry transient failures with backoff; raise StoreUnavailableError when exhausted."""
+    """Run ``fn``; retry transient failures with backoff; raise StoreUnavailableError when exhausted.
+
+    Other failures become ``StoreError`` (message scrubbed of credentials), except our own errors and
+    those ``passthrough`` selects (e.g. "not found", which callers handle).
+    """
     start = time.monotonic()
     delays = policy.delays()
     while True:
         try:
             return fn()
-        except BaseException as e:  # noqa: BLE001 - classified below
-            if not is_transient(e):
+        except Exception as e:
+            if isinstance(e, EmbedrailError) or (passthrough is not None and passthrough(e)):
                 raise
+            if not is_transient(e):
+                raise StoreError(f"{url}: {what} failed: {scrub(_short(e), *secrets)}") from None
             delay = next(delays, None)
             elapsed = time.monotonic() - start
             if delay is None or elapsed + delay > policy.deadline:

