@@ -19,9 +19,10 @@ DAGS = ROOT / "dags"
 
 
 def test_dag_folder_has_no_import_errors_and_touches_no_model_or_network(airflow_home, monkeypatch):  # noqa: F811
+    from airflow.dag_processing.dagbag import DagBag
+
     import embed_core
     import integration.airflow as ia
-    from airflow.dag_processing.dagbag import DagBag
 
     calls: list[str] = []
 
