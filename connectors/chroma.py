@@ -385,6 +385,13 @@ class ChromaStore:
                 self._specs[physical] = spec
             else:
                 check_spec(physical, recorded, spec, self.url)
+                # Chroma fixes dimensionality with the first insert: make sure what is stored agrees
+                stored = self._infer_spec(physical)
+                if stored is not None and stored.dims != recorded.dims:
+                    raise IndexMismatchError(
+                        f"{self.url}: collection {physical!r} records {recorded.dims} dims but holds "
+                        f"{stored.dims}-d vectors (written by another tool?). Nothing was written; rebuild it."
+                    )
             return self.describe()
         if self._physical_fixed:
             self._create_physical(self._physical_fixed, spec)

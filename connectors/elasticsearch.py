@@ -156,6 +156,7 @@ class ElasticsearchStore:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         settings: Mapping[str, Any] | None = None,
+        drop_grace: float = 0.5,
         _physical: str | None = None,
     ) -> None:
         self._secrets: list[str | None] = []
@@ -200,6 +201,7 @@ class ElasticsearchStore:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.settings = dict(settings or {})
+        self.drop_grace = drop_grace
         self._physical_fixed = _physical
         self._dirty = False  # written since the last refresh: reads refresh first (read-your-writes)
         self._version: str | None = None
@@ -573,17 +575,25 @@ class ElasticsearchStore:
         q = _es_filter(conds)
         if q is not None:
             knn["filter"] = q
-        try:
-            resp = self._call(
-                lambda: self.client.search(
-                    index=self._read_name(), knn=knn, size=k, source=["id", "text", "metadata"]
-                ),
-                "search",
-            )
-        except StoreUnavailableError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise self._err(e, "search") from None
+        for attempt in range(3):
+            try:
+                resp = self._call(
+                    lambda: self.client.search(
+                        index=self._read_name(), knn=knn, size=k, source=["id", "text", "metadata"]
+                    ),
+                    "search",
+                )
+            except StoreUnavailableError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise self._err(e, "search") from None
+            # a shard failure (e.g. the old index of a rebuild deleted mid-query) gives partial results
+            # with HTTP 200: never return those silently
+            if not (resp.get("_shards") or {}).get("failed"):
+                break
+            if attempt == 2:
+                raise StoreError(f"{self.url}: search failed on some shards: {resp['_shards'].get('failures')}"[:800])
+            physical, _ = self._require("search")
         sim = self._sims.get(physical, "dot_product")
         return [_hit(h, _score(sim, float(h["_score"]))) for h in resp["hits"]["hits"]]
 
@@ -698,6 +708,8 @@ class ElasticsearchStore:
         except Exception as e:  # noqa: BLE001
             raise self._err(e, "swap alias") from None
         log.info("%s: alias %s -> %s", self.url, self.name, target)
+        if old and self.drop_grace > 0:
+            time.sleep(self.drop_grace)  # let searches that resolved the alias before the swap finish
         for p in old:
             if p != self.name:
                 self._delete_index(p)

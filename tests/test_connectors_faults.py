@@ -384,3 +384,32 @@ def test_stores_from_existing_client_objects(es_url: str, chroma_http_url: str, 
     finally:
         es_client.close()
         wv_client.close()
+
+
+def test_es_timeout_is_unavailable_after_bounded_retries() -> None:
+    """A server that accepts connections but never answers: timeouts, retries, then a clear error."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                c, _ = silent.accept()
+            except OSError:
+                return
+            held.append(c)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        port = silent.getsockname()[1]
+        s = ElasticsearchStore(
+            f"es://127.0.0.1:{port}/docs", timeout=0.5, retry=RetryPolicy(attempts=3, initial=0.1, deadline=10)
+        )
+        t = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match=f"es://127.0.0.1:{port}/docs"):
+            s.count()
+        assert 1.0 < time.monotonic() - t < 10
+    finally:
+        silent.close()
+        for c in held:
+            c.close()
