@@ -75,23 +75,32 @@ def write_corpus(path: Path, docs: dict[str, str]) -> None:
 
 
 def make_dag(home: Path, dag_id: str, cfg: dict[str, Any]) -> Any:
+    """Write a DAG file into the test DAG folder; returns it parsed (``run`` parses it again per run)."""
     cfg_path = home / f"{dag_id}.json"
     cfg_path.write_text(json.dumps({"dag_id": dag_id, **cfg}))
     dag_file = home / "dags" / f"{dag_id}.py"
     dag_file.write_text(textwrap.dedent(DAG_TEMPLATE.format(cfg_name=cfg_path.name, cfg_path=str(cfg_path))))
-    spec = importlib.util.spec_from_file_location(f"embedrail_test_{dag_id}", dag_file)
+    return parse(dag_file)
+
+
+def parse(dag_file: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(f"embedrail_test_{dag_file.stem}", dag_file)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    mod.dag.embedrail_test_file = dag_file
     return mod.dag
 
 
 def run(dag: Any, conf: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any] | None]:
-    """dag.test() one run; returns (dag run, the report task's XCom)."""
+    """dag.test() one run on a freshly parsed copy of the DAG (as every Airflow worker does: dag.test()
+    runs the tasks in this process, and the trigger params of one run would otherwise stay on the
+    task objects for the next); returns (dag run, the report task's XCom)."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
+    dag = parse(dag.embedrail_test_file)
     dr = dag.test(run_conf=conf)
     with create_session() as s:
         value = s.execute(
