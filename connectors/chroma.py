@@ -134,6 +134,7 @@ class ChromaStore:
         retry: RetryPolicy | None = None,
         registry: str = REGISTRY,
         drop_grace: float = 0.5,
+        read_cache_ttl: float = 2.0,
         _physical: str | None = None,
     ) -> None:
         self._secrets: list[str | None] = []
@@ -171,6 +172,8 @@ class ChromaStore:
         self.retry = retry or RetryPolicy()
         self.registry = registry
         self.drop_grace = drop_grace
+        self.read_cache_ttl = read_cache_ttl
+        self._read_cache: tuple[float, tuple[str, Any, IndexSpec | None]] | None = None
         self._physical_fixed = _physical  # set for the write side of a rebuild
         self._cols: dict[str, Any] = {}
         self._specs: dict[str, IndexSpec | None] = {}
@@ -364,6 +367,7 @@ class ChromaStore:
         return col
 
     def ensure_index(self, spec: IndexSpec) -> IndexInfo:
+        self._read_cache = None
         physical = self.resolve()
         if physical is not None and self._exists(physical):
             recorded = self._spec_of(physical)
@@ -418,6 +422,20 @@ class ChromaStore:
             count=int(self._call(col.count, "count")),
             extra={"store": "chroma", "space": self._space_of(col), "url": self.url},
         )
+
+    def _read_target(self) -> tuple[str, Any, IndexSpec | None]:
+        """The search target, cached for ``read_cache_ttl`` seconds (saves the pointer lookup per query).
+
+        Safe across a rebuild: the old collection stays complete until it is dropped, and a query that
+        hits a dropped collection re-resolves the pointer and runs again.
+        """
+        now = time.monotonic()
+        if self._read_cache is not None and now < self._read_cache[0]:
+            return self._read_cache[1]
+        t = self._target("search")
+        if self.read_cache_ttl > 0:
+            self._read_cache = (now + self.read_cache_ttl, t)
+        return t
 
     def _target(self, what: str) -> tuple[str, Any, IndexSpec | None]:
         physical = self.resolve()
@@ -522,8 +540,8 @@ class ChromaStore:
         where = _where(conds)
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         last: BaseException | None = None
-        for _ in range(3):
-            physical, col, spec = self._target("search")
+        for attempt in range(3):
+            physical, col, spec = self._read_target() if attempt == 0 else self._target("search")
             if spec is not None and vec.shape[0] != spec.dims:
                 raise IndexMismatchError(
                     f"{self.url}: query vector has {vec.shape[0]} dims but the index holds {spec.dims}-d vectors; "
@@ -543,6 +561,7 @@ class ChromaStore:
                 raise
             except Exception as e:  # noqa: BLE001 - maybe the collection was swapped away under us
                 last = e
+                self._read_cache = None
                 self._cols.pop(physical, None)
                 if self._physical_fixed or self.resolve() == physical and self._exists(physical):
                     raise self._wrap(e, "search") from None
@@ -607,6 +626,7 @@ class ChromaStore:
 
     def drop(self) -> None:
         """Delete the collection behind the name and the name's pointer (no error if absent)."""
+        self._read_cache = None
         if self._physical_fixed:
             self._drop_physical(self._physical_fixed)
             return
@@ -639,6 +659,7 @@ class ChromaStore:
         return new
 
     def commit_rebuild(self, new: Any) -> None:
+        self._read_cache = None
         target = getattr(new, "_physical_fixed", None)
         if not isinstance(new, ChromaStore) or not target:
             raise ConfigError("commit_rebuild needs the store returned by begin_rebuild()")

@@ -157,6 +157,7 @@ class ElasticsearchStore:
         retry: RetryPolicy | None = None,
         settings: Mapping[str, Any] | None = None,
         drop_grace: float = 0.5,
+        read_cache_ttl: float = 2.0,
         _physical: str | None = None,
     ) -> None:
         self._secrets: list[str | None] = []
@@ -202,6 +203,8 @@ class ElasticsearchStore:
         self.retry = retry or RetryPolicy()
         self.settings = dict(settings or {})
         self.drop_grace = drop_grace
+        self.read_cache_ttl = read_cache_ttl
+        self._read_cache: tuple[float, tuple[str, IndexSpec | None]] | None = None
         self._physical_fixed = _physical
         self._dirty = False  # written since the last refresh: reads refresh first (read-your-writes)
         self._version: str | None = None
@@ -385,6 +388,7 @@ class ElasticsearchStore:
         log.info("%s: created %s (dims=%d, %s, %s)", self.url, physical, spec.dims, sim, index_options)
 
     def ensure_index(self, spec: IndexSpec) -> IndexInfo:
+        self._read_cache = None
         phys = self._physicals()
         if not phys:
             if self._physical_fixed:
@@ -434,6 +438,17 @@ class ElasticsearchStore:
                 "url": self.url,
             },
         )
+
+    def _read_target(self) -> tuple[str, IndexSpec | None]:
+        """(physical index, spec) for searches, cached for ``read_cache_ttl`` s. Searches go through the
+        alias (resolved atomically by the server); the cache only serves the dims check and scoring."""
+        now = time.monotonic()
+        if self._read_cache is not None and now < self._read_cache[0]:
+            return self._read_cache[1]
+        t = self._require("search")
+        if self.read_cache_ttl > 0:
+            self._read_cache = (now + self.read_cache_ttl, t)
+        return t
 
     def _require(self, what: str) -> tuple[str, IndexSpec | None]:
         phys = self._physicals()
@@ -556,7 +571,7 @@ class ElasticsearchStore:
         self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[Hit]:
         conds = parse_filter(filter)
-        physical, spec = self._require("search")
+        physical, spec = self._read_target()
         self._fresh()
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         if spec is not None and vec.shape[0] != spec.dims:
@@ -586,6 +601,10 @@ class ElasticsearchStore:
             except StoreUnavailableError:
                 raise
             except Exception as e:  # noqa: BLE001
+                if attempt == 0 and self._read_cache is not None:  # maybe stale after a rebuild: re-resolve
+                    self._read_cache = None
+                    physical, _ = self._read_target()
+                    continue
                 raise self._err(e, "search") from None
             # a shard failure (e.g. the old index of a rebuild deleted mid-query) gives partial results
             # with HTTP 200: never return those silently
@@ -667,6 +686,7 @@ class ElasticsearchStore:
         self._specs.pop(index, None)
 
     def drop(self) -> None:
+        self._read_cache = None
         for p in self._physicals():
             self._delete_index(p)
 
@@ -690,6 +710,7 @@ class ElasticsearchStore:
         return new
 
     def commit_rebuild(self, new: Any) -> None:
+        self._read_cache = None
         target = getattr(new, "_physical_fixed", None)
         if not isinstance(new, ElasticsearchStore) or not target:
             raise ConfigError("commit_rebuild needs the store returned by begin_rebuild()")

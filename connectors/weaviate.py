@@ -135,6 +135,7 @@ class WeaviateStore:
         concurrency: int = 2,
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
+        read_cache_ttl: float = 2.0,
         _physical: str | None = None,
     ) -> None:
         self._secrets: list[str | None] = []
@@ -159,6 +160,8 @@ class WeaviateStore:
         self.concurrency = max(1, concurrency)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.read_cache_ttl = read_cache_ttl
+        self._read_cache: tuple[float, tuple[str, IndexSpec | None]] | None = None
         self._physical_fixed = _physical
         self._specs: dict[str, IndexSpec | None] = {}
         self._props: dict[str, dict[str, str]] = {}  # physical -> property name -> data type
@@ -279,6 +282,7 @@ class WeaviateStore:
         log.info("%s: created collection %s (dims=%d, %s)", self.url, physical, spec.dims, spec.metric)
 
     def ensure_index(self, spec: IndexSpec) -> IndexInfo:
+        self._read_cache = None
         physical = self.resolve()
         if physical is None:
             if self._physical_fixed:
@@ -333,6 +337,17 @@ class WeaviateStore:
                 "url": self.url,
             },
         )
+
+    def _read_target(self) -> tuple[str, IndexSpec | None]:
+        """(physical collection, spec) for searches, cached for ``read_cache_ttl`` s. Searches go through
+        the alias (resolved by the server); the cache serves the dims check, filters and scoring."""
+        now = time.monotonic()
+        if self._read_cache is not None and now < self._read_cache[0]:
+            return self._read_cache[1]
+        t = self._require("search")
+        if self.read_cache_ttl > 0:
+            self._read_cache = (now + self.read_cache_ttl, t)
+        return t
 
     def _require(self, what: str) -> tuple[str, IndexSpec | None]:
         physical = self.resolve()
@@ -475,12 +490,12 @@ class WeaviateStore:
 
     # ------------------------------------------------------------------------------ reading
     def search(
-        self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
+        self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None, _again: bool = True
     ) -> list[Hit]:
         from weaviate.classes.query import MetadataQuery
 
         conds = parse_filter(filter)
-        physical, spec = self._require("search")
+        physical, spec = self._read_target()
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         if spec is not None and vec.shape[0] != spec.dims:
             raise IndexMismatchError(
@@ -506,6 +521,9 @@ class WeaviateStore:
         except StoreUnavailableError:
             raise
         except Exception as e:  # noqa: BLE001
+            if _again and self._read_cache is not None:  # maybe stale after a rebuild: re-resolve once
+                self._read_cache = None
+                return self.search(vector, k, filter, _again=False)
             raise self._err(e, "search") from None
         metric = spec.metric if spec else "cosine"
         return [_hit(o, _score(metric, float(o.metadata.distance))) for o in res.objects]
@@ -598,6 +616,7 @@ class WeaviateStore:
         self._props.pop(name, None)
 
     def drop(self) -> None:
+        self._read_cache = None
         if self._physical_fixed:
             self._delete_collection(self._physical_fixed)
             return
@@ -628,6 +647,7 @@ class WeaviateStore:
         return new
 
     def commit_rebuild(self, new: Any) -> None:
+        self._read_cache = None
         target = getattr(new, "_physical_fixed", None)
         if not isinstance(new, WeaviateStore) or not target:
             raise ConfigError("commit_rebuild needs the store returned by begin_rebuild()")
