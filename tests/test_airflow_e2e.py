@@ -293,3 +293,40 @@ def test_partition_fails_once_and_retry_leaves_stores_in_step(airflow_home, es_u
     dr, rep = run(dag)
     assert str(dr.state) == "success" and rep is not None
     assert rep["embedded"] == 0 and rep["unchanged"] == 10
+
+    # full rebuild from the trigger params: every task is a separate engine (as on separate workers),
+    # so the partitions reopen the rebuild index that `plan` began; the alias switches in `report`
+    from connectors import connect
+
+    before = [connect(u).describe().physical_name for u in urls]
+    dr, rep = run(dag, {"mode": "full"})
+    assert str(dr.state) == "success", task_states(dag.dag_id, dr.run_id)
+    assert rep is not None and rep["ok"] and rep["mode"] == "full" and rep["embedded"] == 10, rep
+    after = [connect(u).describe().physical_name for u in urls]
+    assert all(a != b for a, b in zip(after, before, strict=True)), (before, after)
+    for url in urls:
+        assert store_texts(url) == expected(DOCS)
+
+
+def test_target_down_fails_the_run_but_not_the_others(airflow_home, chroma_path_url, unique_name, tmp_path):  # noqa: F811
+    """One target unreachable: the healthy one is written, the report (XCom) names the failed one, the
+    report task fails (no Asset event), and the DAG run is failed so alerting sees it."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    corpus = tmp_path / "c.jsonl"
+    write_corpus(corpus, dict(list(DOCS.items())[:3]))
+    good = with_name(chroma_path_url, unique_name)
+    dead = f"chroma+http://127.0.0.1:{dead_port}/{unique_name}"
+    dag = make_dag(airflow_home, "down_" + unique_name[-8:], {
+        "source": str(corpus), "targets": [good, dead], "model": "minilm", "partitions": 1, "retries": 0})  # fmt: skip
+    dr, rep = run(dag)
+    states = task_states(dag.dag_id, dr.run_id)
+    assert str(dr.state) == "failed" and ("report", -1, 1, "failed") in states, states
+    assert rep is not None and rep["ok"] is False
+    dead_key = next(k for k in rep["upserted"] if str(dead_port) in k)
+    assert dead_key in rep["errors"] and rep["upserted"][dead_key] == 0
+    assert store_texts(good) == expected(dict(list(DOCS.items())[:3]))
+    assert asset_events(dag.get_task("report").outlets[0].uri) == []
