@@ -464,7 +464,7 @@ class ElasticsearchStore:
 
     def upsert(self, records: Iterable[Record]) -> UpsertResult:
         """Stream records into ``_bulk`` requests of at most ``chunk_docs`` docs / ``chunk_bytes`` bytes."""
-        physical, spec = self._require("upsert")
+        physical, spec = self._read_target()  # writes go through the alias; this only serves the dims check
         dims = spec.dims if spec else None
         target = self._physical_fixed or self.name
         result = UpsertResult()
