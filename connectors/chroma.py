@@ -641,7 +641,20 @@ class ChromaStore:
 
     # ------------------------------------------------------------------------------ rebuilds
     def begin_rebuild(self, spec: IndexSpec) -> ChromaStore:
+        """Create a new versioned collection (the pointer is unchanged) and return a store writing to it."""
         physical = f"{self.name}__{version_suffix()}"
+        new = self._sibling(physical)
+        new._create_physical(physical, spec)
+        log.info("%s: rebuilding into %s", self.url, physical)
+        return new
+
+    def open_rebuild(self, physical: str) -> ChromaStore:
+        """Reopen a rebuild begun elsewhere (another process / Airflow task) by its collection name."""
+        if not physical.startswith(f"{self.name}__"):
+            raise ConfigError(f"{physical!r} is not a rebuild collection of {self.name!r}")
+        return self._sibling(physical)
+
+    def _sibling(self, physical: str) -> ChromaStore:
         new = ChromaStore(
             self.client,
             self.name,
@@ -650,12 +663,11 @@ class ChromaStore:
             retry=self.retry,
             registry=self.registry,
             drop_grace=self.drop_grace,
+            read_cache_ttl=self.read_cache_ttl,
             _physical=physical,
         )
         new.url = self.url
         new._secrets = self._secrets
-        new._create_physical(physical, spec)
-        log.info("%s: rebuilding into %s", self.url, physical)
         return new
 
     def commit_rebuild(self, new: Any) -> None:

@@ -691,7 +691,20 @@ class ElasticsearchStore:
             self._delete_index(p)
 
     def begin_rebuild(self, spec: IndexSpec) -> ElasticsearchStore:
+        """Create a new versioned physical index (no alias yet) and return a store writing to it."""
         physical = f"{self.name}__{version_suffix()}"
+        new = self._sibling(physical)
+        new._create_physical(physical, spec, alias=False)
+        return new
+
+    def open_rebuild(self, physical: str) -> ElasticsearchStore:
+        """Reopen a rebuild begun elsewhere (another process / Airflow task) by its physical index name."""
+        if not physical.startswith(f"{self.name}__"):
+            raise ConfigError(f"{physical!r} is not a rebuild index of {self.name!r}")
+        new = self._sibling(physical)
+        return new
+
+    def _sibling(self, physical: str) -> ElasticsearchStore:
         new = ElasticsearchStore(
             self.client,
             self.name,
@@ -703,10 +716,11 @@ class ElasticsearchStore:
             timeout=self.timeout,
             retry=self.retry,
             settings=self.settings,
+            drop_grace=self.drop_grace,
+            read_cache_ttl=self.read_cache_ttl,
             _physical=physical,
         )
         new.url, new._secrets, new._version = self.url, self._secrets, self._version
-        new._create_physical(physical, spec, alias=False)
         return new
 
     def commit_rebuild(self, new: Any) -> None:

@@ -627,11 +627,23 @@ class WeaviateStore:
             self._delete_collection(physical)
 
     def begin_rebuild(self, spec: IndexSpec) -> WeaviateStore:
+        """Create a new versioned collection (the alias is unchanged) and return a store writing to it."""
         if not self.supports_aliases():
             raise StoreError(
                 f"{self.url}: rebuilds need collection aliases (Weaviate >= 1.32), the server is {self.server_version()}"
             )
         physical = f"{self.name}__{version_suffix()}"
+        new = self._sibling(physical)
+        new._create_physical(physical, spec)
+        return new
+
+    def open_rebuild(self, physical: str) -> WeaviateStore:
+        """Reopen a rebuild begun elsewhere (another process / Airflow task) by its collection name."""
+        if not physical.startswith(f"{self.name}__"):
+            raise ConfigError(f"{physical!r} is not a rebuild collection of {self.name!r}")
+        return self._sibling(physical)
+
+    def _sibling(self, physical: str) -> WeaviateStore:
         new = WeaviateStore(
             self.client,
             self.name,
@@ -640,10 +652,10 @@ class WeaviateStore:
             concurrency=self.concurrency,
             timeout=self.timeout,
             retry=self.retry,
+            read_cache_ttl=self.read_cache_ttl,
             _physical=physical,
         )
         new.url, new._secrets, new._version = self.url, self._secrets, self._version
-        new._create_physical(physical, spec)
         return new
 
     def commit_rebuild(self, new: Any) -> None:

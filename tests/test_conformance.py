@@ -440,3 +440,24 @@ def test_es_text_field_is_indexed_for_bm25(request: pytest.FixtureRequest, data:
     finally:
         s.drop()
         s.close()
+
+
+def test_rebuild_can_be_reopened_by_another_process(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
+    texts, vecs = data
+    s = stores.new("ro")
+    s.ensure_index(SPEC)
+    s.upsert(_records(texts[:10], vecs[:10]))
+    spec2 = IndexSpec(dims=384, metric="cosine", fingerprint="reopened")
+    gen = s.begin_rebuild(spec2).describe().physical_name
+    assert gen and gen != s.describe().physical_name
+    other = connect(with_name(stores.base, s.name))  # e.g. the next Airflow task
+    stores.opened.append(other)
+    with pytest.raises(ConfigError):
+        other.open_rebuild("someone_else__v1")  # type: ignore[attr-defined]
+    rb = other.open_rebuild(gen)  # type: ignore[attr-defined]
+    assert rb.ensure_index(spec2).physical_name == gen
+    assert rb.upsert(_records(texts[10:30], vecs[10:30], start=10)).written == 20
+    rb.flush()
+    other.commit_rebuild(rb)
+    info = s.describe()
+    assert info.physical_name == gen and info.spec == spec2 and info.count == 20
