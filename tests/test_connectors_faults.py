@@ -413,3 +413,50 @@ def test_es_timeout_is_unavailable_after_bounded_retries() -> None:
         silent.close()
         for c in held:
             c.close()
+
+
+def test_weaviate_server_side_rejections_are_reported_by_id(weaviate_url: str, vecs: np.ndarray) -> None:
+    """Bypass our own validation so the server itself rejects objects: they come back by id."""
+    from weaviate.classes.data import DataObject
+
+    from connectors.weaviate import _uuid
+
+    s = connect(with_name(weaviate_url, _name()))
+    assert isinstance(s, WeaviateStore)
+    try:
+        s.ensure_index(SPEC)
+        assert s.upsert(_recs(vecs, 5)).ok
+        physical = s.describe().physical_name
+        objs = [(f"g{i}", DataObject(properties={"doc_id": f"g{i}", "text": "", "meta_json": "{}"}, uuid=_uuid(f"g{i}"),
+                                     vector=vecs[i].tolist())) for i in range(6)]
+        objs[2] = ("short", DataObject(properties={"doc_id": "short", "text": "", "meta_json": "{}"}, uuid=_uuid("short"),
+                                       vector=[0.1] * 17))
+        res = s._insert(s._col(physical), objs)
+        assert set(res.failed) == {"short"} and res.written == 5, res.failed
+        assert s.count() == 10
+    finally:
+        s.drop()
+        s.close()
+
+
+@pytest.mark.parametrize("kind", ["chroma", "chroma_http"])
+def test_chroma_rejected_batch_is_bisected(kind: str, request: pytest.FixtureRequest, tmp_path: Any, vecs: np.ndarray) -> None:
+    """Chroma refuses a whole batch for one bad item: the good ones still get written."""
+    base = f"chroma://{tmp_path}" if kind == "chroma" else request.getfixturevalue("chroma_http_url")
+    s = connect(with_name(base, _name()))
+    assert isinstance(s, ChromaStore)
+    try:
+        s.ensure_index(SPEC)
+        col = s._get_col(s.describe().physical_name or "")
+        batch = [(r, np.asarray(r.vector, dtype=np.float32)) for r in _recs(vecs, 16)]
+        bad = Record(id="short", vector=np.ones(17, dtype=np.float32))
+        batch[9] = (bad, np.ones(17, dtype=np.float32))  # bypasses our dims check: the server refuses
+        from connectors.base import UpsertResult
+
+        res = UpsertResult()
+        s._write(col, batch, res)
+        assert set(res.failed) == {"short"} and res.written == 15
+        assert s.count() == 15
+    finally:
+        s.drop()
+        s.close()
