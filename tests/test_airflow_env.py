@@ -121,3 +121,22 @@ def test_target_specs_and_assets_need_no_network(airflow_home, monkeypatch):
     assert url == "es://u:pw123@h:9200/docs" and "pw123" in secrets
     monkeypatch.delenv("EMBEDRAIL_T_URL")
     assert index_asset(spec).uri  # unset at parse time: still an asset, no error
+
+
+def test_embedder_is_loaded_once_per_process_and_key(airflow_home, monkeypatch):
+    import embed_core
+    import integration.airflow as ia
+
+    loads: list[tuple] = []
+
+    def fake_load(name, dims=None, device="auto", **kw):
+        loads.append((name, dims, device))
+        return object()
+
+    monkeypatch.setattr(ia, "_EMBEDDERS", {})
+    monkeypatch.setattr(embed_core.Embedder, "load", staticmethod(fake_load))
+    a = ia.cached_embedder("minilm")
+    assert ia.cached_embedder("minilm") is a and ia.cached_embedder("minilm", None, "auto") is a
+    b = ia.cached_embedder("minilm", dims=128)
+    assert b is not a and ia.cached_embedder("minilm", 128) is b
+    assert loads == [("minilm", None, "auto"), ("minilm", 128, "auto")]
