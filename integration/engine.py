@@ -226,8 +226,11 @@ class SyncEngine:
                 continue
             try:
                 info = self._store(t).describe()
-            except Exception:  # noqa: BLE001 - a down target is reported later
-                continue
+            except Exception as e:  # noqa: BLE001 - a down target is reported, not retried again
+                if _is_target_failure(e):
+                    t.error = _one_line(e)
+                    continue
+                raise
             if info.exists and info.spec is not None and info.spec.embedding:
                 return dict(info.spec.embedding)
         return None
@@ -634,6 +637,10 @@ class SyncEngine:
         part = self.sync_partition(0, 1, ctx)
         dele = self.delete_absent(ctx)
         return Report.from_dict(self.finalize(ctx, [part, dele]))
+
+    def loaded_embedder(self) -> Any:
+        """The embedder this engine loaded or was given (None if no document needed the model)."""
+        return self._embedder
 
     def close(self) -> None:
         for t in self._targets:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"and unchanged — re-used ({report.seconds:.1f}s)")  # fmt: skip
             else:
                 say(report.summary())
-            hits_out = search_all(target, a.k, say)
+            hits_out = search_all(target, a.k, say, engine.loaded_embedder())
     except EmbedrailError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
@@ -72,18 +72,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
-def search_all(target: str, k: int, say) -> list[dict]:  # type: ignore[no-untyped-def]
+def search_all(target: str, k: int, say, emb=None) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Run the demo queries; show the best chunk of each of the ``k`` best modules."""
     from connectors import connect
     from embed_core import Embedder
 
     store = connect(target)
     info = store.describe()
     assert info.spec is not None
-    emb = Embedder.from_info(dict(info.spec.embedding))
+    if emb is None or emb.fingerprint != info.spec.fingerprint:
+        emb = Embedder.from_info(dict(info.spec.embedding))  # the model the index records
     out = []
     for query, expected in QUERIES:
         vec = emb.embed_queries([query])[0]
-        hits = store.search(vec, k=k)
+        hits, seen = [], set()
+        for h in store.search(vec, k=k * 4):
+            d = h.metadata.get("_doc", h.id)
+            if d not in seen:
+                seen.add(d)
+                hits.append(h)
+        hits = hits[:k]
         docs = [h.metadata.get("_doc", h.id) for h in hits]
         say(f"\n> {query}")
         for h, d in zip(hits, docs, strict=True):

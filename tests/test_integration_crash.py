@@ -1,0 +1,115 @@
+"""SIGKILL at random points of a run, several times, then re-run: every target holds exactly the
+source's chunks with current fingerprints (no duplicates, no missing, no stale)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_integration_support import assert_in_step, expected_records, minilm, sentences, write_jsonl
+from util import with_name
+
+from integration.engine import SyncEngine, redact_url
+from integration.ledger import Ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+CT = 24
+
+CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from embed_core import Embedder
+from integration.engine import SyncEngine
+cfg = json.loads(sys.argv[2])
+emb = Embedder.load("minilm", device="cpu")
+print("READY", flush=True)
+with SyncEngine(cfg["src"], cfg["targets"], ledger=cfg["ledger"], embedder=emb, chunk_tokens=cfg["ct"],
+                batch_size=4, mode=cfg["mode"], progress=False) as e:
+    r = e.run()
+print("DONE", json.dumps(r.to_dict()), flush=True)
+"""
+
+
+def _corpus(version: int) -> list[dict[str, Any]]:
+    docs = []
+    for i in range(36):
+        if version >= 1 and i % 9 == 0:
+            continue  # deleted from the source
+        n = 5 if not (version >= 2 and i % 4 == 1) else 2  # some documents shrink
+        text = sentences(f"doc{i}", n)
+        if version >= 1 and i % 5 == 2:
+            text += f" Edited in version {version}."
+        docs.append({"id": f"doc{i}", "text": text, "v": version if i % 7 == 3 else 0})
+    return docs
+
+
+def _ledger_progress(url: str, key: str) -> tuple[int, int]:
+    led = Ledger(url)
+    state = led.target(key)
+    if state is None:
+        return (0, 0)
+    c = led.counts(key, state.pending_generation or state.generation)
+    led.close()
+    return (c["chunks"], c["pending_chunks"])
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_rerun_repairs(tmp_path: Path, es_url: str, unique_name: str) -> None:
+    rng = random.Random(int(os.environ.get("EMBEDRAIL_CRASH_SEED", "7")))
+    src = tmp_path / "docs.jsonl"
+    targets = [f"chroma://{tmp_path / 'chroma'}?collection={unique_name}", with_name(es_url, unique_name)]
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    kills = 0
+    progress: list[tuple[int, int]] = []
+    for version, mode in [(0, "incremental"), (1, "full"), (2, "incremental")]:
+        docs = _corpus(version)
+        write_jsonl(src, docs)
+        cfg = {"src": str(src), "targets": targets, "ledger": ledger, "ct": CT, "mode": mode}
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), json.dumps(cfg)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("READY"), proc.stderr.read() if proc.stderr else line
+            # wait until the child is writing (the ledger moves), then kill it a random moment later
+            base = _ledger_progress(ledger, redact_url(targets[0]))
+            deadline = time.time() + 90
+            while proc.poll() is None and time.time() < deadline and _ledger_progress(ledger, redact_url(targets[0])) == base:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(timeout=60)
+            progress.append(_ledger_progress(ledger, redact_url(targets[0])))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert kills >= 2, "the runs finished before they could be killed: make the corpus bigger"
+    print("ledger (chunks, in-flight intents) after each kill:", progress)
+    emb = minilm()
+    final = _corpus(2)
+    write_jsonl(src, final)
+    with SyncEngine(str(src), targets, ledger=ledger, embedder=emb, chunk_tokens=CT, progress=False) as e:
+        r = e.run()
+    assert r.ok, r.errors
+    for t in targets:
+        assert_in_step(t, emb, final, CT)
+    led = Ledger(ledger)
+    want = expected_records(emb, final, CT)
+    for t in targets:
+        state = led.target(redact_url(t))
+        assert state is not None and state.pending_generation is None
+        assert led.chunk_map(redact_url(t), state.generation) == want  # no intents, nothing stale
+    with SyncEngine(str(src), targets, ledger=ledger, embedder=emb, chunk_tokens=CT, progress=False) as e:
+        assert e.run().embedded == 0

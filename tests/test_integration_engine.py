@@ -1,0 +1,385 @@
+"""Engine properties (issue 5), each against real stores and the real packaged model."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_integration_support import (
+    OtherFingerprint,
+    assert_in_step,
+    expected_records,
+    minilm,
+    sentences,
+    store_records,
+    write_jsonl,
+)
+from util import with_name
+
+from connectors import connect
+from connectors.base import StoreUnavailableError, UpsertResult
+from embedrail.errors import DimensionLimitError, IndexMismatchError, InputError
+from integration.engine import SyncEngine, redact_url
+from integration.ledger import Ledger
+
+CT = 24  # chunk tokens: small, so short documents make several chunks
+
+
+@pytest.fixture(scope="module")
+def emb() -> Any:
+    return minilm()
+
+
+@pytest.fixture
+def env(tmp_path: Path, unique_name: str) -> dict[str, Any]:
+    return {
+        "src": tmp_path / "docs.jsonl",
+        "target": f"chroma://{tmp_path / 'chroma'}?collection={unique_name}",
+        "ledger": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        "tmp": tmp_path,
+    }
+
+
+def corpus(n: int = 6, sentences_per_doc: int = 4) -> list[dict[str, Any]]:
+    return [{"id": f"doc{i}", "text": sentences(f"doc{i}", sentences_per_doc), "group": i % 2} for i in range(n)]
+
+
+def run(env: dict[str, Any], emb: Any, docs: list[dict[str, Any]] | None = None, targets: list[Any] | None = None, **kw: Any):
+    if docs is not None:
+        write_jsonl(env["src"], docs)
+    with SyncEngine(str(env["src"]), targets or [env["target"]], ledger=env["ledger"], embedder=emb,
+                    chunk_tokens=CT, progress=False, **kw) as e:  # fmt: skip
+        return e.run()
+
+
+# --------------------------------------------------------------------------------------------------
+def test_unchanged_rerun_embeds_and_writes_nothing(env: dict[str, Any], emb: Any) -> None:
+    docs = corpus()
+    r1 = run(env, emb, docs)
+    assert r1.ok and r1.embedded == r1.chunks > len(docs)
+    assert r1.upserted[redact_url(env["target"])] == r1.chunks
+    assert_in_step(env["target"], emb, docs, CT)
+    r2 = run(env, emb, docs)
+    assert r2.ok and r2.embedded == 0 and r2.unchanged == r1.chunks and r2.chunks == r1.chunks
+    assert r2.upserted == {redact_url(env["target"]): 0} and r2.deleted == {redact_url(env["target"]): 0}
+
+
+def test_editing_k_documents_reembeds_exactly_their_changed_chunks(env: dict[str, Any], emb: Any) -> None:
+    docs = corpus(8)
+    run(env, emb, docs)
+    before = expected_records(emb, docs, CT)
+    # edit the last sentence of two documents, and one document's metadata
+    docs[1]["text"] = docs[1]["text"].rsplit("Sentence", 1)[0] + "Sentence 3 was rewritten about trains today."
+    docs[4]["text"] = docs[4]["text"] + " One more closing sentence."
+    docs[6]["group"] = 99
+    after = expected_records(emb, docs, CT)
+    changed = {c for c in after if before.get(c) != after[c]}
+    assert {c.split("#")[0] for c in changed} == {"doc1", "doc4", "doc6"}
+    r = run(env, emb, docs)
+    assert r.ok and r.embedded == len(changed)
+    key = redact_url(env["target"])
+    assert r.upserted[key] == len(changed) and r.plan[key]["changed"] + r.plan[key]["new"] == len(changed)
+    assert_in_step(env["target"], emb, docs, CT)
+    assert run(env, emb, docs).embedded == 0
+
+
+def test_shrinking_document_leaves_no_stale_chunks(env: dict[str, Any], emb: Any) -> None:
+    docs = [{"id": "big", "text": sentences("big", 7)}, {"id": "other", "text": sentences("other", 2)}]
+    run(env, emb, docs)
+    n_before = sum(1 for c in store_records(env["target"]) if c.startswith("big#"))
+    assert n_before >= 5
+    docs[0]["text"] = sentences("big", 2)
+    r = run(env, emb, docs)
+    ids = sorted(c for c in store_records(env["target"]) if c.startswith("big#"))
+    assert ids == ["big#0", "big#1"]
+    assert r.deleted[redact_url(env["target"])] == n_before - 2
+    assert_in_step(env["target"], emb, docs, CT)
+
+
+def test_snapshot_tombstone_and_no_deletes(env: dict[str, Any], emb: Any) -> None:
+    docs = corpus(5)
+    run(env, emb, docs)
+    # deletes=none keeps a removed document
+    r = run(env, emb, docs[1:], deletes="none")
+    assert r.deleted[redact_url(env["target"])] == 0 and any(c.startswith("doc0#") for c in store_records(env["target"]))
+    # snapshot (the default for files) deletes it
+    r = run(env, emb, docs[1:])
+    assert r.deleted[redact_url(env["target"])] > 0
+    assert_in_step(env["target"], emb, docs[1:], CT)
+    # tombstone rows delete in a feed-like run that lists only changes
+    feed = [{"id": "doc2", "text": "", "_deleted": True}, {"id": "doc9", "text": sentences("doc9", 2)}]
+    r = run(env, emb, feed, deletes="tombstone")
+    assert r.ok and r.tombstones == 1
+    expect = [d for d in docs[1:] if d["id"] != "doc2"] + [feed[1]]
+    assert_in_step(env["target"], emb, expect, CT)
+
+
+def test_dry_run_writes_nothing(env: dict[str, Any], emb: Any) -> None:
+    docs = corpus(4)
+    r = run(env, emb, docs, dry_run=True)
+    key = redact_url(env["target"])
+    assert r.dry_run and r.ok and r.embedded == r.chunks and r.plan[key]["new"] == r.chunks
+    assert r.upserted[key] == 0
+    assert not connect(env["target"]).describe().exists
+    assert Ledger(env["ledger"]).counts(key, "")["chunks"] == 0
+    run(env, emb, docs)
+    docs[0]["text"] += " Changed."
+    before = store_records(env["target"])
+    r = run(env, emb, docs[1:], dry_run=True)  # doc0 absent: a snapshot would delete it
+    assert r.plan[key]["deleted"] > 0 and r.deleted[key] == 0
+    assert store_records(env["target"]) == before
+
+
+def test_incremental_refuses_other_fingerprint_and_full_mode_rebuilds(env: dict[str, Any], emb: Any) -> None:
+    docs = corpus(4)
+    run(env, emb, docs)
+    store = connect(env["target"])
+    old_physical = store.describe().physical_name
+    v2 = OtherFingerprint(emb)
+    with pytest.raises(IndexMismatchError, match="--mode full"):
+        run(env, emb=v2, docs=docs)
+    assert store_records(env["target"]) == expected_records(emb, docs, CT)  # nothing written
+    r = run(env, emb=v2, docs=docs, mode="full")
+    assert r.ok and r.mode == "full" and r.embedded == r.chunks
+    info = connect(env["target"]).describe()
+    assert info.physical_name != old_physical and info.spec is not None and info.spec.fingerprint == v2.fingerprint
+    chroma = store.client  # the old physical collection is gone
+    assert old_physical not in [c.name for c in chroma.list_collections()]
+    assert_in_step(env["target"], v2, docs, CT)
+    assert run(env, emb=v2, docs=docs).embedded == 0  # incremental on the rebuilt index
+
+
+def test_interrupted_rebuild_is_dropped_or_finished(env: dict[str, Any], emb: Any) -> None:
+    docs = corpus(4)
+    run(env, emb, docs)
+    key = redact_url(env["target"])
+    write_jsonl(env["src"], docs)
+    # crash after filling the new generation, before the switch
+    e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, mode="full", progress=False)
+    ctx = e.prepare()
+    e.sync_partition(0, 1, ctx)
+    pending = ctx["targets"][0]["generation"]
+    assert Ledger(env["ledger"]).target(key).pending_generation == pending
+    r = run(env, emb, docs)  # the next (incremental) run drops it
+    assert any("dropped an interrupted rebuild" in n for n in r.notes) and r.embedded == 0
+    assert pending not in [c.name for c in connect(env["target"]).client.list_collections()]
+    assert Ledger(env["ledger"]).target(key).pending_generation is None
+    # crash after the store switched, before the ledger did: the next run finishes the switch
+    e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, mode="full", progress=False)
+    ctx = e.prepare()
+    e.sync_partition(0, 1, ctx)
+    e._store(e._targets[0]).commit_rebuild(e._rebuilds[key])
+    r = run(env, emb, docs)
+    assert any("finished an interrupted rebuild" in n for n in r.notes)
+    assert r.embedded == 0 and Ledger(env["ledger"]).target(key).generation == ctx["targets"][0]["generation"]
+    assert_in_step(env["target"], emb, docs, CT)
+
+
+def test_partitioned_api_is_idempotent(env: dict[str, Any], emb: Any) -> None:
+    docs = corpus(12)
+    write_jsonl(env["src"], docs)
+    kw = {"ledger": env["ledger"], "embedder": emb, "chunk_tokens": CT, "progress": False}
+
+    def engine() -> SyncEngine:  # a fresh engine per "task", as in separate Airflow workers
+        return SyncEngine(str(env["src"]), [env["target"]], **kw)
+
+    ctx = json.loads(json.dumps(engine().prepare()))
+    parts = [engine().sync_partition(i, 3, ctx) for i in range(3)]
+    assert sum(p["documents"] for p in parts) == len(docs) and all(p["documents"] < len(docs) for p in parts)
+    retry = engine().sync_partition(1, 3, ctx)  # an Airflow retry of a finished task
+    assert retry["embedded"] == 0
+    dele = engine().delete_absent(ctx)
+    final = engine().finalize(ctx, [*parts, dele])
+    assert final["ok"] and final["embedded"] == final["chunks"] == sum(p["chunks"] for p in parts)
+    assert_in_step(env["target"], emb, docs, CT)
+    # a second partitioned run after removing a document: nothing embedded, one doc deleted
+    write_jsonl(env["src"], docs[1:])
+    ctx = engine().prepare()
+    parts = [engine().sync_partition(i, 2, ctx) for i in range(2)]
+    final = engine().finalize(ctx, [*parts, engine().delete_absent(ctx)])
+    assert final["embedded"] == 0 and sum(final["deleted"].values()) > 0
+    assert_in_step(env["target"], emb, docs[1:], CT)
+
+
+class Flaky:
+    """Failure injection around a real store: the first ``fail_upserts`` upserts raise as if the
+    server went away (optionally after ``delay`` seconds); everything else is the real store."""
+
+    def __init__(self, inner: Any, fail_upserts: int = 10**9, delay: float = 0.0) -> None:
+        self._inner, self.fail_upserts, self.delay = inner, fail_upserts, delay
+        self.url = inner.url
+        self.calls: list[tuple[float, float]] = []
+
+    def upsert(self, records: Any) -> UpsertResult:
+        start = time.perf_counter()
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_upserts > 0:
+            self.fail_upserts -= 1
+            raise StoreUnavailableError(f"{self.url}: connection refused (injected)")
+        res = self._inner.upsert(list(records))
+        self.calls.append((start, time.perf_counter()))
+        return res
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_one_target_down_others_complete_and_next_run_catches_up(env: dict[str, Any], emb: Any, chroma_http_url: str, unique_name: str) -> None:
+    docs = corpus(5)
+    good = env["target"]
+    down_url = with_name(chroma_http_url, unique_name)
+    down = Flaky(connect(down_url))
+    r = run(env, emb, docs, targets=[good, down])
+    assert not r.ok
+    assert r.failed[redact_url(down_url)] > 0 and redact_url(down_url) in r.errors
+    assert r.failed[redact_url(good)] == 0 and r.upserted[redact_url(good)] == r.chunks
+    assert_in_step(good, emb, docs, CT)
+    # next run, the server is back: only the failed target gets the chunks, embedded once
+    r2 = run(env, emb, docs, targets=[good, connect(down_url)])
+    assert r2.ok and r2.embedded == r.chunks and r2.upserted[redact_url(good)] == 0
+    assert_in_step(down_url, emb, docs, CT)
+    assert run(env, emb, docs, targets=[good, down_url]).embedded == 0
+
+
+def test_unreachable_server_fails_only_that_target(env: dict[str, Any], emb: Any) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = f"es://127.0.0.1:{port}/nothing_here"
+    docs = corpus(3)
+    r = run(env, emb, docs, targets=[env["target"], dead])
+    assert not r.ok and redact_url(dead) in r.errors and "127.0.0.1" in r.errors[redact_url(dead)]
+    assert r.upserted[redact_url(env["target"])] == r.chunks
+    assert_in_step(env["target"], emb, docs, CT)
+
+
+def test_fan_out_to_three_real_stores_embeds_once(
+    env: dict[str, Any], emb: Any, es_url: str, weaviate_url: str, chroma_http_url: str, unique_name: str
+) -> None:
+    docs = corpus(4)
+    targets = [
+        with_name(es_url, unique_name),
+        with_name(weaviate_url, "T" + unique_name[1:]),
+        with_name(chroma_http_url, unique_name),
+    ]
+    r = run(env, emb, docs, targets=targets)
+    assert r.ok and r.embedded == r.chunks  # once, not three times
+    for t in targets:
+        assert r.upserted[redact_url(t)] == r.chunks
+        assert_in_step(t, emb, docs, CT)
+    docs[0]["text"] += " An edit."
+    del docs[3]
+    r = run(env, emb, docs, targets=targets)
+    assert r.ok and 0 < r.embedded < r.chunks
+    for t in targets:
+        assert_in_step(t, emb, docs, CT)
+        connect(t).drop()
+
+
+def test_explicit_dims_above_store_limit_fails_before_writing(env: dict[str, Any], emb: Any, es_url: str, unique_name: str) -> None:
+    target = with_name(es_url, unique_name)
+    limit = connect(target).max_dims()
+    assert limit is not None
+    write_jsonl(env["src"], corpus(2))
+    with pytest.raises(DimensionLimitError, match=str(limit)):
+        SyncEngine(str(env["src"]), [target], ledger=env["ledger"], dims=limit + 1, progress=False).prepare()
+    assert not connect(target).describe().exists
+
+
+def test_bad_rows_are_reported_skipped_and_never_reach_the_ledger(env: dict[str, Any], emb: Any) -> None:
+    good = corpus(3)
+    run(env, emb, good)
+    lines = [json.dumps(d) for d in good]
+    lines[0] = json.dumps({"id": "doc0", "text": ""})  # doc0 turns bad: it must be kept, not deleted
+    lines += [json.dumps({"text": "no id"}), "{not json", json.dumps({"id": "doc1", "text": "duplicate"})]
+    raw = ("\n".join(lines) + "\n").encode() + b'{"id": "bin", "text": "\xff\xfe"}\n'
+    env["src"].write_bytes(raw)
+    with SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, progress=False) as e:
+        r = e.run()
+    assert r.skipped_bad_rows == 5
+    locs = {b["location"].rsplit(":", 1)[1]: b["reason"] for b in r.bad_rows}
+    assert set(locs) == {"1", "4", "5", "6", "7"} and "UTF-8" in locs["7"] and "duplicate" in locs["6"]
+    assert r.embedded == 0 and sum(r.deleted.values()) == 0
+    assert_in_step(env["target"], emb, good, CT)  # doc0 keeps its last good version
+    ledger_ids = Ledger(env["ledger"]).doc_ids(redact_url(env["target"]), connect(env["target"]).describe().physical_name)
+    assert ledger_ids == {"doc0", "doc1", "doc2"}
+    with pytest.raises(InputError, match=r"docs.jsonl:1: empty text"):
+        SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, on_bad_row="fail", progress=False).run()
+
+
+def test_sql_feed_with_watermark_and_tombstones(env: dict[str, Any], emb: Any) -> None:
+    db = env["tmp"] / "src.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE items (id TEXT PRIMARY KEY, body TEXT, lang TEXT, updated_at INTEGER, gone INTEGER DEFAULT 0)")
+    con.executemany("INSERT INTO items VALUES (?,?,?,?,0)", [(f"r{i}", sentences(f"r{i}", 2), "en", i) for i in range(6)])
+    con.commit()
+    src = f"sql+sqlite:///{db}?table=items&watermark=updated_at&text=body&deleted=gone"
+
+    def go() -> Any:
+        with SyncEngine(src, [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, progress=False) as e:
+            return e.run()
+
+    r = go()
+    assert r.ok and r.documents == 6 and r.embedded == r.chunks
+    assert go().documents == 0  # nothing newer than the watermark
+    con.execute("UPDATE items SET body = ?, updated_at = 10 WHERE id = 'r1'", (sentences("r1-new", 2),))
+    con.execute("UPDATE items SET gone = 1, updated_at = 11 WHERE id = 'r2'")
+    con.commit()
+    r = go()
+    assert r.documents == 2 and r.tombstones == 1 and r.deleted[redact_url(env["target"])] > 0
+    rows = [{"id": i, "text": b, "lang": lang, "updated_at": u} for i, b, lang, u in con.execute("SELECT id, body, lang, updated_at FROM items WHERE gone = 0")]
+    assert_in_step(env["target"], emb, rows, CT)
+
+
+def test_embedding_overlaps_writing_and_memory_stays_bounded(env: dict[str, Any], emb: Any) -> None:
+    docs = corpus(16, 3)
+    write_jsonl(env["src"], docs)
+    store = Flaky(connect(env["target"]), fail_upserts=0, delay=0.4)  # a slow store: 0.4 s per write
+    embeds: list[tuple[float, float]] = []
+    in_flight = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    class Timed:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def embed_documents(self, texts: Any) -> Any:
+            start = time.perf_counter()
+            out = self._inner.embed_documents(texts)
+            embeds.append((start, time.perf_counter()))
+            with lock:
+                in_flight["now"] += 1
+                in_flight["max"] = max(in_flight["max"], in_flight["now"])
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    orig = store.upsert
+
+    def upsert(records: Any) -> Any:
+        res = orig(records)
+        with lock:
+            in_flight["now"] -= 1
+        return res
+
+    store.upsert = upsert  # type: ignore[method-assign]
+    with SyncEngine(str(env["src"]), [store], ledger=env["ledger"], embedder=Timed(emb), chunk_tokens=CT,
+                    batch_size=4, queue_depth=1, progress=False) as e:  # fmt: skip
+        r = e.run()
+    assert r.ok and len(embeds) >= 5
+    writes = store.calls
+    # some embedding of batch N+1 ran while batch N was being written
+    overlaps = sum(1 for (ws, we) in writes for (es, ee) in embeds if es < we and ee > ws)
+    assert overlaps >= 2, (writes, embeds)
+    # bounded: at most queue_depth + 2 embedded batches not yet written (queue, writer, producer)
+    assert in_flight["max"] <= 3
+    assert_in_step(env["target"], emb, docs, CT)
