@@ -460,3 +460,46 @@ def test_chroma_rejected_batch_is_bisected(kind: str, request: pytest.FixtureReq
     finally:
         s.drop()
         s.close()
+
+
+def test_weaviate_connections_cut_mid_write_are_retried(
+    weaviate_url: str, vecs: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TCP proxies in front of Weaviate's HTTP and gRPC ports cut every live connection mid-write.
+
+    Short outages are absorbed by the client's own gRPC retries or, when those give up, by ours.
+    """
+    u = parse_url(weaviate_url)
+    http_proxy = DropProxy(u.host, u.port or 8080)
+    grpc_proxy = DropProxy(u.host, int(u.param("grpc_port") or 50051))
+    name = _name()
+    s = WeaviateStore(
+        f"weaviate://127.0.0.1:{http_proxy.port}/{name}?grpc_port={grpc_proxy.port}", retry=FAST, batch_size=100, concurrency=1
+    )
+    try:
+        s.ensure_index(SPEC)
+        stop = threading.Event()
+
+        def cutter() -> None:
+            for _ in range(2):  # two short outages during the write
+                if stop.wait(0.5):
+                    return
+                grpc_proxy.drop_next = 1  # the first reconnect fails, too
+                grpc_proxy.cut_all()
+
+        t = threading.Thread(target=cutter, daemon=True)
+        t.start()
+        try:
+            res = s.upsert(_recs(vecs, 2000))
+        finally:
+            stop.set()
+            t.join()
+        assert res.ok and res.written == 2000, list(res.failed.items())[:3]
+        assert grpc_proxy.dropped > 0
+        assert s.count() == 2000
+        assert "TOPSECRET" not in caplog.text
+    finally:
+        s.drop()
+        s.close()
+        http_proxy.close()
+        grpc_proxy.close()
