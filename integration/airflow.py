@@ -91,7 +91,12 @@ def cached_embedder(name: str, dims: int | None = None, device: str = "auto", **
         if emb is None:
             from embed_core import Embedder
 
-            log.info("loading embedding model %s (dims=%s, device=%s) for this worker process", name, dims or "native", device)
+            log.info(
+                "loading embedding model %s (dims=%s, device=%s) for this worker process",
+                name,
+                dims or "native",
+                device,
+            )
             emb = Embedder.load(name, dims=dims, device=device, **kwargs)
             _EMBEDDERS[key] = emb
         return emb
@@ -110,7 +115,9 @@ def expand_env(text: str, *, strict: bool = True) -> str:
         if m.group("default") is not None:
             return m.group("default")
         if strict:
-            raise ConfigError(f"environment variable {m.group('name')} is not set (used in {text!r}); set it or give ${{VAR:-default}}")
+            raise ConfigError(
+                f"environment variable {m.group('name')} is not set (used in {text!r}); set it or give ${{VAR:-default}}"
+            )
         return m.group(0)
 
     return _ENV_RE.sub(sub, text)
@@ -200,7 +207,13 @@ def _store_kind(conn: Any) -> str:
     ctype = (getattr(conn, "conn_type", None) or "").lower()
     extra = dict(getattr(conn, "extra_dejson", None) or {})
     kind = str(extra.get("store") or ctype).lower()
-    kinds = {"elasticsearch": "es", "es": "es", "weaviate": "weaviate", "chroma": "chroma", "chromadb": "chroma"}
+    kinds = {
+        "elasticsearch": "es",
+        "es": "es",
+        "weaviate": "weaviate",
+        "chroma": "chroma",
+        "chromadb": "chroma",
+    }
     if kind not in kinds:
         raise ConfigError(
             f"connection {getattr(conn, 'conn_id', '?')!r} has type {ctype!r}: use an elasticsearch or weaviate "
@@ -238,7 +251,9 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
     if kind == "es":
         index = index or extra.get("index")
         schema = (getattr(conn, "schema", None) or "http").lower()
-        scheme, host, hport = _split_host(getattr(conn, "host", None), schema if schema in ("http", "https") else "http")
+        scheme, host, hport = _split_host(
+            getattr(conn, "host", None), schema if schema in ("http", "https") else "http"
+        )
         api_key = extra.get("api_key")
         if isinstance(api_key, list | tuple) and len(api_key) == 2:
             api_key = base64.b64encode(f"{api_key[0]}:{api_key[1]}".encode()).decode()
@@ -253,7 +268,9 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
     elif kind == "weaviate":
         index = index or extra.get("collection") or extra.get("index")
         if login:
-            raise ConfigError(f"connection {conn_id!r}: Weaviate username/password (OIDC) is not supported; use extra api_key")
+            raise ConfigError(
+                f"connection {conn_id!r}: Weaviate username/password (OIDC) is not supported; use extra api_key"
+            )
         secure = _truthy(extra.get("http_secure", False))
         scheme, host, hport = _split_host(getattr(conn, "host", None), "https" if secure else "http")
         grpc_secure = _truthy(extra.get("grpc_secure", False))
@@ -272,10 +289,14 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
         if path:
             url = f"chroma://{Path(str(path)).expanduser().resolve()}"
             if not index:
-                raise ConfigError(f"connection {conn_id!r} names no collection: use conn:{conn_id}/NAME or extra collection")
+                raise ConfigError(
+                    f"connection {conn_id!r} names no collection: use conn:{conn_id}/NAME or extra collection"
+                )
             return with_index(url, str(index)), list(dict.fromkeys(secrets))
         schema = (getattr(conn, "schema", None) or "http").lower()
-        scheme, host, hport = _split_host(getattr(conn, "host", None), schema if schema in ("http", "https") else "http")
+        scheme, host, hport = _split_host(
+            getattr(conn, "host", None), schema if schema in ("http", "https") else "http"
+        )
         token = password or extra.get("token")
         if token:
             params["token"] = str(token)
@@ -285,7 +306,9 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
                 params[k] = str(extra[k])
         url = f"chroma+{scheme}://" + _netloc(host or "localhost", port or hport or 8000)
     if not index:
-        raise ConfigError(f"connection {conn_id!r} names no index/collection: use conn:{conn_id}/NAME or extra index/collection")
+        raise ConfigError(
+            f"connection {conn_id!r} names no index/collection: use conn:{conn_id}/NAME or extra index/collection"
+        )
     url = with_index(url, str(index))
     if params:
         url += "?" + urlencode(params)
@@ -379,9 +402,15 @@ def resolve_ledger(ledger: str | None) -> tuple[str, list[str]]:
         extra = dict(conn.extra_dejson or {})
         if ctype == "sqlite":
             return f"sqlite:///{conn.host}", []
-        scheme = extra.get("sqlalchemy_scheme") or {"postgres": "postgresql", "postgresql": "postgresql", "mysql": "mysql"}.get(ctype)
+        scheme = extra.get("sqlalchemy_scheme") or {
+            "postgres": "postgresql",
+            "postgresql": "postgresql",
+            "mysql": "mysql",
+        }.get(ctype)
         if not scheme:
-            raise ConfigError(f"ledger connection {conn.conn_id!r} of type {ctype!r}: use postgres, mysql or sqlite (or extra sqlalchemy_scheme)")
+            raise ConfigError(
+                f"ledger connection {conn.conn_id!r} of type {ctype!r}: use postgres, mysql or sqlite (or extra sqlalchemy_scheme)"
+            )
         url = f"{scheme}://{_netloc(conn.host or 'localhost', conn.port, conn.login, conn.password)}/{conn.schema or ''}"
         secrets = [conn.password] if conn.password else []
         _mask(secrets)
@@ -632,7 +661,10 @@ def build_reindex_dag(
     if max_active_tis_per_dag:
         embed_opts["max_active_tis_per_dag"] = max_active_tis_per_dag
     embed_opts.update(embed_task_options or {})
-    doc = description or f"embedrail: keep {', '.join(a.uri for a in assets)} in step with {_describe_source(source)}"
+    doc = (
+        description
+        or f"embedrail: keep {', '.join(a.uri for a in assets)} in step with {_describe_source(source)}"
+    )
 
     @dag(
         dag_id=dag_id,
@@ -667,7 +699,9 @@ def build_reindex_dag(
         @task(multiple_outputs=False, **embed_opts)
         def sync_partition(index: int, count: int, context: dict[str, Any]) -> dict[str, Any]:
             """SyncEngine.sync_partition(index, count, ctx): embed and write this share of the documents."""
-            engine, secrets = cfg.engine(mode=context["mode"], dims=context["dims"], dry_run=context["dry_run"])
+            engine, secrets = cfg.engine(
+                mode=context["mode"], dims=context["dims"], dry_run=context["dry_run"]
+            )
             with engine:
                 part = engine.sync_partition(int(index), int(count), context)
             log.info("embedrail partition %d/%d: %d documents, embedded %d, upserted %s, deleted %s, failed %s",
@@ -677,18 +711,24 @@ def build_reindex_dag(
         @task(multiple_outputs=False)
         def delete_stale(context: dict[str, Any]) -> dict[str, Any]:
             """SyncEngine.delete_absent(ctx): remove documents the source no longer has (snapshot deletes)."""
-            engine, secrets = cfg.engine(mode=context["mode"], dims=context["dims"], dry_run=context["dry_run"])
+            engine, secrets = cfg.engine(
+                mode=context["mode"], dims=context["dims"], dry_run=context["dry_run"]
+            )
             with engine:
                 rep = engine.delete_absent(context)
             log.info("embedrail deletes: %s", rep["deleted"])
             return _scrub(rep, secrets)
 
         @task(outlets=assets, multiple_outputs=False)
-        def report(context: dict[str, Any], partials: list[dict[str, Any]], deleted: dict[str, Any]) -> dict[str, Any]:
+        def report(
+            context: dict[str, Any], partials: list[dict[str, Any]], deleted: dict[str, Any]
+        ) -> dict[str, Any]:
             """SyncEngine.finalize(ctx, partials): the run report (the CLI's --json), Asset events on success."""
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-            engine, secrets = cfg.engine(mode=context["mode"], dims=context["dims"], dry_run=context["dry_run"])
+            engine, secrets = cfg.engine(
+                mode=context["mode"], dims=context["dims"], dry_run=context["dry_run"]
+            )
             with engine:
                 rep = engine.finalize(context, [*list(partials), deleted])
             rep = _scrub(rep, secrets)
@@ -764,7 +804,9 @@ def patch_airflow_for_dag_test() -> list[str]:
         disc = args[1].discriminator
         if callable(disc) and not isinstance(disc, Discriminator):
             if "airflow.api_fastapi.execution_api.routes.task_instances" in sys.modules:
-                raise RuntimeError("patch_airflow_for_dag_test() must run before the execution API is imported")
+                raise RuntimeError(
+                    "patch_airflow_for_dag_test() must run before the execution API is imported"
+                )
             m.TIStateUpdate = typing.Annotated[args[0], Discriminator(disc)]  # type: ignore[attr-defined]
             applied.append("TIStateUpdate discriminator")
     from airflow.api_fastapi.execution_api import app as app_mod
@@ -799,7 +841,6 @@ def patch_airflow_for_dag_test() -> list[str]:
                 transport = httpx.WSGITransport(app=middleware)
                 _KEEP_ALIVE.extend([transport, self._cm])  # see fix 2 above
                 return transport
-
 
         app_mod.InProcessExecutionAPI = InProcessExecutionAPI
         applied.append("in-process execution API lifespan wait")

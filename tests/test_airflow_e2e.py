@@ -123,9 +123,9 @@ def task_states(dag_id: str, run_id: str) -> list[tuple[str, int, int, str]]:
 
     with create_session() as s:
         rows = s.execute(
-            select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.try_number, TaskInstance.state).where(
-                TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id
-            )
+            select(
+                TaskInstance.task_id, TaskInstance.map_index, TaskInstance.try_number, TaskInstance.state
+            ).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
         ).all()
     return sorted((r[0], r[1], r[2], str(r[3])) for r in rows)
 
@@ -136,7 +136,9 @@ def all_xcoms(dag_id: str, run_id: str) -> str:
     from sqlalchemy import select
 
     with create_session() as s:
-        values = s.execute(select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)).scalars()
+        values = s.execute(
+            select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
+        ).scalars()
         return json.dumps([v for v in values], default=str)
 
 
@@ -147,7 +149,9 @@ def asset_events(uri: str) -> list[dict[str, Any]]:
 
     with create_session() as s:
         rows = s.execute(
-            select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id).where(AssetModel.uri == uri)
+            select(AssetEvent.extra)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.uri == uri)
         ).scalars()
         return [dict(r or {}) for r in rows]
 
@@ -199,8 +203,16 @@ def test_dag_keeps_es_weaviate_and_chroma_in_step(airflow_home, es_url, weaviate
     docs = dict(DOCS)
     write_corpus(corpus, docs)
     wv_name = "E" + unique_name.replace("_", "")[:40]
-    targets = [f"conn:e2e_es/{unique_name}", {"conn": "e2e_weaviate", "index": wv_name}, f"conn:e2e_chroma/{unique_name}"]
-    urls = [with_name(es_url, unique_name), with_name(weaviate_url, wv_name), with_name(chroma_http_url, unique_name)]
+    targets = [
+        f"conn:e2e_es/{unique_name}",
+        {"conn": "e2e_weaviate", "index": wv_name},
+        f"conn:e2e_chroma/{unique_name}",
+    ]
+    urls = [
+        with_name(es_url, unique_name),
+        with_name(weaviate_url, wv_name),
+        with_name(chroma_http_url, unique_name),
+    ]
     dag = make_dag(airflow_home, "e2e_" + unique_name[-8:], {
         "source": str(corpus), "targets": targets, "model": "minilm", "partitions": 2, "batch_size": 4,
         "retry_delay": 0, "tags": ["test"]})  # fmt: skip
@@ -285,7 +297,11 @@ def test_partition_fails_once_and_retry_leaves_stores_in_step(airflow_home, es_u
     flag = airflow_home / f"{unique_name}.fault"
     flag.write_text("fail once")
     wv_name = "R" + unique_name.replace("_", "")[:40]
-    urls = [with_name(es_url, unique_name), with_name(weaviate_url, wv_name), with_name(chroma_path_url, unique_name)]
+    urls = [
+        with_name(es_url, unique_name),
+        with_name(weaviate_url, wv_name),
+        with_name(chroma_path_url, unique_name),
+    ]
     dag = make_dag(airflow_home, "retry_" + unique_name[-8:], {
         "source": str(corpus), "targets": urls, "model": "minilm", "partitions": 2, "batch_size": 2,
         "retries": 2, "retry_delay": 0, "fault_flag": str(flag)})  # fmt: skip

@@ -45,7 +45,11 @@ def airflow_home(tmp_path_factory) -> Path:
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     os.environ["PYTHONPATH"] = pythonpath
     res = subprocess.run(
-        [str(VENV_BIN / "airflow"), "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True, timeout=600
+        [str(VENV_BIN / "airflow"), "db", "migrate"],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert res.returncode == 0, f"airflow db migrate failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     if str(ROOT) not in sys.path:
@@ -74,7 +78,9 @@ def test_elasticsearch_connection_maps_to_es_url(airflow_home):
         "docs",
     )  # fmt: skip
     assert url.startswith("es+https://elastic:p%40ss%20word@es.internal:9243/docs?")
-    assert "api_key=aWQxOmszeQ%3D%3D" in url and "ca_certs=%2Fetc%2Fca.pem" in url and "verify_certs=true" in url
+    assert (
+        "api_key=aWQxOmszeQ%3D%3D" in url and "ca_certs=%2Fetc%2Fca.pem" in url and "verify_certs=true" in url
+    )
     assert "p@ss word" in secrets and "aWQxOmszeQ==" in secrets
     from integration.engine import redact_url
 
@@ -99,7 +105,9 @@ def test_weaviate_and_chroma_connections_map_to_urls(airflow_home, tmp_path):
     url, secrets = connection_to_url(_conn("generic", host="ch", port=8000, password="tok",
                                            extra={"store": "chroma", "tenant": "t1"}), "col")  # fmt: skip
     assert url == "chroma+http://ch:8000/col?token=tok&tenant=t1" and secrets == ["tok"]
-    url, _ = connection_to_url(_conn("generic", extra={"store": "chroma", "path": str(tmp_path), "collection": "c"}))
+    url, _ = connection_to_url(
+        _conn("generic", extra={"store": "chroma", "path": str(tmp_path), "collection": "c"})
+    )
     assert url == f"chroma://{tmp_path}?collection=c"
     with pytest.raises(ConfigError, match="names no index"):
         connection_to_url(_conn("elasticsearch", host="h"))

@@ -62,12 +62,14 @@ def test_parsing_in_a_fresh_process_imports_no_model_or_store_client(airflow_hom
     nor any store client library nor the model code is in sys.modules."""
     probe = f"""
 import json, sys, runpy
-runpy.run_path({str(DAGS / 'embedrail_dags.py')!r})
+runpy.run_path({str(DAGS / "embedrail_dags.py")!r})
 heavy = ["torch", "transformers", "sentence_transformers", "chromadb", "elasticsearch", "weaviate",
          "embed_core.embedder", "connectors.elasticsearch", "connectors.chroma", "connectors.weaviate"]
 print(json.dumps([m for m in heavy if m in sys.modules]))
 """
-    res = subprocess.run([sys.executable, "-c", probe], env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", probe], env=os.environ.copy(), capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     loaded = json.loads(res.stdout.strip().splitlines()[-1])
     assert loaded == [], f"parsing the DAG folder imported {loaded}"
