@@ -36,12 +36,12 @@ Task graph (one DAG run = one ``SyncEngine`` run, split over processes):
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -529,6 +529,28 @@ class ReindexConfig:
         return engine, secrets
 
 
+@contextmanager
+def _no_retry_for_user_errors(secrets: Sequence[str] = ()) -> Iterator[None]:
+    """A user error (bad config, an index of another model/dims, a dims limit, bad input) fails the task
+    at once with its one-line message: retrying cannot fix it. A store that is down stays retryable."""
+    from embedrail.errors import (
+        DimensionLimitError,
+        IndexMismatchError,
+        InputError,
+        ModelError,
+        RemoteEmbeddingError,
+    )
+
+    try:
+        yield
+    except (ConfigError, InputError, IndexMismatchError, DimensionLimitError, ModelError) as e:
+        if isinstance(e, RemoteEmbeddingError):
+            raise
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(_scrub(f"{type(e).__name__}: {e}", secrets)) from None
+
+
 def _param_dims(value: Any) -> int | None:
     if value in (None, "", 0, "0"):
         return None
@@ -684,9 +706,10 @@ def build_reindex_dag(
             """SyncEngine.prepare(): model/dims resolved, indexes ensured or full rebuilds begun."""
             p = get_current_context()["params"]
             n = int(p.get("partitions") or partitions)
-            engine, secrets = cfg.engine(mode=str(p.get("mode") or mode), dims=_param_dims(p.get("dims")),
-                                         dry_run=_truthy(p.get("dry_run")))  # fmt: skip
-            with engine:
+            with _no_retry_for_user_errors():
+                engine, secrets = cfg.engine(mode=str(p.get("mode") or mode), dims=_param_dims(p.get("dims")),
+                                             dry_run=_truthy(p.get("dry_run")))  # fmt: skip
+            with engine, _no_retry_for_user_errors(secrets):
                 ctx = engine.prepare()
             ctx = _scrub(ctx, secrets)
             log.info("embedrail plan: mode=%s model=%s dims=%s partitions=%d targets=%s%s", ctx["mode"], ctx["model"],
@@ -702,7 +725,7 @@ def build_reindex_dag(
             engine, secrets = cfg.engine(
                 mode=context["mode"], dims=context["dims"], dry_run=context["dry_run"]
             )
-            with engine:
+            with engine, _no_retry_for_user_errors(secrets):
                 part = engine.sync_partition(int(index), int(count), context)
             log.info("embedrail partition %d/%d: %d documents, embedded %d, upserted %s, deleted %s, failed %s",
                      index, count, part["documents"], part["embedded"], part["upserted"], part["deleted"], part["failed"])  # fmt: skip
@@ -714,7 +737,7 @@ def build_reindex_dag(
             engine, secrets = cfg.engine(
                 mode=context["mode"], dims=context["dims"], dry_run=context["dry_run"]
             )
-            with engine:
+            with engine, _no_retry_for_user_errors(secrets):
                 rep = engine.delete_absent(context)
             log.info("embedrail deletes: %s", rep["deleted"])
             return _scrub(rep, secrets)
@@ -729,7 +752,7 @@ def build_reindex_dag(
             engine, secrets = cfg.engine(
                 mode=context["mode"], dims=context["dims"], dry_run=context["dry_run"]
             )
-            with engine:
+            with engine, _no_retry_for_user_errors(secrets):
                 rep = engine.finalize(context, [*list(partials), deleted])
             rep = _scrub(rep, secrets)
             from integration.report import Report
@@ -914,8 +937,3 @@ def build_dags_from_folder(folder: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: dag_id {dag_id!r} is used by another config")
         out[dag_id] = build_reindex_dag(dag_id, **cfg)
     return out
-
-
-def json_report(value: Any) -> str:
-    """The report XCom as the CLI prints it (one JSON object)."""
-    return json.dumps(value, sort_keys=False)

@@ -359,3 +359,11 @@ def test_target_down_fails_the_run_but_not_the_others(airflow_home, chroma_path_
     assert dead_key in rep["errors"] and rep["upserted"][dead_key] == 0
     assert store_texts(good) == expected(dict(list(DOCS.items())[:3]))
     assert asset_events(dag.get_task("report").outlets[0].uri) == []
+
+    # a user error (dims other than the index holds, incremental mode) fails `plan` at once: no retries
+    dag = make_dag(airflow_home, "dims_" + unique_name[-8:], {
+        "source": str(corpus), "targets": [good], "model": "minilm", "retries": 3, "retry_delay": 0})  # fmt: skip
+    dr, rep = run(dag, {"dims": 128})
+    states = task_states(dag.dag_id, dr.run_id)
+    assert str(dr.state) == "failed" and ("plan", -1, 1, "failed") in states, states
+    assert rep is None
