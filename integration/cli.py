@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--dims", type=_positive_int)
     sv.add_argument("--device", default="auto")
     sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--port", type=int, default=8000)
     return p
 
 

@@ -428,12 +428,10 @@ class SyncEngine:
         """A store writing to an existing physical index of a rebuild (another process began it)."""
         fn = getattr(store, "open_rebuild", None)
         if callable(fn):
-            return fn(physical)
-        cls = type(store)
-        if cls.__name__ == "ChromaStore":
-            new = cls(store.client, store.name, registry=getattr(store, "registry", "embedrail_aliases"), _physical=physical)  # type: ignore[call-arg]
-            new.url = store.url
-            return new
+            try:
+                return fn(physical)
+            except ConfigError:
+                return None
         return None
 
     def _write_store(self, t: _Target, entry: dict[str, Any]) -> VectorStore:

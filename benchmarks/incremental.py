@@ -1,0 +1,140 @@
+"""Incremental-sync benchmark (issue 5; not a test).
+
+A few thousand real documents (the standard library's docs, one per public class/function:
+``pydoc:?per=member``) into Chroma embedded (and Elasticsearch when EMBEDRAIL_ES_URL is set or
+``make servers`` is running), in one process with one loaded model:
+
+1. full first run, 2. unchanged re-run, 3. a run with 1% of the documents edited;
+then the embedder alone on the same chunks (same batch size) for the throughput ratio.
+
+Targets: re-run <= 2% of the first run, 1% run <= 5%, first-run throughput >= 0.9x embedder alone.
+
+    .venv/bin/python benchmarks/incremental.py [--limit N] [--max-chars 1000] [--no-es]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def es_base() -> str | None:
+    if os.environ.get("EMBEDRAIL_ES_URL"):
+        return os.environ["EMBEDRAIL_ES_URL"]
+    env = ROOT / ".servers.env"
+    if env.exists():
+        for line in env.read_text().splitlines():
+            if line.startswith("EMBEDRAIL_ES_URL="):
+                return line.split("=", 1)[1].strip()
+    return None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--limit", type=int, default=None, help="documents (default: all, about 2,500)")
+    p.add_argument("--max-chars", type=int, default=1000, help="characters per document")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-es", action="store_true")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+
+    from embed_core import Embedder
+    from integration.chunking import Chunker
+    from integration.documents import Document
+    from integration.engine import SyncEngine
+    from integration.sources import open_source
+
+    spec = f"pydoc:?per=member&max_chars={a.max_chars}" + (f"&limit={a.limit}" if a.limit else "")
+    docs = list(open_source(spec))
+    rows = [{"id": d.id, "text": d.text, **d.metadata} for d in docs]
+    tmp = Path(tempfile.mkdtemp(prefix="embedrail-bench-"))
+    src = tmp / "docs.jsonl"
+
+    def write(rows: list[dict]) -> None:
+        with src.open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+    write(rows)
+    targets = [f"chroma://{tmp / 'chroma'}?collection=bench"]
+    es = None if a.no_es else es_base()
+    if es:
+        targets.append(es.rstrip("/") + f"/bench_{os.getpid()}")
+    t0 = time.perf_counter()
+    emb = Embedder.load("minilm")
+    load_s = time.perf_counter() - t0
+    print(f"{len(docs)} documents, targets: {', '.join(targets)}; model loaded in {load_s:.1f}s", flush=True)
+
+    def run(label: str) -> dict:
+        t = time.perf_counter()
+        with SyncEngine(str(src), targets, ledger=f"sqlite:///{tmp / 'ledger.sqlite'}", embedder=emb,
+                        batch_size=a.batch_size, progress=False) as e:  # fmt: skip
+            r = e.run()
+        secs = time.perf_counter() - t
+        print(f"{label:>10}: {secs:8.2f}s  documents={r.documents} chunks={r.chunks} embedded={r.embedded} "
+              f"upserted={sum(r.upserted.values())} deleted={sum(r.deleted.values())} ok={r.ok}", flush=True)  # fmt: skip
+        print(f"{'':>12}embed {r.embed_seconds:.2f}s of {r.seconds:.2f}s", flush=True)
+        return {"seconds": secs, **r.to_dict()}
+
+    first = run("first")
+    again = run("unchanged")
+    edited = [dict(r) for r in rows]
+    step = 100
+    for r in edited[::step]:
+        r["text"] += " (edited for the benchmark)"
+    write(edited)
+    one_pct = run("1% edited")
+
+    # the embedder alone on the same chunks, same batch size
+    chunker = Chunker(emb)
+    texts = [c.text for d in docs for c in chunker.chunk(Document(d.id, d.text, d.metadata))]
+    t = time.perf_counter()
+    for i in range(0, len(texts), a.batch_size):
+        emb.embed_documents(texts[i : i + a.batch_size])
+    alone = time.perf_counter() - t
+
+    res = {
+        "documents": len(docs),
+        "chunks": len(texts),
+        "targets": targets,
+        "first_s": round(first["seconds"], 2),
+        "unchanged_s": round(again["seconds"], 3),
+        "one_percent_s": round(one_pct["seconds"], 3),
+        "unchanged_ratio": round(again["seconds"] / first["seconds"], 4),
+        "one_percent_ratio": round(one_pct["seconds"] / first["seconds"], 4),
+        "one_percent_embedded": one_pct["embedded"],
+        "embedder_alone_s": round(alone, 2),
+        "embedder_chunks_per_s": round(len(texts) / alone, 1),
+        "e2e_chunks_per_s": round(first["chunks"] / first["seconds"], 1),
+        "e2e_vs_embedder": round((first["chunks"] / first["seconds"]) / (len(texts) / alone), 3),
+        "model_load_s": round(load_s, 1),
+    }
+    print(
+        f"\nunchanged re-run: {res['unchanged_ratio'] * 100:.2f}% of the first run (target <= 2%)\n"
+        f"1% edited run:    {res['one_percent_ratio'] * 100:.2f}% of the first run (target <= 5%), "
+        f"embedded {res['one_percent_embedded']} chunks\n"
+        f"throughput:       {res['e2e_chunks_per_s']} chunks/s end-to-end vs {res['embedder_chunks_per_s']} "
+        f"embedder alone = {res['e2e_vs_embedder']:.2f}x (target >= 0.9x)"
+    )
+    if a.json:
+        print(json.dumps(res))
+    if es:
+        from connectors import connect
+
+        connect(targets[1]).drop()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
