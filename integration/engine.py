@@ -360,22 +360,22 @@ class SyncEngine:
         if state and state.pending_generation:
             info = store.describe()
             pending = state.pending_generation
-            if info.exists and info.physical_name == pending:
+            if self.dry_run:
+                notes.append(f"{t.key}: an interrupted rebuild ({pending}) will be finished or dropped by the next run")
+            elif info.exists and info.physical_name == pending:
                 self.ledger.switch_generation(t.key, pending, spec.fingerprint if info.spec is None else info.spec.fingerprint,
                                               _spec_dict(info.spec or spec))  # fmt: skip
                 notes.append(f"{t.key}: finished an interrupted rebuild ({pending})")
                 state = self.ledger.target(t.key)
-            elif self.mode == "full" and not self.dry_run and state.pending_fingerprint == spec.fingerprint:
+            else:
                 rebuild = self._reopen_rebuild(store, pending)
-                if rebuild is not None:
-                    rebuild.ensure_index(spec)
+                if rebuild is not None and self.mode == "full" and state.pending_fingerprint == spec.fingerprint:
+                    rebuild.ensure_index(spec)  # same embedding: keep what the interrupted run wrote
                     self._rebuilds[t.key] = rebuild
                     t.write, t.generation = rebuild, pending
                     entry.update(generation=pending, rebuild=pending)
                     notes.append(f"{t.key}: resuming an interrupted rebuild ({pending})")
                     return
-            elif not self.dry_run:
-                rebuild = self._reopen_rebuild(store, pending)
                 if rebuild is not None:
                     try:
                         store.abort_rebuild(rebuild)
@@ -694,6 +694,8 @@ class _PartitionRun:
     # --- planning -----------------------------------------------------------------------------
     def add(self, doc: Document) -> None:
         self.rep.documents += 1
+        if not self.live:  # every target is down: nothing can be written, so embed nothing
+            return
         deletes = self.ctx["deletes"]
         if doc.deleted:
             self.rep.tombstones += 1

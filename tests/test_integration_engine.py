@@ -383,3 +383,20 @@ def test_embedding_overlaps_writing_and_memory_stays_bounded(env: dict[str, Any]
     # bounded: at most queue_depth + 2 embedded batches not yet written (queue, writer, producer)
     assert in_flight["max"] <= 3
     assert_in_step(env["target"], emb, docs, CT)
+
+
+def test_interrupted_full_rebuild_is_resumed_by_the_next_full_run(env: dict[str, Any], emb: Any) -> None:
+    docs = corpus(10)
+    run(env, emb, docs)
+    old_physical = connect(env["target"]).describe().physical_name
+    v2 = OtherFingerprint(emb)
+    e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=v2, chunk_tokens=CT, mode="full", progress=False)
+    ctx = e.prepare()
+    half = e.sync_partition(0, 2, ctx)  # ... and the process dies here
+    assert 0 < half["embedded"] < half["chunks"] + 100
+    assert connect(env["target"]).describe().physical_name == old_physical  # readers still see the old index
+    r = run(env, emb=v2, docs=docs, mode="full")
+    assert any("resuming an interrupted rebuild" in n for n in r.notes)
+    assert r.ok and r.embedded == r.chunks - half["chunks"]  # only what the dead run had not written
+    assert connect(env["target"]).describe().physical_name == ctx["targets"][0]["generation"]
+    assert_in_step(env["target"], v2, docs, CT)
