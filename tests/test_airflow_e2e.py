@@ -367,3 +367,40 @@ def test_target_down_fails_the_run_but_not_the_others(airflow_home, chroma_path_
     states = task_states(dag.dag_id, dr.run_id)
     assert str(dr.state) == "failed" and ("plan", -1, 1, "failed") in states, states
     assert rep is None
+
+
+def test_shipped_demo_config_runs_against_the_local_stores(airflow_home, es_url, weaviate_url, chroma_http_url,  # noqa: F811
+                                                            unique_name, monkeypatch):  # fmt: skip
+    """dags/configs/stdlib_demo.yaml as shipped (store URLs from EMBEDRAIL_*_URL), with the pydoc source
+    cut to three modules and fresh index names so the run stays small."""
+    import yaml
+
+    monkeypatch.setenv("EMBEDRAIL_ES_URL", es_url)
+    monkeypatch.setenv("EMBEDRAIL_WEAVIATE_URL", weaviate_url)
+    monkeypatch.setenv("EMBEDRAIL_CHROMA_URL", chroma_http_url)
+    root = Path(__file__).resolve().parent.parent
+    cfg = yaml.safe_load((root / "dags" / "configs" / "stdlib_demo.yaml").read_text())
+    cfg["dag_id"] = "demo_" + unique_name[-8:]
+    cfg["source"] = "pydoc:?modules=argparse,json,gzip&max_chars=400"
+    for t in cfg["targets"]:
+        t["index"] = ("D" if "WEAVIATE" in t["url"] else "d_") + unique_name.replace("_", "")[-20:]
+    configs = airflow_home / f"configs_{unique_name[-8:]}"
+    configs.mkdir()
+    (configs / "demo.yaml").write_text(yaml.safe_dump(cfg))
+    dag_file = airflow_home / "dags" / f"{cfg['dag_id']}.py"
+    dag_file.write_text(
+        "from integration.airflow import build_dags_from_folder\n"
+        f"globals().update(build_dags_from_folder({str(configs)!r}))\n"
+        f"dag = globals()[{cfg['dag_id']!r}]\n"
+    )
+    dag = parse(dag_file)
+    assert dag.params["partitions"] == 2 and "@daily" in repr(dag.timetable)
+    dr, rep = run(dag)
+    assert str(dr.state) == "success", task_states(dag.dag_id, dr.run_id)
+    assert rep is not None and rep["ok"] and rep["documents"] == 3 and len(rep["upserted"]) == 3, rep
+    urls = [
+        with_name(b, t["index"])
+        for b, t in zip((es_url, weaviate_url, chroma_http_url), cfg["targets"], strict=True)
+    ]
+    for url in urls:
+        assert {i.split("#")[0] for i in store_texts(url)} == {"argparse", "json", "gzip"}
