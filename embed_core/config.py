@@ -40,7 +40,6 @@ class EmbedderConfig:
     dtype: str | None = None
     attn_implementation: str | None = None
     num_threads: int | None = None
-    quantize: str | None = None
     trust_remote_code: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -62,8 +61,6 @@ class EmbedderConfig:
             raise ConfigError(f"device must be one of {', '.join(DEVICE_CHOICES)} (optionally 'cuda:N'); got {self.device!r}")
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16; got {self.dtype!r}")
-        if self.quantize is not None and self.quantize != "int8":
-            raise ConfigError(f"quantize must be None or 'int8'; got {self.quantize!r}")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ConfigError(f"num_threads must be a positive integer, got {self.num_threads!r}")
         for name in ("query_instruction", "query_prefix", "document_prefix", "revision"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import logging
 import threading
 import time
@@ -18,7 +19,8 @@ from embedrail.errors import ConfigError, InputError, ModelError
 from .base import BaseEmbedder, EmbedStats
 from .config import EmbedderConfig
 from .device import Placement, available_cpus, choose_placement, free_device_memory, is_oom
-from .pooling import pool, truncate_and_normalize
+from .packed_bert import PackedBert, supports
+from .pooling import pool, pool_packed, truncate_and_normalize
 from .spec import ModelSpec, ResolvedModel, check_config, choose_dims, read_spec, resolve_model
 from .text import check_texts, split_by_offsets
 
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 
 #: Default token budget of one forward pass (padded tokens), per device type.
 DEFAULT_BATCH_TOKENS = {"cpu": 16384, "cuda": 32768, "mps": 8192}
+#: A batch may close early when the next text would be padded by more than this fraction ...
+PAD_TOLERANCE = 0.08
+#: ... but only once it holds this many tokens (small passes waste per-call overhead instead).
+MIN_BATCH_TOKENS = 1024
 
 
 class Embedder(BaseEmbedder):
@@ -62,7 +68,7 @@ class Embedder(BaseEmbedder):
           tokens per forward pass (halved automatically on CUDA out-of-memory).
         - ``query_instruction`` (Qwen3-style task), ``query_prefix`` / ``document_prefix`` (e5-style).
         - more keywords: see :class:`EmbedderConfig` (``pooling``, ``dtype``, ``attn_implementation``,
-          ``num_threads``, ``quantize="int8"``, ``max_batch_size``, ``trust_remote_code``).
+          ``num_threads``, ``max_batch_size``, ``trust_remote_code``).
         """
         unknown = set(kwargs) - set(EmbedderConfig.__dataclass_fields__)
         if unknown:
@@ -107,8 +113,6 @@ class Embedder(BaseEmbedder):
                 kwargs["query_prefix"] = info.get("query_prefix")
             if info.get("dims") != info.get("native_dims"):
                 kwargs["matryoshka"] = True
-            if info.get("quantize"):
-                kwargs["quantize"] = info["quantize"]
             kwargs.update(overrides)
             emb = cls.load(info["model"], **kwargs)
         if check and info.get("fingerprint") and emb.fingerprint != info["fingerprint"]:
@@ -172,8 +176,6 @@ class Embedder(BaseEmbedder):
         self.placement: Placement = choose_placement(config.device, config.dtype, config.attn_implementation)
         if self.placement.device.type == "cpu":
             torch.set_num_threads(config.num_threads or available_cpus())
-        if config.quantize and self.placement.device.type != "cpu":
-            raise ConfigError("quantize='int8' is a CPU-only option; drop it for GPU runs")
         self.batch_tokens = config.batch_tokens or DEFAULT_BATCH_TOKENS.get(self.placement.device.type, 16384)
         self.batch_tokens = max(self.batch_tokens, self.max_tokens)
         self._budget = self.batch_tokens
@@ -181,6 +183,10 @@ class Embedder(BaseEmbedder):
         self.tokenizer = self._load_tokenizer()
         self._net = self._load_model()
         self._dense = self._load_dense()
+        self._packed = PackedBert(self._net) if self.padding_side == "right" and supports(self._net) else None
+        # packed models pay for padding only inside attention: fewer, larger batches win
+        self._pad_tolerance = 1.0 if self._packed is not None else PAD_TOLERANCE
+        self._min_batch_tokens = 4096 if self._packed is not None else MIN_BATCH_TOKENS
         params = inspect.signature(self._net.forward).parameters
         self._pass_positions = self.padding_side == "left" and "position_ids" in params
         self._extra_forward: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}
@@ -259,8 +265,6 @@ class Embedder(BaseEmbedder):
                 hf_logging.enable_progress_bar()
         net.eval()
         net.to(p.device)
-        if self.config.quantize == "int8":
-            net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
         return net
 
     def _load_dense(self) -> list[torch.nn.Module]:
@@ -304,7 +308,7 @@ class Embedder(BaseEmbedder):
             "document_instruction": None,
             "max_tokens": self.max_tokens,
             "append_eos": self.append_eos,
-            "quantize": self.config.quantize,
+            "quantize": None,
         }
 
     def embedding_info(self) -> dict[str, Any]:
@@ -327,7 +331,6 @@ class Embedder(BaseEmbedder):
             "document_prefix": self.document_prefix,
             "query_prefix": self.query_prefix,
             "query_instruction": self.query_instruction,
-            "quantize": self.config.quantize,
             "fingerprint": self.fingerprint,
             "fingerprint_components": self.fingerprint_components(),
         }
@@ -409,13 +412,25 @@ class Embedder(BaseEmbedder):
             return vectors if len(uniq_texts) == len(texts) else vectors[inverse]
 
     def _plan(self, lengths: np.ndarray, order: np.ndarray, budget: int) -> list[np.ndarray]:
-        """Cut length-sorted (descending) indices into batches of at most ``budget`` padded tokens."""
+        """Cut length-sorted (descending) indices into batches of at most ``budget`` padded tokens.
+
+        A batch also ends early when the next text is much shorter than the batch's longest one
+        (more than ``PAD_TOLERANCE`` of it would be padding) once the batch already holds
+        ``MIN_BATCH_TOKENS``, so padding waste stays small without tiny forward passes.
+        """
         batches: list[np.ndarray] = []
         i, n = 0, len(order)
         cap = self.config.max_batch_size
+        sorted_lengths = lengths[order]
         while i < n:
-            longest = int(lengths[order[i]])
-            size = max(1, min(cap, budget // max(longest, 1), n - i))
+            longest = max(int(sorted_lengths[i]), 1)
+            size = max(1, min(cap, budget // longest, n - i))
+            floor = longest * (1.0 - self._pad_tolerance)
+            min_count = max(1, self._min_batch_tokens // longest)
+            if size > min_count:
+                short = np.nonzero(sorted_lengths[i + min_count : i + size] < floor)[0]
+                if short.size:
+                    size = min_count + int(short[0])
             batches.append(order[i : i + size])
             i += size
         return batches
@@ -447,6 +462,8 @@ class Embedder(BaseEmbedder):
         return out
 
     def _forward(self, batch: list[list[int]]) -> np.ndarray:
+        if self._packed is not None:
+            return self._forward_packed(batch)
         n = len(batch)
         width = max(len(x) for x in batch)
         ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
@@ -478,5 +495,36 @@ class Embedder(BaseEmbedder):
         st = self.stats
         st.batches += 1
         st.tokens += real
+        st.padded_tokens += n * width
+        return result
+
+    def _forward_packed(self, batch: list[list[int]]) -> np.ndarray:
+        """BERT fast path: linear layers on real tokens only (see ``embed_core.packed_bert``)."""
+        n = len(batch)
+        lengths = np.fromiter((len(x) for x in batch), dtype=np.int64, count=n)
+        width = int(lengths.max())
+        total = int(lengths.sum())
+        flat = np.fromiter(itertools.chain.from_iterable(batch), dtype=np.int64, count=total)
+        starts = np.cumsum(lengths) - lengths
+        positions = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+        segment = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        dev = self.placement.device
+        positions_t = torch.from_numpy(positions).to(dev)
+        segment_t = torch.from_numpy(segment).to(dev)
+        lengths_t = torch.from_numpy(lengths).to(dev)
+        if total == n * width:
+            scatter_t, key_mask = None, None
+        else:
+            scatter_t = segment_t * width + positions_t
+            key_mask = (torch.arange(width, device=dev).unsqueeze(0) < lengths_t.unsqueeze(1)).view(n, 1, 1, width)
+        with torch.inference_mode():
+            hidden = self._packed(torch.from_numpy(flat).to(dev), positions_t, scatter_t, key_mask, n, width)
+            pooled = pool_packed(hidden, lengths_t, segment_t, positions_t, self.pooling).float()
+            for layer in self._dense:
+                pooled = layer(pooled)
+            result = pooled.cpu().numpy()
+        st = self.stats
+        st.batches += 1
+        st.tokens += total
         st.padded_tokens += n * width
         return result

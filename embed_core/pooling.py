@@ -54,3 +54,30 @@ def truncate_and_normalize(vectors: np.ndarray, dims: int) -> np.ndarray:
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return np.ascontiguousarray(out / norms, dtype=np.float32)
+
+
+def pool_packed(
+    x: torch.Tensor, lengths: torch.Tensor, segment: torch.Tensor, positions: torch.Tensor, mode: str
+) -> torch.Tensor:
+    """Pool packed token states ``x`` ``(T, dim)``: row ``i`` owns ``lengths[i]`` consecutive tokens;
+    ``segment``/``positions`` give each token's row and position within its row."""
+    batch = lengths.shape[0]
+    ends = lengths.cumsum(0)
+    if mode == "cls":
+        return x[ends - lengths]
+    if mode == "lasttoken":
+        return x[ends - 1]
+    counts = lengths.to(x.dtype).unsqueeze(1)
+    if mode in ("mean", "mean_sqrt_len_tokens"):
+        summed = x.new_zeros(batch, x.shape[1]).index_add_(0, segment, x)
+        return summed / (counts if mode == "mean" else counts.sqrt())
+    if mode == "weightedmean":
+        w = (positions + 1).to(x.dtype).unsqueeze(1)
+        summed = x.new_zeros(batch, x.shape[1]).index_add_(0, segment, x * w)
+        return summed / (counts * (counts + 1) / 2)
+    if mode == "max":
+        index = segment.unsqueeze(1).expand_as(x)
+        return x.new_full((batch, x.shape[1]), torch.finfo(x.dtype).min).scatter_reduce_(
+            0, index, x, reduce="amax", include_self=True
+        )
+    raise ValueError(f"unknown pooling mode {mode!r}")

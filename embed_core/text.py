@@ -110,13 +110,20 @@ def _break_rank(text: str, spans: Sequence[tuple[int, int]], cut: int) -> int:
     return 3 if gap.isspace() else 9
 
 
+#: How far back (as a fraction of the window) a break of each rank may move the window's end.
+_REACH = {0: 0.5, 1: 0.4, 2: 0.3, 3: 0.15}
+
+
 def _best_break(text: str, spans: Sequence[tuple[int, int]], start: int, end: int) -> int:
-    """Move ``end`` back (within the window's last quarter) to just after the best natural break."""
-    lowest = start + max(1, (3 * (end - start)) // 4)
+    """Move ``end`` back to just after the best natural break: a paragraph break within the last
+    half of the window, a line break within the last 40 %, a sentence end within the last 30 %,
+    a space within the last 15 %; else cut mid-word at the budget."""
+    size = end - start
     best, best_rank = end, 9
+    lowest = start + max(1, size - int(size * _REACH[0]))
     for cut in range(end, lowest - 1, -1):
         rank = _break_rank(text, spans, cut)
-        if rank < best_rank:
+        if rank < best_rank and end - cut <= size * _REACH.get(rank, 0):
             best, best_rank = cut, rank
             if rank == 0:
                 break
