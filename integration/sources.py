@@ -383,11 +383,33 @@ def _first_paragraph(doc: str | None) -> str:
     return text.split("\n\n", 1)[0].strip()
 
 
+class _Elided:
+    def __repr__(self) -> str:
+        return "..."
+
+
+_SIMPLE = (int, float, bool, type(None), complex)
+
+
 def _signature(obj: Any) -> str:
+    """The signature with only simple literal defaults shown: a default such as ``os.environ``
+    would otherwise put the machine's environment (secrets!) into the text, differently per run."""
     try:
-        return _ADDR.sub("", str(inspect.signature(obj)))
+        sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return "(...)"
+    params = []
+    for p in sig.parameters.values():
+        d = p.default
+        simple = d is inspect.Parameter.empty or isinstance(d, _SIMPLE) or (
+            isinstance(d, str | bytes) and len(d) <= 40 and not d.startswith("/" if isinstance(d, str) else b"/")  # no machine paths
+        )
+        params.append(p if simple else p.replace(default=_Elided()))
+    try:
+        text = str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+    except ValueError:
+        return "(...)"
+    return _ADDR.sub("", text)
 
 
 def _public_members(name: str, mod: Any) -> list[tuple[str, Any]]:

@@ -107,3 +107,10 @@ def test_partitions_are_stable_and_cover_everything() -> None:
     parts = [partition_of(i, 4) for i in ids]
     assert set(parts) == {0, 1, 2, 3} and parts == [partition_of(i, 4) for i in ids]
     assert (partition_of("doc-1", 4), partition_of("a", 7)) == (1, 2)  # the same on every machine
+
+
+def test_pydoc_text_never_contains_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cgi.parse(environ=os.environ) & co: a rendered default would leak every variable (and change per run)
+    monkeypatch.setenv("EMBEDRAIL_TEST_SECRET", "s3cr3t-value-that-must-not-leak")
+    docs = list(open_source("pydoc:?per=member&modules=cgi,os,platform,subprocess"))
+    assert docs and not any("s3cr3t-value-that-must-not-leak" in d.text for d in docs)
