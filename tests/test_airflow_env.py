@@ -27,8 +27,14 @@ def _airflow_env(home: Path) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "False",
-        "EMBEDRAIL_LEDGER_URL": f"sqlite:///{home / 'ledger.sqlite'}",
     }
+
+
+def subprocess_env() -> dict[str, str]:
+    """This process's environment (with the isolated Airflow) + the checkout on PYTHONPATH."""
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ loads no model, opens no network connection and imports no store client or torch
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_airflow_env import airflow_home  # noqa: F401 - the session fixture
+from test_airflow_env import airflow_home, subprocess_env  # noqa: F401 - the session fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
@@ -68,7 +67,7 @@ heavy = ["torch", "transformers", "sentence_transformers", "chromadb", "elastics
 print(json.dumps([m for m in heavy if m in sys.modules]))
 """
     res = subprocess.run(
-        [sys.executable, "-c", probe], env=os.environ.copy(), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", probe], env=subprocess_env(), capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0, res.stderr[-3000:]
     loaded = json.loads(res.stdout.strip().splitlines()[-1])
