@@ -203,7 +203,8 @@ class ChromaStore:
         headers: dict[str, str] = {}
         token = u.param("token") or u.password
         if token:
-            headers["Authorization"] = f"Bearer {token}"
+            header = u.param("token_header") or "Authorization"  # or X-Chroma-Token, per server config
+            headers[header] = f"Bearer {token}" if header.lower() == "authorization" else token
         return chromadb.HttpClient(
             host=u.host or "localhost",
             port=u.port or (443 if u.transport == "https" else 8000),
