@@ -88,6 +88,18 @@ def cached_embedder(name: str, dims: int | None = None, device: str = "auto", **
     key = (name, dims, device)
     with _EMBEDDERS_LOCK:
         emb = _EMBEDDERS.get(key)
+        if emb is None and name.startswith(("http://", "https://")):
+            # a remote OpenAI-compatible server, as the CLI takes it: http://host:8000/v1#model-name
+            # (the API key comes from EMBEDRAIL_EMBED_API_KEY, never from the DAG)
+            from embed_core import Embedder
+
+            base, _, remote_model = name.partition("#")
+            if not remote_model:
+                raise ConfigError("a remote model is given as http(s)://host:port/v1#model-name")
+            emb = Embedder.remote(
+                base, remote_model, dims=dims, api_key=os.environ.get("EMBEDRAIL_EMBED_API_KEY")
+            )
+            _EMBEDDERS[key] = emb
         if emb is None:
             from embed_core import Embedder
 
@@ -438,34 +450,6 @@ def _scrub(obj: Any, secrets: Sequence[str]) -> Any:
     return obj
 
 
-def _attach_reopen(store: Any) -> Any:
-    """Let the engine reopen a full rebuild that another process (task) began: Elasticsearch and
-    Weaviate stores can address a physical index by name (``_physical``)."""
-    if callable(getattr(store, "open_rebuild", None)):
-        return store
-    cls = type(store).__name__
-    if cls not in ("ElasticsearchStore", "WeaviateStore"):
-        return store
-
-    def open_rebuild(physical: str) -> Any:
-        kw: dict[str, Any] = {"_physical": physical}
-        for k in ("index_options", "similarity", "num_candidates", "chunk_docs", "chunk_bytes", "settings",
-                  "hnsw", "batch_size", "concurrency", "timeout", "retry"):  # fmt: skip
-            if hasattr(store, k):
-                kw[k] = getattr(store, k)
-        import inspect
-
-        accepted = set(inspect.signature(type(store)).parameters)
-        new = type(store)(store.client, store.name, **{k: v for k, v in kw.items() if k in accepted})
-        for k in ("url", "_secrets", "_version"):
-            if hasattr(store, k):
-                setattr(new, k, getattr(store, k))
-        return new
-
-    store.open_rebuild = open_rebuild
-    return store
-
-
 @dataclass
 class ReindexConfig:
     """Everything a task needs to build its ``SyncEngine`` (kept in the DAG file's closure, never in
@@ -504,7 +488,7 @@ class ReindexConfig:
                 return self.connect(url)
             from connectors import connect as _connect
 
-            return _attach_reopen(_connect(url))
+            return _connect(url)
 
         engine = SyncEngine(
             source,
