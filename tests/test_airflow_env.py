@@ -154,3 +154,12 @@ def test_embedder_is_loaded_once_per_process_and_key(airflow_home, monkeypatch):
     b = ia.cached_embedder("minilm", dims=128)
     assert b is not a and ia.cached_embedder("minilm", 128) is b
     assert loads == [("minilm", None, "auto"), ("minilm", 128, "auto")]
+    # a remote model (an `embedrail serve` on a GPU node), as the CLI takes it; key from the environment
+    remote: list[tuple] = []
+    monkeypatch.setattr(
+        embed_core.Embedder, "remote", staticmethod(lambda *a, **k: remote.append((a, k)) or object())
+    )
+    monkeypatch.setenv("EMBEDRAIL_EMBED_API_KEY", "k-123")
+    r = ia.cached_embedder("http://gpu-node:8000/v1#minilm", dims=256)
+    assert ia.cached_embedder("http://gpu-node:8000/v1#minilm", dims=256) is r
+    assert remote == [(("http://gpu-node:8000/v1", "minilm"), {"dims": 256, "api_key": "k-123"})]
