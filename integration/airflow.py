@@ -82,8 +82,14 @@ _EMBEDDERS_LOCK = threading.Lock()
 def cached_embedder(name: str, dims: int | None = None, device: str = "auto", **kwargs: Any) -> Any:
     """``embed_core.Embedder.load(name, dims=..., device=...)``, cached per process by (model, dims, device).
 
-    The engine calls this only when it has something to embed or chunk, so an unchanged run loads no
-    model at all. Parsing a DAG file never calls it.
+    Every task of a DAG gets its model through this cache, so the model is loaded once per process
+    that runs tasks and reused by every later task in it (``dag.test()``, executors that reuse worker
+    processes). Airflow 3's Local/Celery executors start each task try in a fresh process, where it
+    is then loaded once per partition task — never per batch — and not at all when nothing changed
+    (the engine asks for it only to chunk or embed). To load a model once per GPU and share it
+    between all tasks, run ``embedrail serve --model M --device cuda`` on the GPU node and give the
+    DAG ``model="http://gpu-node:8000/v1#M"`` (remote form, key from ``EMBEDRAIL_EMBED_API_KEY``).
+    Parsing a DAG file never calls this.
     """
     key = (name, dims, device)
     with _EMBEDDERS_LOCK:
