@@ -20,7 +20,9 @@ dag = build_reindex_dag(
 Task graph (one DAG run = one ``SyncEngine`` run, split over processes):
 
 - ``plan``: ``SyncEngine.prepare()`` — resolves model/dims, ensures the indexes (or begins the full
-  rebuilds) and returns the JSON run context (no secrets in it: targets are keyed by redacted URLs).
+  rebuilds); pushes the JSON run context as XCom ``context`` (no secrets in it: targets are keyed by
+  redacted URLs) and returns the partitions ``[{"index": i, "count": n}, ...]`` to map over. A user
+  error (bad config, an index of another model/dims) fails it at once, without retries.
 - ``sync_partition`` (mapped, one per partition): ``SyncEngine.sync_partition(i, n, ctx)`` — the
   documents whose stable hash of the id falls in partition *i*: plan against the ledger, embed, write,
   delete their stale chunks, commit the ledger. Retrying it is safe: the ledger only moves after the
