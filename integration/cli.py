@@ -155,7 +155,10 @@ def cmd_search(a: argparse.Namespace) -> int:
 
     recorded = dict(info.spec.embedding) if info.spec is not None else {}
     if a.model is None and recorded.get("model"):
-        overrides: dict[str, Any] = {"device": a.device}
+        if recorded.get("backend") == "remote":
+            overrides: dict[str, Any] = {"api_key": os.environ.get("EMBEDRAIL_EMBED_API_KEY")}
+        else:
+            overrides = {"device": a.device}
         emb = Embedder.from_info(recorded, **overrides)
     else:
         dims = a.dims or (info.spec.dims if info.spec is not None else None)

@@ -200,6 +200,17 @@ class SyncEngine:
             return self._embedder
         if self._embedder_factory is not None:
             emb = self._embedder_factory(name, dims=dims, device=self.device)
+        elif name.startswith(("http://", "https://")):
+            # a remote OpenAI-compatible server: --model http://host:8000/v1#model-name
+            # (the API key comes from EMBEDRAIL_EMBED_API_KEY, never from the URL)
+            import os
+
+            from embed_core import Embedder
+
+            base, _, remote_model = name.partition("#")
+            if not remote_model:
+                raise ConfigError("a remote model is given as http(s)://host:port/v1#model-name")
+            emb = Embedder.remote(base, remote_model, dims=dims, api_key=os.environ.get("EMBEDRAIL_EMBED_API_KEY"))
         else:
             from embed_core import Embedder
 

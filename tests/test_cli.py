@@ -128,3 +128,17 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         assert p.returncode == 2, (args, p.stderr)
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("embedrail: error:") and "Traceback" not in p.stderr, p.stderr
+
+
+def test_reindex_and_search_with_a_remote_embedding_server(capsys: pytest.CaptureFixture[str], setup: dict[str, Any]) -> None:
+    from embed_core.serve import BackgroundServer
+
+    emb = cached_load(Embedder, "minilm")
+    with BackgroundServer(emb) as url:
+        model = f"{url}/v1#{emb.model}"
+        code, rep, _ = reindex(capsys, setup, "--model", model)
+        assert code == 0 and rep["embedded"] == rep["chunks"] > 0
+        code, rep, _ = reindex(capsys, setup)  # the index records the remote model: no flag needed
+        assert code == 0 and rep["embedded"] == 0
+        code, out, _ = cli(capsys, "search", "--target", setup["target"], "--json", "-k", "1", "baking bread")
+        assert code == 0 and json.loads(out)[0]["id"] == "bread#0"
