@@ -254,7 +254,7 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
     - **Chroma** (no provider: a ``generic`` connection with extra ``{"store": "chroma"}``, or conn type
       ``chroma``): extra ``path`` for an embedded database on the worker's disk, else host, port,
       schema (``http``/``https``); ``password`` or extra ``token`` is the auth token; extra ``tenant``,
-      ``database``, ``collection``.
+      ``database``, ``token_header`` (``Authorization`` or ``X-Chroma-Token``), ``collection``.
 
     The index/collection comes from ``index`` (the ``conn:ID/INDEX`` form) or the extra.
     """
@@ -321,7 +321,7 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
         if token:
             params["token"] = str(token)
             secrets.append(str(token))
-        for k in ("tenant", "database"):
+        for k in ("tenant", "database", "token_header"):
             if extra.get(k):
                 params[k] = str(extra[k])
         url = f"chroma+{scheme}://" + _netloc(host or "localhost", port or hport or 8000)
