@@ -16,7 +16,7 @@ from .fingerprint import compute_fingerprint
 from .text import check_texts
 
 #: Texts taken from an iterable per step of :meth:`BaseEmbedder.iter_embed_documents`.
-DEFAULT_STREAM_CHUNK = 1024
+DEFAULT_STREAM_CHUNK = 2048
 
 
 @dataclass

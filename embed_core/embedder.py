@@ -93,7 +93,9 @@ class Embedder(BaseEmbedder):
         """Rebuild the embedder described by :meth:`embedding_info` (e.g. from index metadata).
 
         With ``check`` the rebuilt fingerprint must equal the stored one (else :class:`ModelError`:
-        the model files changed). ``overrides`` (e.g. ``device``) are passed to the loader.
+        the model files changed). ``overrides`` (e.g. ``device``, or ``model=`` for a local model
+        directory that moved; a local model's fingerprint hashes its files, not its path) are
+        passed to the loader.
         """
         from .remote import RemoteEmbedder
 
@@ -113,8 +115,9 @@ class Embedder(BaseEmbedder):
                 kwargs["query_prefix"] = info.get("query_prefix")
             if info.get("dims") != info.get("native_dims"):
                 kwargs["matryoshka"] = True
+            model = overrides.pop("model", info["model"])
             kwargs.update(overrides)
-            emb = cls.load(info["model"], **kwargs)
+            emb = cls.load(model, **kwargs)
         if check and info.get("fingerprint") and emb.fingerprint != info["fingerprint"]:
             emb.close()
             raise ModelError(
@@ -159,9 +162,9 @@ class Embedder(BaseEmbedder):
         self.pooling = config.pooling or spec.pooling
         self.padding_side = "left" if self.pooling == "lasttoken" else spec.padding_side
         self.append_eos = spec.append_eos or self.pooling == "lasttoken"
-        if config.max_tokens is not None and config.max_tokens > spec.max_tokens:
+        if config.max_tokens is not None and config.max_tokens > spec.token_limit:
             raise ConfigError(
-                f"max_tokens={config.max_tokens} exceeds the model's limit of {spec.max_tokens} tokens; pass a smaller value"
+                f"max_tokens={config.max_tokens} exceeds the model's limit of {spec.token_limit} tokens; pass a smaller value"
             )
         self.max_tokens = config.max_tokens or spec.max_tokens
         if config.query_instruction is not None:
@@ -249,20 +252,26 @@ class Embedder(BaseEmbedder):
         kwargs: dict[str, Any] = {"dtype": p.dtype, "trust_remote_code": self.config.trust_remote_code}
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
+        # the chosen attention kernel, else SDPA, else eager (e.g. BERT has no flash-attention-2)
+        chain = list(dict.fromkeys([p.attn_implementation, "sdpa", "eager"]))
+        net = None
         try:
-            try:
-                net = AutoModel.from_pretrained(str(self._resolved.path), attn_implementation=p.attn_implementation, **kwargs)
-            except (ValueError, ImportError) as exc:
-                if p.attn_implementation == "eager":
-                    raise
-                log.warning("%s: attention %s unavailable (%s); using eager", self.model_id, p.attn_implementation, exc)
-                self.placement = Placement(p.device, p.dtype, "eager")
-                net = AutoModel.from_pretrained(str(self._resolved.path), attn_implementation="eager", **kwargs)
+            for i, attn in enumerate(chain):
+                try:
+                    net = AutoModel.from_pretrained(str(self._resolved.path), attn_implementation=attn, **kwargs)
+                except (ValueError, ImportError) as exc:
+                    if i + 1 == len(chain):
+                        raise
+                    log.info("%s: attention %s unavailable (%s); trying %s", self.model_id, attn, exc, chain[i + 1])
+                    continue
+                self.placement = Placement(p.device, p.dtype, attn)
+                break
         except Exception as exc:
             raise ModelError(f"cannot load model {self.model_id} from {self._resolved.path}: {exc}") from exc
         finally:
             if bar:
                 hf_logging.enable_progress_bar()
+        assert net is not None
         net.eval()
         net.to(p.device)
         return net
@@ -289,6 +298,7 @@ class Embedder(BaseEmbedder):
         with self._lock:
             device = self.placement.device
             self._net = None  # type: ignore[assignment]
+            self._packed = None
             self._dense = []
             free_device_memory(device)
 
@@ -370,7 +380,8 @@ class Embedder(BaseEmbedder):
         return counts
 
     def split_text(self, text: str, max_tokens: int | None = None, overlap: int = 0) -> list[str]:
-        """Split ``text`` into exact substrings of at most ``max_tokens`` content tokens each.
+        """Split ``text`` into exact substrings of at most ``max_tokens`` content tokens each
+        (counted on the chunk alone, without special tokens or prefix).
 
         Windows are cut on the model tokenizer's offsets and prefer paragraph, line and sentence
         breaks near their end; consecutive chunks share ``overlap`` tokens. The default
@@ -385,7 +396,11 @@ class Embedder(BaseEmbedder):
             prefix = len(self._tok_full.encode(self.document_prefix, add_special_tokens=False).ids) if self.document_prefix else 0
             max_tokens = max(1, self.max_tokens - self._special_overhead - prefix)
         enc = self._tok_full.encode(text, add_special_tokens=False)
-        return split_by_offsets(text, enc.offsets, max_tokens, overlap)
+
+        def measure(piece: str) -> int:
+            return len(self._tok_full.encode(piece, add_special_tokens=False).ids)
+
+        return split_by_offsets(text, enc.offsets, max_tokens, overlap, measure)
 
     # ------------------------------------------------------------------------------------------
     # embedding
@@ -488,6 +503,8 @@ class Embedder(BaseEmbedder):
         with torch.inference_mode():
             output = self._net(input_ids=ids_t, attention_mask=mask_t, **kwargs)
             hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            if self.pooling not in ("cls", "lasttoken"):
+                hidden = hidden.float()  # sums in fp32 (bf16/fp16 on GPU would lose precision)
             pooled = pool(hidden, mask_t.to(hidden.device), self.pooling).float()
             for layer in self._dense:
                 pooled = layer(pooled)
@@ -519,6 +536,8 @@ class Embedder(BaseEmbedder):
             key_mask = (torch.arange(width, device=dev).unsqueeze(0) < lengths_t.unsqueeze(1)).view(n, 1, 1, width)
         with torch.inference_mode():
             hidden = self._packed(torch.from_numpy(flat).to(dev), positions_t, scatter_t, key_mask, n, width)
+            if self.pooling not in ("cls", "lasttoken"):
+                hidden = hidden.float()
             pooled = pool_packed(hidden, lengths_t, segment_t, positions_t, self.pooling).float()
             for layer in self._dense:
                 pooled = layer(pooled)

@@ -31,7 +31,7 @@ def compute_fingerprint(components: dict[str, Any]) -> str:
     Components: model identity (hub id, or ``local`` for a directory, whose content hash is used
     instead of its path), revision (hub commit), content hash, dims, pooling, normalisation, the
     document-side prefix/instruction, max_tokens (it changes vectors of long texts), whether EOS is
-    appended, and the quantisation mode. Device and float precision are deliberately left out: a
+    appended (``quantize`` is reserved and always ``None``). Device and float precision are left out: a
     GPU bf16 run and a CPU fp32 run of the same model are interchangeable.
     """
     canonical = {k: components.get(k) for k in FINGERPRINT_KEYS}

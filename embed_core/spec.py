@@ -146,7 +146,7 @@ class ModelSpec:
     pooling: str
     padding_side: str
     append_eos: bool
-    max_tokens: int
+    max_tokens: int  # default truncation length (sentence-transformers max_seq_length, else the limit)
     is_mrl: bool
     mrl_min_dims: int
     query_prefix: str
@@ -155,6 +155,7 @@ class ModelSpec:
     normalize_in_model: bool
     dense: list[DenseLayer] = field(default_factory=list)
     output_dims: int = 0  # after Dense layers
+    token_limit: int = 0  # hard limit: what the position embeddings allow
     notes: list[str] = field(default_factory=list)
 
 
@@ -195,6 +196,7 @@ def read_spec(path: Path) -> ModelSpec:
     if model_type in ("bert", "roberta", "xlm-roberta", "mpnet", "camembert", "distilbert") and max_tokens > 512:
         max_tokens = 512
 
+    token_limit = max_tokens
     modules = _read_json(path / "modules.json")
     if isinstance(modules, list):
         for module in sorted(modules, key=lambda m: m.get("idx", 0)):
@@ -255,8 +257,9 @@ def read_spec(path: Path) -> ModelSpec:
     if pooling == "lasttoken":
         padding_side = "left"
     tok_max = tok_conf.get("model_max_length")
-    if isinstance(tok_max, int) and 0 < tok_max < max_tokens:
-        max_tokens = tok_max
+    if isinstance(tok_max, int) and 0 < tok_max < token_limit:
+        token_limit = tok_max
+        max_tokens = min(max_tokens, tok_max)
 
     is_mrl = model_type in MRL_MODEL_TYPES
     return ModelSpec(
@@ -274,6 +277,7 @@ def read_spec(path: Path) -> ModelSpec:
         normalize_in_model=normalize_in_model,
         dense=dense,
         output_dims=output_dims,
+        token_limit=token_limit,
         notes=notes,
     )
 

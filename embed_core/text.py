@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from embedrail.errors import ConfigError, InputError
 
@@ -61,13 +61,19 @@ _PARAGRAPH = re.compile(r"\n[^\S\n]*\n")
 
 
 def split_by_offsets(
-    text: str, offsets: Sequence[tuple[int, int]], max_tokens: int, overlap: int = 0
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    max_tokens: int,
+    overlap: int = 0,
+    measure: Callable[[str], int] | None = None,
 ) -> list[str]:
     """Split ``text`` into windows of at most ``max_tokens`` tokens given each token's char span.
 
     Chunks are exact substrings of ``text`` (from the first token's start to the last token's end).
     A window prefers to end at a paragraph, line or sentence break found in its last quarter.
-    Consecutive windows share ``overlap`` tokens.
+    Consecutive windows share ``overlap`` tokens. With ``measure`` (token count of a string on its
+    own), a window whose re-tokenised text exceeds ``max_tokens`` (BPE merges can differ at the
+    edges of a substring) is shortened until it fits.
     """
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -77,7 +83,7 @@ def split_by_offsets(
     if not spans:
         return [text.strip()] if text.strip() else []
     n = len(spans)
-    if n <= max_tokens:
+    if n <= max_tokens and (measure is None or measure(text[spans[0][0] : spans[-1][1]].strip()) <= max_tokens):
         return [text[spans[0][0] : spans[-1][1]].strip()]
     chunks: list[str] = []
     start = 0
@@ -85,6 +91,9 @@ def split_by_offsets(
         end = min(start + max_tokens, n)  # exclusive token index
         if end < n:
             end = _best_break(text, spans, start, end)
+        if measure is not None:
+            while end - start > 1 and measure(text[spans[start][0] : spans[end - 1][1]].strip()) > max_tokens:
+                end -= 1
         chunk = text[spans[start][0] : spans[end - 1][1]].strip()
         if chunk:
             chunks.append(chunk)

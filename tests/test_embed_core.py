@@ -70,6 +70,10 @@ def test_minilm_description_and_fingerprint(minilm: Embedder) -> None:
     assert prefixed.format_document("a") == "passage: a" and prefixed.format_query("a") == "query: a"
     assert np.allclose(prefixed.embed_documents(["hello"]), minilm.embed_raw(["passage: hello"]), atol=1e-6)
     assert np.allclose(prefixed.embed_queries(["hello"]), minilm.embed_raw(["query: hello"]), atol=1e-6)
+    longer = Embedder.load("minilm", device="cpu", max_tokens=512)  # above ST's 256, within 512 positions
+    assert longer.max_tokens == 512 and longer.fingerprint != minilm.fingerprint
+    with pytest.raises(ConfigError, match="exceeds"):
+        Embedder.load("minilm", device="cpu", max_tokens=513)
     # a stored fingerprint that no longer matches is refused
     with pytest.raises(ModelError, match="fingerprint"):
         Embedder.from_info({**info, "fingerprint": "0" * 32}, device="cpu")
