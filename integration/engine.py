@@ -477,6 +477,12 @@ class SyncEngine:
         emb = self._load_embedder(ctx["model"], ctx["load_dims"])
         fp = getattr(emb, "fingerprint", "")
         if fp != ctx["fingerprint"]:
+            if self._embedder_key is not None:  # our cached description is stale: refresh it
+                self.ledger.set_meta(f"model:{ctx['model']}:{ctx['load_dims'] or 'native'}:{self.device}", _describe_embedder(emb))
+                raise ModelError(
+                    f"model {ctx['model']} changed since the last run (fingerprint {ctx['fingerprint']} -> {fp}); "
+                    "run again (an index holding the old vectors will then ask for --mode full)"
+                )
             raise ModelError(
                 f"model {ctx['model']} here has fingerprint {fp}, the run was prepared with {ctx['fingerprint']}: "
                 "every worker must run the same model version"

@@ -400,3 +400,24 @@ def test_interrupted_full_rebuild_is_resumed_by_the_next_full_run(env: dict[str,
     assert r.ok and r.embedded == r.chunks - half["chunks"]  # only what the dead run had not written
     assert connect(env["target"]).describe().physical_name == ctx["targets"][0]["generation"]
     assert_in_step(env["target"], v2, docs, CT)
+
+
+def test_partitions_in_parallel_share_one_sqlite_ledger(env: dict[str, Any], emb: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    docs = corpus(16, 3)
+    write_jsonl(env["src"], docs)
+
+    def engine() -> SyncEngine:  # own engine, own ledger connection pool: like separate worker processes
+        return SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT,
+                          batch_size=4, progress=False)  # fmt: skip
+
+    ctx = engine().prepare()
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(lambda i: engine().sync_partition(i, 4, ctx), range(4)))
+    final = engine().finalize(ctx, [*parts, engine().delete_absent(ctx)])
+    assert final["ok"] and final["embedded"] == final["chunks"]
+    assert_in_step(env["target"], emb, docs, CT)
+    key = redact_url(env["target"])
+    led = Ledger(env["ledger"])
+    assert led.chunk_map(key, led.target(key).generation) == expected_records(emb, docs, CT)
