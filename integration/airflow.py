@@ -789,7 +789,8 @@ _KEEP_ALIVE: list[Any] = []
 
 
 def patch_airflow_for_dag_test() -> list[str]:
-    """Work around two defects of Airflow 3.2.2 with the locked libraries that stop ``dag.test()`` (which
+    """Only for Airflow 3.2.x (the lock uses 3.3, which needs none of this). Work around two defects of
+    Airflow 3.2.2 with current pydantic/svcs that stop ``dag.test()`` (which
     runs the task execution API in-process) from running any task. Call it once before the first
     ``dag.test()``; each fix is a no-op when not needed. Returns the names of the fixes applied.
 
