@@ -40,6 +40,12 @@ def _is_qwen3_embedding(model: str) -> bool:
     return "qwen3-embedding" in model.lower()
 
 
+def _is_known_mrl(model: str) -> bool:
+    """Served models known to be Matryoshka-trained: Qwen3-Embedding, OpenAI text-embedding-3-*."""
+    name = model.lower()
+    return _is_qwen3_embedding(name) or "text-embedding-3" in name
+
+
 def normalize_base_url(base_url: str) -> str:
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -134,7 +140,7 @@ class RemoteEmbedder(BaseEmbedder):
             default_dprefix = served.get("document_prefix") or ""
         else:
             self.native_dims = self._probe_native_dims()
-            mrl = _is_qwen3_embedding(self.model) if matryoshka is None else matryoshka
+            mrl = _is_known_mrl(self.model) if matryoshka is None else matryoshka
             self.pooling = "server"
             self.max_tokens = int(max_tokens or DEFAULT_REMOTE_MAX_TOKENS)
             default_instr = QWEN3_DEFAULT_TASK if _is_qwen3_embedding(self.model) else None
