@@ -421,3 +421,21 @@ def test_partitions_in_parallel_share_one_sqlite_ledger(env: dict[str, Any], emb
     key = redact_url(env["target"])
     led = Ledger(env["ledger"])
     assert led.chunk_map(key, led.target(key).generation) == expected_records(emb, docs, CT)
+
+
+def test_unchanged_run_and_its_dry_run_load_no_model(env: dict[str, Any], emb: Any) -> None:
+    loads: list[tuple[str, Any]] = []
+
+    def factory(name: str, dims: Any = None, device: str = "auto") -> Any:
+        loads.append((name, dims))
+        return emb
+
+    docs = corpus(3)
+    write_jsonl(env["src"], docs)
+    for dry_run in (False, False, True):
+        with SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder_factory=factory,
+                        chunk_tokens=CT, dry_run=dry_run, progress=False) as e:  # fmt: skip
+            r = e.run()
+        assert r.ok and r.model == emb.model_id
+    assert loads == [("minilm", None)]  # only the first run needed the model
+    assert_in_step(env["target"], emb, docs, CT)
