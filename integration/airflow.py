@@ -404,13 +404,13 @@ def index_asset(target: str | Mapping[str, Any] | TargetSpec) -> Asset:
 def resolve_ledger(ledger: str | None) -> tuple[str, list[str]]:
     """The ledger's SQLAlchemy URL at task run time, and its secrets.
 
-    ``None``: ``$EMBEDRAIL_LEDGER_URL`` or ``sqlite:///$AIRFLOW_HOME/embedrail/ledger.sqlite`` (one
+    ``None``: ``$EMBEDRAIL_LEDGER`` (as for the CLI) or ``sqlite:///$AIRFLOW_HOME/embedrail/ledger.sqlite`` (one
     machine). ``conn:ID``: an Airflow connection (postgres/mysql/sqlite types; extra
     ``sqlalchemy_scheme`` e.g. ``postgresql+psycopg`` picks the driver). Anything else: a SQLAlchemy URL
     (``${ENV}`` placeholders are expanded).
     """
     if not ledger:
-        env = os.environ.get("EMBEDRAIL_LEDGER_URL")
+        env = os.environ.get("EMBEDRAIL_LEDGER") or os.environ.get("EMBEDRAIL_LEDGER_URL")
         if env:
             return env, _url_secrets(env)
         home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
