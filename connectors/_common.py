@@ -427,3 +427,18 @@ def _short(e: BaseException, limit: int = 300) -> str:
 
 def short_error(e: BaseException, *secrets: str | None, limit: int = 300) -> str:
     return scrub(_short(e, limit), *secrets)
+
+
+class RebuildMixin:
+    """``open_rebuild`` shared by every store: reopen a rebuild begun elsewhere (another process,
+    another Airflow task) by the name of its versioned physical index/collection."""
+
+    name: str
+
+    def _sibling(self, physical: str) -> Any:  # each store builds a copy of itself bound to `physical`
+        raise NotImplementedError
+
+    def open_rebuild(self, physical: str) -> Any:
+        if not physical.startswith(f"{self.name}__"):
+            raise ConfigError(f"{physical!r} is not a rebuild of {self.name!r} (expected {self.name}__v...)")
+        return self._sibling(physical)

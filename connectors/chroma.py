@@ -36,6 +36,7 @@ import numpy as np
 
 from connectors._common import (
     Cond,
+    RebuildMixin,
     RetryPolicy,
     StoreURL,
     check_record,
@@ -117,7 +118,7 @@ def _is_not_found(e: BaseException) -> bool:
     return "does not exist" in s or "not found" in s.lower()
 
 
-class ChromaStore:
+class ChromaStore(RebuildMixin):
     """A Chroma collection behind the ``VectorStore`` protocol.
 
     ``ChromaStore(client, collection="docs")`` with an existing ``chromadb`` client, or
@@ -648,12 +649,6 @@ class ChromaStore:
         new._create_physical(physical, spec)
         log.info("%s: rebuilding into %s", self.url, physical)
         return new
-
-    def open_rebuild(self, physical: str) -> ChromaStore:
-        """Reopen a rebuild begun elsewhere (another process / Airflow task) by its collection name."""
-        if not physical.startswith(f"{self.name}__"):
-            raise ConfigError(f"{physical!r} is not a rebuild collection of {self.name!r}")
-        return self._sibling(physical)
 
     def _sibling(self, physical: str) -> ChromaStore:
         new = ChromaStore(

@@ -35,6 +35,7 @@ import numpy as np
 
 from connectors._common import (
     Cond,
+    RebuildMixin,
     RetryPolicy,
     check_record,
     check_spec,
@@ -137,7 +138,7 @@ def _is_not_found(e: BaseException) -> bool:
     return _status(e) == 404
 
 
-class ElasticsearchStore:
+class ElasticsearchStore(RebuildMixin):
     """An Elasticsearch index (behind an alias) implementing the ``VectorStore`` protocol.
 
     ``ElasticsearchStore(es_client, index="docs")`` or ``ElasticsearchStore("es://host:9200/docs")``.
@@ -695,13 +696,6 @@ class ElasticsearchStore:
         physical = f"{self.name}__{version_suffix()}"
         new = self._sibling(physical)
         new._create_physical(physical, spec, alias=False)
-        return new
-
-    def open_rebuild(self, physical: str) -> ElasticsearchStore:
-        """Reopen a rebuild begun elsewhere (another process / Airflow task) by its physical index name."""
-        if not physical.startswith(f"{self.name}__"):
-            raise ConfigError(f"{physical!r} is not a rebuild index of {self.name!r}")
-        new = self._sibling(physical)
         return new
 
     def _sibling(self, physical: str) -> ElasticsearchStore:

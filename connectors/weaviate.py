@@ -32,6 +32,7 @@ import numpy as np
 
 from connectors._common import (
     Cond,
+    RebuildMixin,
     RetryPolicy,
     check_record,
     check_spec,
@@ -118,7 +119,7 @@ def _uuid(doc_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, doc_id))
 
 
-class WeaviateStore:
+class WeaviateStore(RebuildMixin):
     """A Weaviate collection (behind an alias) implementing the ``VectorStore`` protocol.
 
     ``WeaviateStore(weaviate_client, collection="Docs")`` or
@@ -636,12 +637,6 @@ class WeaviateStore:
         new = self._sibling(physical)
         new._create_physical(physical, spec)
         return new
-
-    def open_rebuild(self, physical: str) -> WeaviateStore:
-        """Reopen a rebuild begun elsewhere (another process / Airflow task) by its collection name."""
-        if not physical.startswith(f"{self.name}__"):
-            raise ConfigError(f"{physical!r} is not a rebuild collection of {self.name!r}")
-        return self._sibling(physical)
 
     def _sibling(self, physical: str) -> WeaviateStore:
         new = WeaviateStore(
