@@ -506,14 +506,7 @@ class Embedder(BaseEmbedder):
             if self.pooling not in ("cls", "lasttoken"):
                 hidden = hidden.float()  # sums in fp32 (bf16/fp16 on GPU would lose precision)
             pooled = pool(hidden, mask_t.to(hidden.device), self.pooling).float()
-            for layer in self._dense:
-                pooled = layer(pooled)
-            result = pooled.cpu().numpy()
-        st = self.stats
-        st.batches += 1
-        st.tokens += real
-        st.padded_tokens += n * width
-        return result
+            return self._finish_batch(pooled, real, n * width)
 
     def _forward_packed(self, batch: list[list[int]]) -> np.ndarray:
         """BERT fast path: linear layers on real tokens only (see ``embed_core.packed_bert``)."""
@@ -539,11 +532,14 @@ class Embedder(BaseEmbedder):
             if self.pooling not in ("cls", "lasttoken"):
                 hidden = hidden.float()
             pooled = pool_packed(hidden, lengths_t, segment_t, positions_t, self.pooling).float()
-            for layer in self._dense:
-                pooled = layer(pooled)
-            result = pooled.cpu().numpy()
+            return self._finish_batch(pooled, total, n * width)
+
+    def _finish_batch(self, pooled: torch.Tensor, tokens: int, padded_tokens: int) -> np.ndarray:
+        """Dense head (if any) on pooled vectors, to numpy, and the batch's counters (inference mode)."""
+        for layer in self._dense:
+            pooled = layer(pooled)
         st = self.stats
         st.batches += 1
-        st.tokens += total
-        st.padded_tokens += n * width
-        return result
+        st.tokens += tokens
+        st.padded_tokens += padded_tokens
+        return pooled.cpu().numpy()
