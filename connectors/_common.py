@@ -438,7 +438,21 @@ class RebuildMixin:
     def _sibling(self, physical: str) -> Any:  # each store builds a copy of itself bound to `physical`
         raise NotImplementedError
 
+    _read_cache: Any
+
+    def _new_physical_name(self) -> str:
+        """The name of a new versioned physical index/collection behind ``self.name``."""
+        return f"{self.name}__{version_suffix()}"
+
     def open_rebuild(self, physical: str) -> Any:
         if not physical.startswith(f"{self.name}__"):
             raise ConfigError(f"{physical!r} is not a rebuild of {self.name!r} (expected {self.name}__v...)")
         return self._sibling(physical)
+
+    def _rebuild_target(self, new: Any) -> str:
+        """The physical name a ``commit_rebuild(new)`` switches to; drops the cached read target."""
+        self._read_cache = None
+        target = getattr(new, "_physical_fixed", None)
+        if not isinstance(new, type(self)) or not target:
+            raise ConfigError("commit_rebuild needs the store returned by begin_rebuild()")
+        return target

@@ -52,7 +52,6 @@ from connectors._common import (
     short_error,
     spec_from_dict,
     spec_to_dict,
-    version_suffix,
 )
 from connectors.base import (
     ConfigError,
@@ -402,7 +401,7 @@ class ChromaStore(RebuildMixin):
         if self._physical_fixed:
             self._create_physical(self._physical_fixed, spec)
             return self.describe()
-        physical = f"{self.name}__{version_suffix()}"
+        physical = self._new_physical_name()
         self._create_physical(physical, spec)
         winner = self._set_pointer(physical, only_if_absent=True)
         if winner != physical:  # another process created the index concurrently: use theirs
@@ -644,7 +643,7 @@ class ChromaStore(RebuildMixin):
     # ------------------------------------------------------------------------------ rebuilds
     def begin_rebuild(self, spec: IndexSpec) -> ChromaStore:
         """Create a new versioned collection (the pointer is unchanged) and return a store writing to it."""
-        physical = f"{self.name}__{version_suffix()}"
+        physical = self._new_physical_name()
         new = self._sibling(physical)
         new._create_physical(physical, spec)
         log.info("%s: rebuilding into %s", self.url, physical)
@@ -667,10 +666,7 @@ class ChromaStore(RebuildMixin):
         return new
 
     def commit_rebuild(self, new: Any) -> None:
-        self._read_cache = None
-        target = getattr(new, "_physical_fixed", None)
-        if not isinstance(new, ChromaStore) or not target:
-            raise ConfigError("commit_rebuild needs the store returned by begin_rebuild()")
+        target = self._rebuild_target(new)
         old = None if self._physical_fixed else self.resolve()
         self._set_pointer(target)
         log.info("%s: %s now points at %s", self.url, self.name, target)

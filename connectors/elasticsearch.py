@@ -49,7 +49,6 @@ from connectors._common import (
     short_error,
     spec_from_dict,
     spec_to_dict,
-    version_suffix,
 )
 from connectors.base import (
     ConfigError,
@@ -395,7 +394,7 @@ class ElasticsearchStore(RebuildMixin):
             if self._physical_fixed:
                 self._create_physical(self._physical_fixed, spec, alias=False)
                 return self.describe()
-            physical = f"{self.name}__{version_suffix()}"
+            physical = self._new_physical_name()
             self._create_physical(physical, spec, alias=True)
             phys = self._physicals()
             if len(phys) > 1:  # a concurrent ensure_index created another one: the first name wins
@@ -693,7 +692,7 @@ class ElasticsearchStore(RebuildMixin):
 
     def begin_rebuild(self, spec: IndexSpec) -> ElasticsearchStore:
         """Create a new versioned physical index (no alias yet) and return a store writing to it."""
-        physical = f"{self.name}__{version_suffix()}"
+        physical = self._new_physical_name()
         new = self._sibling(physical)
         new._create_physical(physical, spec, alias=False)
         return new
@@ -718,10 +717,7 @@ class ElasticsearchStore(RebuildMixin):
         return new
 
     def commit_rebuild(self, new: Any) -> None:
-        self._read_cache = None
-        target = getattr(new, "_physical_fixed", None)
-        if not isinstance(new, ElasticsearchStore) or not target:
-            raise ConfigError("commit_rebuild needs the store returned by begin_rebuild()")
+        target = self._rebuild_target(new)
         self._call(lambda: self.client.indices.refresh(index=target), "refresh")
         old = [p for p in self._physicals() if p != target]
         actions: list[dict[str, Any]] = [{"add": {"index": target, "alias": self.name}}]

@@ -45,7 +45,6 @@ from connectors._common import (
     short_error,
     spec_from_dict,
     spec_to_dict,
-    version_suffix,
 )
 from connectors.base import (
     ConfigError,
@@ -290,7 +289,7 @@ class WeaviateStore(RebuildMixin):
                 self._create_physical(self._physical_fixed, spec)
                 return self.describe()
             if self.supports_aliases():
-                physical = f"{self.name}__{version_suffix()}"
+                physical = self._new_physical_name()
                 self._create_physical(physical, spec)
                 try:
                     self._call(
@@ -633,7 +632,7 @@ class WeaviateStore(RebuildMixin):
             raise StoreError(
                 f"{self.url}: rebuilds need collection aliases (Weaviate >= 1.32), the server is {self.server_version()}"
             )
-        physical = f"{self.name}__{version_suffix()}"
+        physical = self._new_physical_name()
         new = self._sibling(physical)
         new._create_physical(physical, spec)
         return new
@@ -654,10 +653,7 @@ class WeaviateStore(RebuildMixin):
         return new
 
     def commit_rebuild(self, new: Any) -> None:
-        self._read_cache = None
-        target = getattr(new, "_physical_fixed", None)
-        if not isinstance(new, WeaviateStore) or not target:
-            raise ConfigError("commit_rebuild needs the store returned by begin_rebuild()")
+        target = self._rebuild_target(new)
         old = self.resolve()
         if old == self.name:
             # a plain collection holds the name: it must go before the alias can take the name
