@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import pwd
@@ -614,11 +613,6 @@ def main(argv: list[str] | None = None) -> int:
     except ProvisionError as e:
         log(f"FAILED: {e}")
         return 2
-
-
-# used by tests/conftest.py
-def env_hash() -> str:
-    return hashlib.sha1(f"{ES_VERSION}{WEAVIATE_VERSION}".encode()).hexdigest()[:8]
 
 
 if __name__ == "__main__":
