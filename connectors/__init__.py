@@ -2,36 +2,33 @@
 
 ```python
 from connectors import connect, Record, IndexSpec
-store = connect("es://127.0.0.1:9200/docs")      # or ElasticsearchStore(existing_client, index="docs")
-store.ensure_index(IndexSpec(dims=384, metric="cosine", fingerprint="..."))
-store.upsert([Record(id="a#0", vector=v, text="...", metadata={"lang": "en"})]); store.flush()
-hits = store.search(v, k=10, filter={"lang": "en"})
+with connect("es://127.0.0.1:9200/docs") as store:   # or ElasticsearchStore(existing_client, index="docs")
+    store.ensure_index(IndexSpec(dims=384, metric="cosine", fingerprint="..."))
+    store.upsert([Record(id="a#0", vector=v, text="...", metadata={"lang": "en"})]).raise_on_failure()
+    store.flush()
+    hits = store.search(v, k=10, filter={"lang": "en"})
 ```
 
 Each store's client library is imported only when that store is used, so ``import connectors`` works
 with just one of the extras (``embedrail[elasticsearch]``, ``[chroma]``, ``[weaviate]``) installed.
+A new store is one module (a ``BaseStore`` subclass) and one ``register_store`` line below.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from connectors._common import RetryPolicy, parse_filter, parse_url, redact_url
-from connectors.base import (
+from connectors._filters import parse_filter
+from connectors._retry import RetryPolicy
+from connectors._urls import StoreKind, parse_url, register_store, registered_stores, store_class
+from connectors.base import DeleteResult, Hit, IndexInfo, IndexSpec, Metric, Record, UpsertResult, VectorStore
+from embedrail.errors import (
     ConfigError,
-    DeleteResult,
     DimensionLimitError,
     EmbedrailError,
-    Hit,
-    IndexInfo,
     IndexMismatchError,
-    IndexSpec,
-    Metric,
-    Record,
     StoreError,
     StoreUnavailableError,
-    UpsertResult,
-    VectorStore,
     WriteError,
 )
 
@@ -55,6 +52,7 @@ __all__ = [
     "Record",
     "RetryPolicy",
     "StoreError",
+    "StoreKind",
     "StoreUnavailableError",
     "UpsertResult",
     "VectorStore",
@@ -62,32 +60,35 @@ __all__ = [
     "WriteError",
     "connect",
     "parse_filter",
+    "register_store",
+    "registered_stores",
     "safe_url",
 ]
 
-_LAZY = {
-    "ChromaStore": "connectors.chroma",
-    "ElasticsearchStore": "connectors.elasticsearch",
-    "WeaviateStore": "connectors.weaviate",
-}
+# The store registry: scheme -> class. One line per store.
+register_store(StoreKind("es", "connectors.elasticsearch:ElasticsearchStore", aliases=("elasticsearch",),
+                         examples=("es://host:9200/index", "es+https://user:pass@host:9200/index")))  # fmt: skip
+register_store(StoreKind("chroma", "connectors.chroma:ChromaStore", transports=("file", "http", "https"),
+                         default_transport="file",
+                         examples=("chroma:///abs/path?collection=name", "chroma+http://host:8000/name")))  # fmt: skip
+register_store(StoreKind("weaviate", "connectors.weaviate:WeaviateStore", examples=("weaviate://host:8080/Name?grpc_port=50051",)))
+
+_LAZY = {"ChromaStore": "chroma", "ElasticsearchStore": "es", "WeaviateStore": "weaviate"}
 
 
 def __getattr__(name: str) -> Any:
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'connectors' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(mod), name)
+    if name in _LAZY:
+        return store_class(_LAZY[name])
+    raise AttributeError(f"module 'connectors' has no attribute {name!r}")
 
 
 def safe_url(url: str) -> str:
     """The URL with credentials (user:pass@, api_key=..., token=...) removed — safe to log."""
-    return redact_url(parse_url(url))
+    return parse_url(url).safe
 
 
 def connect(url: str, **opts: Any) -> VectorStore:
-    """Open a store from a URL. Nothing is created until ``ensure_index``.
+    """Open a store from a URL. Nothing is created until ``ensure_index``; no network until first use.
 
     - ``es://host:9200/index``, ``es+https://user:pass@host:9200/index?ca_certs=/path/ca.pem``,
       ``es+https://host:9200/index?api_key=KEY`` (also ``verify_certs=false``)
@@ -97,17 +98,4 @@ def connect(url: str, **opts: Any) -> VectorStore:
 
     Extra keyword options go to the store class (e.g. ``index_options="hnsw"`` for Elasticsearch).
     """
-    u = parse_url(url)
-    if u.store == "es":
-        from connectors.elasticsearch import ElasticsearchStore
-
-        return ElasticsearchStore(url, **opts)
-    if u.store == "chroma":
-        from connectors.chroma import ChromaStore
-
-        return ChromaStore(url, **opts)
-    if u.store == "weaviate":
-        from connectors.weaviate import WeaviateStore
-
-        return WeaviateStore(url, **opts)
-    raise ConfigError(f"unsupported store URL {u.safe}")  # pragma: no cover - parse_url checks
+    return store_class(parse_url(url).store)(url, **opts)

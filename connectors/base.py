@@ -14,33 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from embedrail.errors import (  # re-exported for connector users
-    ConfigError,
-    DimensionLimitError,
-    EmbedrailError,
-    IndexMismatchError,
-    StoreError,
-    StoreUnavailableError,
-    WriteError,
-)
+from embedrail.errors import ConfigError, WriteError
 
-__all__ = [
-    "ConfigError",
-    "DimensionLimitError",
-    "EmbedrailError",
-    "Hit",
-    "IndexInfo",
-    "IndexMismatchError",
-    "IndexSpec",
-    "Metric",
-    "Record",
-    "StoreError",
-    "StoreUnavailableError",
-    "UpsertResult",
-    "DeleteResult",
-    "VectorStore",
-    "WriteError",
-]
+__all__ = ["METRICS", "DeleteResult", "Hit", "IndexInfo", "IndexSpec", "Metric", "Record", "UpsertResult", "VectorStore"]
 
 Metric = str  # "cosine" | "dot" | "l2"
 METRICS = ("cosine", "dot", "l2")
@@ -112,6 +88,14 @@ class UpsertResult:
         self.failed.update(other.failed)
         return self
 
+    def raise_on_failure(self) -> UpsertResult:
+        """Raise ``WriteError`` (carrying ``failed``) if any record was rejected; else return self."""
+        if self.failed:
+            first = next(iter(self.failed.items()))
+            raise WriteError(f"{len(self.failed)} of {len(self.failed) + self.written} records were rejected "
+                             f"(first: {first[0]}: {first[1]})", self.failed)  # fmt: skip
+        return self
+
 
 @dataclass(slots=True)
 class DeleteResult:
@@ -122,10 +106,18 @@ class DeleteResult:
     def ok(self) -> bool:
         return not self.failed
 
+    def raise_on_failure(self) -> DeleteResult:
+        """Raise ``WriteError`` (carrying ``failed``) if any delete was rejected; else return self."""
+        if self.failed:
+            first = next(iter(self.failed.items()))
+            raise WriteError(f"{len(self.failed)} deletes were rejected (first: {first[0]}: {first[1]})", self.failed)
+        return self
+
 
 @runtime_checkable
 class VectorStore(Protocol):
-    """The connector contract. All methods raise ``StoreError`` subclasses on failure.
+    """The connector contract. All methods raise ``StoreError`` subclasses on failure. Connectors are
+    context managers: ``close()`` (or leaving the ``with`` block) releases the client they opened.
 
     - ``url`` is safe to log: it never contains credentials.
     - ``max_dims()`` is the largest vector dimension the server accepts (None: no limit).
@@ -135,8 +127,10 @@ class VectorStore(Protocol):
       reports per-id failures instead of raising for them; the good items are written.
     - ``flush()`` makes writes so far visible to search (ES refresh); call once per write session.
     - Rebuilds: ``begin_rebuild(spec)`` creates a new versioned physical index and returns a
-      connector writing to it; ``commit_rebuild(new)`` atomically points the user-facing name at
-      it and drops the old physical index; ``abort_rebuild(new)`` drops the half-built one.
+      connector writing to it; ``open_rebuild(physical)`` returns such a connector for a rebuild begun
+      elsewhere (another process) by the physical name ``describe()`` reported for it;
+      ``commit_rebuild(new)`` atomically points the user-facing name at it and drops the old physical
+      index; ``abort_rebuild(new)`` drops the half-built one.
     """
 
     url: str
@@ -168,8 +162,14 @@ class VectorStore(Protocol):
 
     def begin_rebuild(self, spec: IndexSpec) -> VectorStore: ...
 
+    def open_rebuild(self, physical: str) -> VectorStore: ...
+
     def commit_rebuild(self, new: VectorStore) -> None: ...
 
     def abort_rebuild(self, new: VectorStore) -> None: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> VectorStore: ...
+
+    def __exit__(self, *exc: object) -> None: ...

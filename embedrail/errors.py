@@ -2,15 +2,41 @@
 
 Every message says what to do. The CLI turns any ``EmbedrailError`` into one line on stderr and a
 non-zero exit, without a traceback. Anything else escaping is a bug.
+
+``retryable`` answers the one question every caller asks of an error: can trying again help?
+
+- ``False``: the user must change something (a bad option, an index of another model, a dims limit,
+  bad input). The sync engine stops the run before writing; Airflow fails the task without retries.
+- ``True``: a store or server is down, overloaded or refused a write. The sync engine marks that
+  target failed and goes on with the others; Airflow retries the task; the next run catches up.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "ConfigError",
+    "DimensionLimitError",
+    "EmbedrailError",
+    "IndexMismatchError",
+    "InputError",
+    "ModelError",
+    "RemoteEmbeddingError",
+    "StoreError",
+    "StoreUnavailableError",
+    "SyncError",
+    "WriteError",
+    "is_retryable",
+]
 
 
 class EmbedrailError(Exception):
     """Base of every error a user can cause or fix (bad input, bad config, a store that is down)."""
 
     exit_code: int = 2
+    #: can the same call succeed later without the user changing anything?
+    retryable: bool = False
 
 
 class ConfigError(EmbedrailError, ValueError):
@@ -28,9 +54,13 @@ class ModelError(EmbedrailError):
 class RemoteEmbeddingError(ModelError):
     """A remote (OpenAI-compatible) embedding server failed or answered something unusable."""
 
+    retryable = True
+
 
 class StoreError(EmbedrailError):
-    """Base for vector-store problems."""
+    """Base for vector-store problems (a refused request, a broken index): retrying may help."""
+
+    retryable = True
 
 
 class StoreUnavailableError(StoreError):
@@ -42,16 +72,38 @@ class StoreUnavailableError(StoreError):
 class IndexMismatchError(StoreError):
     """The existing index/collection holds another dimension, metric or embedding fingerprint."""
 
+    retryable = False
+
 
 class DimensionLimitError(StoreError, ConfigError):
     """The requested vector dimension is above what the store's server accepts."""
 
+    retryable = False
+
 
 class WriteError(StoreError):
-    """Some items of a write were rejected by the store (the good ones were written)."""
+    """Some items of a write were rejected by the store (the good ones were written).
+
+    Raised by ``UpsertResult.raise_on_failure()`` / ``DeleteResult.raise_on_failure()`` for callers that
+    prefer an exception to inspecting the result; ``failed`` maps each rejected id to the reason.
+    """
+
+    def __init__(self, message: str, failed: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failed: dict[str, str] = dict(failed or {})
 
 
 class SyncError(EmbedrailError):
     """The sync engine could not complete a run (the report says which targets failed)."""
 
     exit_code = 1
+    retryable = True
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """``exc.retryable`` for our errors. Anything else (a client library's connection reset, a timeout)
+    is treated as a problem of the store it came from: retryable. ``KeyboardInterrupt`` and other
+    ``BaseException`` s are not."""
+    if isinstance(exc, EmbedrailError):
+        return exc.retryable
+    return isinstance(exc, Exception)

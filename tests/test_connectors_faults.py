@@ -32,10 +32,11 @@ from connectors import (
     Record,
     RetryPolicy,
     StoreUnavailableError,
+    UpsertResult,
     WeaviateStore,
     connect,
 )
-from connectors._common import parse_url
+from connectors._urls import parse_url
 
 SPEC = IndexSpec(dims=384, metric="cosine", fingerprint="faults")
 FAST = RetryPolicy(attempts=6, initial=0.05, maximum=0.5, deadline=20)
@@ -358,7 +359,7 @@ def test_stores_from_existing_client_objects(es_url: str, chroma_http_url: str, 
     import weaviate
     from elasticsearch import Elasticsearch
 
-    from connectors._common import parse_url as p
+    from connectors._urls import parse_url as p
 
     eu, cu, wu = p(es_url), p(chroma_http_url), p(weaviate_url)
     es_client = Elasticsearch(f"http://{eu.host}:{eu.port}")
@@ -431,7 +432,8 @@ def test_weaviate_server_side_rejections_are_reported_by_id(weaviate_url: str, v
                                      vector=vecs[i].tolist())) for i in range(6)]
         objs[2] = ("short", DataObject(properties={"doc_id": "short", "text": "", "meta_json": "{}"}, uuid=_uuid("short"),
                                        vector=[0.1] * 17))
-        res = s._insert(s._col(physical), objs)
+        res = UpsertResult()
+        s._send(objs, lambda b: s._insert(s._col(physical), b), res)  # the write path below our validation
         assert set(res.failed) == {"short"} and res.written == 5, res.failed
         assert s.count() == 10
     finally:
@@ -447,14 +449,12 @@ def test_chroma_rejected_batch_is_bisected(kind: str, request: pytest.FixtureReq
     assert isinstance(s, ChromaStore)
     try:
         s.ensure_index(SPEC)
-        col = s._get_col(s.describe().physical_name or "")
+        target = s._require("upsert")
         batch = [(r, np.asarray(r.vector, dtype=np.float32)) for r in _recs(vecs, 16)]
         bad = Record(id="short", vector=np.ones(17, dtype=np.float32))
         batch[9] = (bad, np.ones(17, dtype=np.float32))  # bypasses our dims check: the server refuses
-        from connectors.base import UpsertResult
-
         res = UpsertResult()
-        s._write(col, batch, res)
+        s._write(target, batch, res)  # the write path below our validation
         assert set(res.failed) == {"short"} and res.written == 15
         assert s.count() == 15
     finally:

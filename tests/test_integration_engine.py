@@ -22,8 +22,8 @@ from test_integration_support import (
 from util import with_name
 
 from connectors import connect
-from connectors.base import StoreUnavailableError, UpsertResult
-from embedrail.errors import DimensionLimitError, IndexMismatchError, InputError
+from connectors.base import UpsertResult
+from embedrail.errors import DimensionLimitError, IndexMismatchError, InputError, StoreUnavailableError
 from integration.engine import SyncEngine, redact_url
 from integration.ledger import Ledger
 

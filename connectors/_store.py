@@ -1,0 +1,423 @@
+"""``BaseStore``: what every store connector shares, so each store module holds only store-native code.
+
+A store module subclasses ``BaseStore`` and implements the hooks marked *native* below: building its
+client from a URL, resolving the user-facing name to the physical index behind it, reading the
+``IndexSpec`` an index records, creating an index, sending one batch of writes or deletes, the atomic
+name switch of a rebuild, and search. ``BaseStore`` owns the rest:
+
+- the URL (parsed, credentials kept out of ``url`` and out of every message) or a client the caller
+  already has (never closed by us);
+- the lazy client and ``close()`` / context-manager support;
+- ``_call``: bounded retries, and client errors mapped onto ``StoreError`` / ``StoreUnavailableError``;
+- the read-target cache (which physical index a search goes to, and its spec) with a TTL;
+- the query-dims check;
+- ``upsert`` / ``delete``: dedupe, per-record validation, batching, and bisection of a rejected batch so
+  the good records are written and the bad ones reported by id;
+- ``ensure_index``: create-or-verify against the recorded spec;
+- rebuilds: versioned physical names, ``begin_rebuild`` / ``open_rebuild`` (a sibling store bound to the
+  rebuild's physical index, sharing the client), ``commit_rebuild`` (native switch, grace, drop of the
+  old index), ``abort_rebuild``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import numpy as np
+
+from connectors._records import batched, check_query, check_record, check_spec, dedupe_last
+from connectors._retry import RetryPolicy, retry_call
+from connectors._urls import StoreURL, parse_url
+from connectors.base import DeleteResult, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.errors import ConfigError, IndexMismatchError, StoreError, StoreUnavailableError
+from embedrail.secrets import short_error
+
+__all__ = ["BaseStore", "ReadTarget"]
+
+log = logging.getLogger("connectors")
+
+#: (id, store-native payload) pairs: one batch of writes or deletes
+Batch = list[tuple[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadTarget:
+    """The physical index requests go to now, its recorded spec, and a store-native handle (if any)."""
+
+    physical: str
+    spec: IndexSpec | None
+    handle: Any = None
+
+
+def version_suffix() -> str:
+    """A sortable, unique-enough physical-index version suffix (UTC timestamp + random)."""
+    now = datetime.now(UTC)
+    return f"v{now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d}{random.randrange(16**3):03x}"
+
+
+class BaseStore:
+    """Base class of the store connectors (see the module docstring)."""
+
+    #: the registry name of the store; a URL given to the constructor must be of this store
+    STORE: ClassVar[str] = ""
+    #: how a user names the index in a URL, for the "no name" error
+    NAME_HINT: ClassVar[str] = "…/NAME"
+
+    url: str
+    name: str
+
+    def __init__(
+        self,
+        client_or_url: Any,
+        name: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        read_cache_ttl: float = 2.0,
+        drop_grace: float = 0.5,
+        _physical: str | None = None,
+    ) -> None:
+        self._u: StoreURL | None = None
+        self._client: Any = None
+        self._owns_client = False
+        self._secrets: list[str | None] = []
+        if isinstance(client_or_url, str):
+            u = parse_url(client_or_url)
+            if u.store != self.STORE:
+                raise ConfigError(f"{type(self).__name__} needs a {self.STORE}:// URL, got {u.safe}")
+            self._u, self._owns_client, self._secrets = u, True, list(u.secrets)
+            given = name
+            name = name or self._name_from_url(u)
+            self.url = u.safe if not given or given == self._name_from_url(u) else self._url_with_name(u, given)
+        else:
+            self._client = client_or_url
+            self.url = self._describe_client(client_or_url, name)
+        if not name:
+            raise ConfigError(f"{self.url}: no index name; use {self.NAME_HINT} or name it explicitly")
+        self.name = self._check_name(name)
+        self.retry = retry or RetryPolicy()
+        self.read_cache_ttl = read_cache_ttl
+        self.drop_grace = drop_grace
+        self._physical_fixed = _physical  # set on the store that writes a rebuild's physical index
+        self._reset_caches()
+
+    # ------------------------------------------------------------------------- URL and name (native)
+    def _name_from_url(self, u: StoreURL) -> str | None:
+        return u.name
+
+    def _url_with_name(self, u: StoreURL, name: str) -> str:
+        """The safe URL naming ``name`` (when the name was given apart from the URL)."""
+        return replace(u, path="/" + name).safe
+
+    def _check_name(self, name: str) -> str:
+        """Validate (or normalise) the index name."""
+        return name
+
+    @staticmethod
+    def _describe_client(client: Any, name: str | None) -> str:
+        """A credential-free URL describing a client the caller passed in (for messages and ledger keys)."""
+        return f"client://{name or ''}"
+
+    # --------------------------------------------------------------------------- client and calls
+    @property
+    def client(self) -> Any:
+        """The store's client, created on first use (for a URL-constructed store)."""
+        if self._client is None:
+            self._client = self._call(self._make_client, "connect")
+        return self._client
+
+    def _make_client(self) -> Any:  # native
+        raise NotImplementedError
+
+    def _close_client(self, client: Any) -> None:  # native (default: the client's own close())
+        closer = getattr(client, "close", None)
+        if callable(closer):
+            closer()
+
+    @staticmethod
+    def _is_transient(e: BaseException) -> bool:  # native: worth retrying with backoff?
+        return isinstance(e, ConnectionError | TimeoutError)
+
+    @staticmethod
+    def _is_not_found(e: BaseException) -> bool:  # native: "no such index" (handled by callers)
+        return False
+
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        """``fn()`` with bounded retries; failures become ``StoreError`` / ``StoreUnavailableError``
+        (credentials scrubbed), except "not found", which is raised as is for the caller to handle."""
+        return retry_call(fn, is_transient=self._is_transient, policy=self.retry, what=what, url=self.url,
+                          secrets=self._secrets, passthrough=self._is_not_found)  # fmt: skip
+
+    def _error(self, e: BaseException, what: str) -> StoreError:
+        cls = StoreUnavailableError if self._is_transient(e) else StoreError
+        return cls(f"{self.url}: {what} failed: {short_error(e, *self._secrets)}")
+
+    def close(self) -> None:
+        """Release what this store opened (its client, if it made one). A client passed in by the
+        caller stays open: its owner closes it."""
+        self._reset_caches()
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            self._close_client(client)
+
+    def __enter__(self) -> BaseStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------- caches and targets
+    def _reset_caches(self) -> None:
+        """Forget what was learnt about indices (native stores extend this with their own caches)."""
+        self._read_cache: tuple[float, ReadTarget] | None = None
+
+    @property
+    def _address(self) -> str:
+        """The name requests are addressed to: the user-facing name (an alias the server resolves
+        atomically), or the physical index of a rebuild this store writes."""
+        return self._physical_fixed or self.name
+
+    def _current_physical(self) -> str | None:  # native
+        """The physical index behind the name now (the rebuild's own, if this store writes one);
+        None: no index exists."""
+        raise NotImplementedError
+
+    def _spec_of(self, physical: str) -> IndexSpec | None:  # native
+        raise NotImplementedError
+
+    def _handle(self, physical: str) -> Any:  # native (optional): e.g. a collection object
+        return None
+
+    def _require(self, what: str) -> ReadTarget:
+        physical = self._current_physical()
+        if physical is None:
+            raise StoreError(f"{self.url}: index {self.name!r} does not exist; call ensure_index(spec) first ({what})")
+        return ReadTarget(physical, self._spec_of(physical), self._handle(physical))
+
+    def _read_target(self) -> ReadTarget:
+        """The search target, cached for ``read_cache_ttl`` seconds (saves resolving the name per query).
+
+        Safe across a rebuild: the old index stays complete until it is dropped, and a query that fails
+        on a dropped index re-resolves (``_invalidate``) and runs again.
+        """
+        now = time.monotonic()
+        if self._read_cache is not None and now < self._read_cache[0]:
+            return self._read_cache[1]
+        target = self._require("search")
+        if self.read_cache_ttl > 0:
+            self._read_cache = (now + self.read_cache_ttl, target)
+        return target
+
+    def _invalidate(self) -> None:
+        self._read_cache = None
+
+    def _query_vector(self, vector: Any, spec: IndexSpec | None) -> np.ndarray:
+        return check_query(self.url, vector, spec)
+
+    def max_dims(self) -> int | None:
+        return None
+
+    # ---------------------------------------------------------------------------------- creation
+    def ensure_index(self, spec: IndexSpec) -> IndexInfo:
+        """Create the index, or verify that the existing one records ``spec`` (nothing is written on a
+        mismatch)."""
+        self._invalidate()
+        physical = self._current_physical()
+        if physical is None:
+            if self._physical_fixed:
+                self._create_physical(self._physical_fixed, spec)
+                return self.describe()
+            physical = self._create_named(spec)
+        recorded = self._spec_of(physical)
+        if recorded is None:
+            self._adopt(physical, spec)
+        else:
+            check_spec(physical, recorded, spec, self.url)
+            self._verify(physical, recorded)
+        return self.describe()
+
+    def _create_physical(self, physical: str, spec: IndexSpec) -> None:  # native
+        raise NotImplementedError
+
+    def _create_named(self, spec: IndexSpec) -> str:  # native
+        """Create a versioned physical index and point the name at it atomically; when a concurrent
+        caller won the race, drop ours and return theirs."""
+        raise NotImplementedError
+
+    def _adopt(self, physical: str, spec: IndexSpec) -> None:
+        """An index embedrail did not create sits under the name: refuse (stores may adopt instead)."""
+        raise IndexMismatchError(
+            f"{self.url}: index {physical!r} was not created by embedrail (no embedrail spec in its metadata); "
+            "nothing was written. Use another index name or rebuild into a new index."
+        )
+
+    def _verify(self, physical: str, recorded: IndexSpec) -> None:
+        """Store-specific checks of an existing index beyond its recorded spec (optional)."""
+
+    def describe(self) -> IndexInfo:  # native
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------ writing
+    def upsert(self, records: Iterable[Record]) -> UpsertResult:
+        """Write records (idempotent per id; the last record per id wins). Bad records are reported in
+        ``failed`` by id; the good ones are written."""
+        result = UpsertResult()
+        recs = dedupe_last(records)
+        if not recs:
+            return result
+        target = self._write_target()
+        dims = target.spec.dims if target.spec else None
+        items: list[tuple[Record, np.ndarray]] = []
+        for r in recs:
+            vec, err = check_record(r, dims)
+            if err:
+                result.failed[str(r.id)] = err
+            else:
+                assert vec is not None
+                items.append((r, vec))
+        if items:
+            self._write(target, items, result)
+        return result
+
+    def _write_target(self) -> ReadTarget:
+        return self._require("upsert")
+
+    def _write(self, target: ReadTarget, items: list[tuple[Record, np.ndarray]], result: UpsertResult) -> None:
+        """Encode each record (a record that cannot be encoded fails alone), then send batches."""
+        batch: Batch = []
+        for r, vec in items:
+            try:
+                batch.append((r.id, self._encode(target, r, vec)))
+            except (TypeError, ValueError) as e:
+                result.failed[r.id] = f"metadata is not JSON-serialisable: {e}"
+        for part in batched(batch, self._batch_size()):
+            self._send(list(part), lambda b: self._write_batch(target, b), result)
+
+    def _encode(self, target: ReadTarget, record: Record, vector: np.ndarray) -> Any:  # native
+        raise NotImplementedError
+
+    def _write_batch(self, target: ReadTarget, batch: Batch) -> dict[str, str]:  # native
+        """Send one batch; return the ids the store rejected one by one (with the reason)."""
+        raise NotImplementedError
+
+    def _batch_size(self) -> int:
+        return 1000
+
+    def _splittable(self, e: BaseException) -> bool:
+        """Whether a batch the store refused as a whole is bisected to find the bad records."""
+        return True
+
+    def _send(self, batch: Batch, send: Callable[[Batch], dict[str, str]], result: UpsertResult | DeleteResult,
+              split: bool = True) -> None:  # fmt: skip
+        """Send a batch; per-id failures go to ``result``. A batch refused as a whole is bisected (when
+        ``split`` and the store says the error allows it), so one bad record fails alone."""
+        try:
+            failed = send(batch)
+        except StoreUnavailableError:
+            raise
+        except Exception as e:  # noqa: BLE001 - refused as a whole
+            if split and len(batch) > 1 and self._splittable(e):
+                mid = len(batch) // 2
+                self._send(batch[:mid], send, result, split)
+                self._send(batch[mid:], send, result, split)
+                return
+            failed = {i: short_error(e, *self._secrets) for i, _ in batch}
+        ok = sum(1 for i, _ in batch if i not in failed)
+        if isinstance(result, UpsertResult):
+            result.written += ok
+        else:
+            result.deleted += ok
+        for i, _ in batch:
+            if i in failed:
+                result.failed[i] = failed[i]
+            else:
+                result.failed.pop(i, None)
+
+    def delete(self, ids: Iterable[str]) -> DeleteResult:
+        """Delete by id; deleting an id that is not there counts as done."""
+        res = DeleteResult()
+        unique = list(dict.fromkeys(str(i) for i in ids))
+        if not unique:
+            return res
+        physical = self._current_physical()
+        if physical is None:  # nothing to delete in a missing index
+            res.deleted = len(unique)
+            return res
+        for part in batched(unique, self._batch_size()):
+            self._send([(i, None) for i in part], lambda b: self._delete_batch(physical, [i for i, _ in b]), res,
+                       split=False)  # fmt: skip
+        return res
+
+    def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:  # native
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make the writes so far visible to search (a no-op where acknowledged writes are visible)."""
+
+    # ----------------------------------------------------------------------------------- rebuilds
+    def _new_physical_name(self) -> str:
+        """The name of a new versioned physical index behind ``self.name``."""
+        return f"{self.name}__{version_suffix()}"
+
+    def _sibling(self, physical: str) -> Any:
+        """A store like this one, bound to ``physical`` (sharing the client, which it does not close)."""
+        client = self.client
+        new = copy.copy(self)
+        new._client, new._owns_client, new._physical_fixed = client, False, physical
+        new._reset_caches()
+        return new
+
+    def _check_rebuilds(self) -> None:
+        """Raise when the server cannot switch a name atomically (optional)."""
+
+    def begin_rebuild(self, spec: IndexSpec) -> Any:
+        """Create a new versioned physical index (the name still points at the old one) and return a
+        store writing to it."""
+        self._check_rebuilds()
+        physical = self._new_physical_name()
+        new = self._sibling(physical)
+        new._create_physical(physical, spec)
+        log.info("%s: rebuilding into %s", self.url, physical)
+        return new
+
+    def open_rebuild(self, physical: str) -> Any:
+        """A store writing to a rebuild begun elsewhere (another process, another Airflow task)."""
+        if not physical.startswith(f"{self.name}__"):
+            raise ConfigError(f"{physical!r} is not a rebuild of {self.name!r} (expected {self.name}__v...)")
+        return self._sibling(physical)
+
+    def commit_rebuild(self, new: Any) -> None:
+        """Point the name at the rebuilt index atomically, then drop the old index (after ``drop_grace``
+        seconds, so searches that resolved the name before the switch can finish)."""
+        if not isinstance(new, type(self)) or not new._physical_fixed:
+            raise ConfigError("commit_rebuild needs the store returned by begin_rebuild()/open_rebuild()")
+        target = new._physical_fixed
+        self._invalidate()
+        old = self._switch(target)
+        log.info("%s: %s now points at %s", self.url, self.name, target)
+        old = [p for p in old if p != target]
+        if old and self.drop_grace > 0:
+            time.sleep(self.drop_grace)
+        for p in old:
+            self._drop_physical(p)
+
+    def _switch(self, physical: str) -> Sequence[str]:  # native
+        """Point the name at ``physical`` atomically; return the physical indices it pointed at before."""
+        raise NotImplementedError
+
+    def abort_rebuild(self, new: Any) -> None:
+        """Drop a half-built rebuild (never the index the name points at)."""
+        target = getattr(new, "_physical_fixed", None)
+        if target and target != self._current_physical():
+            self._drop_physical(target)
+        if isinstance(new, BaseStore):
+            new._reset_caches()
+
+    def _drop_physical(self, physical: str) -> None:  # native; no error if it is already gone
+        raise NotImplementedError
