@@ -81,7 +81,7 @@ def ours(store: VectorStore, recs: list[Record]) -> float:
 def client_es(store: Any, recs: list[Record]) -> float:
     from elasticsearch import helpers
 
-    from connectors.elasticsearch import _filterable
+    from connectors._es_schema import filterable as _filterable
 
     physical = store.describe().physical_name
     client = store.client

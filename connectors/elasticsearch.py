@@ -30,13 +30,24 @@ import json
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from connectors._filters import Cond, parse_filter
-from connectors._records import batched, parse_version, spec_from_dict, spec_to_dict
+from connectors._es_schema import (
+    FILTER_FIELD,
+    INDEX_OPTION_TYPES,
+    default_index_options,
+    dims_limit,
+    es_filter,
+    filterable,
+    hit,
+    index_mapping,
+    resolve_index_options,
+    score,
+)
+from connectors._filters import parse_filter
+from connectors._records import batched, parse_version, spec_from_dict
 from connectors._retry import log
 from connectors._store import BaseStore, Batch, ReadTarget
 from connectors._urls import StoreURL, flag
@@ -51,28 +62,9 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["ElasticsearchStore", "default_index_options", "dims_limit"]
 
-INDEX_OPTION_TYPES = ("hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat", "int8_flat", "int4_flat", "bbq_flat")
-_MIN_VERSION = {"int8_hnsw": (8, 12), "flat": (8, 13), "int8_flat": (8, 13), "int4_hnsw": (8, 15),
-                "int4_flat": (8, 15), "bbq_hnsw": (8, 16), "bbq_flat": (8, 16)}  # fmt: skip
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-FILTER_FIELD = "m"  # filterable copies of metadata values
 _SOURCE = ["id", "text", "metadata"]
-
-
-def dims_limit(version: str | tuple[int, ...]) -> int:
-    """The largest indexed ``dense_vector`` dimension a server of this version accepts."""
-    v = parse_version(version) if isinstance(version, str) else tuple(version)
-    if v < (8, 8):
-        return 1024
-    if v < (8, 11):
-        return 2048
-    return 4096
-
-
-def default_index_options(version: str | tuple[int, ...]) -> str:
-    v = parse_version(version) if isinstance(version, str) else tuple(version)
-    return "int8_hnsw" if v >= (8, 12) else "hnsw"
 
 
 def _status(e: BaseException) -> int | None:
@@ -234,24 +226,6 @@ class ElasticsearchStore(BaseStore):
         return self._specs[physical]
 
     # ------------------------------------------------------------------------------ creation
-    def _resolve_index_options(self, spec: IndexSpec) -> dict[str, Any]:
-        version = self.server_version()
-        opt = self.index_options or default_index_options(version)
-        opts = dict(opt) if isinstance(opt, Mapping) else {"type": opt}
-        typ = str(opts.get("type", ""))
-        need = _MIN_VERSION.get(typ)
-        if need and parse_version(version) < need:
-            raise ConfigError(f"{self.url}: index_options {typ!r} needs Elasticsearch >= {'.'.join(map(str, need))}, "
-                              f"the server is {version}; use 'hnsw'")  # fmt: skip
-        if typ.startswith("bbq") and spec.dims < 64:
-            raise ConfigError(f"index_options {typ!r} needs at least 64 dims, got {spec.dims}")
-        if typ.startswith("int4") and spec.dims % 2:
-            raise ConfigError(f"index_options {typ!r} needs an even number of dims, got {spec.dims}")
-        if typ.endswith("hnsw"):
-            opts.setdefault("m", 16)
-            opts.setdefault("ef_construction", 100)
-        return opts
-
     def _similarity(self, spec: IndexSpec) -> str:
         return "l2_norm" if spec.metric == "l2" else self.similarity or "dot_product"
 
@@ -263,33 +237,10 @@ class ElasticsearchStore(BaseStore):
                 f"{limit} dims, {spec.dims} were requested (limits: 1024 before 8.8, 2048 up to 8.10, "
                 "4096 from 8.11). Use a smaller dimension (MRL truncation) or upgrade the server."
             )
-        sim, index_options = self._similarity(spec), self._resolve_index_options(spec)
+        version = self.server_version()
+        sim, index_options = self._similarity(spec), resolve_index_options(self.index_options, version, spec, self.url)
 
-        def template(name: str, kind: str, mapping: dict[str, Any]) -> dict[str, Any]:
-            return {name: {"path_match": f"{FILTER_FIELD}.*", "match_mapping_type": kind, "mapping": mapping}}
-
-        mappings = {
-            "_meta": {"embedrail": spec_to_dict(spec), "logical_name": self.name, "created": datetime.now(UTC).isoformat()},
-            "_source": {"excludes": ["vector", FILTER_FIELD]},
-            "dynamic": "strict",
-            "date_detection": False,
-            "numeric_detection": False,
-            "dynamic_templates": [
-                template("filter_strings", "string", {"type": "keyword", "ignore_above": 2048}),
-                template("filter_longs", "long", {"type": "double"}),
-                template("filter_doubles", "double", {"type": "double"}),
-            ],
-            "properties": {
-                "id": {"type": "keyword"},
-                "text": {"type": "text"},
-                "vector": {"type": "dense_vector", "dims": spec.dims, "index": True, "similarity": sim,
-                           "index_options": index_options},  # fmt: skip
-                # the metadata exactly as given (any JSON), kept in _source, not indexed
-                "metadata": {"type": "object", "enabled": False},
-                # filterable copies of top-level scalar / scalar-list values; indexed, not stored
-                FILTER_FIELD: {"type": "object", "dynamic": True},
-            },
-        }
+        mappings = index_mapping(self.name, spec, sim, index_options)
         kw: dict[str, Any] = {"index": physical, "mappings": mappings, "settings": {"number_of_shards": 1, **self.settings}}
         if alias:
             kw["aliases"] = {self.name: {}}
@@ -349,7 +300,7 @@ class ElasticsearchStore(BaseStore):
         for r, vec in items:
             try:
                 md = dict(r.metadata or {})
-                doc = self._dumps({"id": r.id, "text": r.text or "", "metadata": md, FILTER_FIELD: _filterable(md), "vector": vec})
+                doc = self._dumps({"id": r.id, "text": r.text or "", "metadata": md, FILTER_FIELD: filterable(md), "vector": vec})
             except (TypeError, ValueError) as e:
                 result.failed[r.id] = f"metadata is not JSON-serialisable: {e}"
                 continue
@@ -428,7 +379,7 @@ class ElasticsearchStore(BaseStore):
         k = max(1, int(k))
         nc = self.num_candidates or max(100, 10 * k)
         knn: dict[str, Any] = {"field": "vector", "query_vector": vec.tolist(), "k": k, "num_candidates": min(max(nc, k), 10000)}
-        q = _es_filter(conds)
+        q = es_filter(conds)
         if q is not None:
             knn["filter"] = q
         for attempt in range(3):
@@ -450,17 +401,17 @@ class ElasticsearchStore(BaseStore):
                 raise StoreError(f"{self.url}: search failed on some shards: {resp['_shards'].get('failures')}"[:800])
             target = self._require("search")
         sim = self._sims.get(target.physical, "dot_product")
-        return [_hit(h, _score(sim, float(h["_score"]))) for h in resp["hits"]["hits"]]
+        return [hit(h, score(sim, float(h["_score"]))) for h in resp["hits"]["hits"]]
 
     def text_search(self, query: str, k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
         """BM25 search over the ``text`` field (score is the BM25 score)."""
         conds = parse_filter(filter)
         self._require("text_search")
         self._fresh()
-        f = _es_filter(conds)
+        f = es_filter(conds)
         body = {"bool": {"must": [{"match": {"text": query}}], **({"filter": [f]} if f else {})}}
         resp = self._call(lambda: self.client.search(index=self._address, query=body, size=k, source=_SOURCE), "text search")
-        return [_hit(h, float(h["_score"] or 0.0)) for h in resp["hits"]["hits"]]
+        return [hit(h, float(h["_score"] or 0.0)) for h in resp["hits"]["hits"]]
 
     def count(self) -> int:
         if self._current_physical() is None:
@@ -491,7 +442,7 @@ class ElasticsearchStore(BaseStore):
             return out
         for batch in batched(ids, 1000):
             resp = self._call(lambda b=batch: self.client.mget(index=self._address, ids=list(b), source=_SOURCE), "get")
-            out.update((d["_id"], _hit(d, 1.0)) for d in resp["docs"] if d.get("found"))
+            out.update((d["_id"], hit(d, 1.0)) for d in resp["docs"] if d.get("found"))
         return out
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -536,65 +487,6 @@ def _item_error(res: Mapping[str, Any]) -> str:
             reason = f"{reason}: {cause.get('reason')}"
         return f"{res.get('status')} {err.get('type', 'error')}: {reason}"[:500]
     return f"{res.get('status')} {err or 'rejected'}"
-
-
-def _filterable(md: Mapping[str, Any]) -> dict[str, Any]:
-    """Top-level scalar and homogeneous scalar-list values (the ones the filter form can address)."""
-    out: dict[str, Any] = {}
-    for k, v in md.items():
-        if not isinstance(k, str) or not k or "." in k or k.startswith("_"):
-            continue
-        if isinstance(v, bool | str) or (isinstance(v, int | float) and np.isfinite(v)):
-            out[k] = v
-        elif isinstance(v, list) and v:
-            if all(isinstance(x, bool) for x in v) or all(isinstance(x, str) for x in v):
-                out[k] = v
-            elif all(isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x) for x in v):
-                out[k] = v
-    return out
-
-
-def _hit(h: Mapping[str, Any], score: float) -> Hit:
-    src = h.get("_source") or {}
-    return Hit(id=str(h["_id"]), score=score, text=src.get("text") or "", metadata=dict(src.get("metadata") or {}))
-
-
-def _score(similarity: str, s: float) -> float:
-    if similarity in ("dot_product", "cosine"):
-        return 2.0 * s - 1.0  # ES reports (1 + cos) / 2
-    if similarity == "max_inner_product":
-        return s - 1.0 if s >= 1.0 else 1.0 - 1.0 / s
-    if similarity == "l2_norm":
-        return -float(np.sqrt(max(1.0 / s - 1.0, 0.0))) if s > 0 else float("-inf")
-    return s
-
-
-def _es_filter(conds: list[Cond]) -> dict[str, Any] | None:
-    if not conds:
-        return None
-    must: list[dict[str, Any]] = []
-    must_not: list[dict[str, Any]] = []
-    ranges: dict[str, dict[str, Any]] = {}
-    ops = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
-    for c in conds:
-        f = f"{FILTER_FIELD}.{c.field}"
-        if c.op == "$eq":
-            must.append({"term": {f: c.value}})
-        elif c.op == "$ne":
-            must_not.append({"term": {f: c.value}})
-        elif c.op == "$in":
-            must.append({"terms": {f: c.value}})
-        elif c.op == "$nin":
-            must_not.append({"terms": {f: c.value}})
-        else:
-            ranges.setdefault(f, {})[ops[c.op]] = c.value
-    must += [{"range": {f: r}} for f, r in ranges.items()]
-    q: dict[str, Any] = {}
-    if must:
-        q["filter"] = must
-    if must_not:
-        q["must_not"] = must_not
-    return {"bool": q}
 
 
 def _json_default(o: Any) -> Any:

@@ -118,9 +118,9 @@ class DropProxy:
             for s in self.live:
                 try:
                     s.shutdown(socket.SHUT_RDWR)
-                    s.close()
                 except OSError:
-                    pass
+                    pass  # the pipe thread already shut it down
+                s.close()
             self.live.clear()
 
     def close(self) -> None:

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 
 from connectors import ConfigError, IndexSpec, connect, parse_filter, safe_url
+from connectors._es_schema import default_index_options, dims_limit
+from connectors._es_schema import es_filter as _es_filter
+from connectors._es_schema import filterable as _filterable
+from connectors._es_schema import score as _score
 from connectors._filters import Cond
 from connectors._records import check_spec, decode_scalar_metadata, encode_scalar_metadata
 from connectors._urls import parse_url
 from connectors.chroma import _where
-from connectors.elasticsearch import _es_filter, _filterable, _score, default_index_options, dims_limit
 from connectors.weaviate import normalize_name
 from embedrail.errors import IndexMismatchError
 from embedrail.secrets import scrub
