@@ -4,8 +4,8 @@ Loads an embedding model (the packaged all-MiniLM-L6-v2 offline, Qwen3-Embedding
 sentence-transformers-style models from a directory or the hub, or a remote OpenAI-compatible
 server), and turns texts into L2-normalised float32 vectors, fast and reproducibly::
 
-    from embed_core import Embedder
-    emb = Embedder.load("minilm")
+    from embed_core import open_embedder
+    emb = open_embedder("minilm")            # or a model dir, a hub id, or http://host:8000/v1#model
     vectors = emb.embed_documents(["some text", "more text"])   # (2, 384) float32, unit norm
 
 Importing this package touches no network and loads no model.
@@ -14,13 +14,15 @@ Importing this package touches no network and loads no model.
 from __future__ import annotations
 
 from .base import BaseEmbedder, EmbedStats
-from .config import QWEN3_DEFAULT_TASK, QWEN3_QUERY_TEMPLATE, EmbedderConfig
+from .config import DEFAULT_MODEL, QWEN3_DEFAULT_TASK, QWEN3_QUERY_TEMPLATE, EmbedderConfig
 from .embedder import Embedder
+from .factory import embedder_from_info, is_remote_model, open_embedder
 from .fingerprint import compute_fingerprint
 from .pooling import truncate_and_normalize
 from .spec import MINILM_ID, packaged_minilm_dir
 
 __all__ = [
+    "DEFAULT_MODEL",
     "BaseEmbedder",
     "EmbedStats",
     "Embedder",
@@ -30,6 +32,9 @@ __all__ = [
     "QWEN3_QUERY_TEMPLATE",
     "RemoteEmbedder",
     "compute_fingerprint",
+    "embedder_from_info",
+    "is_remote_model",
+    "open_embedder",
     "packaged_minilm_dir",
     "truncate_and_normalize",
 ]

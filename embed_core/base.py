@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -42,31 +43,84 @@ class EmbedStats:
 
 
 class BaseEmbedder:
-    """The Embedder interface. Subclasses implement ``_embed_texts`` (formatted, validated texts)."""
+    """The Embedder interface, and what every backend shares: input checks, query/document formatting,
+    de-duplication of identical texts within a call, stats, streaming and the JSON description
+    (``embedding_info``) stored in index metadata.
 
+    A backend implements ``_embed_unique`` (distinct, formatted texts -> unit vectors),
+    ``fingerprint_components`` and ``_info_extra``.
+    """
+
+    backend: str = ""  # "local" | "remote": how embedding_info() says to rebuild it
     model_id: str
     model: str
+    revision: str | None = None
     dims: int
     native_dims: int
+    matryoshka: bool = False
+    pooling: str = ""
     max_tokens: int
     query_instruction: str | None
     query_prefix: str
     document_prefix: str
     metric = "cosine"  # vectors are unit-norm, so cosine similarity == dot product
     stats: EmbedStats
+    #: strip leading/trailing whitespace before embedding (and before de-duplication)
+    strip_inputs: bool = False
 
     # ---- to implement -------------------------------------------------------------------------
-    def _embed_texts(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - abstract
+    def _embed_unique(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - abstract
+        """``(len(texts), dims)`` float32 unit vectors for distinct, non-empty, formatted texts."""
         raise NotImplementedError
 
     def fingerprint_components(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def embedding_info(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _info_extra(self) -> dict[str, Any]:
+        """Backend-specific members of :meth:`embedding_info` (what it takes to load it again)."""
+        return {}
 
     def close(self) -> None:
         """Release the model / HTTP client. The object is unusable afterwards."""
+
+    # ---- shared: the embedding call --------------------------------------------------------------
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Embed formatted, validated texts: each distinct text once, results in input order."""
+        if not texts:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        started = time.perf_counter()
+        if self.strip_inputs:
+            texts = [t.strip() for t in texts]
+        unique: dict[str, int] = {}
+        inverse = np.fromiter((unique.setdefault(t, len(unique)) for t in texts), dtype=np.int64, count=len(texts))
+        vectors = self._embed_unique(list(unique))
+        self.stats.texts += len(unique)
+        self.stats.duplicates += len(texts) - len(unique)
+        self.stats.seconds += time.perf_counter() - started
+        return vectors if len(unique) == len(texts) else vectors[inverse]
+
+    def embedding_info(self) -> dict[str, Any]:
+        """JSON-able description stored in index metadata; ``embed_core.embedder_from_info`` (or
+        ``Embedder.from_info``) loads the same model again from it."""
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "model_id": self.model_id,
+            "revision": self.revision,
+            "dims": self.dims,
+            "native_dims": self.native_dims,
+            "matryoshka": self.matryoshka,
+            "metric": self.metric,
+            "pooling": self.pooling,
+            "normalize": True,
+            "max_tokens": self.max_tokens,
+            "document_prefix": self.document_prefix,
+            "query_prefix": self.query_prefix,
+            "query_instruction": self.query_instruction,
+            **self._info_extra(),
+            "fingerprint": self.fingerprint,
+            "fingerprint_components": self.fingerprint_components(),
+        }
 
     def __enter__(self) -> BaseEmbedder:
         return self

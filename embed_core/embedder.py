@@ -17,8 +17,9 @@ import torch
 from embedrail.errors import ConfigError, InputError, ModelError
 
 from .base import BaseEmbedder, EmbedStats
-from .config import EmbedderConfig
+from .config import DEFAULT_MODEL, EmbedderConfig
 from .device import Placement, available_cpus, choose_placement, free_device_memory, is_oom
+from .loading import load_dense_head, load_fast_tokenizer, load_transformer
 from .packed_bert import PackedBert, supports
 from .pooling import pool, pool_packed, truncate_and_normalize
 from .spec import ModelSpec, ResolvedModel, check_config, choose_dims, read_spec, resolve_model
@@ -40,13 +41,16 @@ class Embedder(BaseEmbedder):
     Vectors are ``float32`` with unit L2 norm, so ``metric == "cosine"`` and cosine == dot product.
     """
 
+    backend = "local"
+    strip_inputs = True  # the tokenizer would drop the whitespace anyway: "a" and " a" are one text
+
     # ------------------------------------------------------------------------------------------
     # construction
     # ------------------------------------------------------------------------------------------
     @classmethod
     def load(
         cls,
-        model: str = "minilm",
+        model: str = DEFAULT_MODEL,
         *,
         dims: int | None = None,
         device: str = "auto",
@@ -90,50 +94,14 @@ class Embedder(BaseEmbedder):
 
     @classmethod
     def from_info(cls, info: dict[str, Any], *, check: bool = True, **overrides: Any) -> BaseEmbedder:
-        """Rebuild the embedder described by :meth:`embedding_info` (e.g. from index metadata).
+        """Load the embedder an ``embedding_info()`` describes (local or remote); see
+        :func:`embed_core.embedder_from_info`."""
+        from .factory import embedder_from_info
 
-        With ``check`` the rebuilt fingerprint must equal the stored one (else :class:`ModelError`:
-        the model files changed). ``overrides`` (e.g. ``device``, or ``model=`` for a local model
-        directory that moved; a local model's fingerprint hashes its files, not its path) are
-        passed to the loader.
-        """
-        from .remote import RemoteEmbedder
-
-        if info.get("backend") == "remote":
-            emb: BaseEmbedder = RemoteEmbedder.from_info(info, **overrides)
-        else:
-            kwargs: dict[str, Any] = {
-                "dims": info.get("dims"),
-                "revision": info.get("revision") if info.get("source") == "hub" else None,
-                "max_tokens": info.get("max_tokens"),
-                "document_prefix": info.get("document_prefix"),
-                "pooling": info.get("pooling"),
-            }
-            if info.get("query_instruction") is not None:
-                kwargs["query_instruction"] = info["query_instruction"]
-            else:
-                kwargs["query_prefix"] = info.get("query_prefix")
-            if info.get("dims") != info.get("native_dims"):
-                kwargs["matryoshka"] = True
-            model = overrides.pop("model", info["model"])
-            kwargs.update(overrides)
-            emb = cls.load(model, **kwargs)
-        if check and info.get("fingerprint") and emb.fingerprint != info["fingerprint"]:
-            emb.close()
-            raise ModelError(
-                f"model {info.get('model')!r} reloaded with fingerprint {emb.fingerprint}, but the stored vectors were "
-                f"made with {info['fingerprint']} (the model files or settings changed); re-index, or restore the model"
-            )
-        return emb
+        return embedder_from_info(info, check=check, **overrides)
 
     @staticmethod
-    def remote(
-        base_url: str,
-        model: str,
-        dims: int | None = None,
-        api_key: str | None = None,
-        **kwargs: Any,
-    ) -> BaseEmbedder:
+    def remote(base_url: str, model: str, dims: int | None = None, api_key: str | None = None, **kwargs: Any) -> BaseEmbedder:
         """An Embedder-compatible client of an OpenAI-compatible ``/v1/embeddings`` server."""
         from .remote import RemoteEmbedder
 
@@ -184,8 +152,9 @@ class Embedder(BaseEmbedder):
         self._budget = self.batch_tokens
 
         self.tokenizer = self._load_tokenizer()
-        self._net = self._load_model()
-        self._dense = self._load_dense()
+        self._net, self.placement = load_transformer(resolved.path, self.model_id, self.placement,
+                                                     trust_remote_code=config.trust_remote_code)  # fmt: skip
+        self._dense = load_dense_head(spec.dense, self.placement.device)
         self._packed = PackedBert(self._net) if self.padding_side == "right" and supports(self._net) else None
         # packed models pay for padding only inside attention: fewer, larger batches win
         self._pad_tolerance = 1.0 if self._packed is not None else PAD_TOLERANCE
@@ -200,17 +169,8 @@ class Embedder(BaseEmbedder):
         )  # fmt: skip
 
     def _load_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(
-                str(self._resolved.path), trust_remote_code=self.config.trust_remote_code
-            )
-        except Exception as exc:
-            raise ModelError(f"cannot load the tokenizer of {self.model_id}: {exc}") from exc
-        backend = getattr(tok, "backend_tokenizer", None)
-        if backend is None:
-            raise ModelError(f"{self.model_id}: a fast (Rust) tokenizer is required (tokenizer.json)")
+        tok = load_fast_tokenizer(self._resolved.path, self.model_id, trust_remote_code=self.config.trust_remote_code)
+        backend = tok.backend_tokenizer
         tok.padding_side = self.padding_side
         tok.model_max_length = self.max_tokens
         # private copies of the Rust tokenizer: one that truncates (for embedding), one that doesn't
@@ -244,56 +204,6 @@ class Embedder(BaseEmbedder):
                 return tid
         return tok.eos_token_id
 
-    def _load_model(self) -> torch.nn.Module:
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
-
-        p = self.placement
-        kwargs: dict[str, Any] = {"dtype": p.dtype, "trust_remote_code": self.config.trust_remote_code}
-        bar = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        # the chosen attention kernel, else SDPA, else eager (e.g. BERT has no flash-attention-2)
-        chain = list(dict.fromkeys([p.attn_implementation, "sdpa", "eager"]))
-        net = None
-        try:
-            for i, attn in enumerate(chain):
-                try:
-                    net = AutoModel.from_pretrained(str(self._resolved.path), attn_implementation=attn, **kwargs)
-                except (ValueError, ImportError) as exc:
-                    if i + 1 == len(chain):
-                        raise
-                    log.info("%s: attention %s unavailable (%s); trying %s", self.model_id, attn, exc, chain[i + 1])
-                    continue
-                self.placement = Placement(p.device, p.dtype, attn)
-                break
-        except Exception as exc:
-            raise ModelError(f"cannot load model {self.model_id} from {self._resolved.path}: {exc}") from exc
-        finally:
-            if bar:
-                hf_logging.enable_progress_bar()
-        assert net is not None
-        net.eval()
-        net.to(p.device)
-        return net
-
-    def _load_dense(self) -> list[torch.nn.Module]:
-        layers: list[torch.nn.Module] = []
-        for d in self._spec.dense:
-            linear = torch.nn.Linear(d.in_features, d.out_features, bias=d.bias)
-            st_file = d.path / "model.safetensors"
-            if st_file.is_file():
-                from safetensors.torch import load_file
-
-                state = load_file(str(st_file))
-            else:
-                state = torch.load(str(d.path / "pytorch_model.bin"), map_location="cpu", weights_only=True)
-            state = {k.removeprefix("linear."): v for k, v in state.items()}
-            linear.load_state_dict(state)
-            act: torch.nn.Module = torch.nn.Tanh() if d.activation == "Tanh" else torch.nn.Identity()
-            layer = torch.nn.Sequential(linear, act).to(self.placement.device, torch.float32).eval()
-            layers.append(layer)
-        return layers
-
     def close(self) -> None:
         with self._lock:
             device = self.placement.device
@@ -321,29 +231,8 @@ class Embedder(BaseEmbedder):
             "quantize": None,
         }
 
-    def embedding_info(self) -> dict[str, Any]:
-        """JSON-able description stored in index metadata; :meth:`from_info` reloads the same model."""
-        return {
-            "backend": "local",
-            "model": self.model,
-            "model_id": self.model_id,
-            "source": self._resolved.source,
-            "revision": self.revision,
-            "content_hash": self._resolved.content_hash,
-            "dims": self.dims,
-            "native_dims": self.native_dims,
-            "matryoshka": self.matryoshka,
-            "metric": self.metric,
-            "pooling": self.pooling,
-            "normalize": True,
-            "max_tokens": self.max_tokens,
-            "append_eos": self.append_eos,
-            "document_prefix": self.document_prefix,
-            "query_prefix": self.query_prefix,
-            "query_instruction": self.query_instruction,
-            "fingerprint": self.fingerprint,
-            "fingerprint_components": self.fingerprint_components(),
-        }
+    def _info_extra(self) -> dict[str, Any]:
+        return {"source": self._resolved.source, "content_hash": self._resolved.content_hash, "append_eos": self.append_eos}
 
     # ------------------------------------------------------------------------------------------
     # tokens
@@ -405,26 +294,14 @@ class Embedder(BaseEmbedder):
     # ------------------------------------------------------------------------------------------
     # embedding
     # ------------------------------------------------------------------------------------------
-    def _embed_texts(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dims), dtype=np.float32)
+    def _embed_unique(self, texts: list[str]) -> np.ndarray:
         with self._lock:
             if self._net is None:
                 raise ModelError("this Embedder was closed; load the model again")
-            started = time.perf_counter()
-            stripped = [t.strip() for t in texts]
-            unique: dict[str, int] = {}
-            inverse = np.fromiter((unique.setdefault(t, len(unique)) for t in stripped), dtype=np.int64, count=len(stripped))
-            uniq_texts = list(unique)
-            ids_list, truncated = self._encode(uniq_texts)
-            pooled = self._run(ids_list)
-            vectors = truncate_and_normalize(pooled, self.dims)
-            st = self.stats
-            st.texts += len(uniq_texts)
-            st.duplicates += len(texts) - len(uniq_texts)
-            st.truncated += truncated
-            st.seconds += time.perf_counter() - started
-            return vectors if len(uniq_texts) == len(texts) else vectors[inverse]
+            ids_list, truncated = self._encode(texts)
+            vectors = truncate_and_normalize(self._run(ids_list), self.dims)
+            self.stats.truncated += truncated
+            return vectors
 
     def _plan(self, lengths: np.ndarray, order: np.ndarray, budget: int) -> list[np.ndarray]:
         """Cut length-sorted (descending) indices into batches of at most ``budget`` padded tokens.

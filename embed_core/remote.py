@@ -59,6 +59,8 @@ def normalize_base_url(base_url: str) -> str:
 class RemoteEmbedder(BaseEmbedder):
     """Embeds through an OpenAI-compatible HTTP server; same interface as :class:`Embedder`."""
 
+    backend = "remote"
+
     def __init__(
         self,
         base_url: str,
@@ -287,29 +289,18 @@ class RemoteEmbedder(BaseEmbedder):
     # ------------------------------------------------------------------------------------------
     # Embedder interface
     # ------------------------------------------------------------------------------------------
-    def _embed_texts(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dims), dtype=np.float32)
+    def _embed_unique(self, texts: list[str]) -> np.ndarray:
         if self._client is None:
             raise ModelError("this RemoteEmbedder was closed; create it again")
-        started = time.perf_counter()
-        unique: dict[str, int] = {}
-        inverse = np.fromiter((unique.setdefault(t, len(unique)) for t in texts), dtype=np.int64, count=len(texts))
-        uniq = list(unique)
-        out = np.empty((len(uniq), self.dims), dtype=np.float32)
+        out = np.empty((len(texts), self.dims), dtype=np.float32)
         dimensions = self.dims if self.send_dimensions else None
-        for start in range(0, len(uniq), self.batch_size):
-            part = uniq[start : start + self.batch_size]
+        for start in range(0, len(texts), self.batch_size):
+            part = texts[start : start + self.batch_size]
             vectors = self._post_embeddings(part, dimensions)
             if vectors.shape[1] < self.dims:
-                raise RemoteEmbeddingError(
-                    f"{self.base_url} returned {vectors.shape[1]}-d vectors, expected at least {self.dims}"
-                )
+                raise RemoteEmbeddingError(f"{self.base_url} returned {vectors.shape[1]}-d vectors, expected at least {self.dims}")
             out[start : start + len(part)] = truncate_and_normalize(vectors, self.dims)
-        self.stats.texts += len(uniq)
-        self.stats.duplicates += len(texts) - len(uniq)
-        self.stats.seconds += time.perf_counter() - started
-        return out if len(uniq) == len(texts) else out[inverse]
+        return out
 
     def fingerprint_components(self) -> dict[str, Any]:
         served = (self.server_info or {}).get("fingerprint_components")
@@ -332,26 +323,8 @@ class RemoteEmbedder(BaseEmbedder):
             "quantize": None,
         }
 
-    def embedding_info(self) -> dict[str, Any]:
-        return {
-            "backend": "remote",
-            "base_url": self.base_url,
-            "model": self.model,
-            "model_id": self.model_id,
-            "revision": self.revision,
-            "dims": self.dims,
-            "native_dims": self.native_dims,
-            "matryoshka": self.matryoshka,
-            "metric": self.metric,
-            "pooling": self.pooling,
-            "normalize": True,
-            "max_tokens": self.max_tokens,
-            "document_prefix": self.document_prefix,
-            "query_prefix": self.query_prefix,
-            "query_instruction": self.query_instruction,
-            "fingerprint": self.fingerprint,
-            "fingerprint_components": self.fingerprint_components(),
-        }
+    def _info_extra(self) -> dict[str, Any]:
+        return {"base_url": self.base_url}
 
     @classmethod
     def from_info(cls, info: dict[str, Any], **overrides: Any) -> RemoteEmbedder:

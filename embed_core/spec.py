@@ -152,7 +152,6 @@ class ModelSpec:
     query_prefix: str
     document_prefix: str
     query_instruction: str | None  # set for instruction-style (Qwen3) models
-    normalize_in_model: bool
     dense: list[DenseLayer] = field(default_factory=list)
     output_dims: int = 0  # after Dense layers
     token_limit: int = 0  # hard limit: what the position embeddings allow
@@ -185,7 +184,6 @@ def read_spec(path: Path) -> ModelSpec:
     query_instruction = QWEN3_DEFAULT_TASK if model_type == "qwen3" else None
     query_prefix = ""
     document_prefix = ""
-    normalize_in_model = False
     dense: list[DenseLayer] = []
     output_dims = hidden
 
@@ -219,7 +217,7 @@ def read_spec(path: Path) -> ModelSpec:
                 if pconf.get("include_prompt") is False:
                     notes.append("include_prompt=false is ignored: prompt tokens are pooled too")
             elif mtype == "Normalize":
-                normalize_in_model = True
+                pass  # every embed_core vector is L2-normalised (the boundary contract), Normalize or not
             elif mtype == "Dense":
                 dconf = _read_json(mdir / "config.json") or {}
                 act = str(dconf.get("activation_function", "torch.nn.modules.linear.Identity")).rsplit(".", 1)[-1]
@@ -274,7 +272,6 @@ def read_spec(path: Path) -> ModelSpec:
         query_prefix=query_prefix,
         document_prefix=document_prefix,
         query_instruction=query_instruction,
-        normalize_in_model=normalize_in_model,
         dense=dense,
         output_dims=output_dims,
         token_limit=token_limit,
