@@ -8,17 +8,18 @@ server), and turns texts into L2-normalised float32 vectors, fast and reproducib
     emb = open_embedder("minilm")            # or a model dir, a hub id, or http://host:8000/v1#model
     vectors = emb.embed_documents(["some text", "more text"])   # (2, 384) float32, unit norm
 
-Importing this package touches no network and loads no model.
+Importing this package touches no network, loads no model and does not import torch (the local
+backend does, on first use).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import BaseEmbedder, EmbedStats
 from .config import DEFAULT_MODEL, QWEN3_DEFAULT_TASK, QWEN3_QUERY_TEMPLATE, EmbedderConfig
-from .embedder import Embedder
 from .factory import embedder_from_info, is_remote_model, open_embedder
 from .fingerprint import compute_fingerprint
-from .pooling import truncate_and_normalize
 from .spec import MINILM_ID, packaged_minilm_dir
 
 __all__ = [
@@ -39,10 +40,13 @@ __all__ = [
     "truncate_and_normalize",
 ]
 
+# imported on first use: the local backend pulls in torch and transformers, the remote one httpx
+_LAZY = {"Embedder": ".embedder", "RemoteEmbedder": ".remote", "truncate_and_normalize": ".pooling"}
 
-def __getattr__(name: str) -> object:  # lazy: the remote backend imports httpx
-    if name == "RemoteEmbedder":
-        from .remote import RemoteEmbedder
 
-        return RemoteEmbedder
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'embed_core' has no attribute {name!r}")

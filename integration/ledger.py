@@ -186,18 +186,15 @@ class Ledger:
 
         self._tx(q)
 
-    def set_pending(self, target: str, generation: str | None, url: str | None) -> None:
+    def set_pending(self, target: str, generation: str | None, fingerprint: str | None) -> None:
+        """Record a full rebuild in progress (its physical index and embedding fingerprint); None clears it."""
+
         def q(conn: Connection) -> None:
-            n = conn.execute(
-                update(targets_t).where(targets_t.c.target == target).values(pending_generation=generation, pending_fingerprint=url)
-            ).rowcount
+            values = {"pending_generation": generation, "pending_fingerprint": fingerprint}
+            n = conn.execute(update(targets_t).where(targets_t.c.target == target).values(**values)).rowcount
             if not n:
-                conn.execute(
-                    insert(targets_t).values(
-                        target=target, generation="", fingerprint="", spec="{}", pending_generation=generation,
-                        pending_fingerprint=url, updated_at=int(time.time()),
-                    )
-                )  # fmt: skip
+                conn.execute(insert(targets_t).values(target=target, generation="", fingerprint="", spec="{}",
+                                                      updated_at=int(time.time()), **values))  # fmt: skip
 
         self._tx(q)
 

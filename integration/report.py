@@ -41,6 +41,13 @@ class Report:
         self.failed.setdefault(target, 0)
         self.plan.setdefault(target, {"new": 0, "changed": 0, "unchanged": 0, "deleted": 0})
 
+    def count_plan(self, target: str, counts: dict[str, int], *, unchanged: int = 0) -> None:
+        """Add a document's plan for ``target`` (``DocPlan.counts()``), or ``unchanged`` chunks it holds."""
+        p = self.plan[target]
+        for k, n in counts.items():
+            p[k] += n
+        p["unchanged"] += unchanged
+
     def fail(self, target: str, error: str, count: int = 0) -> None:
         self.add_target(target)
         self.failed[target] += count

@@ -73,31 +73,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def search_all(target: str, k: int, say, emb=None) -> list[dict]:  # type: ignore[no-untyped-def]
-    """Run the demo queries; show the best chunk of each of the ``k`` best modules."""
-    from connectors import connect
-    from embed_core import Embedder
+    """Run the demo queries through the query side; show the best chunk of each of the ``k`` best modules."""
+    from integration.search import Searcher
 
-    store = connect(target)
-    info = store.describe()
-    assert info.spec is not None
-    if emb is None or emb.fingerprint != info.spec.fingerprint:
-        emb = Embedder.from_info(dict(info.spec.embedding))  # the model the index records
     out = []
-    for query, expected in QUERIES:
-        vec = emb.embed_queries([query])[0]
-        hits, seen = [], set()
-        for h in store.search(vec, k=k * 4):
-            d = h.metadata.get("_doc", h.id)
-            if d not in seen:
-                seen.add(d)
-                hits.append(h)
-        hits = hits[:k]
-        docs = [h.metadata.get("_doc", h.id) for h in hits]
-        say(f"\n> {query}")
-        for h, d in zip(hits, docs, strict=True):
-            say(f"  {h.score:.3f}  {d:<16} {' '.join(h.text.split())[:90]}")
-        out.append({"query": query, "expected": expected, "docs": docs, "found": expected in docs})
-    store.close()
+    with Searcher(target, embedder=emb) as searcher:  # the model the index records (reused if just loaded)
+        for query, expected in QUERIES:
+            hits = searcher.search(query, k, distinct_docs=True).hits
+            docs = [h.metadata.get("_doc", h.id) for h in hits]
+            say(f"\n> {query}")
+            for h, d in zip(hits, docs, strict=True):
+                say(f"  {h.score:.3f}  {d:<16} {' '.join(h.text.split())[:90]}")
+            out.append({"query": query, "expected": expected, "docs": docs, "found": expected in docs})
     return out
 
 

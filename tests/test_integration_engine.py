@@ -163,7 +163,7 @@ def test_interrupted_rebuild_is_dropped_or_finished(env: dict[str, Any], emb: An
     e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, mode="full", progress=False)
     ctx = e.prepare()
     e.sync_partition(0, 1, ctx)
-    pending = ctx["targets"][0]["generation"]
+    pending = ctx.targets[0].generation
     assert Ledger(env["ledger"]).target(key).pending_generation == pending
     r = run(env, emb, docs)  # the next (incremental) run drops it
     assert any("dropped an interrupted rebuild" in n for n in r.notes) and r.embedded == 0
@@ -173,10 +173,11 @@ def test_interrupted_rebuild_is_dropped_or_finished(env: dict[str, Any], emb: An
     e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, mode="full", progress=False)
     ctx = e.prepare()
     e.sync_partition(0, 1, ctx)
-    e._store(e._targets[0]).commit_rebuild(e._rebuilds[key])
+    t = e.targets.items[0]
+    e.targets.store(t).commit_rebuild(e.targets.writer(t, ctx.targets[0]))  # the store switched, the ledger did not
     r = run(env, emb, docs)
     assert any("finished an interrupted rebuild" in n for n in r.notes)
-    assert r.embedded == 0 and Ledger(env["ledger"]).target(key).generation == ctx["targets"][0]["generation"]
+    assert r.embedded == 0 and Ledger(env["ledger"]).target(key).generation == ctx.targets[0].generation
     assert_in_step(env["target"], emb, docs, CT)
 
 
@@ -188,7 +189,7 @@ def test_partitioned_api_is_idempotent(env: dict[str, Any], emb: Any) -> None:
     def engine() -> SyncEngine:  # a fresh engine per "task", as in separate Airflow workers
         return SyncEngine(str(env["src"]), [env["target"]], **kw)
 
-    ctx = json.loads(json.dumps(engine().prepare()))
+    ctx = json.loads(json.dumps(engine().prepare().to_dict()))  # as an Airflow XCom carries it
     parts = [engine().sync_partition(i, 3, ctx) for i in range(3)]
     assert sum(p["documents"] for p in parts) == len(docs) and all(p["documents"] < len(docs) for p in parts)
     retry = engine().sync_partition(1, 3, ctx)  # an Airflow retry of a finished task
@@ -398,7 +399,7 @@ def test_interrupted_full_rebuild_is_resumed_by_the_next_full_run(env: dict[str,
     r = run(env, emb=v2, docs=docs, mode="full")
     assert any("resuming an interrupted rebuild" in n for n in r.notes)
     assert r.ok and r.embedded == r.chunks - half["chunks"]  # only what the dead run had not written
-    assert connect(env["target"]).describe().physical_name == ctx["targets"][0]["generation"]
+    assert connect(env["target"]).describe().physical_name == ctx.targets[0].generation
     assert_in_step(env["target"], v2, docs, CT)
 
 

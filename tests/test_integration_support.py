@@ -32,7 +32,9 @@ def cached_load(cls: Any, model: str = "minilm", **kwargs: Any) -> Any:
     key = json.dumps([model, sorted((k, str(v)) for k, v in kwargs.items() if k != "device")])
     with _load_lock:
         if key not in _cache:
-            _cache[key] = _real_load(cls, model, **kwargs)
+            emb = _real_load(cls, model, **kwargs)
+            emb.close = lambda: None  # shared by the whole session: the code under test must not close it
+            _cache[key] = emb
         return _cache[key]
 
 

@@ -1,0 +1,110 @@
+"""``RunContext``: what ``SyncEngine.prepare()`` decided for one run, handed to every later step.
+
+It crosses process boundaries (Airflow XComs), so it is a dataclass with an exact JSON round trip
+(``to_dict``/``from_dict``) and holds no secret: targets are keyed by their redacted URLs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from connectors.base import IndexSpec
+from embedrail.errors import ConfigError
+
+from .chunking import Chunker
+from .options import Mode
+from .report import Report
+
+__all__ = ["RunContext", "TargetRun", "Watermark"]
+
+DeleteMode = Literal["snapshot", "tombstone", "none"]
+
+
+@dataclass
+class TargetRun:
+    """One target as this run sees it."""
+
+    index: int  # position in the engine's target list
+    key: str  # the target URL without credentials: ledger key, report key
+    generation: str | None = None  # the physical index the run writes (None: none yet, e.g. a dry run on a new index)
+    rebuild: bool = False  # the run writes a full rebuild into `generation`, switched to by finalize()
+    error: str | None = None  # why the target is out of this run (down, refused); None: it takes part
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """A feed's watermark: read only rows above ``since`` (encoded; None: read everything)."""
+
+    key: str
+    since: str | None
+
+
+@dataclass
+class RunContext:
+    """Everything the steps after ``prepare()`` need, JSON round-trippable."""
+
+    VERSION = 2
+
+    mode: Mode
+    dry_run: bool
+    deletes: DeleteMode  # resolved: "auto" is decided by prepare()
+    model: str  # the name the embedder is loaded by (minilm, a dir, a hub id, http://host/v1#name)
+    load_dims: int | None  # dims to load it at (None: native)
+    model_id: str
+    spec: IndexSpec  # dims, metric, fingerprint and the embedding description every target records
+    chunk_tokens: int | None
+    chunk_overlap: int
+    targets: list[TargetRun] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    watermark: Watermark | None = None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started: float = field(default_factory=time.time)
+
+    @property
+    def dims(self) -> int:
+        return self.spec.dims
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint
+
+    @property
+    def doc_config(self) -> str:
+        """What, besides a document's own text and metadata, decides its chunks and vectors."""
+        return f"{self.spec.fingerprint}|{Chunker.config_string(self.chunk_tokens, self.chunk_overlap)}"
+
+    def new_report(self, **kw: Any) -> Report:
+        rep = Report(mode=self.mode, dry_run=self.dry_run, model=self.model_id, dims=self.dims, fingerprint=self.fingerprint, **kw)
+        for t in self.targets:
+            rep.add_target(t.key)
+        return rep
+
+    # --------------------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["spec"] = {"dims": self.spec.dims, "metric": self.spec.metric, "fingerprint": self.spec.fingerprint,
+                     "embedding": dict(self.spec.embedding)}  # fmt: skip
+        return {"version": self.VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunContext:
+        if not isinstance(d, dict) or d.get("version") != cls.VERSION:
+            raise ConfigError("the run context was made by another embedrail version: run prepare() again")
+        d = dict(d)
+        d.pop("version")
+        d["spec"] = IndexSpec(**d["spec"])
+        d["targets"] = [TargetRun(**t) for t in d["targets"]]
+        d["watermark"] = Watermark(**d["watermark"]) if d.get("watermark") else None
+        return cls(**d)
+
+    @classmethod
+    def of(cls, ctx: RunContext | dict[str, Any]) -> RunContext:
+        """A ``RunContext`` from itself or its ``to_dict()`` (e.g. an Airflow XCom)."""
+        return ctx if isinstance(ctx, RunContext) else cls.from_dict(ctx)

@@ -1,0 +1,287 @@
+"""The partition pipeline: documents -> plan -> embed -> write -> ledger commit, streaming.
+
+The calling thread reads documents, plans them in windows (one ledger read per window and target),
+chunks them and embeds batch N+1 while a writer thread writes batch N to every target that needs it,
+through a bounded queue: vectors are streamed, never all held in memory, and embedding overlaps writing.
+Each chunk is embedded once per run, whatever the number of targets that need it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from connectors.base import Record, VectorStore
+from embedrail.errors import ModelError, is_retryable
+from embedrail.secrets import one_line
+
+from .chunking import Chunker
+from .context import RunContext, TargetRun
+from .documents import Chunk, Document, canonical_json
+from .ledger import Ledger
+from .plan import Triage, plan_chunks, plan_document, plan_removal, triage
+from .report import Report
+
+__all__ = ["Lane", "PartitionRun"]
+
+log = logging.getLogger("embedrail.sync")
+
+
+@dataclass
+class Lane:
+    """A target taking part in this partition: where it writes and what its ledger says it holds."""
+
+    run: TargetRun
+    store: VectorStore | None  # None in a dry run
+    doc_hashes: dict[str, tuple[str, int]]  # doc id -> (doc hash, chunk count) recorded for the target
+    failed_docs: set[str] = field(default_factory=set)  # documents with a rejected write: not committed as done
+    dead: str | None = None  # the error that took the target out of the rest of this partition
+
+    @property
+    def key(self) -> str:
+        return self.run.key
+
+
+@dataclass
+class _Entry:
+    """A chunk to embed, and the targets that need it written."""
+
+    chunk: Chunk
+    fingerprint: str
+    metadata: dict[str, Any]
+    targets: list[str]
+
+
+@dataclass
+class _Batch:
+    """One unit of work for the writer: embedded chunks, stale chunks and finished documents per target."""
+
+    entries: list[_Entry] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    deletes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # target -> [(chunk id, doc id)]
+    docs_done: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)  # target -> [(doc, hash, n)]
+    docs_removed: dict[str, list[str]] = field(default_factory=dict)  # target -> [doc id]
+
+    def empty(self) -> bool:
+        return not (self.entries or self.deletes or self.docs_done or self.docs_removed)
+
+    def n_deletes(self) -> int:
+        return sum(len(v) for v in self.deletes.values())
+
+
+class PartitionRun:
+    """Plan in windows, embed in batches, write in a thread. ``add`` each document, then ``finish``;
+    ``close`` always (it joins the writer and re-raises its error)."""
+
+    WINDOW = 64  # documents planned per ledger round trip
+    MAX_DELETES = 1000  # stale chunk ids per batch
+
+    def __init__(self, *, ctx: RunContext, ledger: Ledger, report: Report, lanes: dict[str, Lane],
+                 embedder: Callable[[], Any], batch_size: int, queue_depth: int) -> None:  # fmt: skip
+        self.ctx, self.ledger, self.rep, self.lanes = ctx, ledger, report, lanes
+        self._embedder, self.batch_size = embedder, batch_size
+        self.window: list[tuple[Document, Triage]] = []
+        self.batch = _Batch()
+        self._chunker: Chunker | None = None
+        self.q: queue.Queue[_Batch | None] = queue.Queue(maxsize=max(1, queue_depth))
+        self.writer_error: BaseException | None = None
+        self.writer: threading.Thread | None = None
+        if not ctx.dry_run:
+            self.writer = threading.Thread(target=self._writer_loop, name="embedrail-writer", daemon=True)
+            self.writer.start()
+
+    # --------------------------------------------------------------------------- planning
+    def add(self, doc: Document) -> None:
+        self.rep.documents += 1
+        if not self.lanes:  # every target is down: nothing can be written, so embed nothing
+            return
+        if doc.deleted:
+            self.rep.tombstones += 1
+            if self.ctx.deletes == "none":
+                return
+        tri = triage(doc, self.ctx.doc_config, {k: lane.doc_hashes.get(doc.id) for k, lane in self.lanes.items()})
+        if not tri.need:  # every target holds this very document: not even chunked
+            self.rep.chunks += tri.known_chunks
+            self.rep.unchanged += tri.known_chunks
+            for key in self.lanes:
+                self.rep.count_plan(key, {}, unchanged=tri.known_chunks)
+            return
+        self.window.append((doc, tri))
+        if len(self.window) >= self.WINDOW:
+            self._plan_window()
+
+    def _plan_window(self) -> None:
+        window, self.window = self.window, []
+        held: dict[str, dict[str, dict[str, str | None]]] = {}
+        for key, lane in self.lanes.items():
+            ids = [d.id for d, tri in window if key in tri.need]
+            gen = lane.run.generation
+            held[key] = self.ledger.chunk_fingerprints(key, gen, ids) if gen is not None and ids else {}
+        for doc, tri in window:
+            if doc.deleted:
+                self._plan_removal(doc, tri, held)
+            else:
+                self._plan_document(doc, tri, held)
+            if len(self.batch.entries) >= self.batch_size or self.batch.n_deletes() >= self.MAX_DELETES:
+                self._flush()
+
+    def _plan_removal(self, doc: Document, tri: Triage, held: dict[str, dict[str, dict[str, str | None]]]) -> None:
+        for key in tri.need:
+            plan = plan_removal(doc.id, held[key].get(doc.id, {}))
+            if plan.stale:
+                self.rep.count_plan(key, plan.counts())
+                self.batch.deletes.setdefault(key, []).extend((c, doc.id) for c in plan.stale)
+                self.batch.docs_removed.setdefault(key, []).append(doc.id)
+
+    def _plan_document(self, doc: Document, tri: Triage, held: dict[str, dict[str, dict[str, str | None]]]) -> None:
+        chunks = plan_chunks(doc, self.chunker().chunk(doc), self.ctx.fingerprint, canonical_json(doc.metadata))
+        self.rep.chunks += len(chunks)
+        writers: dict[str, list[str]] = {}  # chunk id -> targets that need it written
+        for key in self.lanes:
+            if key not in tri.need:
+                self.rep.count_plan(key, {}, unchanged=len(chunks))
+                continue
+            plan = plan_document(doc.id, chunks, held[key].get(doc.id, {}))
+            self.rep.count_plan(key, plan.counts())
+            for cid in plan.writes:
+                writers.setdefault(cid, []).append(key)
+            if plan.stale:
+                self.batch.deletes.setdefault(key, []).extend((cid, doc.id) for cid in plan.stale)
+        self.rep.unchanged += sum(1 for pc in chunks if pc.chunk.id not in writers)
+        for pc in chunks:
+            keys = writers.get(pc.chunk.id)
+            if keys:
+                md = {**doc.metadata, "_doc": doc.id, "_n": pc.chunk.n, "_fp": pc.fingerprint}
+                self.batch.entries.append(_Entry(pc.chunk, pc.fingerprint, md, keys))
+                if len(self.batch.entries) >= self.batch_size:
+                    self._flush()
+        for key in tri.need:  # committed as done only once every chunk above was written
+            assert tri.doc_hash is not None
+            self.batch.docs_done.setdefault(key, []).append((doc.id, tri.doc_hash, len(chunks)))
+
+    def chunker(self) -> Chunker:
+        if self._chunker is None:
+            self._chunker = Chunker(self._embedder(), self.ctx.chunk_tokens, self.ctx.chunk_overlap)
+        return self._chunker
+
+    # --------------------------------------------------------------------------- embedding
+    def _flush(self) -> None:
+        batch, self.batch = self.batch, _Batch()
+        if batch.empty():
+            return
+        if self.ctx.dry_run:
+            self.rep.embedded += len(batch.entries)
+            return
+        if batch.entries:
+            t0 = time.perf_counter()
+            vectors = np.asarray(self._embedder().embed_documents([e.chunk.text for e in batch.entries]), dtype=np.float32)
+            self.rep.embed_seconds += time.perf_counter() - t0
+            if vectors.shape != (len(batch.entries), self.ctx.dims):
+                raise ModelError(f"embedder returned shape {vectors.shape}, expected ({len(batch.entries)}, {self.ctx.dims})")
+            batch.vectors = vectors
+            self.rep.embedded += len(batch.entries)
+        self._put(batch)
+
+    def _put(self, batch: _Batch) -> None:
+        while True:
+            if self.writer_error is not None:
+                raise self.writer_error
+            try:
+                self.q.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                if self.writer is None or not self.writer.is_alive():
+                    raise RuntimeError("writer thread died") from self.writer_error
+
+    def finish(self) -> None:
+        self._plan_window()
+        self._flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            if self.writer.is_alive():
+                self.q.put(None)
+                self.writer.join()
+            self.writer = None
+            if self.writer_error is not None:
+                err, self.writer_error = self.writer_error, None
+                raise err
+
+    # --------------------------------------------------------------------------- writing (writer thread)
+    def _writer_loop(self) -> None:
+        try:
+            while (batch := self.q.get()) is not None:
+                for lane in self.lanes.values():
+                    self._write(lane, batch)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            self.writer_error = e
+            while True:  # drain, so the producer never blocks forever
+                try:
+                    if self.q.get_nowait() is None:
+                        return
+                except queue.Empty:
+                    time.sleep(0.05)
+                    if not threading.main_thread().is_alive():
+                        return
+
+    def _write(self, lane: Lane, batch: _Batch) -> None:
+        """One target's share of a batch, under the crash-safety protocol: intent -> store -> ledger."""
+        key, gen = lane.key, lane.run.generation
+        entries = [(i, e) for i, e in enumerate(batch.entries) if key in e.targets]
+        deletes = batch.deletes.get(key, [])
+        done, removed = batch.docs_done.get(key, []), batch.docs_removed.get(key, [])
+        if not (entries or deletes or done or removed):
+            return
+        if lane.dead is not None:
+            self.rep.failed[key] += len(entries) + len(deletes)
+            return
+        assert lane.store is not None and gen is not None
+        try:
+            written: list[tuple[str, str, str]] = []
+            if entries:
+                # 1. Intent BEFORE the write: the ledger learns that these ids may exist in the store. If the
+                #    process dies after the store acknowledged but before step 3, the next run still finds them
+                #    (planned as changed and rewritten; found by snapshot deletes): nothing is orphaned.
+                self.ledger.mark_intent(key, gen, [(e.chunk.id, e.chunk.doc_id) for _, e in entries])
+                # 2. The write. Rejected records come back by id; the rest is acknowledged.
+                assert batch.vectors is not None
+                vecs = batch.vectors[[i for i, _ in entries]]
+                res = lane.store.upsert([Record(e.chunk.id, vecs[j], e.chunk.text, e.metadata) for j, (_, e) in enumerate(entries)])
+                for _, e in entries:
+                    if e.chunk.id in res.failed:
+                        lane.failed_docs.add(e.chunk.doc_id)
+                    else:
+                        written.append((e.chunk.id, e.chunk.doc_id, e.fingerprint))
+                if res.failed:
+                    self.rep.fail(key, f"{len(res.failed)} records rejected: {next(iter(res.failed.values()))}", len(res.failed))
+                self.rep.upserted[key] += len(written)
+            deleted: list[str] = []
+            if deletes:
+                dres = lane.store.delete([c for c, _ in deletes])
+                for c, d in deletes:
+                    if c in dres.failed:
+                        lane.failed_docs.add(d)
+                    else:
+                        deleted.append(c)
+                if dres.failed:
+                    self.rep.fail(key, f"{len(dres.failed)} deletes rejected: {next(iter(dres.failed.values()))}", len(dres.failed))
+                self.rep.deleted[key] += len(deleted)
+            # 3. Commit AFTER the store acknowledged, and only what it acknowledged: a document counts as done
+            #    only when all its chunks were written and its stale ones deleted. The ledger is never ahead
+            #    of the store, so any crash leaves work that the next run repairs, never a gap.
+            self.ledger.commit(key, gen, written=written, deleted=deleted,
+                               docs_done=[x for x in done if x[0] not in lane.failed_docs],
+                               docs_removed=[d for d in removed if d not in lane.failed_docs])  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - the target failed: the others go on
+            if not is_retryable(e):
+                raise
+            lane.dead = one_line(e)
+            log.warning("%s: %s — skipping this target for the rest of the run", key, lane.dead)
+            self.rep.fail(key, lane.dead, len(entries) + len(deletes))

@@ -1,0 +1,99 @@
+"""The planner (DESIGN.md: "Planner (ledger diff per target) -> {new, changed, unchanged, deleted}").
+
+Pure functions from a document, its chunks and what the ledger records per target to a ``DocPlan``
+per target: no store, no ledger connection, no model. The pipeline feeds them ledger rows and
+chunks and acts on the plans; the report counts them.
+
+Two stages keep an unchanged corpus cheap:
+
+1. ``triage``: the document's hash (its text, metadata and the chunking/embedding configuration)
+   against the hash each target recorded for it. Equal everywhere: nothing to do, and the document is
+   never chunked or tokenised.
+2. ``plan_document``: for the targets that need it, chunk fingerprints against the ledger's chunk
+   rows: which chunks are new, changed or unchanged, and which recorded chunks are now stale (the
+   document shrank). A row whose fingerprint is ``None`` is an *intent* (the write may or may not
+   have reached the store before a crash): it is planned as changed, so it is written again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .documents import Chunk, Document, doc_hash, sha256
+
+__all__ = ["DocPlan", "PlannedChunk", "Triage", "chunk_fingerprint", "plan_document", "plan_removal", "triage"]
+
+
+def chunk_fingerprint(text: str, embedding_fingerprint: str, metadata_json: str) -> str:
+    """What a stored chunk record depends on: its text, the embedding configuration, the document's metadata."""
+    return sha256(text, embedding_fingerprint, metadata_json)[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedChunk:
+    chunk: Chunk
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Triage:
+    """Stage 1 for one document: which targets need it."""
+
+    doc_hash: str | None  # None for a tombstone
+    need: tuple[str, ...]  # targets whose record of the document differs (or that hold a tombstoned one)
+    known_chunks: int = 0  # when no target needs it: how many chunks the targets hold for it
+
+
+@dataclass(frozen=True, slots=True)
+class DocPlan:
+    """What one target needs for one document."""
+
+    doc_id: str
+    new: tuple[str, ...] = ()  # chunk ids the target does not hold
+    changed: tuple[str, ...] = ()  # chunk ids it holds with another fingerprint (or only as an intent)
+    unchanged: tuple[str, ...] = ()  # chunk ids it holds as they are
+    stale: tuple[str, ...] = ()  # chunk ids it holds that the document no longer has
+    removed: bool = False  # the document is gone (tombstone): every chunk it holds is stale
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return self.new + self.changed
+
+    def counts(self) -> dict[str, int]:
+        return {"new": len(self.new), "changed": len(self.changed), "unchanged": len(self.unchanged), "deleted": len(self.stale)}
+
+
+def triage(doc: Document, doc_config: str, recorded: Mapping[str, tuple[str, int] | None]) -> Triage:
+    """``recorded``: per target, the (doc hash, chunk count) its ledger holds for ``doc.id`` (None: nothing)."""
+    if doc.deleted:
+        return Triage(None, tuple(recorded))
+    h = doc_hash(doc, doc_config)
+    need = tuple(key for key, rec in recorded.items() if rec is None or rec[0] != h)
+    known = 0 if need else max((rec[1] for rec in recorded.values() if rec is not None), default=0)
+    return Triage(h, need, known)
+
+
+def plan_chunks(doc: Document, chunks: Iterable[Chunk], embedding_fingerprint: str, metadata_json: str) -> list[PlannedChunk]:
+    return [PlannedChunk(c, chunk_fingerprint(c.text, embedding_fingerprint, metadata_json)) for c in chunks]
+
+
+def plan_document(doc_id: str, chunks: Sequence[PlannedChunk], held: Mapping[str, str | None]) -> DocPlan:
+    """``held``: chunk id -> fingerprint the target's ledger records for this document (None: an intent)."""
+    new, changed, unchanged = [], [], []
+    for pc in chunks:
+        cid = pc.chunk.id
+        if cid not in held:
+            new.append(cid)
+        elif held[cid] == pc.fingerprint:
+            unchanged.append(cid)
+        else:
+            changed.append(cid)
+    ids = {pc.chunk.id for pc in chunks}
+    stale = tuple(cid for cid in held if cid not in ids)
+    return DocPlan(doc_id, tuple(new), tuple(changed), tuple(unchanged), stale)
+
+
+def plan_removal(doc_id: str, held: Mapping[str, str | None]) -> DocPlan:
+    """A tombstone: everything the target holds of the document is stale."""
+    return DocPlan(doc_id, stale=tuple(held), removed=True)
