@@ -1,0 +1,120 @@
+"""Sources: where documents come from.
+
+``open_source(spec, **opts)`` understands
+
+- ``path/to/file.jsonl`` (or ``.ndjson``): one JSON object per line, ``{"id": ..., "text": ..., ...}``;
+- ``path/to/file.csv``: a header row, one document per row;
+- ``path/to/dir`` (optionally ``dir?glob=**/*.md``): one document per text file, id = relative path;
+- ``pydoc:`` (optionally ``pydoc:?max_chars=2000&modules=argparse,json&per=module|member``): the
+  Python standard library's own documentation, one document per module (or per public member);
+- ``sql+<sqlalchemy-url>?query=SELECT ...`` or ``?table=name``, optionally ``&watermark=updated_at``
+  for an incremental feed (only rows with a newer watermark are read on the next run);
+- any Python iterable (or zero-argument callable returning one) of ``Document`` s or dicts.
+
+Field names are configurable (``id_field``, ``text_field``, ``deleted_field``); every other field
+becomes metadata. A truthy ``deleted_field`` (default ``_deleted``) marks a tombstone. Bad rows
+(missing id/text, invalid UTF-8 or JSON, duplicate ids in one run) are reported with their location
+and skipped (``on_bad_row="skip"``) or fail the run (``"fail"``); they never reach the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from embedrail.errors import ConfigError
+
+from .base import BadRow, Source
+from .files import CsvSource, DirectorySource, IterableSource, JsonlSource
+from .pydoc import PydocSource
+from .sql import SqlSource, decode_watermark, encode_watermark
+
+__all__ = [
+    "BadRow",
+    "CsvSource",
+    "DirectorySource",
+    "IterableSource",
+    "JsonlSource",
+    "PydocSource",
+    "Source",
+    "SqlSource",
+    "decode_watermark",
+    "encode_watermark",
+    "open_source",
+]
+
+_COMMON = {"id_field", "text_field", "deleted_field", "on_bad_row", "name"}
+_ALIASES = {"id": "id_field", "text": "text_field", "deleted": "deleted_field"}
+
+
+def _split_query(spec: str) -> tuple[str, dict[str, str]]:
+    if "?" not in spec:
+        return spec, {}
+    base, q = spec.split("?", 1)
+    return base, {_ALIASES.get(k, k): v for k, v in parse_qsl(q, keep_blank_values=True)}
+
+
+def _check(opts: Mapping[str, Any], allowed: set[str], what: str) -> None:
+    unknown = set(opts) - allowed - _COMMON
+    if unknown:
+        raise ConfigError(f"unknown option(s) for a {what} source: {', '.join(sorted(unknown))}")
+
+
+def _open_pydoc(spec: str, opts: dict[str, Any]) -> Source:
+    _, q = _split_query(spec)
+    q.update(opts)
+    _check(q, {"max_chars", "modules", "per", "limit"}, "pydoc:")
+    return PydocSource(**q)
+
+
+def _open_sql(spec: str, opts: dict[str, Any]) -> Source:
+    base, q = _split_query(spec.removeprefix("sql+"))
+    mine = {k: q.pop(k) for k in list(q) if k in {"query", "table", "watermark"} | _COMMON}
+    rest = "&".join(f"{k}={v}" for k, v in q.items())  # the database URL's own parameters
+    mine.update(opts)
+    _check(mine, {"query", "table", "watermark"}, "sql+")
+    return SqlSource(base + (f"?{rest}" if rest else ""), **mine)
+
+
+#: spec prefix -> how to open it
+SCHEMES: dict[str, Callable[[str, dict[str, Any]], Source]] = {"pydoc:": _open_pydoc, "sql+": _open_sql}
+#: file suffix -> (source class, its own options, their defaults)
+SUFFIXES: dict[str, tuple[type[Source], set[str], dict[str, Any]]] = {
+    ".jsonl": (JsonlSource, set(), {}),
+    ".ndjson": (JsonlSource, set(), {}),
+    ".csv": (CsvSource, {"delimiter"}, {}),
+    ".tsv": (CsvSource, {"delimiter"}, {"delimiter": "\t"}),
+}
+
+
+def open_source(spec: Any, **opts: Any) -> Source:
+    """Open a source from a spec string (see the module doc), a ``Source``, or a Python iterable/callable."""
+    opts = {k: v for k, v in opts.items() if v is not None}
+    if isinstance(spec, Source):
+        return spec
+    if not isinstance(spec, str | Path):
+        _check(opts, set(), "Python iterable")
+        return IterableSource(spec, **opts)
+    spec = str(spec)
+    for prefix, opener in SCHEMES.items():
+        if spec.startswith(prefix):
+            return opener(spec, opts)
+    path, q = spec, {}
+    if not Path(spec).exists() and "?" in spec:
+        path, q = _split_query(spec)
+        path = unquote(path)
+    q.update(opts)
+    p = Path(path)
+    if p.is_dir():
+        _check(q, {"glob"}, "directory")
+        return DirectorySource(p, **q)
+    known = SUFFIXES.get(p.suffix.lower())
+    if known is not None:
+        cls, allowed, defaults = known
+        _check(q, allowed, p.suffix.lower().lstrip(".").upper())
+        return cls(p, **{**defaults, **q})
+    if not p.exists():
+        raise ConfigError(f"source not found: {spec} (a .jsonl/.csv file, a directory, pydoc: or sql+URL)")
+    raise ConfigError(f"unsupported source file type {p.suffix.lower()!r}: use .jsonl, .csv or a directory")

@@ -1,0 +1,153 @@
+"""Sources: the base class every source derives from, and the bad-row policy.
+
+A source yields ``Document`` s. Subclasses implement ``_rows()`` yielding ``(location, row)`` where row
+is a dict, a ``Document`` or a ``BadRow``; the base class turns dicts into documents (configurable field
+names, every other field becomes metadata), reports bad rows with their location and drops duplicate
+ids (first occurrence kept).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from embedrail.errors import ConfigError, InputError
+
+from ..documents import Document
+from ..options import BAD_ROW_POLICIES, truthy
+
+__all__ = ["BadRow", "Source", "jsonable"]
+
+
+@dataclass(slots=True)
+class BadRow:
+    location: str
+    reason: str
+    id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"location": self.location, "reason": self.reason, "id": self.id}
+
+
+class Source:
+    """Base class: subclasses implement ``_rows()`` yielding ``(location, row)`` where row is a dict,
+    a ``Document``, or a ``BadRow`` (a row that could not even be parsed)."""
+
+    #: a feed yields only changes (watermark); a snapshot yields the whole data set every time
+    is_feed: bool = False
+    #: an ``Iterable`` that can only be consumed once
+    single_pass: bool = False
+
+    def __init__(
+        self,
+        *,
+        id_field: str = "id",
+        text_field: str = "text",
+        deleted_field: str = "_deleted",
+        on_bad_row: str = "skip",
+        name: str = "",
+    ) -> None:
+        if on_bad_row not in BAD_ROW_POLICIES:
+            raise ConfigError(f"on_bad_row must be one of {BAD_ROW_POLICIES}, got {on_bad_row!r}")
+        self.id_field = id_field
+        self.text_field = text_field
+        self.deleted_field = deleted_field
+        self.on_bad_row = on_bad_row
+        self.name = name or type(self).__name__
+        self.bad_rows: list[BadRow] = []
+        #: ids of bad rows that still carried an id: never deleted as "absent" by a snapshot
+        self.bad_ids: set[str] = set()
+
+    # --- to implement -------------------------------------------------------------------------
+    def _rows(self) -> Iterator[tuple[str, Any]]:
+        raise NotImplementedError
+
+    # --- watermark feeds (SQL) ---------------------------------------------------------------
+    watermark_key: str | None = None
+
+    def set_watermark(self, value: Any) -> None:  # pragma: no cover - only feeds use it
+        pass
+
+    def max_watermark(self) -> Any:
+        return None
+
+    # --- iteration ----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Document]:
+        self.bad_rows = []
+        self.bad_ids = set()
+        seen: set[str] = set()
+        for location, row in self._rows():
+            if isinstance(row, BadRow):
+                self._bad(row)
+                continue
+            doc = row if isinstance(row, Document) else self._to_document(row, location)
+            if isinstance(doc, BadRow):
+                self._bad(doc)
+                continue
+            if doc.id in seen:
+                self._bad(BadRow(location, f"duplicate id {doc.id!r} (first occurrence kept)", None))
+                continue
+            seen.add(doc.id)
+            yield doc
+
+    def _bad(self, bad: BadRow) -> None:
+        if self.on_bad_row == "fail":
+            raise InputError(f"{bad.location}: {bad.reason} (use --on-bad-row skip to skip bad rows)")
+        self.bad_rows.append(bad)
+        if bad.id is not None:
+            self.bad_ids.add(bad.id)
+
+    def _to_document(self, row: Any, location: str) -> Document | BadRow:
+        if not isinstance(row, Mapping):
+            return BadRow(location, f"expected an object/mapping, got {type(row).__name__}")
+        raw_id = row.get(self.id_field)
+        if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()) or isinstance(raw_id, bool):
+            return BadRow(location, f"missing id field {self.id_field!r}")
+        if not isinstance(raw_id, str | int):
+            return BadRow(location, f"id field {self.id_field!r} must be a string or integer")
+        doc_id = str(raw_id)
+        if _has_surrogates(doc_id):
+            return BadRow(location, "invalid UTF-8 in id")
+        deleted = truthy(row.get(self.deleted_field)) if self.deleted_field else False
+        text = row.get(self.text_field)
+        if deleted:
+            text = text if isinstance(text, str) else ""
+        elif text is None:
+            return BadRow(location, f"missing text field {self.text_field!r}", doc_id)
+        elif not isinstance(text, str):
+            return BadRow(location, f"text field {self.text_field!r} must be a string", doc_id)
+        elif not text.strip():
+            return BadRow(location, "empty text", doc_id)
+        if _has_surrogates(text):
+            return BadRow(location, "invalid UTF-8 in text", doc_id)
+        metadata: dict[str, Any] = {}
+        for k, v in row.items():
+            if k in (self.id_field, self.text_field, self.deleted_field):
+                continue
+            if isinstance(v, str) and _has_surrogates(v):
+                return BadRow(location, f"invalid UTF-8 in field {k!r}", doc_id)
+            metadata[str(k)] = jsonable(v)
+        return Document(doc_id, text, metadata, deleted=deleted, location=location)
+
+
+def _has_surrogates(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def jsonable(v: Any) -> Any:
+    if v is None or isinstance(v, str | int | float | bool):
+        return v
+    if isinstance(v, _dt.datetime | _dt.date | _dt.time):
+        return v.isoformat()
+    if isinstance(v, list | tuple):
+        return [jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    return str(v)
+
