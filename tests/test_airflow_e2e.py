@@ -405,3 +405,77 @@ def test_shipped_demo_config_runs_against_the_local_stores(airflow_home, es_url,
     ]
     for url in urls:
         assert {i.split("#")[0] for i in store_texts(url)} == {"argparse", "json", "gzip"}
+
+
+OPERATOR_DAG = '''
+"""Test DAG for tests/test_airflow_e2e.py: the reindex as one operator inside a user's own DAG."""
+import json
+from pathlib import Path
+
+from airflow.sdk import DAG, Param, task, timezone
+
+from integration.airflow import EmbedrailReindexOperator
+
+CFG = json.loads(Path({cfg_path!r}).read_text())
+
+with DAG(CFG["dag_id"], schedule=None, start_date=timezone.datetime(2024, 1, 1), catchup=False,
+         params={{"mode": Param("incremental"), "dry_run": Param(False)}}, default_args={{"retries": 3, "retry_delay": 0}}) as dag:
+    reindex = EmbedrailReindexOperator(task_id="reindex", source=CFG["source"], targets=CFG["targets"], model="minilm",
+                                       dims=CFG.get("dims"), mode="{{{{ params.mode }}}}", dry_run="{{{{ params.dry_run }}}}")
+
+    @task
+    def after(report: dict) -> int:
+        return report["upserted"][next(iter(report["upserted"]))]
+
+    after(reindex.output)
+'''
+
+
+def test_operator_runs_a_reindex_inside_a_users_own_dag(airflow_home, chroma_path_url, unique_name, tmp_path):  # noqa: F811
+    """EmbedrailReindexOperator in a DAG that is not built by the factory: templated options from params,
+    the report as XCom for downstream tasks, a full rebuild on demand, a user error failing at once."""
+    corpus = tmp_path / "c.jsonl"
+    docs = dict(list(DOCS.items())[:4])
+    write_corpus(corpus, docs)
+    url = with_name(chroma_path_url, unique_name)
+
+    def user_dag(dag_id: str, **cfg: Any) -> Any:
+        cfg_path = airflow_home / f"{dag_id}.json"
+        cfg_path.write_text(json.dumps({"dag_id": dag_id, "source": str(corpus), "targets": [url], **cfg}))
+        dag_file = airflow_home / "dags" / f"{dag_id}.py"
+        dag_file.write_text(textwrap.dedent(OPERATOR_DAG.format(cfg_path=str(cfg_path))))
+        return parse(dag_file)
+
+    def report_of(dag: Any, dr: Any) -> dict[str, Any]:
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as s:
+            value = s.execute(select(XComModel.value).where(XComModel.dag_id == dag.dag_id, XComModel.run_id == dr.run_id,
+                                                            XComModel.task_id == "reindex")).scalar_one()  # fmt: skip
+        return json.loads(value) if isinstance(value, str) else value
+
+    dag = user_dag("op_" + unique_name[-8:])
+    dr = parse(dag.embedrail_test_file).test()
+    assert str(dr.state) == "success", task_states(dag.dag_id, dr.run_id)
+    rep = report_of(dag, dr)
+    assert rep["ok"] and rep["embedded"] == 4 and set(rep) == report_keys()
+    assert ("after", -1, 1, "success") in task_states(dag.dag_id, dr.run_id)
+    assert store_texts(url) == expected(docs)
+    dr = parse(dag.embedrail_test_file).test(run_conf={"dry_run": True})
+    assert str(dr.state) == "success" and report_of(dag, dr)["dry_run"] is True
+    from connectors import connect
+
+    with connect(url) as s:
+        before = s.describe().physical_name
+    dr = parse(dag.embedrail_test_file).test(run_conf={"mode": "full"})
+    rep = report_of(dag, dr)
+    assert str(dr.state) == "success" and rep["mode"] == "full" and rep["embedded"] == 4
+    with connect(url) as s:
+        assert s.describe().physical_name != before
+    assert store_texts(url) == expected(docs)
+    # a user error (the index holds 384-d vectors): the task fails once, without its 3 retries
+    bad = user_dag("opbad_" + unique_name[-8:], dims=128)
+    dr = parse(bad.embedrail_test_file).test()
+    assert str(dr.state) == "failed" and ("reindex", -1, 1, "failed") in task_states(bad.dag_id, dr.run_id)

@@ -1,7 +1,7 @@
 """An isolated Airflow for the Airflow tests (+ fast unit tests of the target/connection mapping).
 
 ``airflow_home`` (session): AIRFLOW_HOME in a temp dir, no examples, a SQLite metadata DB migrated
-once, a DAG folder of its own; the two dag.test() workarounds of ``integration.airflow`` applied.
+once, a DAG folder of its own.
 Airflow reads its configuration when first imported, so nothing here imports it at module level.
 """
 
@@ -62,11 +62,9 @@ def airflow_home(tmp_path_factory) -> Path:
         sys.path.insert(0, str(ROOT))
     import airflow
 
-    from integration.airflow import patch_airflow_for_dag_test
-
-    if tuple(int(x) for x in airflow.__version__.split(".")[:2]) < (3, 3):
-        # Airflow 3.2.x cannot run dag.test() with the current pydantic/svcs; 3.3 (locked) needs no shim
-        patch_airflow_for_dag_test()
+    # Airflow 3.2.x cannot run dag.test() with current pydantic/svcs (its execution API fails to build);
+    # the lock and the dev extra require 3.3, which needs no workaround
+    assert tuple(int(x) for x in airflow.__version__.split(".")[:2]) >= (3, 3), airflow.__version__
     os.environ["_EMBEDRAIL_TEST_AIRFLOW_HOME"] = str(home)
     return home
 
@@ -143,7 +141,8 @@ def test_target_specs_and_assets_need_no_network(airflow_home, monkeypatch):
 
 def test_embedder_is_loaded_once_per_process_and_key(airflow_home, monkeypatch):
     import embed_core
-    import integration.airflow as ia
+    import embed_core.remote
+    import integration.airflow.tasks as ia
 
     loads: list[tuple] = []
 
@@ -160,9 +159,7 @@ def test_embedder_is_loaded_once_per_process_and_key(airflow_home, monkeypatch):
     assert loads == [("minilm", None, "auto"), ("minilm", 128, "auto")]
     # a remote model (an `embedrail serve` on a GPU node), as the CLI takes it; key from the environment
     remote: list[tuple] = []
-    monkeypatch.setattr(
-        embed_core.Embedder, "remote", staticmethod(lambda *a, **k: remote.append((a, k)) or object())
-    )
+    monkeypatch.setattr(embed_core.remote, "RemoteEmbedder", lambda *a, **k: remote.append((a, k)) or object())
     monkeypatch.setenv("EMBEDRAIL_EMBED_API_KEY", "k-123")
     r = ia.cached_embedder("http://gpu-node:8000/v1#minilm", dims=256)
     assert ia.cached_embedder("http://gpu-node:8000/v1#minilm", dims=256) is r

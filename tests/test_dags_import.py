@@ -21,7 +21,7 @@ def test_dag_folder_has_no_import_errors_and_touches_no_model_or_network(airflow
     from airflow.dag_processing.dagbag import DagBag
 
     import embed_core
-    import integration.airflow as ia
+    import integration.airflow.tasks as ia
 
     calls: list[str] = []
 
@@ -46,7 +46,7 @@ def test_dag_folder_has_no_import_errors_and_touches_no_model_or_network(airflow
     print(f"parsed {DAGS} in {elapsed:.2f}s: {bag.dag_ids}")
 
     demo = bag.get_dag("embedrail_stdlib_demo")
-    assert {t.task_id for t in demo.tasks} == {"plan", "sync_partition", "delete_stale", "report"}
+    assert {t.task_id for t in demo.tasks} == {"plan", "partitions", "sync_partition", "delete_stale", "report"}
     assert set(demo.params.keys()) >= {"mode", "dims", "dry_run", "partitions"}
     assert demo.params["mode"] == "incremental" and demo.params["dry_run"] is False
     report = demo.get_task("report")
