@@ -155,6 +155,10 @@ class BaseStore:
                           secrets=self._secrets, passthrough=self._is_not_found)  # fmt: skip
 
     def _error(self, e: BaseException, what: str) -> StoreError:
+        """``e`` as our error, named after the store and the operation (an error of ours is kept as is:
+        ``_call`` already named it)."""
+        if isinstance(e, StoreError):
+            return e
         cls = StoreUnavailableError if self._is_transient(e) else StoreError
         return cls(f"{self.url}: {what} failed: {short_error(e, *self._secrets)}")
 

@@ -92,11 +92,6 @@ class StoreURL:
     def param(self, key: str, default: str | None = None) -> str | None:
         return self.params.get(key, default)
 
-    def http_base(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        port = f":{self.port}" if self.port else ""
-        return f"{self.transport}://{host}{port}"
-
 
 def parse_url(url: str) -> StoreURL:
     """Parse a store URL of any registered store (``es://``, ``chroma:///path``, ``weaviate://``, ...)."""

@@ -142,7 +142,6 @@ class ModelSpec:
     """How to run a model, as read from its files (before user overrides)."""
 
     model_type: str
-    hidden_size: int
     pooling: str
     padding_side: str
     append_eos: bool
@@ -262,7 +261,6 @@ def read_spec(path: Path) -> ModelSpec:
     is_mrl = model_type in MRL_MODEL_TYPES
     return ModelSpec(
         model_type=model_type,
-        hidden_size=hidden,
         pooling=pooling,
         padding_side=padding_side,
         append_eos=pooling == "lasttoken",

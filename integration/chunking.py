@@ -12,7 +12,7 @@ from typing import Any
 
 from embedrail.errors import ConfigError
 
-from .documents import Chunk, Document, chunk_id, sha256
+from .documents import Chunk, Document, chunk_id
 
 __all__ = ["Chunker"]
 
@@ -42,4 +42,4 @@ class Chunker:
         pieces = [p for p in self.embedder.split_text(doc.text, self.max_tokens, self.overlap) if p.strip()]
         if not pieces:
             pieces = [doc.text]
-        return [Chunk(chunk_id(doc.id, n), doc.id, n, text, sha256(text)) for n, text in enumerate(pieces)]
+        return [Chunk(chunk_id(doc.id, n), doc.id, n, text) for n, text in enumerate(pieces)]

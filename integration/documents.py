@@ -29,7 +29,6 @@ class Chunk:
     doc_id: str
     n: int
     text: str
-    content_hash: str
 
 
 def sha256(*parts: str) -> str:

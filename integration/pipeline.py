@@ -141,7 +141,7 @@ class PartitionRun:
                 self.batch.docs_removed.setdefault(key, []).append(doc.id)
 
     def _plan_document(self, doc: Document, tri: Triage, held: dict[str, dict[str, dict[str, str | None]]]) -> None:
-        chunks = plan_chunks(doc, self.chunker().chunk(doc), self.ctx.fingerprint, canonical_json(doc.metadata))
+        chunks = plan_chunks(self.chunker().chunk(doc), self.ctx.fingerprint, canonical_json(doc.metadata))
         self.rep.chunks += len(chunks)
         writers: dict[str, list[str]] = {}  # chunk id -> targets that need it written
         for key in self.lanes:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .documents import Chunk, Document, doc_hash, sha256
 
-__all__ = ["DocPlan", "PlannedChunk", "Triage", "chunk_fingerprint", "plan_document", "plan_removal", "triage"]
+__all__ = ["DocPlan", "PlannedChunk", "Triage", "chunk_fingerprint", "plan_chunks", "plan_document", "plan_removal", "triage"]
 
 
 def chunk_fingerprint(text: str, embedding_fingerprint: str, metadata_json: str) -> str:
@@ -74,7 +74,8 @@ def triage(doc: Document, doc_config: str, recorded: Mapping[str, tuple[str, int
     return Triage(h, need, known)
 
 
-def plan_chunks(doc: Document, chunks: Iterable[Chunk], embedding_fingerprint: str, metadata_json: str) -> list[PlannedChunk]:
+def plan_chunks(chunks: Iterable[Chunk], embedding_fingerprint: str, metadata_json: str) -> list[PlannedChunk]:
+    """A document's chunks with the fingerprint each stored record will carry."""
     return [PlannedChunk(c, chunk_fingerprint(c.text, embedding_fingerprint, metadata_json)) for c in chunks]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from test_airflow_env import airflow_home  # noqa: F401 - the session fixture
-from util import with_name
+from util import describe, with_name
 
 pytestmark = pytest.mark.slow
 
@@ -325,13 +325,11 @@ def test_partition_fails_once_and_retry_leaves_stores_in_step(airflow_home, es_u
 
     # full rebuild from the trigger params: every task is a separate engine (as on separate workers),
     # so the partitions reopen the rebuild index that `plan` began; the alias switches in `report`
-    from connectors import connect
-
-    before = [connect(u).describe().physical_name for u in urls]
+    before = [describe(u).physical_name for u in urls]
     dr, rep = run(dag, {"mode": "full"})
     assert str(dr.state) == "success", task_states(dag.dag_id, dr.run_id)
     assert rep is not None and rep["ok"] and rep["mode"] == "full" and rep["embedded"] == 10, rep
-    after = [connect(u).describe().physical_name for u in urls]
+    after = [describe(u).physical_name for u in urls]
     assert all(a != b for a, b in zip(after, before, strict=True)), (before, after)
     for url in urls:
         assert store_texts(url) == expected(DOCS)
@@ -465,15 +463,11 @@ def test_operator_runs_a_reindex_inside_a_users_own_dag(airflow_home, chroma_pat
     assert store_texts(url) == expected(docs)
     dr = parse(dag.embedrail_test_file).test(run_conf={"dry_run": True})
     assert str(dr.state) == "success" and report_of(dag, dr)["dry_run"] is True
-    from connectors import connect
-
-    with connect(url) as s:
-        before = s.describe().physical_name
+    before = describe(url).physical_name
     dr = parse(dag.embedrail_test_file).test(run_conf={"mode": "full"})
     rep = report_of(dag, dr)
     assert str(dr.state) == "success" and rep["mode"] == "full" and rep["embedded"] == 4
-    with connect(url) as s:
-        assert s.describe().physical_name != before
+    assert describe(url).physical_name != before
     assert store_texts(url) == expected(docs)
     # a user error (the index holds 384-d vectors): the task fails once, without its 3 retries
     bad = user_dag("opbad_" + unique_name[-8:], dims=128)

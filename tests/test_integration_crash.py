@@ -74,27 +74,26 @@ def test_sigkill_at_random_points_then_rerun_repairs(tmp_path: Path, es_url: str
         docs = _corpus(version)
         write_jsonl(src, docs)
         cfg = {"src": str(src), "targets": targets, "ledger": ledger, "ct": CT, "mode": mode}
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), json.dumps(cfg)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            assert line.startswith("READY"), proc.stderr.read() if proc.stderr else line
-            # wait until the child is writing (the ledger moves), then kill it a random moment later
-            base = _ledger_progress(ledger, redact_url(targets[0]))
-            deadline = time.time() + 90
-            while proc.poll() is None and time.time() < deadline and _ledger_progress(ledger, redact_url(targets[0])) == base:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 1.5))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            proc.wait(timeout=60)
-            progress.append(_ledger_progress(ledger, redact_url(targets[0])))
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        with subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), json.dumps(cfg)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
+            try:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                assert line.startswith("READY"), proc.stderr.read() if proc.stderr else line
+                # wait until the child is writing (the ledger moves), then kill it a random moment later
+                base = _ledger_progress(ledger, redact_url(targets[0]))
+                deadline = time.time() + 90
+                while proc.poll() is None and time.time() < deadline and _ledger_progress(ledger, redact_url(targets[0])) == base:
+                    time.sleep(0.05)
+                time.sleep(rng.uniform(0.0, 1.5))
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    kills += 1
+                proc.wait(timeout=60)
+                progress.append(_ledger_progress(ledger, redact_url(targets[0])))
+            finally:  # leaving the with block waits for the child: never let it run on
+                if proc.poll() is None:
+                    proc.kill()
     assert kills >= 2, "the runs finished before they could be killed: make the corpus bigger"
     print("ledger (chunks, in-flight intents) after each kill:", progress)
     emb = minilm()

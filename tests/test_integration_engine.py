@@ -19,7 +19,7 @@ from test_integration_support import (
     store_records,
     write_jsonl,
 )
-from util import with_name
+from util import describe, opened, with_name
 
 from connectors import connect
 from connectors.base import UpsertResult
@@ -125,7 +125,7 @@ def test_dry_run_writes_nothing(env: dict[str, Any], emb: Any) -> None:
     key = redact_url(env["target"])
     assert r.dry_run and r.ok and r.embedded == r.chunks and r.plan[key]["new"] == r.chunks
     assert r.upserted[key] == 0
-    assert not connect(env["target"]).describe().exists
+    assert not describe(env["target"]).exists
     assert Ledger(env["ledger"]).counts(key, "")["chunks"] == 0
     run(env, emb, docs)
     docs[0]["text"] += " Changed."
@@ -138,18 +138,17 @@ def test_dry_run_writes_nothing(env: dict[str, Any], emb: Any) -> None:
 def test_incremental_refuses_other_fingerprint_and_full_mode_rebuilds(env: dict[str, Any], emb: Any) -> None:
     docs = corpus(4)
     run(env, emb, docs)
-    store = connect(env["target"])
-    old_physical = store.describe().physical_name
+    old_physical = describe(env["target"]).physical_name
     v2 = OtherFingerprint(emb)
     with pytest.raises(IndexMismatchError, match="--mode full"):
         run(env, emb=v2, docs=docs)
     assert store_records(env["target"]) == expected_records(emb, docs, CT)  # nothing written
     r = run(env, emb=v2, docs=docs, mode="full")
     assert r.ok and r.mode == "full" and r.embedded == r.chunks
-    info = connect(env["target"]).describe()
+    info = describe(env["target"])
     assert info.physical_name != old_physical and info.spec is not None and info.spec.fingerprint == v2.fingerprint
-    chroma = store.client  # the old physical collection is gone
-    assert old_physical not in [c.name for c in chroma.list_collections()]
+    with opened(env["target"]) as store:  # the old physical collection is gone
+        assert old_physical not in [c.name for c in store.client.list_collections()]
     assert_in_step(env["target"], v2, docs, CT)
     assert run(env, emb=v2, docs=docs).embedded == 0  # incremental on the rebuilt index
 
@@ -167,7 +166,8 @@ def test_interrupted_rebuild_is_dropped_or_finished(env: dict[str, Any], emb: An
     assert Ledger(env["ledger"]).target(key).pending_generation == pending
     r = run(env, emb, docs)  # the next (incremental) run drops it
     assert any("dropped an interrupted rebuild" in n for n in r.notes) and r.embedded == 0
-    assert pending not in [c.name for c in connect(env["target"]).client.list_collections()]
+    with opened(env["target"]) as store:
+        assert pending not in [c.name for c in store.client.list_collections()]
     assert Ledger(env["ledger"]).target(key).pending_generation is None
     # crash after the store switched, before the ledger did: the next run finishes the switch
     e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, mode="full", progress=False)
@@ -235,14 +235,15 @@ def test_one_target_down_others_complete_and_next_run_catches_up(env: dict[str, 
     docs = corpus(5)
     good = env["target"]
     down_url = with_name(chroma_http_url, unique_name)
-    down = Flaky(connect(down_url))
-    r = run(env, emb, docs, targets=[good, down])
+    with opened(down_url) as store:
+        r = run(env, emb, docs, targets=[good, Flaky(store)])
     assert not r.ok
     assert r.failed[redact_url(down_url)] > 0 and redact_url(down_url) in r.errors
     assert r.failed[redact_url(good)] == 0 and r.upserted[redact_url(good)] == r.chunks
     assert_in_step(good, emb, docs, CT)
     # next run, the server is back: only the failed target gets the chunks, embedded once
-    r2 = run(env, emb, docs, targets=[good, connect(down_url)])
+    with opened(down_url) as store:  # a store the caller passes in stays open: the caller closes it
+        r2 = run(env, emb, docs, targets=[good, store])
     assert r2.ok and r2.embedded == r.chunks and r2.upserted[redact_url(good)] == 0
     assert_in_step(down_url, emb, docs, CT)
     assert run(env, emb, docs, targets=[good, down_url]).embedded == 0
@@ -282,17 +283,19 @@ def test_fan_out_to_three_real_stores_embeds_once(
     assert r.ok and 0 < r.embedded < r.chunks
     for t in targets:
         assert_in_step(t, emb, docs, CT)
-        connect(t).drop()
+        with opened(t) as s:
+            s.drop()
 
 
 def test_explicit_dims_above_store_limit_fails_before_writing(env: dict[str, Any], emb: Any, es_url: str, unique_name: str) -> None:
     target = with_name(es_url, unique_name)
-    limit = connect(target).max_dims()
+    with opened(target) as s:
+        limit = s.max_dims()
     assert limit is not None
     write_jsonl(env["src"], corpus(2))
     with pytest.raises(DimensionLimitError, match=str(limit)):
         SyncEngine(str(env["src"]), [target], ledger=env["ledger"], dims=limit + 1, progress=False).prepare()
-    assert not connect(target).describe().exists
+    assert not describe(target).exists
 
 
 def test_bad_rows_are_reported_skipped_and_never_reach_the_ledger(env: dict[str, Any], emb: Any) -> None:
@@ -310,7 +313,7 @@ def test_bad_rows_are_reported_skipped_and_never_reach_the_ledger(env: dict[str,
     assert set(locs) == {"1", "4", "5", "6", "7"} and "UTF-8" in locs["7"] and "duplicate" in locs["6"]
     assert r.embedded == 0 and sum(r.deleted.values()) == 0
     assert_in_step(env["target"], emb, good, CT)  # doc0 keeps its last good version
-    ledger_ids = Ledger(env["ledger"]).doc_ids(redact_url(env["target"]), connect(env["target"]).describe().physical_name)
+    ledger_ids = Ledger(env["ledger"]).doc_ids(redact_url(env["target"]), describe(env["target"]).physical_name)
     assert ledger_ids == {"doc0", "doc1", "doc2"}
     with pytest.raises(InputError, match=r"docs.jsonl:1: empty text"):
         SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, on_bad_row="fail", progress=False).run()
@@ -376,6 +379,7 @@ def test_embedding_overlaps_writing_and_memory_stays_bounded(env: dict[str, Any]
     with SyncEngine(str(env["src"]), [store], ledger=env["ledger"], embedder=Timed(emb), chunk_tokens=CT,
                     batch_size=4, queue_depth=1, progress=False) as e:  # fmt: skip
         r = e.run()
+    store.close()
     assert r.ok and len(embeds) >= 5
     writes = store.calls
     # some embedding of batch N+1 ran while batch N was being written
@@ -389,17 +393,17 @@ def test_embedding_overlaps_writing_and_memory_stays_bounded(env: dict[str, Any]
 def test_interrupted_full_rebuild_is_resumed_by_the_next_full_run(env: dict[str, Any], emb: Any) -> None:
     docs = corpus(10)
     run(env, emb, docs)
-    old_physical = connect(env["target"]).describe().physical_name
+    old_physical = describe(env["target"]).physical_name
     v2 = OtherFingerprint(emb)
     e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=v2, chunk_tokens=CT, mode="full", progress=False)
     ctx = e.prepare()
     half = e.sync_partition(0, 2, ctx)  # ... and the process dies here
     assert 0 < half["embedded"] < half["chunks"] + 100
-    assert connect(env["target"]).describe().physical_name == old_physical  # readers still see the old index
+    assert describe(env["target"]).physical_name == old_physical  # readers still see the old index
     r = run(env, emb=v2, docs=docs, mode="full")
     assert any("resuming an interrupted rebuild" in n for n in r.notes)
     assert r.ok and r.embedded == r.chunks - half["chunks"]  # only what the dead run had not written
-    assert connect(env["target"]).describe().physical_name == ctx.targets[0].generation
+    assert describe(env["target"]).physical_name == ctx.targets[0].generation
     assert_in_step(env["target"], v2, docs, CT)
 
 

@@ -89,13 +89,17 @@ def expected_records(embedder: Any, docs: Sequence[dict[str, Any]], chunk_tokens
 def store_records(url_or_store: Any) -> dict[str, str | None]:
     """chunk id -> ``_fp`` metadata of every record the store really holds."""
     store = connect(url_or_store) if isinstance(url_or_store, str) else url_or_store
-    ids = sorted(store.iter_ids())
-    out: dict[str, str | None] = {}
-    for i in range(0, len(ids), 200):
-        got = store.get(ids[i : i + 200])
-        for cid in ids[i : i + 200]:
-            out[cid] = got[cid].metadata.get("_fp") if cid in got else None
-    return out
+    try:
+        ids = sorted(store.iter_ids())
+        out: dict[str, str | None] = {}
+        for i in range(0, len(ids), 200):
+            got = store.get(ids[i : i + 200])
+            for cid in ids[i : i + 200]:
+                out[cid] = got[cid].metadata.get("_fp") if cid in got else None
+        return out
+    finally:
+        if isinstance(url_or_store, str):
+            store.close()
 
 
 def assert_in_step(target: Any, embedder: Any, docs: Sequence[dict[str, Any]], chunk_tokens: int | None) -> None:

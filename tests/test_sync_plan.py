@@ -18,11 +18,11 @@ CONFIG = "fp-model-a|chunk:model:0"
 
 def chunks_of(doc: Document) -> list[Chunk]:
     """A stand-in chunker: one chunk per '|'-separated piece (the planner does not care how chunks are cut)."""
-    return [Chunk(f"{doc.id}#{n}", doc.id, n, t, "") for n, t in enumerate(doc.text.split("|"))]
+    return [Chunk(f"{doc.id}#{n}", doc.id, n, t) for n, t in enumerate(doc.text.split("|"))]
 
 
 def planned(doc: Document, emb: str = EMB):
-    return plan_chunks(doc, chunks_of(doc), emb, canonical_json(doc.metadata))
+    return plan_chunks(chunks_of(doc), emb, canonical_json(doc.metadata))
 
 
 def ledger_rows(doc: Document, emb: str = EMB) -> dict[str, str | None]:

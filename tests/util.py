@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 
 def with_name(base_url: str, name: str) -> str:
@@ -27,3 +30,21 @@ def http_base(store_url: str) -> str:
     u = urllib.parse.urlsplit(store_url)
     scheme = "https" if u.scheme.endswith("+https") else "http"
     return f"{scheme}://{u.hostname}:{u.port}"
+
+
+@contextmanager
+def opened(url: str, **opts: Any) -> Iterator[Any]:
+    """A store for the length of a ``with`` block (closed afterwards: tests leak no client)."""
+    from connectors import connect
+
+    store = connect(url, **opts)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def describe(url: str) -> Any:
+    """``describe()`` of the store at ``url``, through a store opened and closed for it."""
+    with opened(url) as s:
+        return s.describe()
