@@ -141,8 +141,11 @@ class BaseStore:
             closer()
 
     @staticmethod
-    def _is_transient(e: BaseException) -> bool:  # native: worth retrying with backoff?
-        return isinstance(e, ConnectionError | TimeoutError)
+    def _is_transient(e: BaseException) -> bool:  # native (extend it): worth retrying with backoff?
+        """Connection problems and timeouts (socket level and httpx, which several clients use)."""
+        import httpx
+
+        return isinstance(e, ConnectionError | TimeoutError | httpx.TransportError)
 
     @staticmethod
     def _is_not_found(e: BaseException) -> bool:  # native: "no such index" (handled by callers)

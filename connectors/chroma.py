@@ -163,14 +163,7 @@ class ChromaStore(BaseStore):
     @staticmethod
     def _is_transient(e: BaseException) -> bool:
         """Connection problems, timeouts and rate limiting: worth retrying with backoff."""
-        try:
-            import httpx
-
-            if isinstance(e, httpx.TransportError):
-                return True
-        except ImportError:  # pragma: no cover
-            pass
-        if isinstance(e, ConnectionError | TimeoutError):
+        if BaseStore._is_transient(e):
             return True
         try:
             from chromadb.errors import RateLimitError

@@ -142,14 +142,7 @@ class WeaviateStore(BaseStore):
                 return True
         except ImportError:  # pragma: no cover
             pass
-        try:
-            import httpx
-
-            if isinstance(e, httpx.TransportError):
-                return True
-        except ImportError:  # pragma: no cover
-            pass
-        if isinstance(e, ConnectionError | TimeoutError):
+        if BaseStore._is_transient(e):
             return True
         return any(s in str(e) for s in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Connection refused", "connection refused"))
 

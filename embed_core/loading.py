@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from embedrail.errors import ModelError
 
-from .device import Placement
 from .spec import DenseLayer
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded, not by the tokenizer-only remote backend
+    import torch
+
+    from .device import Placement
 
 __all__ = ["load_dense_head", "load_fast_tokenizer", "load_transformer"]
 
 log = logging.getLogger(__name__)
 
 
-def load_fast_tokenizer(path: Path, model_id: str, *, trust_remote_code: bool = False) -> Any:
+def load_fast_tokenizer(path: Path | str, model_id: str, *, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer; a fast (Rust) one is required (exact offsets, batch encoding)."""
     from transformers import AutoTokenizer
 
@@ -41,6 +43,8 @@ def load_transformer(
     one to SDPA to eager when a kernel does not support the architecture (BERT has no flash-attention-2)."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
+
+    from .device import Placement
 
     auto_class = auto_class or AutoModel
     kwargs: dict[str, Any] = {"dtype": placement.dtype, "trust_remote_code": trust_remote_code}
@@ -69,6 +73,8 @@ def load_transformer(
 
 def load_dense_head(layers: list[DenseLayer], device: torch.device) -> list[torch.nn.Module]:
     """The sentence-transformers ``Dense`` modules after pooling (fp32, on ``device``)."""
+    import torch
+
     out: list[torch.nn.Module] = []
     for d in layers:
         linear = torch.nn.Linear(d.in_features, d.out_features, bias=d.bias)

@@ -202,15 +202,9 @@ class RemoteEmbedder(BaseEmbedder):
         return ok
 
     def _load_tokenizer(self, name: str) -> Any:
-        from transformers import AutoTokenizer
+        from .loading import load_fast_tokenizer
 
-        try:
-            tok = AutoTokenizer.from_pretrained(name)
-        except Exception as exc:
-            raise ModelError(f"cannot load tokenizer {name!r} for the remote backend: {exc}") from exc
-        if getattr(tok, "backend_tokenizer", None) is None:
-            raise ModelError(f"tokenizer {name!r} is not a fast tokenizer")
-        return tok
+        return load_fast_tokenizer(name, name)
 
     # ------------------------------------------------------------------------------------------
     # HTTP
