@@ -42,6 +42,8 @@ class EmbedderConfig:
     pooling: str | None = None
     dtype: str | None = None
     attn_implementation: str | None = None
+    packed: bool | None = None  # padding-free forward: None = where the architecture has one, False = never
+    compile: bool = False  # torch.compile the packed decoder layer (CUDA serving: fuses its element-wise work)
     num_threads: int | None = None
     trust_remote_code: bool = False
     extra: dict[str, Any] = field(default_factory=dict)

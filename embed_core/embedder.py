@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import itertools
 import logging
 import threading
 import time
@@ -20,7 +19,7 @@ from .base import BaseEmbedder, EmbedStats
 from .config import DEFAULT_MODEL, EmbedderConfig
 from .device import Placement, available_cpus, choose_placement, free_device_memory, is_oom
 from .loading import load_dense_head, load_fast_tokenizer, load_transformer
-from .packed_bert import PackedBert, supports
+from .packing import PackedBatch, packer_for
 from .pooling import pool, pool_packed, truncate_and_normalize
 from .spec import ModelSpec, ResolvedModel, check_config, choose_dims, read_spec, resolve_model
 from .text import check_texts, split_by_offsets
@@ -155,10 +154,18 @@ class Embedder(BaseEmbedder):
         self._net, self.placement = load_transformer(resolved.path, self.model_id, self.placement,
                                                      trust_remote_code=config.trust_remote_code)  # fmt: skip
         self._dense = load_dense_head(spec.dense, self.placement.device)
-        self._packed = PackedBert(self._net) if self.padding_side == "right" and supports(self._net) else None
+        self._packed = None
+        if config.packed is not False:
+            self._packed = packer_for(self._net, self.padding_side, self.placement.compute, compile=config.compile)
+        if config.packed and self._packed is None:
+            raise ConfigError(f"{self.model_id}: no packed (padding-free) forward pass for this architecture; "
+                              "use packed=None or False")  # fmt: skip
         # packed models pay for padding only inside attention: fewer, larger batches win
-        self._pad_tolerance = 1.0 if self._packed is not None else PAD_TOLERANCE
-        self._min_batch_tokens = 4096 if self._packed is not None else MIN_BATCH_TOKENS
+        # packed BERT pays for padding only in its (small) attention core and packed Qwen3 with varlen
+        # attention not at all: fewer, larger batches win; a padded attention core wants length buckets
+        bucket = self._packed is None or getattr(self._packed, "pad_sensitive", False)
+        self._pad_tolerance = PAD_TOLERANCE if bucket else 1.0
+        self._min_batch_tokens = MIN_BATCH_TOKENS if bucket else 4096
         params = inspect.signature(self._net.forward).parameters
         self._pass_positions = self.padding_side == "left" and "position_ids" in params
         self._extra_forward: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}
@@ -386,30 +393,14 @@ class Embedder(BaseEmbedder):
             return self._finish_batch(pooled, real, n * width)
 
     def _forward_packed(self, batch: list[list[int]]) -> np.ndarray:
-        """BERT fast path: linear layers on real tokens only (see ``embed_core.packed_bert``)."""
-        n = len(batch)
-        lengths = np.fromiter((len(x) for x in batch), dtype=np.int64, count=n)
-        width = int(lengths.max())
-        total = int(lengths.sum())
-        flat = np.fromiter(itertools.chain.from_iterable(batch), dtype=np.int64, count=total)
-        starts = np.cumsum(lengths) - lengths
-        positions = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
-        segment = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        dev = self.placement.device
-        positions_t = torch.from_numpy(positions).to(dev)
-        segment_t = torch.from_numpy(segment).to(dev)
-        lengths_t = torch.from_numpy(lengths).to(dev)
-        if total == n * width:
-            scatter_t, key_mask = None, None
-        else:
-            scatter_t = segment_t * width + positions_t
-            key_mask = (torch.arange(width, device=dev).unsqueeze(0) < lengths_t.unsqueeze(1)).view(n, 1, 1, width)
+        """Packed path: linear layers on real tokens only (``embed_core.packed_bert`` / ``packed_qwen3``)."""
+        pb = PackedBatch.build(batch, self.placement.device)
         with torch.inference_mode():
-            hidden = self._packed(torch.from_numpy(flat).to(dev), positions_t, scatter_t, key_mask, n, width)
+            hidden = self._packed(pb)
             if self.pooling not in ("cls", "lasttoken"):
                 hidden = hidden.float()
-            pooled = pool_packed(hidden, lengths_t, segment_t, positions_t, self.pooling).float()
-            return self._finish_batch(pooled, total, n * width)
+            pooled = pool_packed(hidden, pb.lengths, pb.segment, pb.positions, self.pooling).float()
+            return self._finish_batch(pooled, pb.total, pb.batch * pb.width)
 
     def _finish_batch(self, pooled: torch.Tensor, tokens: int, padded_tokens: int) -> np.ndarray:
         """Dense head (if any) on pooled vectors, to numpy, and the batch's counters (inference mode)."""

@@ -52,6 +52,7 @@ def open_embedder(
         from .remote import RemoteEmbedder
 
         base, served = split_remote_model(name)
+        kwargs.pop("dtype", None)  # the server runs the model at its own precision
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         return RemoteEmbedder(base, served, dims=dims, api_key=key, **kwargs)
     if api_key is not None:

@@ -62,7 +62,7 @@ def load_transformer(
                 continue
             net.eval()
             net.to(placement.device)
-            return net, Placement(placement.device, placement.dtype, attn)
+            return net, Placement(placement.device, placement.dtype, attn, placement.compute_dtype)
     except Exception as exc:
         raise ModelError(f"cannot load model {model_id} from {path}: {exc}") from exc
     finally:

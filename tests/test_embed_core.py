@@ -32,7 +32,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def minilm() -> Embedder:
-    return Embedder.load("minilm", device="cpu")
+    return Embedder.load("minilm", device="cpu", dtype="float32")  # the reference precision: exact comparisons
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,10 +62,10 @@ def test_minilm_description_and_fingerprint(minilm: Embedder) -> None:
     info = json.loads(json.dumps(minilm.embedding_info()))
     assert info["model"] == "minilm" and info["pooling"] == "mean" and info["dims"] == 384
     assert info["fingerprint"] == minilm.fingerprint and len(minilm.fingerprint) == 32
-    again = Embedder.from_info(info, device="cpu")  # what `search` does with index metadata
+    again = Embedder.from_info(info, device="cpu", dtype="float32")  # what `search` does with index metadata
     assert again.fingerprint == minilm.fingerprint
     assert np.allclose(again.embed_documents(TEXTS[:2]), minilm.embed_documents(TEXTS[:2]), atol=1e-6)
-    prefixed = Embedder.load("minilm", device="cpu", document_prefix="passage: ", query_prefix="query: ")
+    prefixed = Embedder.load("minilm", device="cpu", dtype="float32", document_prefix="passage: ", query_prefix="query: ")
     assert prefixed.fingerprint != minilm.fingerprint
     assert prefixed.format_document("a") == "passage: a" and prefixed.format_query("a") == "query: a"
     assert np.allclose(prefixed.embed_documents(["hello"]), minilm.embed_raw(["passage: hello"]), atol=1e-6)
@@ -84,7 +84,7 @@ def test_minilm_dims_rules(minilm: Embedder) -> None:
         Embedder.load("minilm", dims=64, device="cpu")
     with pytest.raises(ModelError, match="larger"):
         Embedder.load("minilm", dims=512, device="cpu")
-    forced = Embedder.load("minilm", dims=64, matryoshka=True, device="cpu")
+    forced = Embedder.load("minilm", dims=64, matryoshka=True, device="cpu", dtype="float32")
     full = minilm.embed_documents(TEXTS)
     cut = full[:, :64] / np.linalg.norm(full[:, :64], axis=1, keepdims=True)
     got = forced.embed_documents(TEXTS)
@@ -115,7 +115,7 @@ def test_input_errors(minilm: Embedder) -> None:
 def test_batching_order_and_oom_retry(minilm: Embedder) -> None:
     texts = [f"sentence number {i} " + "word " * (i % 13) for i in range(40)]
     expected = np.stack([minilm.embed_documents([t])[0] for t in texts[:5]])
-    small = Embedder.load("minilm", device="cpu", batch_tokens=256)  # budget below one text -> raised to 256
+    small = Embedder.load("minilm", device="cpu", batch_tokens=256, dtype="float32")  # budget below one text -> raised to 256
     before = small.stats.batches
     got = small.embed_documents(texts)
     assert small.stats.batches - before > 1  # several length-sorted batches ...
@@ -154,6 +154,40 @@ def test_packed_bert_path_equals_transformers_forward(minilm: Embedder) -> None:
     finally:
         minilm._packed = PackedBert(minilm._net)
     assert _cos(packed, plain).min() >= 0.99999
+
+
+def test_cpu_bf16_keeps_the_vectors(minilm: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU default: bf16 matrix products where the CPU has native bf16, fp32 residual stream and
+    LayerNorms. On real text (2,000 stdlib docstrings) every vector stays within cos 0.9999 of fp32."""
+    from test_connectors_dataset import dataset
+
+    from embed_core.device import choose_placement, cpu_fast_bf16
+
+    auto = choose_placement("cpu")
+    assert auto.dtype == torch.float32 and auto.compute == (torch.bfloat16 if cpu_fast_bf16() else torch.float32)
+    assert choose_placement("cpu", "float32").compute == torch.float32  # --dtype float32 forces fp32
+    monkeypatch.setenv("EMBEDRAIL_CPU_BF16", "1")  # on a CPU without native bf16 the same numbers, slower
+    bf16 = Embedder.load("minilm", device="cpu")
+    assert bf16.placement.compute == torch.bfloat16 and bf16.fingerprint == minilm.fingerprint  # precision is not identity
+    texts, _ = dataset(2000)
+    assert _cos(bf16.embed_documents(texts), minilm.embed_documents(texts)).min() >= 0.9999
+    forced = Embedder.load("minilm", device="cpu", dtype="bfloat16")  # weights in bf16 too
+    assert _cos(forced.embed_documents(texts[:200]), minilm.embed_documents(texts[:200])).min() >= 0.9999
+
+
+def test_packed_qwen3_path_equals_the_padded_one(qwen: Embedder, tiny_qwen3_dir: Path) -> None:  # noqa: F811
+    """The padding-free decoder path (RoPE per token, GQA, causal attention per text) against the
+    transformers forward on left-padded batches: texts of very different lengths in one batch."""
+    from embed_core.packed_qwen3 import PackedQwen3
+
+    assert isinstance(qwen._packed, PackedQwen3)
+    texts = [*QTEXTS, "x", " ".join(["a longer text with many words"] * 12)]
+    packed = qwen.embed_documents(texts)
+    padded = Embedder.load(str(tiny_qwen3_dir), device="cpu", packed=False)
+    assert padded._packed is None
+    assert np.abs(packed - padded.embed_documents(texts)).max() <= 1e-4
+    short = texts[:-1]  # the long one is truncated at max_tokens; the reference is not
+    assert np.abs(packed[:-1] - _reference_last_token(tiny_qwen3_dir, short)).max() <= 1e-4
 
 
 @pytest.mark.parametrize("mode", ["mean", "cls", "lasttoken", "max", "mean_sqrt_len_tokens", "weightedmean"])

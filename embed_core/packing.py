@@ -1,0 +1,64 @@
+"""Packed (padding-free) batches and the packed forward passes that take them.
+
+A ``PackedBatch`` holds the token ids of several texts one after another, ``(total_tokens,)``, with
+each token's position in its text and its row, and how to scatter the tokens into the right-padded
+``(batch, width)`` layout where an attention kernel needs one. ``packer_for(model)`` picks the packed
+forward pass for an architecture (BERT encoders, Qwen3 decoders), or None for the padded one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["PackedBatch", "packer_for"]
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    ids: torch.Tensor  # (T,) token ids, text after text
+    positions: torch.Tensor  # (T,) position of each token in its text
+    segment: torch.Tensor  # (T,) row (text) of each token
+    lengths: torch.Tensor  # (B,) tokens per text
+    scatter: torch.Tensor | None  # (T,) index into the right-padded (B * width) layout; None: no padding
+    key_mask: torch.Tensor | None  # (B, 1, 1, width) bool, True = real token; None: no padding
+    batch: int
+    width: int
+
+    @property
+    def total(self) -> int:
+        return int(self.ids.shape[0])
+
+    @classmethod
+    def build(cls, texts: list[list[int]], device: torch.device) -> PackedBatch:
+        n = len(texts)
+        lengths = np.fromiter((len(x) for x in texts), dtype=np.int64, count=n)
+        width, total = int(lengths.max()), int(lengths.sum())
+        flat = np.fromiter(itertools.chain.from_iterable(texts), dtype=np.int64, count=total)
+        starts = np.cumsum(lengths) - lengths
+        positions = torch.from_numpy(np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)).to(device)
+        segment = torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), lengths)).to(device)
+        lengths_t = torch.from_numpy(lengths).to(device)
+        scatter, key_mask = None, None
+        if total != n * width:
+            scatter = segment * width + positions
+            key_mask = (torch.arange(width, device=device).unsqueeze(0) < lengths_t.unsqueeze(1)).view(n, 1, 1, width)
+        return cls(torch.from_numpy(flat).to(device), positions, segment, lengths_t, scatter, key_mask, n, width)
+
+
+def packer_for(model: Any, padding_side: str, compute_dtype: torch.dtype | None = None, *, compile: bool = False) -> Any:
+    """The packed forward pass for ``model`` (a callable on a ``PackedBatch``), or None.
+
+    ``compute_dtype``: the matrix products' dtype for the BERT path (its residual stream stays fp32);
+    the Qwen3 path runs in the model's dtype, as the transformers model does."""
+    from . import packed_bert, packed_qwen3
+
+    if padding_side == "right" and packed_bert.supports(model):
+        return packed_bert.PackedBert(model, compute_dtype)
+    if packed_qwen3.supports(model):
+        return packed_qwen3.PackedQwen3(model, compile=compile)
+    return None
