@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", default=DEFAULT_MODEL)
     sv.add_argument("--dims", type=positive_int)
     sv.add_argument("--device", default="auto")
+    sv.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model precision (default: see reindex --dtype)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     return p
@@ -188,7 +189,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         from embed_core.serve import serve
     except ImportError as e:
         raise ConfigError(f"the embedding server is not available ({e}); install embedrail[serve]") from None
-    serve(a.model, host=a.host, port=a.port, dims=a.dims, device=a.device)
+    serve(a.model, host=a.host, port=a.port, dims=a.dims, device=a.device, **({"dtype": a.dtype} if a.dtype else {}))
     return 0
 
 

@@ -69,8 +69,9 @@ class ModelResolver:
     """
 
     def __init__(self, ledger: Ledger, device: str = "auto", embedder: Any = None,
-                 factory: Callable[..., Any] | None = None) -> None:  # fmt: skip
+                 factory: Callable[..., Any] | None = None, dtype: str | None = None) -> None:  # fmt: skip
         self.ledger, self.device = ledger, device
+        self._load_options = {"dtype": dtype} if dtype else {}  # precision: not part of the model's identity
         self._given = embedder
         self._factory = factory
         self._loaded: Any = None
@@ -92,11 +93,11 @@ class ModelResolver:
             return self._loaded
         self.close()
         if self._factory is not None:
-            emb, owned = self._factory(name, dims=dims, device=self.device), False
+            emb, owned = self._factory(name, dims=dims, device=self.device, **self._load_options), False
         else:
             from embed_core import open_embedder
 
-            emb, owned = open_embedder(name, dims=dims, device=self.device), True
+            emb, owned = open_embedder(name, dims=dims, device=self.device, **self._load_options), True
         self._loaded, self._loaded_key, self._owned = emb, (name, dims), owned
         return emb
 

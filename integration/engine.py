@@ -75,7 +75,7 @@ class SyncEngine:
         self.source: Source = open_source(source, on_bad_row=self.options.on_bad_row, **self.options.source_options)
         self._owns_ledger = not isinstance(ledger, Ledger)
         self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
-        self.models = ModelResolver(self.ledger, self.options.device, embedder, embedder_factory)
+        self.models = ModelResolver(self.ledger, self.options.device, embedder, embedder_factory, self.options.dtype)
         self.progress = sys.stderr.isatty() if progress is None else progress
         # ids a single-partition pass of this process saw; delete_absent re-reads the source without them
         self._snapshot_ids: set[str] | None = None

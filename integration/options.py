@@ -21,6 +21,7 @@ __all__ = ["BAD_ROW_POLICIES", "DELETES", "MODES", "Deletes", "Mode", "OnBadRow"
 Mode = Literal["incremental", "full"]
 Deletes = Literal["auto", "snapshot", "tombstone", "none"]
 OnBadRow = Literal["skip", "fail"]
+Precision = Literal["float32", "bfloat16", "float16"]
 MODES: tuple[str, ...] = get_args(Mode)
 DELETES: tuple[str, ...] = get_args(Deletes)
 BAD_ROW_POLICIES: tuple[str, ...] = get_args(OnBadRow)
@@ -47,6 +48,8 @@ class SyncOptions:
                              "(default: what the target records, else the packaged minilm)", default=None)  # fmt: skip
     dims: int | None = _opt("output dimension (default: recorded, else native, capped by the stores)", default=None)
     device: str = _opt("auto | cpu | cuda | cuda:N", default="auto")
+    dtype: Precision | None = _opt("model precision (default: bf16 on CUDA; on CPU bf16 matrix products where the CPU "
+                                   "has native bf16, else fp32)", default=None)  # fmt: skip
     mode: Mode = _opt("incremental: embed what changed; full: build a new index and switch to it", default="incremental")
     deletes: Deletes = _opt("snapshot: delete what the source no longer has; tombstone: rows marked deleted; "
                             "auto: snapshot, or tombstone for a watermark feed; none", default="auto")  # fmt: skip

@@ -32,7 +32,7 @@ log = logging.getLogger("embedrail.airflow")
 
 # ------------------------------------------------------------------------------------------------
 # The embedding model: loaded once per (worker) process, reused by every task that runs in it.
-_EMBEDDERS: dict[tuple[str, int | None, str], Any] = {}
+_EMBEDDERS: dict[tuple[str, int | None, str, str], Any] = {}
 _EMBEDDERS_LOCK = threading.Lock()
 
 
@@ -44,7 +44,7 @@ def cached_embedder(name: str, dims: int | None = None, device: str = "auto", **
     to load it once per GPU instead, serve it (``embedrail serve --model M --device cuda``) and give the
     DAG ``model="http://gpu-node:8000/v1#M"`` (key from ``EMBEDRAIL_EMBED_API_KEY``).
     """
-    key = (name, dims, device)
+    key = (name, dims, device, repr(sorted(kwargs.items())))
     with _EMBEDDERS_LOCK:
         emb = _EMBEDDERS.get(key)
         if emb is None:
