@@ -151,12 +151,19 @@ class Embedder(BaseEmbedder):
         self._budget = self.batch_tokens
 
         self.tokenizer = self._load_tokenizer()
-        self._net, self.placement = load_transformer(resolved.path, self.model_id, self.placement,
-                                                     trust_remote_code=config.trust_remote_code)  # fmt: skip
         self._dense = load_dense_head(spec.dense, self.placement.device)
-        self._packed = None
-        if config.packed is not False:
-            self._packed = packer_for(self._net, self.padding_side, self.placement.compute, compile=config.compile)
+        self._net: Any = None
+        self._packed: Any = None
+        if config.packed is not False and self.padding_side == "right" and config.attn_implementation is None:
+            # a BERT checkpoint runs packed straight from its safetensors: no transformers model to import
+            from .packed_bert import load_packed_bert
+
+            self._packed = load_packed_bert(resolved.path, self.placement.compute, self.placement.device)
+        if self._packed is None:
+            self._net, self.placement = load_transformer(resolved.path, self.model_id, self.placement,
+                                                         trust_remote_code=config.trust_remote_code)  # fmt: skip
+            if config.packed is not False:
+                self._packed = packer_for(self._net, self.padding_side, self.placement.compute, compile=config.compile)
         if config.packed and self._packed is None:
             raise ConfigError(f"{self.model_id}: no packed (padding-free) forward pass for this architecture; "
                               "use packed=None or False")  # fmt: skip
@@ -166,9 +173,10 @@ class Embedder(BaseEmbedder):
         bucket = self._packed is None or getattr(self._packed, "pad_sensitive", False)
         self._pad_tolerance = PAD_TOLERANCE if bucket else 1.0
         self._min_batch_tokens = MIN_BATCH_TOKENS if bucket else 4096
-        params = inspect.signature(self._net.forward).parameters
+        params = inspect.signature(self._net.forward).parameters if self._net is not None else {}
         self._pass_positions = self.padding_side == "left" and "position_ids" in params
         self._extra_forward: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}
+        self._closed = False
         log.info(
             "loaded %s (%s, dims=%d/%d, pooling=%s, max_tokens=%d) on %s/%s in %.1fs",
             self.model_id, resolved.source, self.dims, self.native_dims, self.pooling, self.max_tokens,
@@ -214,8 +222,9 @@ class Embedder(BaseEmbedder):
     def close(self) -> None:
         with self._lock:
             device = self.placement.device
-            self._net = None  # type: ignore[assignment]
+            self._net = None
             self._packed = None
+            self._closed = True
             self._dense = []
             free_device_memory(device)
 
@@ -303,7 +312,7 @@ class Embedder(BaseEmbedder):
     # ------------------------------------------------------------------------------------------
     def _embed_unique(self, texts: list[str]) -> np.ndarray:
         with self._lock:
-            if self._net is None:
+            if self._closed:
                 raise ModelError("this Embedder was closed; load the model again")
             ids_list, truncated = self._encode(texts)
             vectors = truncate_and_normalize(self._run(ids_list), self.dims)

@@ -10,6 +10,9 @@ to float rounding. Any configuration this does not cover falls back to the trans
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,17 +32,52 @@ _ACTS = {
 def supports(model: Any) -> bool:
     """True when ``model`` is a plain transformers BertModel this module can run exactly."""
     cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) != "bert" or type(model).__name__ != "BertModel":
-        return False
-    if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False):
-        return False
-    if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
-        return False
-    if not isinstance(getattr(cfg, "hidden_act", None), str) or cfg.hidden_act not in _ACTS:
+    if cfg is None or type(model).__name__ != "BertModel":
         return False
     if any(type(m).__name__.startswith(("Quantized", "DynamicQuantized")) for m in model.modules()):
         return False
-    return cfg.hidden_size % cfg.num_attention_heads == 0
+    return supports_config(cfg.to_dict())
+
+
+def supports_config(cfg: dict[str, Any]) -> bool:
+    """True when a ``config.json`` describes a BERT encoder this module runs exactly (no decoder, no
+    cross-attention, absolute positions, a known activation)."""
+    if cfg.get("model_type") != "bert" or cfg.get("is_decoder") or cfg.get("add_cross_attention"):
+        return False
+    if cfg.get("position_embedding_type", "absolute") != "absolute":
+        return False
+    if not isinstance(cfg.get("hidden_act"), str) or cfg["hidden_act"] not in _ACTS:
+        return False
+    try:
+        return int(cfg["hidden_size"]) % int(cfg["num_attention_heads"]) == 0 and int(cfg["num_hidden_layers"]) > 0
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def load_packed_bert(path: Path, compute_dtype: torch.dtype | None, device: torch.device) -> PackedBert | None:
+    """A ``PackedBert`` read straight from a model directory's ``config.json`` + ``model.safetensors``,
+    without importing or building the transformers model (which costs ~2 s of imports at every process
+    start). None when the directory is not a plain BERT checkpoint in one safetensors file: the caller
+    then loads the transformers model."""
+    cfg_file, weights_file = path / "config.json", path / "model.safetensors"
+    if not (cfg_file.is_file() and weights_file.is_file()):
+        return None
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict) or not supports_config(cfg):
+        return None
+    from safetensors.torch import load_file
+
+    weights = load_file(str(weights_file), device=str(device))
+    if not any(k.startswith("bert.") for k in weights) and "embeddings.word_embeddings.weight" not in weights:
+        return None
+    weights = {k.removeprefix("bert."): v for k, v in weights.items()}
+    try:
+        return PackedBert(cfg, weights, compute_dtype)
+    except KeyError:  # not the tensors of a BertModel (another head, another naming)
+        return None
 
 
 class PackedBert:
@@ -52,32 +90,44 @@ class PackedBert:
     the layers. The softmax of SDPA accumulates in fp32 in every half-precision kernel.
     """
 
-    def __init__(self, model: Any, compute_dtype: torch.dtype | None = None) -> None:
-        cfg = model.config
-        self.heads = int(cfg.num_attention_heads)
-        self.hidden = int(cfg.hidden_size)
+    def __init__(self, cfg: dict[str, Any], weights: Mapping[str, torch.Tensor], compute_dtype: torch.dtype) -> None:
+        """``cfg``: the model's ``config.json``; ``weights``: its tensors by BertModel name (a
+        ``state_dict`` or a safetensors file's contents). Use ``from_model`` for a loaded model."""
+        self.heads = int(cfg["num_attention_heads"])
+        self.hidden = int(cfg["hidden_size"])
         self.head_dim = self.hidden // self.heads
-        self.act = _ACTS[cfg.hidden_act]
-        cd = self.compute_dtype = compute_dtype or next(model.parameters()).dtype
+        self.act = _ACTS[cfg["hidden_act"]]
+        cd = self.compute_dtype = compute_dtype
+        eps = float(cfg.get("layer_norm_eps", 1e-12))
         f32 = torch.float32
 
-        def ln(m: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
-            return m.weight.detach().to(f32), m.bias.detach().to(f32), float(m.eps)
+        def w(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return weights[name].detach().to(dtype)
 
-        emb = model.embeddings
-        self.word = emb.word_embeddings.weight.detach().to(f32)
-        self.pos = emb.position_embeddings.weight.detach().to(f32)
-        self.type0 = emb.token_type_embeddings.weight[0].detach().to(f32)
-        self.emb_ln = ln(emb.LayerNorm)
+        def ln(prefix: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+            return w(prefix + ".weight", f32), w(prefix + ".bias", f32), eps
+
+        self.word = w("embeddings.word_embeddings.weight", f32)
+        self.pos = w("embeddings.position_embeddings.weight", f32)
+        self.type0 = w("embeddings.token_type_embeddings.weight", f32)[0]
+        self.emb_ln = ln("embeddings.LayerNorm")
         self.layers = []
-        for layer in model.encoder.layer:
-            sa, out_att, inter, out = layer.attention.self, layer.attention.output, layer.intermediate, layer.output
-            qkv_w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight], dim=0).detach().to(cd).contiguous()
-            qkv_b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias], dim=0).detach().to(cd).contiguous()
-            self.layers.append((qkv_w, qkv_b, out_att.dense.weight.detach().to(cd), out_att.dense.bias.detach().to(f32),
-                                ln(out_att.LayerNorm), inter.dense.weight.detach().to(cd), inter.dense.bias.detach().to(cd),
-                                out.dense.weight.detach().to(cd), out.dense.bias.detach().to(f32), ln(out.LayerNorm)))  # fmt: skip
+        for i in range(int(cfg["num_hidden_layers"])):
+            p = f"encoder.layer.{i}."
+            sa, att, inter, out = p + "attention.self.", p + "attention.output.", p + "intermediate.", p + "output."
+            qkv_w = torch.cat([w(sa + n + ".weight", cd) for n in ("query", "key", "value")]).contiguous()
+            qkv_b = torch.cat([w(sa + n + ".bias", cd) for n in ("query", "key", "value")]).contiguous()
+            self.layers.append((qkv_w, qkv_b, w(att + "dense.weight", cd), w(att + "dense.bias", f32),
+                                ln(att + "LayerNorm"), w(inter + "dense.weight", cd), w(inter + "dense.bias", cd),
+                                w(out + "dense.weight", cd), w(out + "dense.bias", f32), ln(out + "LayerNorm")))  # fmt: skip
         self.max_positions = int(self.pos.shape[0])
+
+    @classmethod
+    def from_model(cls, model: Any, compute_dtype: torch.dtype | None = None) -> PackedBert:
+        """From a loaded transformers ``BertModel`` (its weights are shared, not copied, where the
+        dtype allows)."""
+        cd = compute_dtype or next(model.parameters()).dtype
+        return cls(model.config.to_dict(), dict(model.named_parameters()), cd)
 
     def __call__(self, pb: PackedBatch) -> torch.Tensor:
         """Run the encoder on a packed batch; the attention core uses its padded layout and key mask."""

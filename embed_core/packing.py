@@ -58,7 +58,7 @@ def packer_for(model: Any, padding_side: str, compute_dtype: torch.dtype | None 
     from . import packed_bert, packed_qwen3
 
     if padding_side == "right" and packed_bert.supports(model):
-        return packed_bert.PackedBert(model, compute_dtype)
+        return packed_bert.PackedBert.from_model(model, compute_dtype)
     if packed_qwen3.supports(model):
         return packed_qwen3.PackedQwen3(model, compile=compile)
     return None

@@ -145,15 +145,39 @@ def test_batching_order_and_oom_retry(minilm: Embedder) -> None:
 
 
 def test_packed_bert_path_equals_transformers_forward(minilm: Embedder) -> None:
-    assert minilm._packed is not None  # BERT models take the padding-free path
+    """The packed BERT path reads the safetensors itself (no transformers model is built): equal to
+    the transformers forward pass on padded batches, and to a PackedBert built from that model."""
+    assert isinstance(minilm._packed, PackedBert) and minilm._net is None
     texts = [*TEXTS, LONG, "a b c d e f g"]
     packed = minilm.embed_documents(texts)
-    minilm._packed = None
-    try:
-        plain = minilm.embed_documents(texts)
-    finally:
-        minilm._packed = PackedBert(minilm._net)
-    assert _cos(packed, plain).min() >= 0.99999
+    plain = Embedder.load("minilm", device="cpu", dtype="float32", packed=False)
+    assert plain._packed is None and plain._net is not None
+    assert _cos(packed, plain.embed_documents(texts)).min() >= 0.99999
+    plain._packed = PackedBert.from_model(plain._net)
+    assert np.abs(plain.embed_documents(texts) - packed).max() <= 1e-5
+
+
+def test_bert_the_packed_path_does_not_cover_loads_through_transformers(tmp_path: Path) -> None:
+    """A BERT with relative position embeddings: no packed path (the safetensors are not read
+    directly), the transformers model runs it; ``packed=True`` is a clear error."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from embed_core.spec import resolve_model
+
+    src = resolve_model("minilm").path
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, position_embedding_type="relative_key")  # fmt: skip
+    BertModel(cfg).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, tmp_path / name)
+    emb = Embedder.load(str(tmp_path), device="cpu")
+    assert emb._packed is None and emb._net is not None
+    assert emb.embed_documents(["relative positions"]).shape == (1, 32)
+    with pytest.raises(ConfigError, match="packed"):
+        Embedder.load(str(tmp_path), device="cpu", packed=True)
 
 
 def test_cpu_bf16_keeps_the_vectors(minilm: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
