@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 #: Default token budget of one forward pass (padded tokens), per device type.
 DEFAULT_BATCH_TOKENS = {"cpu": 16384, "cuda": 32768, "mps": 8192}
+PACKED_CPU_BATCH_TOKENS = 4096
 #: A batch may close early when the next text would be padded by more than this fraction ...
 PAD_TOLERANCE = 0.08
 #: ... but only once it holds this many tokens (small passes waste per-call overhead instead).
@@ -173,6 +174,10 @@ class Embedder(BaseEmbedder):
         bucket = self._packed is None or getattr(self._packed, "pad_sensitive", False)
         self._pad_tolerance = PAD_TOLERANCE if bucket else 1.0
         self._min_batch_tokens = MIN_BATCH_TOKENS if bucket else 4096
+        if config.batch_tokens is None and self._packed is not None and self.placement.device.type == "cpu":
+            # a packed batch of 4,096 tokens keeps a BERT layer's activations in cache: measured ~6 %
+            # faster on MiniLM than 16,384 (benchmarks/embed_throughput.py)
+            self.batch_tokens = self._budget = max(PACKED_CPU_BATCH_TOKENS, self.max_tokens)
         params = inspect.signature(self._net.forward).parameters if self._net is not None else {}
         self._pass_positions = self.padding_side == "left" and "position_ids" in params
         self._extra_forward: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}

@@ -1,8 +1,9 @@
 """A padding-free forward pass for BERT-architecture encoders (MiniLM, bge, e5, ...).
 
 The batch's tokens are *packed* into one ``(total_tokens, hidden)`` matrix, so every linear layer
-(the bulk of the FLOPs) runs on real tokens only; only the attention core is computed on the
-padded ``(batch, heads, seq, head_dim)`` layout (with a key mask), by PyTorch SDPA. The three
+(the bulk of the FLOPs) runs on real tokens only; the attention core (PyTorch SDPA) runs per run of
+texts of similar length, each on a right-padded ``(rows, heads, width, head_dim)`` block with a key
+mask, so it computes about as many scores as there are real ones. The three
 Q/K/V projections are fused into one matrix multiply. Weights are the model's own (shared, not
 copied except for the fused QKV matrix), so the result equals the transformers forward pass up
 to float rounding. Any configuration this does not cover falls back to the transformers model.
@@ -121,6 +122,33 @@ class PackedBert:
                                 ln(att + "LayerNorm"), w(inter + "dense.weight", cd), w(inter + "dense.bias", cd),
                                 w(out + "dense.weight", cd), w(out + "dense.bias", f32), ln(out + "LayerNorm")))  # fmt: skip
         self.max_positions = int(self.pos.shape[0])
+        self.up = self._fused_up(cfg["hidden_act"])
+
+    def _fused_up(self, act_name: str) -> Any:
+        """The intermediate layer ``act(x @ W.T + b)``: on CPU in bf16 with exact GELU, oneDNN's fused
+        linear + GELU (the GEMM's epilogue applies the activation: one pass less over the widest
+        activation of the layer), else linear then activation. The fused kernel is checked against
+        the unfused one at load; any failure keeps the unfused path."""
+        act = self.act
+
+        def plain(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return act(F.linear(x, w, b))
+
+        w, b = self.layers[0][5], self.layers[0][6]
+        op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+        if act_name != "gelu" or self.compute_dtype != torch.bfloat16 or w.device.type != "cpu" or op is None:
+            return plain
+
+        def fused(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return op(x, w, b, "gelu", [], "none")
+
+        try:
+            probe = torch.randn(7, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
+            if not torch.allclose(fused(probe, w, b).float(), plain(probe, w, b).float(), rtol=2e-2, atol=2e-2):
+                return plain
+        except (RuntimeError, TypeError):  # an older oneDNN / torch build without the fused op
+            return plain
+        return fused
 
     @classmethod
     def from_model(cls, model: Any, compute_dtype: torch.dtype | None = None) -> PackedBert:
@@ -130,25 +158,30 @@ class PackedBert:
         return cls(model.config.to_dict(), dict(model.named_parameters()), cd)
 
     def __call__(self, pb: PackedBatch) -> torch.Tensor:
-        """Run the encoder on a packed batch; the attention core uses its padded layout and key mask."""
-        scatter, key_mask, batch, width = pb.scatter, pb.key_mask, pb.batch, pb.width
+        """Run the encoder on a packed batch. The attention core runs per length bucket of the batch
+        (``PackedBatch.buckets``), each on its own right-padded block with a key mask, so it computes
+        about as many scores as the texts really have."""
         cd, h, d, hidden = self.compute_dtype, self.heads, self.head_dim, self.hidden
         x = F.embedding(pb.ids, self.word) + F.embedding(pb.positions, self.pos) + self.type0
         x = F.layer_norm(x, (hidden,), *self.emb_ln)  # the residual stream: float32 throughout
-        # padded (B * L, 3H) buffer for the attention core; padding rows are zero and stay zero,
-        # because every layer writes the same real rows
-        padded = x.new_zeros(batch * width, 3 * hidden, dtype=cd) if scatter is not None else None
+        buckets = pb.buckets()
+        # one zeroed padded (rows * width, 3H) block per bucket that has padding: its padding rows stay
+        # zero across layers because every layer writes the same real rows
+        blocks = [x.new_zeros(b.rows * b.width, 3 * hidden, dtype=cd) if b.scatter is not None else None for b in buckets]
         for qkv_w, qkv_b, o_w, o_b, o_ln, i_w, i_b, out_w, out_b, out_ln in self.layers:
             qkv = F.linear(x.to(cd), qkv_w, qkv_b)  # (T, 3H), one GEMM for Q, K and V
-            if padded is not None:
-                qkv = padded.index_copy_(0, scatter, qkv)
-            q, k, v = qkv.view(batch, width, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, h, L, d)
-            ctx = ctx.transpose(1, 2).reshape(batch * width, hidden)
-            if scatter is not None:
-                ctx = ctx.index_select(0, scatter)
+            parts = []
+            for b, block in zip(buckets, blocks, strict=True):
+                part = qkv[b.start : b.end]
+                if block is not None:
+                    part = block.index_copy_(0, b.scatter, part)
+                q, k, v = part.view(b.rows, b.width, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+                ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=b.key_mask)  # (rows, h, width, d)
+                ctx = ctx.transpose(1, 2).reshape(b.rows * b.width, hidden)
+                parts.append(ctx if block is None else ctx.index_select(0, b.scatter))
+            ctx = parts[0] if len(parts) == 1 else torch.cat(parts)
             x = F.layer_norm(_residual(x, ctx, o_w, o_b), (hidden,), *o_ln)
-            inner = self.act(F.linear(x.to(cd), i_w, i_b))
+            inner = self.up(x.to(cd), i_w, i_b)
             x = F.layer_norm(_residual(x, inner, out_w, out_b), (hidden,), *out_ln)
         return x
 

@@ -19,6 +19,18 @@ __all__ = ["PackedBatch", "packer_for"]
 
 
 @dataclass(frozen=True)
+class Bucket:
+    """Consecutive texts of similar length whose attention runs as one right-padded block."""
+
+    start: int  # first token (in the packed order)
+    end: int  # one past the last token
+    rows: int
+    width: int  # the longest text in the bucket
+    scatter: torch.Tensor | None  # (end - start,) index into the (rows * width) block; None: no padding
+    key_mask: torch.Tensor | None  # (rows, 1, 1, width) bool, True = real token; None: no padding
+
+
+@dataclass(frozen=True)
 class PackedBatch:
     ids: torch.Tensor  # (T,) token ids, text after text
     positions: torch.Tensor  # (T,) position of each token in its text
@@ -28,6 +40,7 @@ class PackedBatch:
     key_mask: torch.Tensor | None  # (B, 1, 1, width) bool, True = real token; None: no padding
     batch: int
     width: int
+    host_lengths: np.ndarray  # ``lengths`` on the host
 
     @property
     def total(self) -> int:
@@ -47,7 +60,37 @@ class PackedBatch:
         if total != n * width:
             scatter = segment * width + positions
             key_mask = (torch.arange(width, device=device).unsqueeze(0) < lengths_t.unsqueeze(1)).view(n, 1, 1, width)
-        return cls(torch.from_numpy(flat).to(device), positions, segment, lengths_t, scatter, key_mask, n, width)
+        return cls(torch.from_numpy(flat).to(device), positions, segment, lengths_t, scatter, key_mask, n, width, lengths)
+
+    def buckets(self, waste: float = 0.15, slack: int = 8) -> list[Bucket]:
+        """Split the texts, in their order, into runs of similar length, so that an attention kernel
+        that needs a padded layout computes about as many scores as there are real ones: a run ends
+        where a text is longer than the run's first or shorter by more than ``max(slack, waste *
+        width)`` tokens. Texts sorted by length (as the embedder batches them) give few runs."""
+        lengths = self.host_lengths
+        dev = self.ids.device
+        out: list[Bucket] = []
+        row, tok, n = 0, 0, len(lengths)
+        while row < n:
+            width = int(lengths[row])
+            floor = width - max(slack, int(waste * width))
+            end_row = row + 1
+            while end_row < n and floor <= lengths[end_row] <= width:
+                end_row += 1
+            rows = end_row - row
+            seg = lengths[row:end_row]
+            ntok = int(seg.sum())
+            scatter = key_mask = None
+            if ntok != rows * width:
+                local_rows = np.repeat(np.arange(rows, dtype=np.int64), seg)
+                starts = np.cumsum(seg) - seg
+                pos = np.arange(ntok, dtype=np.int64) - np.repeat(starts, seg)
+                scatter = torch.from_numpy(local_rows * width + pos).to(dev)
+                mask = np.arange(width)[None, :] < seg[:, None]
+                key_mask = torch.from_numpy(mask).to(dev).view(rows, 1, 1, width)
+            out.append(Bucket(tok, tok + ntok, rows, width, scatter, key_mask))
+            row, tok = end_row, tok + ntok
+        return out
 
 
 def packer_for(model: Any, padding_side: str, compute_dtype: torch.dtype | None = None, *, compile: bool = False) -> Any:

@@ -390,3 +390,24 @@ def test_st_files_take_precedence(tmp_path: Path) -> None:
     assert emb.max_tokens == 128  # sentence_bert_config.json
     assert emb.query_instruction == "Find code for the question"
     assert emb.format_query("q") == "Instruct: Find code for the question\nQuery:q"
+
+
+def test_packed_batch_attention_buckets_cover_every_token_once() -> None:
+    """Attention runs per run of similar lengths: every token lands in exactly one bucket, at its
+    row and position; a run never pads more than max(slack, waste * width) per text."""
+    from embed_core.packing import PackedBatch
+
+    lengths = [200, 190, 180, 100, 97, 5, 3, 3, 40]  # sorted, then one longer text at the end
+    pb = PackedBatch.build([[7] * n for n in lengths], torch.device("cpu"))
+    buckets = pb.buckets(waste=0.15, slack=8)
+    assert [(b.rows, b.width) for b in buckets] == [(3, 200), (2, 100), (3, 5), (1, 40)]
+    assert buckets[0].start == 0 and buckets[-1].end == pb.total
+    assert all(a.end == b.start for a, b in zip(buckets, buckets[1:]))
+    for b in buckets:
+        seg = pb.lengths[pb.segment[b.start : b.end]]
+        assert int(seg.max()) == b.width
+        if b.scatter is None:
+            assert b.end - b.start == b.rows * b.width
+        else:
+            local = pb.positions[b.start : b.end]
+            assert torch.equal(b.scatter % b.width, local) and int(b.key_mask.sum()) == b.end - b.start
