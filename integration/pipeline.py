@@ -1,8 +1,9 @@
 """The partition pipeline: documents -> plan -> embed -> write -> ledger commit, streaming.
 
 The calling thread reads documents, plans them in windows (one ledger read per window and target),
-chunks them and embeds batch N+1 while a writer thread writes batch N to every target that needs it,
-through a bounded queue: vectors are streamed, never all held in memory, and embedding overlaps writing.
+chunks them and embeds batch N+1 while one writer thread per target writes batch N to its target,
+through bounded queues: vectors are streamed, never all held in memory, embedding overlaps writing, and
+the targets are written in parallel.
 Each chunk is embedded once per run, whatever the number of targets that need it.
 """
 
@@ -77,7 +78,7 @@ class _Batch:
 
 
 class PartitionRun:
-    """Plan in windows, embed in batches, write in a thread. ``add`` each document, then ``finish``;
+    """Plan in windows, embed in batches, write in a thread per target. ``add`` each document, then ``finish``;
     ``close`` always (it joins the writer and re-raises its error)."""
 
     WINDOW = 64  # documents planned per ledger round trip
@@ -90,12 +91,17 @@ class PartitionRun:
         self.window: list[tuple[Document, Triage]] = []
         self.batch = _Batch()
         self._chunker: Chunker | None = None
-        self.q: queue.Queue[_Batch | None] = queue.Queue(maxsize=max(1, queue_depth))
+        # one writer thread per target, each with its own bounded queue: the targets are written in
+        # parallel (a slow store never holds up a fast one by more than the queue depth) while the
+        # calling thread embeds the next batch
         self.writer_error: BaseException | None = None
-        self.writer: threading.Thread | None = None
+        self.writers: list[tuple[threading.Thread, queue.Queue[_Batch | None]]] = []
         if not ctx.dry_run:
-            self.writer = threading.Thread(target=self._writer_loop, name="embedrail-writer", daemon=True)
-            self.writer.start()
+            for n, lane in enumerate(lanes.values()):
+                q: queue.Queue[_Batch | None] = queue.Queue(maxsize=max(1, queue_depth))
+                t = threading.Thread(target=self._writer_loop, args=(lane, q), name=f"embedrail-writer-{n}", daemon=True)
+                t.start()
+                self.writers.append((t, q))
 
     # --------------------------------------------------------------------------- planning
     def add(self, doc: Document) -> None:
@@ -190,41 +196,43 @@ class PartitionRun:
         self._put(batch)
 
     def _put(self, batch: _Batch) -> None:
-        while True:
-            if self.writer_error is not None:
-                raise self.writer_error
-            try:
-                self.q.put(batch, timeout=0.5)
-                return
-            except queue.Full:
-                if self.writer is None or not self.writer.is_alive():
-                    raise RuntimeError("writer thread died") from self.writer_error
+        for thread, q in self.writers:
+            while True:
+                if self.writer_error is not None:
+                    raise self.writer_error
+                try:
+                    q.put(batch, timeout=0.5)
+                    break
+                except queue.Full:
+                    if not thread.is_alive():
+                        raise RuntimeError("writer thread died") from self.writer_error
 
     def finish(self) -> None:
         self._plan_window()
         self._flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            if self.writer.is_alive():
-                self.q.put(None)
-                self.writer.join()
-            self.writer = None
-            if self.writer_error is not None:
-                err, self.writer_error = self.writer_error, None
-                raise err
+        writers, self.writers = self.writers, []
+        for thread, q in writers:
+            if thread.is_alive():
+                q.put(None)  # a writer that failed drains its queue, so this never blocks for good
+        for thread, _ in writers:
+            thread.join()
+        if self.writer_error is not None:
+            err, self.writer_error = self.writer_error, None
+            raise err
 
     # --------------------------------------------------------------------------- writing (writer thread)
-    def _writer_loop(self) -> None:
+    def _writer_loop(self, lane: Lane, q: queue.Queue[_Batch | None]) -> None:
         try:
-            while (batch := self.q.get()) is not None:
-                for lane in self.lanes.values():
-                    self._write(lane, batch)
+            while (batch := q.get()) is not None:
+                self._write(lane, batch)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            self.writer_error = e
+            if self.writer_error is None:
+                self.writer_error = e
             while True:  # drain, so the producer never blocks forever
                 try:
-                    if self.q.get_nowait() is None:
+                    if q.get_nowait() is None:
                         return
                 except queue.Empty:
                     time.sleep(0.05)

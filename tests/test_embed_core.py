@@ -402,7 +402,7 @@ def test_packed_batch_attention_buckets_cover_every_token_once() -> None:
     buckets = pb.buckets(waste=0.15, slack=8)
     assert [(b.rows, b.width) for b in buckets] == [(3, 200), (2, 100), (3, 5), (1, 40)]
     assert buckets[0].start == 0 and buckets[-1].end == pb.total
-    assert all(a.end == b.start for a, b in zip(buckets, buckets[1:]))
+    assert all(a.end == b.start for a, b in zip(buckets, buckets[1:], strict=False))
     for b in buckets:
         seg = pb.lengths[pb.segment[b.start : b.end]]
         assert int(seg.max()) == b.width
