@@ -276,6 +276,48 @@ class Embedder(BaseEmbedder):
             ids_list.append(ids)
         return ids_list, truncated
 
+    def embed_token_ids(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed inputs given as token ids of this model's tokenizer (content tokens, as the OpenAI
+        API takes them): the model's special tokens are added around them as its tokenizer adds them
+        to a text, then the same truncation, EOS rule and pooling as ``embed_raw``."""
+        if not inputs:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        vocab = self._tok_full.get_vocab_size(with_added_tokens=True)
+        pre, post = self._special_wrap()
+        ids_list: list[list[int]] = []
+        truncated = 0
+        for i, seq in enumerate(inputs):
+            ids = [int(t) for t in seq]
+            if not ids:
+                raise InputError(f"input {i} is an empty list of token ids")
+            if min(ids) < 0 or max(ids) >= vocab:
+                raise InputError(f"input {i} has a token id outside the model's vocabulary [0, {vocab})")
+            room = self.max_tokens - len(pre) - len(post) - (1 if self.append_eos and not post else 0)
+            if len(ids) > room:
+                ids, truncated = ids[:room], truncated + 1
+            ids = pre + ids + post
+            if self.append_eos and ids[-1] != self.eos_token_id:
+                ids.append(int(self.eos_token_id))  # type: ignore[arg-type]
+            ids_list.append(ids)
+        with self._lock:
+            if self._closed:
+                raise ModelError("this Embedder was closed; load the model again")
+            started = time.perf_counter()
+            vectors = truncate_and_normalize(self._run(ids_list), self.dims)
+            self.stats.texts += len(ids_list)
+            self.stats.truncated += truncated
+            self.stats.seconds += time.perf_counter() - started
+            return vectors
+
+    def _special_wrap(self) -> tuple[list[int], list[int]]:
+        """The special token ids the tokenizer puts before and after a text's content tokens."""
+        bare = self._tok_full.encode("a", add_special_tokens=False).ids
+        full = self._tok_full.encode("a", add_special_tokens=True).ids
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return full[:start], full[start + len(bare) :]
+        return [], []
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text takes as model input, untruncated (special tokens and EOS included,
         prefixes/instructions not)."""

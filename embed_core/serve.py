@@ -10,6 +10,11 @@ Endpoints
     or query prefix; ``"document"`` adds the document prefix.
   - ``"instruction"``: the task for ``"input_type": "query"`` on instruction-style models.
 
+  ``input`` may also be token ids of the served model's tokenizer, as in the OpenAI API: a list of
+  ints (one input) or a list of such lists; the model's special tokens are added around them.
+  Concurrent requests are merged into shared forward passes (:class:`Batcher`): many clients
+  sending one text each get about the throughput of one client sending them all at once.
+
   ``dimensions`` below the served size truncates + renormalises (Matryoshka models only).
 - ``GET /v1/models`` — the served model; its ``"embedrail"`` member is the model's
   ``embedding_info()``, which :class:`~embed_core.remote.RemoteEmbedder` reads so that its
@@ -38,17 +43,135 @@ from embedrail.errors import ConfigError, EmbedrailError, InputError, ModelError
 
 from .base import BaseEmbedder
 from .pooling import truncate_and_normalize
+from .text import check_texts
 
 log = logging.getLogger(__name__)
 
 #: Most inputs one request may carry.
 MAX_INPUTS = 4096
+#: How long the first request of a merged batch waits for others to join it (seconds).
+MAX_WAIT = 0.004
+
+
+class _Job:
+    __slots__ = ("key", "inputs", "done", "vectors", "tokens", "error")
+
+    def __init__(self, key: tuple[Any, ...], inputs: list[Any]) -> None:
+        self.key, self.inputs = key, inputs
+        self.done = threading.Event()
+        self.vectors: Any = None
+        self.tokens = 0
+        self.error: BaseException | None = None
+
+
+class Batcher:
+    """Merges concurrent requests into one embedder call (as TEI and Infinity do).
+
+    Requests queue up; one worker thread takes the oldest, gathers every queued request of the same
+    kind (``input_type``, instruction, text or token ids) up to ``max_inputs`` inputs, waiting at most
+    ``max_wait`` seconds for more to arrive, embeds them in one call (the embedder's own token-budget
+    batching, sorted by length, then applies), and hands each request its own rows in order. A merged
+    call that fails on bad input is retried request by request, so one bad request fails alone.
+    ``usage`` of a merged call is apportioned to its requests by input length.
+    """
+
+    def __init__(self, embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait: float = MAX_WAIT) -> None:
+        self.embedder, self.max_inputs, self.max_wait = embedder, max_inputs, max_wait
+        self.calls = 0  # embedder calls made (a merged batch is one)
+        self.requests = 0
+        self._pending: list[_Job] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="embedrail-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, key: tuple[Any, ...], inputs: list[Any]) -> tuple[Any, int]:
+        job = _Job(key, inputs)
+        with self._cond:
+            if self._closed:
+                raise ModelError("the embedding server is shutting down")
+            self._pending.append(job)
+            self._cond.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.vectors, job.tokens
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if not self._pending:
+                return None
+            first = self._pending[0]
+            deadline = time.monotonic() + self.max_wait
+            while True:
+                group, size = [], 0
+                for job in self._pending:
+                    if job.key == first.key and (not group or size + len(job.inputs) <= self.max_inputs):
+                        group.append(job)
+                        size += len(job.inputs)
+                left = deadline - time.monotonic()
+                if size >= self.max_inputs or left <= 0 or self._closed:
+                    break
+                self._cond.wait(left)  # more requests may join while the first one waits
+            taken = set(map(id, group))
+            self._pending = [j for j in self._pending if id(j) not in taken]
+            return group
+
+    def _loop(self) -> None:
+        while (group := self._take()) is not None:
+            try:
+                self._run(group)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting requests
+                if len(group) > 1 and isinstance(exc, (InputError, ConfigError)):
+                    for job in group:  # one bad request must not fail the others
+                        try:
+                            self._run([job])
+                        except BaseException as one:  # noqa: BLE001
+                            job.error = one
+                else:
+                    for job in group:
+                        job.error = exc
+            finally:
+                for job in group:
+                    job.done.set()
+
+    def _run(self, group: list[_Job]) -> None:
+        kind, instruction, ids = group[0].key
+        inputs = [x for job in group for x in job.inputs]
+        emb = self.embedder
+        before = emb.stats.tokens
+        if ids:
+            vectors = emb.embed_token_ids(inputs)  # type: ignore[attr-defined]
+        elif kind == "query":
+            vectors = emb.embed_queries(inputs, instruction=instruction)
+        elif kind == "document":
+            vectors = emb.embed_documents(inputs)
+        else:
+            vectors = emb.embed_raw(inputs)
+        tokens = emb.stats.tokens - before
+        self.calls += 1
+        self.requests += len(group)
+        weights = [sum(len(x) for x in job.inputs) for job in group]
+        total_w, given, start = max(sum(weights), 1), 0, 0
+        for n, (job, w) in enumerate(zip(group, weights, strict=True)):
+            job.vectors = vectors[start : start + len(job.inputs)]
+            start += len(job.inputs)
+            job.tokens = tokens - given if n == len(group) - 1 else tokens * w // total_w
+            given += job.tokens
 
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]]
     model: str | None = None
     dimensions: int | None = None
     encoding_format: Literal["float", "base64"] = "float"
@@ -70,10 +193,25 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
     )
 
 
-def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS) -> FastAPI:
-    """A FastAPI app serving ``embedder`` (see the module docstring for the API)."""
+def _inputs(value: Any) -> tuple[list[Any], bool]:
+    """(inputs, are they token ids) from an OpenAI ``input``: a string, strings, a list of token
+    ids (one input) or a list of such lists."""
+    if isinstance(value, str):
+        return [value], False
+    if value and all(isinstance(x, int) for x in value):
+        return [list(value)], True
+    if value and all(isinstance(x, list) for x in value):
+        return [list(x) for x in value], True
+    return list(value), False
+
+
+def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait: float = MAX_WAIT,
+               merge_inputs: int | None = None) -> FastAPI:  # fmt: skip
+    """A FastAPI app serving ``embedder`` (see the module docstring for the API). Concurrent
+    requests are merged into shared embedder calls (:class:`Batcher`, ``max_wait`` seconds and ``merge_inputs`` inputs at most);
+    ``app.state.batcher`` is that batcher, closed by ``close_app``."""
     app = FastAPI(title="embedrail embeddings", version="1")
-    lock = threading.Lock()  # one forward pass at a time; keeps usage counts per request exact
+    batcher = app.state.batcher = Batcher(embedder, max_inputs=merge_inputs or max_inputs, max_wait=max_wait)
     created = int(time.time())
     names = {n for n in (embedder.model, embedder.model_id) if n}
     if embedder.model == "minilm":
@@ -104,7 +242,11 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS) -> FastA
         if req.model and req.model not in names:
             raise _ApiError(404, f"model {req.model!r} is not served here; this server serves {embedder.model_id!r}",
                             "model", "model_not_found")  # fmt: skip
-        texts = [req.input] if isinstance(req.input, str) else req.input
+        texts, token_ids = _inputs(req.input)
+        if token_ids and not hasattr(embedder, "embed_token_ids"):
+            raise _ApiError(400, "this server's embedder takes text only, not token ids", "input", "invalid_value")
+        if token_ids and req.input_type is not None:
+            raise _ApiError(400, "token-id inputs are embedded verbatim: input_type must be absent", "input_type", "invalid_value")
         if not texts:
             raise _ApiError(400, "input must not be empty", "input", "invalid_value")
         if len(texts) > max_inputs:
@@ -119,22 +261,16 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS) -> FastA
             dims = req.dimensions
         if req.instruction is not None and req.input_type != "query":
             raise _ApiError(400, "instruction applies only with input_type='query'", "instruction", "invalid_value")
-        with lock:
-            before = embedder.stats.tokens
-            try:
-                if req.input_type == "query":
-                    vectors = embedder.embed_queries(texts, instruction=req.instruction)
-                elif req.input_type == "document":
-                    vectors = embedder.embed_documents(texts)
-                else:
-                    vectors = embedder.embed_raw(texts)
-            except (InputError, ConfigError) as exc:
-                raise _ApiError(400, str(exc), "input", "invalid_value") from exc
-            except ModelError as exc:
-                raise _ApiError(500, str(exc), None, "model_error") from exc
-            except EmbedrailError as exc:
-                raise _ApiError(500, str(exc), None, "error") from exc
-            tokens = embedder.stats.tokens - before
+        try:
+            if not token_ids:  # a bad input is refused here, before it can share a call with others
+                check_texts(texts, what="queries" if req.input_type == "query" else "texts")
+            vectors, tokens = batcher.submit((req.input_type, req.instruction, token_ids), texts)
+        except (InputError, ConfigError) as exc:
+            raise _ApiError(400, str(exc), "input", "invalid_value") from exc
+        except ModelError as exc:
+            raise _ApiError(500, str(exc), None, "model_error") from exc
+        except EmbedrailError as exc:
+            raise _ApiError(500, str(exc), None, "error") from exc
         if dims != vectors.shape[1]:
             vectors = truncate_and_normalize(vectors, dims)
         data = []
@@ -145,12 +281,13 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS) -> FastA
                 else row.tolist()
             )
             data.append({"object": "embedding", "index": i, "embedding": value})
-        return {
+        # a JSONResponse skips FastAPI's per-value jsonable_encoder walk over every float
+        return JSONResponse({
             "object": "list",
             "data": data,
             "model": embedder.model_id,
             "usage": {"prompt_tokens": int(tokens), "total_tokens": int(tokens)},
-        }
+        })  # fmt: skip
 
     return app
 
@@ -163,13 +300,16 @@ def serve(
     device: str = "auto",
     *,
     log_level: str = "info",
+    max_wait: float = MAX_WAIT,
+    merge_inputs: int = MAX_INPUTS,
     **load_kwargs: Any,
 ) -> None:
     """Load ``model`` (or take a ready embedder) and serve it until interrupted (blocking).
 
     This is what the ``embedrail serve`` CLI subcommand calls. ``load_kwargs`` go to
     :meth:`Embedder.load` (e.g. ``max_tokens``, ``query_instruction``, ``document_prefix``).
-    Bind to ``0.0.0.0`` only on a trusted network: there is no authentication.
+    Bind to ``0.0.0.0`` only on a trusted network: there is no authentication. ``max_wait``
+    (seconds) and ``merge_inputs`` bound how long and how far concurrent requests are merged.
     """
     import uvicorn
 
@@ -179,11 +319,12 @@ def serve(
         from .embedder import Embedder
 
         embedder = Embedder.load(model, dims=dims, device=device, **load_kwargs)
-    app = create_app(embedder)
+    app = create_app(embedder, max_wait=max_wait, merge_inputs=merge_inputs)
     log.info("serving %s (dims=%d) on http://%s:%d/v1/embeddings", embedder.model_id, embedder.dims, host, port)
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
+        app.state.batcher.close()
         embedder.close()
 
 
@@ -198,7 +339,8 @@ class BackgroundServer:
         import uvicorn
 
         self.embedder = embedder
-        config = uvicorn.Config(create_app(embedder), host=host, port=port, log_level=log_level, lifespan="off")
+        self.app = create_app(embedder)
+        config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="embedrail-serve", daemon=True)
         self.url = ""
@@ -218,6 +360,7 @@ class BackgroundServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.app.state.batcher.close()
 
     def __enter__(self) -> str:
         return self.start()
@@ -234,14 +377,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dims", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument("--merge-wait-ms", type=float, default=MAX_WAIT * 1000,
+                        help="how long a request waits for concurrent ones to share its forward pass")  # fmt: skip
+    parser.add_argument("--merge-max", type=int, default=MAX_INPUTS, help="most inputs in one merged call (1: no merging)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     kwargs = {"max_tokens": args.max_tokens} if args.max_tokens else {}
-    serve(args.model, args.host, args.port, args.dims, args.device, **kwargs)
+    serve(args.model, args.host, args.port, args.dims, args.device, log_level="warning",
+          max_wait=args.merge_wait_ms / 1000, merge_inputs=max(1, args.merge_max), **kwargs)  # fmt: skip
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = ["BackgroundServer", "EmbeddingRequest", "create_app", "main", "serve"]
+__all__ = ["BackgroundServer", "Batcher", "EmbeddingRequest", "create_app", "main", "serve"]

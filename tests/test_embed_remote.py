@@ -203,3 +203,54 @@ def test_generic_server_without_dimensions_support(
             RemoteEmbedder(qwen_url, str(tiny_qwen3_dir), dims=32, transport=FaultTransport(plain_server))
     finally:
         remote.close()
+
+
+def test_serve_merges_concurrent_requests_and_returns_each_its_own_rows(minilm_local: Embedder) -> None:
+    """16 clients at once: their requests share embedder calls, and each gets its own vectors, in
+    its own order; a bad request in a merged call fails alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"request {i}: the quick brown fox number {i} jumps" for i in range(48)]
+    expected = minilm_local.embed_raw(texts)
+    server = BackgroundServer(minilm_local)
+    batcher = server.app.state.batcher
+    batcher.max_wait = 0.05  # a generous window, so that merging does not depend on the machine's speed
+    with server as url, httpx.Client(base_url=url, timeout=60) as client:
+
+        def call(i: int) -> httpx.Response:
+            body = {"input": ["   "] if i == 5 else texts[3 * i : 3 * i + 3]}
+            return client.post("/v1/embeddings", json=body)
+
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(call, range(16)))
+            calls = batcher.calls
+            bad = list(pool.map(lambda _: client.post("/v1/embeddings", json={"input": [[1, 10**9]]}), range(4)))
+            assert all(r.status_code == 400 and "vocabulary" in r.text for r in bad)
+            again = list(pool.map(call, [0, 1]))  # the batcher keeps serving after failed calls
+        for i, r in enumerate(responses):
+            if i == 5:
+                assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
+                continue
+            assert r.status_code == 200, r.text
+            got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+            assert [d["index"] for d in r.json()["data"]] == [0, 1, 2]
+            assert np.abs(got - expected[3 * i : 3 * i + 3]).max() <= 1e-5
+            assert r.json()["usage"]["prompt_tokens"] > 0
+        assert batcher.requests >= 15 and calls < 15  # merged: fewer embedder calls than requests
+        assert [r.status_code for r in again] == [200, 200]
+
+
+def test_serve_takes_token_ids(minilm_local: Embedder, minilm_url: str) -> None:
+    """OpenAI-style token-id inputs: the same vectors as the texts they encode."""
+    texts = ["token ids in", "a second, longer input with punctuation!"]
+    ids = [minilm_local.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    expected = minilm_local.embed_raw(texts)
+    with httpx.Client(base_url=minilm_url, timeout=60) as client:
+        many = client.post("/v1/embeddings", json={"input": ids}).json()
+        one = client.post("/v1/embeddings", json={"input": ids[0]}).json()
+        bad = client.post("/v1/embeddings", json={"input": [[1, 2, 10**9]]})
+    got = np.array([d["embedding"] for d in many["data"]], dtype=np.float32)
+    assert np.abs(got - expected).max() <= 1e-5
+    assert np.abs(np.array(one["data"][0]["embedding"]) - expected[0]).max() <= 1e-5
+    assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"]
+
