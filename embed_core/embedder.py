@@ -147,9 +147,6 @@ class Embedder(BaseEmbedder):
         self.placement: Placement = choose_placement(config.device, config.dtype, config.attn_implementation)
         if self.placement.device.type == "cpu":
             torch.set_num_threads(config.num_threads or available_cpus())
-        self.batch_tokens = config.batch_tokens or DEFAULT_BATCH_TOKENS.get(self.placement.device.type, 16384)
-        self.batch_tokens = max(self.batch_tokens, self.max_tokens)
-        self._budget = self.batch_tokens
 
         self.tokenizer = self._load_tokenizer()
         self._dense = load_dense_head(spec.dense, self.placement.device)
@@ -168,16 +165,15 @@ class Embedder(BaseEmbedder):
         if config.packed and self._packed is None:
             raise ConfigError(f"{self.model_id}: no packed (padding-free) forward pass for this architecture; "
                               "use packed=None or False")  # fmt: skip
-        # packed models pay for padding only inside attention: fewer, larger batches win
-        # packed BERT pays for padding only in its (small) attention core and packed Qwen3 with varlen
-        # attention not at all: fewer, larger batches win; a padded attention core wants length buckets
-        bucket = self._packed is None or getattr(self._packed, "pad_sensitive", False)
-        self._pad_tolerance = PAD_TOLERANCE if bucket else 1.0
-        self._min_batch_tokens = MIN_BATCH_TOKENS if bucket else 4096
-        if config.batch_tokens is None and self._packed is not None and self.placement.device.type == "cpu":
-            # a packed batch of 4,096 tokens keeps a BERT layer's activations in cache: measured ~6 %
-            # faster on MiniLM than 16,384 (benchmarks/embed_throughput.py)
-            self.batch_tokens = self._budget = max(PACKED_CPU_BATCH_TOKENS, self.max_tokens)
+        # the packed paths pay for padding only in their attention core, which runs per length bucket
+        # (or varlen): fewer, larger batches win; the padded transformers path wants length-bucketed batches
+        packed, device_type = self._packed is not None, self.placement.device.type
+        self._pad_tolerance = 1.0 if packed else PAD_TOLERANCE
+        self._min_batch_tokens = 4096 if packed else MIN_BATCH_TOKENS
+        # a packed CPU batch of 4,096 tokens keeps a BERT layer's activations in cache: measured ~6 %
+        # faster on MiniLM than 16,384 (benchmarks/embed_throughput.py)
+        default = PACKED_CPU_BATCH_TOKENS if packed and device_type == "cpu" else DEFAULT_BATCH_TOKENS.get(device_type, 16384)
+        self.batch_tokens = self._budget = max(config.batch_tokens or default, self.max_tokens)
         params = inspect.signature(self._net.forward).parameters if self._net is not None else {}
         self._pass_positions = self.padding_side == "left" and "position_ids" in params
         self._extra_forward: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}
@@ -207,12 +203,15 @@ class Embedder(BaseEmbedder):
         if pad is None:
             pad = tok.eos_token_id if tok.eos_token_id is not None else 0
         self.pad_token_id: int = int(pad)
-        # special tokens the tokenizer adds around a text (for split_text's default budget)
-        self._special_overhead = len(self._tok_full.encode("a").ids) - len(self._tok_full.encode("a", add_special_tokens=False).ids)
-        if self.append_eos:
-            probe = self._tok_full.encode("a").ids
-            if not probe or probe[-1] != self.eos_token_id:
-                self._special_overhead += 1
+        # the special tokens the tokenizer puts before and after a text's content tokens (token-id
+        # inputs get the same), and how many tokens they and the EOS rule add (split_text's budget)
+        bare = self._tok_full.encode("a", add_special_tokens=False).ids
+        full = self._tok_full.encode("a", add_special_tokens=True).ids
+        at = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), len(full))
+        self._special_pre, self._special_post = full[:at], full[at + len(bare) :]
+        self._special_overhead = len(full) - len(bare)
+        if self.append_eos and (not full or full[-1] != self.eos_token_id):
+            self._special_overhead += 1
         return tok
 
     def _pool_token_id(self, tok: Any) -> int | None:
@@ -261,20 +260,19 @@ class Embedder(BaseEmbedder):
     def _encode(self, texts: list[str]) -> tuple[list[list[int]], int]:
         """Token ids per text (truncated at max_tokens, EOS ensured for last-token models)."""
         encodings = self._tok_trunc.encode_batch(texts, add_special_tokens=True)
-        ids_list: list[list[int]] = []
-        truncated = 0
+        truncated = sum(1 for enc in encodings if enc.overflowing)
+        return [self._ensure_eos(enc.ids) for enc in encodings], truncated
+
+    def _ensure_eos(self, ids: list[int]) -> list[int]:
+        """Last-token models end every input with their EOS: appended, or over the last token at
+        ``max_tokens``."""
         eos = self.eos_token_id
-        for enc in encodings:
-            ids = enc.ids
-            if enc.overflowing:
-                truncated += 1
-            if self.append_eos and (not ids or ids[-1] != eos):
-                if len(ids) >= self.max_tokens:
-                    ids[-1] = eos  # type: ignore[assignment]
-                else:
-                    ids.append(eos)  # type: ignore[arg-type]
-            ids_list.append(ids)
-        return ids_list, truncated
+        if self.append_eos and (not ids or ids[-1] != eos):
+            if len(ids) >= self.max_tokens:
+                ids[-1] = eos  # type: ignore[assignment]
+            else:
+                ids.append(eos)  # type: ignore[arg-type]
+        return ids
 
     def embed_token_ids(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
         """Embed inputs given as token ids of this model's tokenizer (content tokens, as the OpenAI
@@ -283,7 +281,8 @@ class Embedder(BaseEmbedder):
         if not inputs:
             return np.zeros((0, self.dims), dtype=np.float32)
         vocab = self._tok_full.get_vocab_size(with_added_tokens=True)
-        pre, post = self._special_wrap()
+        pre, post = self._special_pre, self._special_post
+        room = self.max_tokens - len(pre) - len(post)
         ids_list: list[list[int]] = []
         truncated = 0
         for i, seq in enumerate(inputs):
@@ -292,31 +291,14 @@ class Embedder(BaseEmbedder):
                 raise InputError(f"input {i} is an empty list of token ids")
             if min(ids) < 0 or max(ids) >= vocab:
                 raise InputError(f"input {i} has a token id outside the model's vocabulary [0, {vocab})")
-            room = self.max_tokens - len(pre) - len(post) - (1 if self.append_eos and not post else 0)
             if len(ids) > room:
                 ids, truncated = ids[:room], truncated + 1
-            ids = pre + ids + post
-            if self.append_eos and ids[-1] != self.eos_token_id:
-                ids.append(int(self.eos_token_id))  # type: ignore[arg-type]
-            ids_list.append(ids)
-        with self._lock:
-            if self._closed:
-                raise ModelError("this Embedder was closed; load the model again")
-            started = time.perf_counter()
-            vectors = truncate_and_normalize(self._run(ids_list), self.dims)
-            self.stats.texts += len(ids_list)
-            self.stats.truncated += truncated
-            self.stats.seconds += time.perf_counter() - started
-            return vectors
-
-    def _special_wrap(self) -> tuple[list[int], list[int]]:
-        """The special token ids the tokenizer puts before and after a text's content tokens."""
-        bare = self._tok_full.encode("a", add_special_tokens=False).ids
-        full = self._tok_full.encode("a", add_special_tokens=True).ids
-        for start in range(len(full) - len(bare) + 1):
-            if full[start : start + len(bare)] == bare:
-                return full[:start], full[start + len(bare) :]
-        return [], []
+            ids_list.append(self._ensure_eos(pre + ids + post))
+        started = time.perf_counter()
+        vectors = self._embed_ids(ids_list, truncated)
+        self.stats.texts += len(ids_list)
+        self.stats.seconds += time.perf_counter() - started
+        return vectors
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text takes as model input, untruncated (special tokens and EOS included,
@@ -358,10 +340,13 @@ class Embedder(BaseEmbedder):
     # embedding
     # ------------------------------------------------------------------------------------------
     def _embed_unique(self, texts: list[str]) -> np.ndarray:
+        return self._embed_ids(*self._encode(texts))
+
+    def _embed_ids(self, ids_list: list[list[int]], truncated: int) -> np.ndarray:
+        """Model inputs (special tokens and EOS in place) -> normalised vectors at ``dims``."""
         with self._lock:
             if self._closed:
                 raise ModelError("this Embedder was closed; load the model again")
-            ids_list, truncated = self._encode(texts)
             vectors = truncate_and_normalize(self._run(ids_list), self.dims)
             self.stats.truncated += truncated
             return vectors

@@ -3,10 +3,11 @@
 The batch's tokens are *packed* into one ``(total_tokens, hidden)`` matrix, so every linear layer
 (the bulk of the FLOPs) runs on real tokens only; the attention core (PyTorch SDPA) runs per run of
 texts of similar length, each on a right-padded ``(rows, heads, width, head_dim)`` block with a key
-mask, so it computes about as many scores as there are real ones. The three
-Q/K/V projections are fused into one matrix multiply. Weights are the model's own (shared, not
-copied except for the fused QKV matrix), so the result equals the transformers forward pass up
-to float rounding. Any configuration this does not cover falls back to the transformers model.
+mask, so it computes about as many scores as there are real ones. The three Q/K/V projections are
+fused into one matrix multiply. The weights are read from the checkpoint's safetensors
+(``load_packed_bert``) or taken from a loaded transformers model (``PackedBert.from_model``); the
+result equals the transformers forward pass up to float rounding. Any configuration this does not
+cover falls back to the transformers model.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def supports_config(cfg: dict[str, Any]) -> bool:
         return False
 
 
-def load_packed_bert(path: Path, compute_dtype: torch.dtype | None, device: torch.device) -> PackedBert | None:
+def load_packed_bert(path: Path, compute_dtype: torch.dtype, device: torch.device) -> PackedBert | None:
     """A ``PackedBert`` read straight from a model directory's ``config.json`` + ``model.safetensors``,
     without importing or building the transformers model (which costs ~2 s of imports at every process
     start). None when the directory is not a plain BERT checkpoint in one safetensors file: the caller
@@ -165,20 +166,13 @@ class PackedBert:
         x = F.embedding(pb.ids, self.word) + F.embedding(pb.positions, self.pos) + self.type0
         x = F.layer_norm(x, (hidden,), *self.emb_ln)  # the residual stream: float32 throughout
         buckets = pb.buckets()
-        # one zeroed padded (rows * width, 3H) block per bucket that has padding: its padding rows stay
-        # zero across layers because every layer writes the same real rows
-        blocks = [x.new_zeros(b.rows * b.width, 3 * hidden, dtype=cd) if b.scatter is not None else None for b in buckets]
         for qkv_w, qkv_b, o_w, o_b, o_ln, i_w, i_b, out_w, out_b, out_ln in self.layers:
             qkv = F.linear(x.to(cd), qkv_w, qkv_b)  # (T, 3H), one GEMM for Q, K and V
             parts = []
-            for b, block in zip(buckets, blocks, strict=True):
-                part = qkv[b.start : b.end]
-                if block is not None:
-                    part = block.index_copy_(0, b.scatter, part)
-                q, k, v = part.view(b.rows, b.width, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+            for b in buckets:
+                q, k, v = b.to_block(qkv).view(b.rows, b.width, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
                 ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=b.key_mask)  # (rows, h, width, d)
-                ctx = ctx.transpose(1, 2).reshape(b.rows * b.width, hidden)
-                parts.append(ctx if block is None else ctx.index_select(0, b.scatter))
+                parts.append(b.from_block(ctx.transpose(1, 2).reshape(b.rows * b.width, hidden)))
             ctx = parts[0] if len(parts) == 1 else torch.cat(parts)
             x = F.layer_norm(_residual(x, ctx, o_w, o_b), (hidden,), *o_ln)
             inner = self.up(x.to(cd), i_w, i_b)

@@ -6,9 +6,9 @@ real tokens only. The attention core, causal within each text, runs
 
 - on CUDA with ``torch.nn.attention.varlen.varlen_attn`` (flash-attention varlen: no padding at all)
   where this PyTorch has it and the dtype/head size allow it;
-- elsewhere (CPU, older PyTorch) on the padded ``(batch, heads, width, head_dim)`` layout with SDPA's
-  causal mask. The layout is *right*-padded: with a causal mask a real query never sees a padding key,
-  so no key mask is needed and the result for real tokens is exact.
+- elsewhere (CPU, older PyTorch) with SDPA's causal mask per run of texts of similar length
+  (``PackedBatch.buckets``), each on a *right*-padded block: with a causal mask a real query never
+  sees a padding key, so no key mask is needed and the result for real tokens is exact.
 
 Positions restart at 0 for every text (as the padded path's ``position_ids`` do), RoPE is applied per
 token, the weights are the model's own (only the fused matrices are copies), and the last-token
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .packing import PackedBatch
+    from .packing import Bucket, PackedBatch
 
 __all__ = ["PackedQwen3", "supports"]
 
@@ -106,11 +106,6 @@ class PackedQwen3:
         self._varlen = _varlen_attn()
         self._layer = torch.compile(self._layer_eager, dynamic=True) if compile else self._layer_eager
 
-    @property
-    def pad_sensitive(self) -> bool:
-        """True when the attention core runs on the padded layout (batches should then be length-bucketed)."""
-        return not self._use_varlen(self.embed)
-
     def _use_varlen(self, x: torch.Tensor) -> bool:
         return (self._varlen is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
                 and self.head_dim <= 256 and self.head_dim % 8 == 0)  # fmt: skip
@@ -122,14 +117,16 @@ class PackedQwen3:
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # (T, 1, head_dim): one rotation per token
         half = self.head_dim // 2
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # rotate_half's sign folded into sin
-        cu = F.pad(pb.lengths.cumsum(0, dtype=torch.int32), (1, 0)) if self._use_varlen(x) else None
+        varlen = self._use_varlen(x)
+        cu = F.pad(pb.lengths.cumsum(0, dtype=torch.int32), (1, 0)) if varlen else None
+        buckets = None if varlen else pb.buckets()
         for weights in self.layers:
-            x = self._layer(x, cos, sin, cu, pb, weights)
+            x = self._layer(x, cos, sin, cu, pb.width, buckets, weights)
         w, eps = self.norm
         return F.rms_norm(x, (x.shape[-1],), w, eps)
 
     def _layer_eager(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu: torch.Tensor | None,
-                     pb: PackedBatch, weights: tuple) -> torch.Tensor:  # fmt: skip
+                     width: int, buckets: list[Bucket] | None, weights: tuple) -> torch.Tensor:  # fmt: skip
         (in_w, in_eps), qkv_w, qkv_b, (qn_w, qn_eps), (kn_w, kn_eps), o_w, o_b, (post_w, post_eps), gate_up, down_w = weights
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         total, hidden = x.shape
@@ -141,27 +138,22 @@ class PackedQwen3:
         k = torch.addcmul(k * cos, k.roll(d // 2, dims=-1), sin)
         v = v.reshape(total, kv, d)
         if cu is not None:
-            ctx = self._varlen(q, k, v.contiguous(), cu, pb.width)
+            ctx = self._varlen(q, k, v.contiguous(), cu, width)
         else:
-            ctx = self._padded_attention(q, k, v, pb.scatter, pb.batch, pb.width)
+            assert buckets is not None
+            ctx = self._bucketed_attention(q, k, v, buckets)
         x = x + F.linear(ctx.reshape(total, h * d), o_w, o_b)
         gate, up = F.linear(F.rms_norm(x, (hidden,), post_w, post_eps), gate_up).chunk(2, dim=-1)
         return x + F.linear(F.silu(gate) * up, down_w)
 
-    def _padded_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scatter: torch.Tensor | None,
-                          batch: int, width: int) -> torch.Tensor:  # fmt: skip
-        """Causal attention per text on the right-padded layout (exact for real tokens)."""
+    def _bucketed_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: list[Bucket]) -> torch.Tensor:
+        """Causal attention per text, one right-padded block per bucket (exact for real tokens)."""
         h, kv, d = self.heads, self.kv_heads, self.head_dim
-
-        def pad(t: torch.Tensor, heads: int) -> torch.Tensor:
-            if scatter is None:
-                return t.view(batch, width, heads, d).transpose(1, 2)
-            out = t.new_zeros(batch * width, heads, d).index_copy_(0, scatter, t)
-            return out.view(batch, width, heads, d).transpose(1, 2)
-
-        qp, kp, vp = pad(q, h), pad(k, kv), pad(v, kv)
-        if kv != h:
-            kp, vp = kp.repeat_interleave(h // kv, dim=1), vp.repeat_interleave(h // kv, dim=1)
-        ctx = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)  # (B, h, L, d)
-        ctx = ctx.transpose(1, 2).reshape(batch * width, h, d)
-        return ctx if scatter is None else ctx.index_select(0, scatter)
+        parts = []
+        for b in buckets:
+            qp, kp, vp = (b.to_block(t).view(b.rows, b.width, n, d).transpose(1, 2) for t, n in ((q, h), (k, kv), (v, kv)))
+            if kv != h:
+                kp, vp = kp.repeat_interleave(h // kv, dim=1), vp.repeat_interleave(h // kv, dim=1)
+            ctx = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)  # (rows, h, width, d)
+            parts.append(b.from_block(ctx.transpose(1, 2).reshape(b.rows * b.width, h, d)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -1,8 +1,8 @@
 """Packed (padding-free) batches and the packed forward passes that take them.
 
 A ``PackedBatch`` holds the token ids of several texts one after another, ``(total_tokens,)``, with
-each token's position in its text and its row, and how to scatter the tokens into the right-padded
-``(batch, width)`` layout where an attention kernel needs one. ``packer_for(model)`` picks the packed
+each token's position in its text and its row; ``buckets()`` groups texts of similar length into
+right-padded blocks for attention kernels that need a padded layout. ``packer_for(model)`` picks the packed
 forward pass for an architecture (BERT encoders, Qwen3 decoders), or None for the padded one.
 """
 
@@ -29,6 +29,17 @@ class Bucket:
     scatter: torch.Tensor | None  # (end - start,) index into the (rows * width) block; None: no padding
     key_mask: torch.Tensor | None  # (rows, 1, 1, width) bool, True = real token; None: no padding
 
+    def to_block(self, packed: torch.Tensor) -> torch.Tensor:
+        """This bucket's rows of a packed ``(T, ...)`` tensor as a zero-padded ``(rows * width, ...)`` block."""
+        part = packed[self.start : self.end]
+        if self.scatter is None:
+            return part
+        return part.new_zeros((self.rows * self.width, *part.shape[1:])).index_copy_(0, self.scatter, part)
+
+    def from_block(self, block: torch.Tensor) -> torch.Tensor:
+        """The real tokens' rows of a ``(rows * width, ...)`` block, packed again."""
+        return block if self.scatter is None else block.index_select(0, self.scatter)
+
 
 @dataclass(frozen=True)
 class PackedBatch:
@@ -36,10 +47,8 @@ class PackedBatch:
     positions: torch.Tensor  # (T,) position of each token in its text
     segment: torch.Tensor  # (T,) row (text) of each token
     lengths: torch.Tensor  # (B,) tokens per text
-    scatter: torch.Tensor | None  # (T,) index into the right-padded (B * width) layout; None: no padding
-    key_mask: torch.Tensor | None  # (B, 1, 1, width) bool, True = real token; None: no padding
     batch: int
-    width: int
+    width: int  # the longest text
     host_lengths: np.ndarray  # ``lengths`` on the host
 
     @property
@@ -55,12 +64,8 @@ class PackedBatch:
         starts = np.cumsum(lengths) - lengths
         positions = torch.from_numpy(np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)).to(device)
         segment = torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), lengths)).to(device)
-        lengths_t = torch.from_numpy(lengths).to(device)
-        scatter, key_mask = None, None
-        if total != n * width:
-            scatter = segment * width + positions
-            key_mask = (torch.arange(width, device=device).unsqueeze(0) < lengths_t.unsqueeze(1)).view(n, 1, 1, width)
-        return cls(torch.from_numpy(flat).to(device), positions, segment, lengths_t, scatter, key_mask, n, width, lengths)
+        ids = torch.from_numpy(flat).to(device)
+        return cls(ids, positions, segment, torch.from_numpy(lengths).to(device), n, width, lengths)
 
     def buckets(self, waste: float = 0.15, slack: int = 8) -> list[Bucket]:
         """Split the texts, in their order, into runs of similar length, so that an attention kernel
