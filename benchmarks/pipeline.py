@@ -44,7 +44,7 @@ def null_embedder(dims: int) -> Any:
         table: dict[str, np.ndarray] = {}
 
         def _embed_unique(self, texts: list[str]) -> np.ndarray:
-            return np.stack([self.table.get(t) if t in self.table else _vector(t, dims) for t in texts])
+            return np.stack([v if (v := self.table.get(t)) is not None else _vector(t, dims) for t in texts])
 
         def fingerprint_components(self) -> dict[str, Any]:
             return {**super().fingerprint_components(), "null": dims}
