@@ -21,7 +21,17 @@ from typing import TYPE_CHECKING, Any
 from connectors._filters import parse_filter
 from connectors._retry import RetryPolicy
 from connectors._urls import StoreKind, parse_url, register_store, registered_stores, store_class
-from connectors.base import DeleteResult, Hit, IndexInfo, IndexSpec, Metric, Record, UpsertResult, VectorStore
+from connectors.base import (
+    NOT_STORED,
+    DeleteResult,
+    Hit,
+    IndexInfo,
+    IndexSpec,
+    Metric,
+    Record,
+    UpsertResult,
+    VectorStore,
+)
 from embedrail.errors import (
     ConfigError,
     DimensionLimitError,
@@ -38,6 +48,7 @@ if TYPE_CHECKING:
     from connectors.weaviate import WeaviateStore
 
 __all__ = [
+    "NOT_STORED",
     "ChromaStore",
     "ConfigError",
     "DeleteResult",

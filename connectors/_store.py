@@ -25,7 +25,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -35,7 +35,7 @@ import numpy as np
 from connectors._records import batched, check_query, check_record, check_spec, dedupe_last
 from connectors._retry import RetryPolicy, retry_call
 from connectors._urls import StoreURL, parse_url
-from connectors.base import DeleteResult, IndexInfo, IndexSpec, Record, UpsertResult
+from connectors.base import NOT_STORED, DeleteResult, IndexInfo, IndexSpec, Record, UpsertResult
 from embedrail.errors import ConfigError, IndexMismatchError, StoreError, StoreUnavailableError
 from embedrail.secrets import short_error
 
@@ -345,6 +345,36 @@ class BaseStore:
                 result.failed[i] = failed[i]
             else:
                 result.failed.pop(i, None)
+
+    def update_metadata(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> UpsertResult:
+        """Replace the metadata of stored records, keeping their vectors and text (the last item per id
+        wins; an id the store does not hold fails with ``NOT_STORED``).
+
+        This default reads each batch's stored vectors and texts back (native ``_stored``) and writes the
+        records again whole: one read and one write per batch, no model. It is exact (the vector is
+        the stored float32) and replaces the metadata rather than merging into it. A store with a native
+        metadata-only update (Chroma) overrides it."""
+        result = UpsertResult()
+        latest = {str(i): dict(md or {}) for i, md in items}
+        if not latest:
+            return result
+        target = self._write_target()
+        for part in batched(list(latest.items()), self._batch_size()):
+            stored = self._stored(target, [i for i, _ in part])
+            records = []
+            for i, md in part:
+                if i in stored:
+                    vector, text = stored[i]
+                    records.append(Record(i, vector, text, md))
+                else:
+                    result.failed[i] = NOT_STORED
+            if records:
+                result.merge(self.upsert(records))
+        return result
+
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:  # native
+        """The stored vector and text of each of ``ids`` the index holds."""
+        raise NotImplementedError
 
     def delete(self, ids: Iterable[str]) -> DeleteResult:
         """Delete by id; deleting an id that is not there counts as done."""

@@ -16,9 +16,10 @@ import numpy as np
 
 from embedrail.errors import ConfigError, WriteError
 
-__all__ = ["METRICS", "DeleteResult", "Hit", "IndexInfo", "IndexSpec", "Metric", "Record", "UpsertResult", "VectorStore"]
+__all__ = ["METRICS", "NOT_STORED", "DeleteResult", "Hit", "IndexInfo", "IndexSpec", "Metric", "Record", "UpsertResult", "VectorStore"]
 
 Metric = str  # "cosine" | "dot" | "l2"
+NOT_STORED = "not in the store"  # the reason ``update_metadata`` gives for an id the store does not hold
 METRICS = ("cosine", "dot", "l2")
 
 
@@ -125,6 +126,9 @@ class VectorStore(Protocol):
       (dims, metric, fingerprint); a mismatch raises ``IndexMismatchError`` and writes nothing.
     - ``upsert`` is idempotent per id (re-upserting an id replaces it, never duplicates it) and
       reports per-id failures instead of raising for them; the good items are written.
+    - ``update_metadata(items)`` replaces the metadata of records the store holds (``(id, metadata)``
+      pairs), keeping their vector and text: nothing is embedded. An id the store does not hold fails
+      with ``NOT_STORED`` in ``failed``; like ``upsert`` it reports per-id failures instead of raising.
     - ``flush()`` makes writes so far visible to search (ES refresh); call once per write session.
     - Rebuilds: ``begin_rebuild(spec)`` creates a new versioned physical index and returns a
       connector writing to it; ``open_rebuild(physical)`` returns such a connector for a rebuild begun
@@ -143,6 +147,8 @@ class VectorStore(Protocol):
     def describe(self) -> IndexInfo: ...
 
     def upsert(self, records: Iterable[Record]) -> UpsertResult: ...
+
+    def update_metadata(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> UpsertResult: ...
 
     def delete(self, ids: Iterable[str]) -> DeleteResult: ...
 

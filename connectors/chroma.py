@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -45,7 +45,7 @@ from connectors._records import (
 )
 from connectors._store import BaseStore, Batch, ReadTarget
 from connectors._urls import StoreURL
-from connectors.base import Hit, IndexInfo, IndexSpec, Record
+from connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
 from embedrail.errors import ConfigError, IndexMismatchError, StoreUnavailableError
 
 __all__ = ["ChromaStore"]
@@ -364,6 +364,34 @@ class ChromaStore(BaseStore):
                 stale = {k: None for k in prev if k not in new}
                 if stale:
                     metadatas[pos] = {**new, **stale}
+
+    def update_metadata(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> UpsertResult:
+        """Native: ``collection.update`` with metadata only (the vector and the HNSW graph are not touched);
+        keys the new metadata lacks are deleted, as on upsert."""
+        result = UpsertResult()
+        latest = {str(i): dict(md or {}) for i, md in items}
+        if not latest:
+            return result
+        col = self._write_target().handle
+        for part in batched(list(latest), self.max_batch()):
+            got = self._call(lambda p=part: col.get(ids=list(p), include=["metadatas"]), "read existing metadata")
+            old = dict(zip(got["ids"], got.get("metadatas") or [None] * len(got["ids"]), strict=False))
+            ids, metadatas = [], []
+            for i in part:
+                if i not in old:
+                    result.failed[i] = NOT_STORED
+                    continue
+                try:
+                    md = encode_scalar_metadata(latest[i]) or {}
+                except (TypeError, ValueError) as e:
+                    result.failed[i] = f"metadata is not JSON-serialisable: {e}"
+                    continue
+                ids.append(i)
+                metadatas.append({**md, **{k: None for k in (old[i] or {}) if k not in md}})
+            if ids:
+                self._call(lambda i=ids, m=metadatas: col.update(ids=i, metadatas=m), "update metadata")
+                result.written += len(ids)
+        return result
 
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
         col = self._get_col(physical)

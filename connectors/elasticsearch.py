@@ -314,6 +314,21 @@ class ElasticsearchStore(BaseStore):
         if batch:
             self._send(batch, self._bulk, result)
 
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+        """Vectors and texts by id. The mapping keeps vectors out of ``_source`` (they would double the
+        index size), so they are read from the vector field's doc values (the stored float32 values,
+        also under a quantised ``index_options``) by a search, after a refresh: a search sees only refreshed
+        changes, and a record deleted by anyone since the last refresh must not come back."""
+        self.flush()
+        resp = self._call(lambda: self.client.search(index=self._address, query={"ids": {"values": ids}}, size=len(ids),
+                                                     source=["text"], docvalue_fields=["vector"]), "read vectors")  # fmt: skip
+        out: dict[str, tuple[np.ndarray, str]] = {}
+        for d in resp["hits"]["hits"]:
+            vec = (d.get("fields") or {}).get("vector")
+            if vec:
+                out[str(d["_id"])] = (np.asarray(vec[0], dtype=np.float32), str((d.get("_source") or {}).get("text") or ""))
+        return out
+
     def _splittable(self, e: BaseException) -> bool:
         msg = str(e)
         return "413" in msg or "too large" in msg.lower() or "too_long" in msg

@@ -324,6 +324,18 @@ class Ledger:
 
         self._tx(q)
 
+    def forget_fingerprints(self, target: str, generation: str, chunk_ids: Sequence[str]) -> None:
+        """Turn recorded chunks back into intents (NULL fingerprint): the next run writes them whole."""
+        if not chunk_ids:
+            return
+
+        def q(conn: Connection) -> None:
+            base = and_(chunks_t.c.target == target, chunks_t.c.generation == generation)
+            for part in _chunks(list(chunk_ids)):
+                conn.execute(update(chunks_t).where(and_(base, chunks_t.c.chunk_id.in_(part))).values(fingerprint=None))
+
+        self._tx(q)
+
     def commit(
         self,
         target: str,

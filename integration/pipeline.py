@@ -4,7 +4,12 @@ The calling thread reads documents, plans them in windows (one ledger read per w
 chunks them and embeds batch N+1 while one writer thread per target writes batch N to its target,
 through bounded queues: vectors are streamed, never all held in memory, embedding overlaps writing, and
 the targets are written in parallel.
-Each chunk is embedded once per run, whatever the number of targets that need it.
+
+Nothing is embedded twice: each chunk once per run, whatever the number of targets that need it; a chunk
+whose text was already embedded in this run (the same text in another document: boilerplate, licences,
+repeated sections) reuses that vector (a bounded cache keyed by the text fingerprint); and a chunk whose
+text is unchanged but whose document metadata changed is not embedded at all: each target updates the
+stored record's metadata in place (``VectorStore.update_metadata``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +33,7 @@ from .chunking import Chunker
 from .context import RunContext, TargetRun
 from .documents import Chunk, Document, canonical_json
 from .ledger import Ledger
-from .plan import Triage, plan_chunks, plan_document, plan_removal, triage
+from .plan import TEXT_FP, Triage, plan_chunks, plan_document, plan_removal, triage
 from .report import Report
 
 __all__ = ["Lane", "PartitionRun"]
@@ -52,12 +58,14 @@ class Lane:
 
 @dataclass
 class _Entry:
-    """A chunk to embed, and the targets that need it written."""
+    """A chunk to write: the targets that need its vector (so it is embedded) and those that hold the
+    vector already and only need the new metadata."""
 
     chunk: Chunk
     fingerprint: str
     metadata: dict[str, Any]
-    targets: list[str]
+    targets: list[str]  # write the record (vector, text, metadata)
+    retag: list[str] = field(default_factory=list)  # update the stored record's metadata only
 
 
 @dataclass
@@ -83,6 +91,7 @@ class PartitionRun:
 
     WINDOW = 64  # documents planned per ledger round trip
     MAX_DELETES = 1000  # stale chunk ids per batch
+    VECTOR_CACHE_BYTES = 64 << 20  # vectors kept for identical texts later in the run (LRU)
 
     def __init__(self, *, ctx: RunContext, ledger: Ledger, report: Report, lanes: dict[str, Lane],
                  embedder: Callable[[], Any], batch_size: int, queue_depth: int) -> None:  # fmt: skip
@@ -91,6 +100,8 @@ class PartitionRun:
         self.window: list[tuple[Document, Triage]] = []
         self.batch = _Batch()
         self._chunker: Chunker | None = None
+        self._vectors: OrderedDict[str, np.ndarray | None] = OrderedDict()  # text fingerprint -> vector (LRU)
+        self._cache_size = max(1, self.VECTOR_CACHE_BYTES // (4 * max(1, ctx.dims or 1)))
         # one writer thread per target, each with its own bounded queue: the targets are written in
         # parallel (a slow store never holds up a fast one by more than the queue depth) while the
         # calling thread embeds the next batch
@@ -150,6 +161,7 @@ class PartitionRun:
         chunks = plan_chunks(self.chunker().chunk(doc), self.ctx.fingerprint, canonical_json(doc.metadata))
         self.rep.chunks += len(chunks)
         writers: dict[str, list[str]] = {}  # chunk id -> targets that need it written
+        retags: dict[str, list[str]] = {}  # chunk id -> targets that need its metadata updated only
         for key in self.lanes:
             if key not in tri.need:
                 self.rep.count_plan(key, {}, unchanged=len(chunks))
@@ -158,14 +170,16 @@ class PartitionRun:
             self.rep.count_plan(key, plan.counts())
             for cid in plan.writes:
                 writers.setdefault(cid, []).append(key)
+            for cid in plan.retagged:
+                retags.setdefault(cid, []).append(key)
             if plan.stale:
                 self.batch.deletes.setdefault(key, []).extend((cid, doc.id) for cid in plan.stale)
-        self.rep.unchanged += sum(1 for pc in chunks if pc.chunk.id not in writers)
+        self.rep.unchanged += sum(1 for pc in chunks if pc.chunk.id not in writers and pc.chunk.id not in retags)
         for pc in chunks:
-            keys = writers.get(pc.chunk.id)
-            if keys:
+            keys, meta_keys = writers.get(pc.chunk.id, []), retags.get(pc.chunk.id, [])
+            if keys or meta_keys:
                 md = {**doc.metadata, "_doc": doc.id, "_n": pc.chunk.n, "_fp": pc.fingerprint}
-                self.batch.entries.append(_Entry(pc.chunk, pc.fingerprint, md, keys))
+                self.batch.entries.append(_Entry(pc.chunk, pc.fingerprint, md, keys, meta_keys))
                 if len(self.batch.entries) >= self.batch_size:
                     self._flush()
         for key in tri.need:  # committed as done only once every chunk above was written
@@ -182,18 +196,51 @@ class PartitionRun:
         batch, self.batch = self.batch, _Batch()
         if batch.empty():
             return
-        if self.ctx.dry_run:
-            self.rep.embedded += len(batch.entries)
-            return
         if batch.entries:
+            batch.vectors = self._vectors_for(batch.entries)
+        if not self.ctx.dry_run:
+            self._put(batch)
+
+    def _vectors_for(self, entries: list[_Entry]) -> np.ndarray | None:
+        """One row per entry (zeros for a metadata-only entry). Each distinct text not embedded earlier in
+        the run is embedded once; the others reuse the vector of its first occurrence."""
+        needed = [(e, e.fingerprint[:TEXT_FP]) for e in entries if e.targets]
+        todo: dict[str, str] = {}  # text fingerprint -> text, first occurrence order
+        for e, tfp in needed:
+            if tfp in self._vectors:
+                self._vectors.move_to_end(tfp)
+            elif tfp not in todo:
+                todo[tfp] = e.chunk.text
+        self.rep.embedded += len(todo)
+        self.rep.reused += len(needed) - len(todo)
+        if self.ctx.dry_run:  # remember the texts (not vectors), so the counts are those of a real run
+            for tfp in todo:
+                self._remember(tfp, None)
+            return None
+        if not needed:
+            return None
+        fresh: dict[str, np.ndarray] = {}
+        if todo:
             t0 = time.perf_counter()
-            vectors = np.asarray(self._embedder().embed_documents([e.chunk.text for e in batch.entries]), dtype=np.float32)
+            vecs = np.asarray(self._embedder().embed_documents(list(todo.values())), dtype=np.float32)
             self.rep.embed_seconds += time.perf_counter() - t0
-            if vectors.shape != (len(batch.entries), self.ctx.dims):
-                raise ModelError(f"embedder returned shape {vectors.shape}, expected ({len(batch.entries)}, {self.ctx.dims})")
-            batch.vectors = vectors
-            self.rep.embedded += len(batch.entries)
-        self._put(batch)
+            if vecs.shape != (len(todo), self.ctx.dims):
+                raise ModelError(f"embedder returned shape {vecs.shape}, expected ({len(todo)}, {self.ctx.dims})")
+            fresh = dict(zip(todo, vecs, strict=True))
+        out = np.zeros((len(entries), self.ctx.dims), dtype=np.float32)
+        for row, e in enumerate(entries):
+            if e.targets:
+                tfp = e.fingerprint[:TEXT_FP]
+                vec = fresh.get(tfp)
+                out[row] = vec if vec is not None else self._vectors[tfp]
+        for tfp, vec in fresh.items():
+            self._remember(tfp, vec)
+        return out
+
+    def _remember(self, tfp: str, vec: np.ndarray | None) -> None:
+        self._vectors[tfp] = None if vec is None else vec.copy()  # a copy: never pin a whole batch's array
+        if len(self._vectors) > self._cache_size:
+            self._vectors.popitem(last=False)
 
     def _put(self, batch: _Batch) -> None:
         for thread, q in self.writers:
@@ -243,12 +290,13 @@ class PartitionRun:
         """One target's share of a batch, under the crash-safety protocol: intent -> store -> ledger."""
         key, gen = lane.key, lane.run.generation
         entries = [(i, e) for i, e in enumerate(batch.entries) if key in e.targets]
+        retags = [e for e in batch.entries if key in e.retag]
         deletes = batch.deletes.get(key, [])
         done, removed = batch.docs_done.get(key, []), batch.docs_removed.get(key, [])
-        if not (entries or deletes or done or removed):
+        if not (entries or retags or deletes or done or removed):
             return
         if lane.dead is not None:
-            self.rep.failed[key] += len(entries) + len(deletes)
+            self.rep.failed[key] += len(entries) + len(retags) + len(deletes)
             return
         assert lane.store is not None and gen is not None
         try:
@@ -270,6 +318,23 @@ class PartitionRun:
                 if res.failed:
                     self.rep.fail(key, f"{len(res.failed)} records rejected: {next(iter(res.failed.values()))}", len(res.failed))
                 self.rep.upserted[key] += len(written)
+            if retags:
+                # Same text, new metadata: the stored vector is kept and only the metadata replaced. No intent
+                # is needed: the ids are in the ledger already, and a crash before step 3 leaves the old
+                # fingerprint there, so the next run plans the same (idempotent) update again. A record the
+                # store no longer holds, or one it refused, gets an intent row (NULL fingerprint) instead: the
+                # next run plans it as changed and writes it whole.
+                rres = lane.store.update_metadata([(e.chunk.id, e.metadata) for e in retags])
+                for e in retags:
+                    if e.chunk.id in rres.failed:
+                        lane.failed_docs.add(e.chunk.doc_id)
+                    else:
+                        written.append((e.chunk.id, e.chunk.doc_id, e.fingerprint))
+                if rres.failed:
+                    self.ledger.forget_fingerprints(key, gen, list(rres.failed))
+                    self.rep.fail(key, f"{len(rres.failed)} metadata updates rejected: {next(iter(rres.failed.values()))}",
+                                  len(rres.failed))  # fmt: skip
+                self.rep.retagged[key] += len(retags) - len(rres.failed)
             deleted: list[str] = []
             if deletes:
                 dres = lane.store.delete([c for c, _ in deletes])
@@ -292,4 +357,4 @@ class PartitionRun:
                 raise
             lane.dead = one_line(e)
             log.warning("%s: %s — skipping this target for the rest of the run", key, lane.dead)
-            self.rep.fail(key, lane.dead, len(entries) + len(deletes))
+            self.rep.fail(key, lane.dead, len(entries) + len(retags) + len(deletes))

@@ -10,9 +10,15 @@ Two stages keep an unchanged corpus cheap:
    against the hash each target recorded for it. Equal everywhere: nothing to do, and the document is
    never chunked or tokenised.
 2. ``plan_document``: for the targets that need it, chunk fingerprints against the ledger's chunk
-   rows: which chunks are new, changed or unchanged, and which recorded chunks are now stale (the
-   document shrank). A row whose fingerprint is ``None`` is an *intent* (the write may or may not
-   have reached the store before a crash): it is planned as changed, so it is written again.
+   rows: which chunks are new, changed, only re-tagged (same text, new metadata) or unchanged, and which
+   recorded chunks are now stale (the document shrank). A row whose fingerprint is ``None`` is an
+   *intent* (the write may or may not have reached the store before a crash): it is planned as
+   changed, so it is written again.
+
+A chunk fingerprint has two parts: ``text`` (the chunk text and the embedding configuration: what the
+vector depends on) and ``meta`` (the document metadata the record carries). Same text part, another
+meta part: the stored vector is still right, so the target only updates the record's metadata and
+nothing is embedded. Rows recorded before the split (32 characters, one part) plan as changed once.
 """
 
 from __future__ import annotations
@@ -22,18 +28,39 @@ from dataclasses import dataclass
 
 from .documents import Chunk, Document, doc_hash, sha256
 
-__all__ = ["DocPlan", "PlannedChunk", "Triage", "chunk_fingerprint", "plan_chunks", "plan_document", "plan_removal", "triage"]
+__all__ = ["DocPlan", "PlannedChunk", "Triage", "chunk_fingerprint", "plan_chunks", "plan_document", "plan_removal", "same_vector",
+           "text_fingerprint", "triage"]
+
+
+TEXT_FP = 32  # hex characters of the text part of a chunk fingerprint
+META_FP = 16  # hex characters of its metadata part
+
+
+def text_fingerprint(text: str, embedding_fingerprint: str) -> str:
+    """What a chunk's vector depends on: its text and the embedding configuration."""
+    return sha256(text, embedding_fingerprint)[:TEXT_FP]
 
 
 def chunk_fingerprint(text: str, embedding_fingerprint: str, metadata_json: str) -> str:
-    """What a stored chunk record depends on: its text, the embedding configuration, the document's metadata."""
-    return sha256(text, embedding_fingerprint, metadata_json)[:32]
+    """What a stored chunk record depends on: the text part (:func:`text_fingerprint`) followed by the
+    metadata part (a hash of the document's metadata)."""
+    return text_fingerprint(text, embedding_fingerprint) + sha256(metadata_json)[:META_FP]
+
+
+def same_vector(recorded: str | None, fingerprint: str) -> bool:
+    """Whether a recorded fingerprint has the text part of ``fingerprint`` (its vector can be kept)."""
+    return recorded is not None and len(recorded) == TEXT_FP + META_FP and recorded[:TEXT_FP] == fingerprint[:TEXT_FP]
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedChunk:
     chunk: Chunk
     fingerprint: str
+
+    @property
+    def text_fp(self) -> str:
+        """The text part: equal for equal texts under one embedding, whatever the document."""
+        return self.fingerprint[:TEXT_FP]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +78,20 @@ class DocPlan:
 
     doc_id: str
     new: tuple[str, ...] = ()  # chunk ids the target does not hold
-    changed: tuple[str, ...] = ()  # chunk ids it holds with another fingerprint (or only as an intent)
+    changed: tuple[str, ...] = ()  # chunk ids it holds with another text/embedding (or only as an intent)
+    retagged: tuple[str, ...] = ()  # chunk ids it holds with the same text but other metadata
     unchanged: tuple[str, ...] = ()  # chunk ids it holds as they are
     stale: tuple[str, ...] = ()  # chunk ids it holds that the document no longer has
     removed: bool = False  # the document is gone (tombstone): every chunk it holds is stale
 
     @property
     def writes(self) -> tuple[str, ...]:
+        """Chunk ids whose vector must be written (so embedded)."""
         return self.new + self.changed
 
     def counts(self) -> dict[str, int]:
-        return {"new": len(self.new), "changed": len(self.changed), "unchanged": len(self.unchanged), "deleted": len(self.stale)}
+        return {"new": len(self.new), "changed": len(self.changed), "retagged": len(self.retagged),
+                "unchanged": len(self.unchanged), "deleted": len(self.stale)}  # fmt: skip
 
 
 def triage(doc: Document, doc_config: str, recorded: Mapping[str, tuple[str, int] | None]) -> Triage:
@@ -81,18 +111,20 @@ def plan_chunks(chunks: Iterable[Chunk], embedding_fingerprint: str, metadata_js
 
 def plan_document(doc_id: str, chunks: Sequence[PlannedChunk], held: Mapping[str, str | None]) -> DocPlan:
     """``held``: chunk id -> fingerprint the target's ledger records for this document (None: an intent)."""
-    new, changed, unchanged = [], [], []
+    new, changed, retagged, unchanged = [], [], [], []
     for pc in chunks:
         cid = pc.chunk.id
         if cid not in held:
             new.append(cid)
         elif held[cid] == pc.fingerprint:
             unchanged.append(cid)
+        elif same_vector(held[cid], pc.fingerprint):
+            retagged.append(cid)
         else:
             changed.append(cid)
     ids = {pc.chunk.id for pc in chunks}
     stale = tuple(cid for cid in held if cid not in ids)
-    return DocPlan(doc_id, tuple(new), tuple(changed), tuple(unchanged), stale)
+    return DocPlan(doc_id, tuple(new), tuple(changed), tuple(retagged), tuple(unchanged), stale)
 
 
 def plan_removal(doc_id: str, held: Mapping[str, str | None]) -> DocPlan:

@@ -8,6 +8,8 @@ from typing import Any
 
 __all__ = ["Report"]
 
+PLAN_KEYS = {"new": 0, "changed": 0, "retagged": 0, "unchanged": 0, "deleted": 0}
+
 
 @dataclass
 class Report:
@@ -16,10 +18,12 @@ class Report:
     documents: int = 0  # source documents seen (tombstones included, bad rows excluded)
     chunks: int = 0  # chunks the source documents make (unchanged docs: as recorded)
     embedded: int = 0  # chunks embedded in this run (once, whatever the number of targets)
+    reused: int = 0  # chunks to write whose text was already embedded in this run (identical text elsewhere)
     unchanged: int = 0  # chunks every target already held
     tombstones: int = 0
     upserted: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, int] = field(default_factory=dict)
+    retagged: dict[str, int] = field(default_factory=dict)  # records whose metadata was updated in place
     failed: dict[str, int] = field(default_factory=dict)  # chunks/ids not written, per target
     errors: dict[str, str] = field(default_factory=dict)  # target -> first error (one line)
     plan: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> new/changed/unchanged/deleted
@@ -38,14 +42,15 @@ class Report:
     def add_target(self, target: str) -> None:
         self.upserted.setdefault(target, 0)
         self.deleted.setdefault(target, 0)
+        self.retagged.setdefault(target, 0)
         self.failed.setdefault(target, 0)
-        self.plan.setdefault(target, {"new": 0, "changed": 0, "unchanged": 0, "deleted": 0})
+        self.plan.setdefault(target, dict(PLAN_KEYS))
 
     def count_plan(self, target: str, counts: dict[str, int], *, unchanged: int = 0) -> None:
         """Add a document's plan for ``target`` (``DocPlan.counts()``), or ``unchanged`` chunks it holds."""
         p = self.plan[target]
         for k, n in counts.items():
-            p[k] += n
+            p[k] = p.get(k, 0) + n
         p["unchanged"] += unchanged
 
     def fail(self, target: str, error: str, count: int = 0) -> None:
@@ -68,10 +73,12 @@ class Report:
             "documents": self.documents,
             "chunks": self.chunks,
             "embedded": self.embedded,
+            "reused": self.reused,
             "unchanged": self.unchanged,
             "tombstones": self.tombstones,
             "upserted": dict(self.upserted),
             "deleted": dict(self.deleted),
+            "retagged": dict(self.retagged),
             "failed": dict(self.failed),
             "errors": dict(self.errors),
             "plan": {k: dict(v) for k, v in self.plan.items()},
@@ -90,13 +97,14 @@ class Report:
     def from_dict(cls, d: dict[str, Any]) -> Report:
         r = cls()
         for k in (
-            "mode", "dry_run", "documents", "chunks", "embedded", "unchanged", "tombstones", "skipped_bad_rows",
+            "mode", "dry_run", "documents", "chunks", "embedded", "reused", "unchanged", "tombstones", "skipped_bad_rows",
             "model", "dims", "fingerprint", "seconds", "embed_seconds", "partitions",
         ):  # fmt: skip
             if k in d:
                 setattr(r, k, d[k])
         r.upserted = dict(d.get("upserted", {}))
         r.deleted = dict(d.get("deleted", {}))
+        r.retagged = dict(d.get("retagged", {}))
         r.failed = dict(d.get("failed", {}))
         r.errors = dict(d.get("errors", {}))
         r.plan = {k: dict(v) for k, v in d.get("plan", {}).items()}
@@ -106,16 +114,17 @@ class Report:
 
     def merge(self, other: Report) -> Report:
         """Add another partition's counts into this report (used by ``SyncEngine.finalize``)."""
-        for k in ("documents", "chunks", "embedded", "unchanged", "tombstones", "skipped_bad_rows"):
+        for k in ("documents", "chunks", "embedded", "reused", "unchanged", "tombstones", "skipped_bad_rows"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.embed_seconds += other.embed_seconds
-        for mine, theirs in ((self.upserted, other.upserted), (self.deleted, other.deleted), (self.failed, other.failed)):
+        for mine, theirs in ((self.upserted, other.upserted), (self.deleted, other.deleted), (self.retagged, other.retagged),
+                             (self.failed, other.failed)):  # fmt: skip
             for t, n in theirs.items():
                 mine[t] = mine.get(t, 0) + n
         for t, e in other.errors.items():
             self.errors.setdefault(t, e)
         for t, p in other.plan.items():
-            mp = self.plan.setdefault(t, {"new": 0, "changed": 0, "unchanged": 0, "deleted": 0})
+            mp = self.plan.setdefault(t, dict(PLAN_KEYS))
             for k, n in p.items():
                 mp[k] = mp.get(k, 0) + n
         self.bad_rows = (self.bad_rows + other.bad_rows)[: self.MAX_BAD_ROWS]
@@ -132,6 +141,7 @@ class Report:
         verb = "would embed" if self.dry_run else "embedded"
         lines = [
             f"{self.documents} documents, {self.chunks} chunks: {verb} {self.embedded}, unchanged {self.unchanged}"
+            + (f", {self.reused} reused (same text)" if self.reused else "")
             + (f", {self.skipped_bad_rows} bad rows skipped" if self.skipped_bad_rows else "")
             + f" ({self.model}, {self.dims} dims, {self.seconds:.1f}s)"
         ]
@@ -140,12 +150,13 @@ class Report:
             state = "FAILED: " + self.errors[t] if t in self.errors else ("FAILED" if self.failed.get(t) else "ok")
             if self.dry_run:
                 lines.append(
-                    f"  {t}: plan new={p.get('new', 0)} changed={p.get('changed', 0)} "
+                    f"  {t}: plan new={p.get('new', 0)} changed={p.get('changed', 0)} retagged={p.get('retagged', 0)} "
                     f"unchanged={p.get('unchanged', 0)} delete={p.get('deleted', 0)} [{state}]"
                 )
             else:
                 lines.append(
-                    f"  {t}: upserted {self.upserted[t]}, deleted {self.deleted.get(t, 0)}, failed {self.failed.get(t, 0)} [{state}]"
+                    f"  {t}: upserted {self.upserted[t]}, metadata updated {self.retagged.get(t, 0)}, "
+                    f"deleted {self.deleted.get(t, 0)}, failed {self.failed.get(t, 0)} [{state}]"
                 )
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)

@@ -19,6 +19,7 @@ from test_connectors_dataset import dataset
 from util import with_name
 
 from connectors import (
+    NOT_STORED,
     ConfigError,
     IndexMismatchError,
     IndexSpec,
@@ -237,6 +238,32 @@ def test_upsert_is_idempotent_and_delete(stores: Stores, data: tuple[list[str], 
     assert not s.get([f"doc{i}#0" for i in range(50)])
     assert all(_idx(h.id) >= 50 for h in s.search(vecs[10], k=10))
     assert s.upsert([]).written == 0 and s.delete([]).deleted == 0
+
+
+def test_update_metadata_replaces_metadata_and_keeps_vector_and_text(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
+    texts, vecs = data
+    s = stores.new("retag")
+    s.ensure_index(SPEC)
+    recs = _records(texts[:40], vecs[:40])
+    assert s.upsert(recs).ok
+    s.flush()
+    before = s.search(vecs[3], k=5)
+    new_md = {"lang": "xx", "added": "yes"}  # "year", "flag" and "n" are gone: replaced, not merged
+    res = s.update_metadata([("doc3#0", {"lang": "zz"}), ("doc3#0", new_md), ("doc4#0", {}), ("nope#0", {"lang": "en"})])
+    assert res.written == 2 and res.failed == {"nope#0": NOT_STORED}
+    s.flush()
+    assert s.count() == 40 and "nope#0" not in s.get(["nope#0"])
+    got = s.get(["doc3#0", "doc4#0", "doc5#0"])
+    assert got["doc3#0"].metadata == new_md and got["doc3#0"].text == texts[3]
+    assert got["doc4#0"].metadata == {} and got["doc4#0"].text == texts[4]
+    assert got["doc5#0"].metadata == _meta(5)
+    after = s.search(vecs[3], k=5)  # the vectors are the stored ones: same neighbours, same scores (to the
+    assert [h.id for h in after] == [h.id for h in before]  # rounding of ES's int8 HNSW, re-quantised per segment)
+    assert [h.score for h in after] == pytest.approx([h.score for h in before], abs=1e-3)
+    assert after[0].id == "doc3#0" and after[0].metadata == new_md
+    assert {h.id for h in s.search(vecs[3], k=40, filter={"lang": "xx"})} == {"doc3#0"}
+    assert "doc3#0" not in {h.id for h in s.search(vecs[3], k=40, filter={"year": 2003})}
+    assert s.update_metadata([]).written == 0
 
 
 def test_metadata_round_trip(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:

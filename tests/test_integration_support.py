@@ -82,7 +82,8 @@ def expected_records(embedder: Any, docs: Sequence[dict[str, Any]], chunk_tokens
         meta = {k: v for k, v in row.items() if k not in ("id", "text", "_deleted")}
         doc = Document(str(row["id"]), row["text"], meta)
         for c in ch.chunk(doc):
-            out[c.id] = sha256(c.text, embedder.fingerprint, canonical_json(meta))[:32]
+            # the text part (what the vector depends on), then the metadata part
+            out[c.id] = sha256(c.text, embedder.fingerprint)[:32] + sha256(canonical_json(meta))[:16]
     return out
 
 

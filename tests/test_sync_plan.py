@@ -52,10 +52,23 @@ def test_plan_new_unchanged_changed_and_stale_chunks() -> None:
     v2 = Document("a", "one|TWO", {"lang": "en"})  # second chunk edited, third gone
     p = plan_document("a", planned(v2), held)
     assert (p.new, p.changed, p.unchanged, p.stale) == ((), ("a#1",), ("a#0",), ("a#2",))
-    assert p.writes == ("a#1",) and p.counts() == {"new": 0, "changed": 1, "unchanged": 1, "deleted": 1}
-    v3 = Document("a", "one|two|three|four", {"lang": "de"})  # metadata is in every chunk record: all change
+    assert p.writes == ("a#1",) and p.counts() == {"new": 0, "changed": 1, "retagged": 0, "unchanged": 1, "deleted": 1}
+    v3 = Document("a", "one|two|three|four", {"lang": "de"})  # metadata only: the vectors are kept, re-tagged
     p = plan_document("a", planned(v3), held)
-    assert p.changed == ("a#0", "a#1", "a#2") and p.new == ("a#3",) and not p.stale
+    assert p.retagged == ("a#0", "a#1", "a#2") and p.new == ("a#3",) and not p.changed and not p.stale
+    assert p.writes == ("a#3",) and p.counts()["retagged"] == 3
+    v4 = Document("a", "one|TWO|three", {"lang": "de"})  # text and metadata: that chunk is written whole
+    p = plan_document("a", planned(v4), held)
+    assert p.changed == ("a#1",) and p.retagged == ("a#0", "a#2")
+
+
+def test_rows_of_the_older_one_part_fingerprint_are_written_again() -> None:
+    """Ledgers written before the text/metadata split hold 32-character fingerprints: such a chunk of a
+    document that changed is planned as changed (written whole, once), never as re-tagged."""
+    doc = Document("a", "one|two", {"lang": "en"})
+    old = {pc.chunk.id: pc.fingerprint[:32] for pc in planned(doc)}
+    p = plan_document("a", planned(Document("a", "one|two", {"lang": "de"})), old)
+    assert p.changed == ("a#0", "a#1") and not p.retagged
 
 
 def test_an_intent_row_is_written_again() -> None:
@@ -82,7 +95,8 @@ def test_removal_plans_every_held_chunk_as_stale() -> None:
 
 def test_chunk_fingerprint_depends_on_text_embedding_and_metadata() -> None:
     base = chunk_fingerprint("t", EMB, "{}")
-    assert len(base) == 32 and base == chunk_fingerprint("t", EMB, "{}")
+    assert len(base) == 48 and base == chunk_fingerprint("t", EMB, "{}")
+    assert base[:32] == chunk_fingerprint("t", EMB, '{"a":1}')[:32]  # the text part ignores metadata
     assert len({base, chunk_fingerprint("u", EMB, "{}"), chunk_fingerprint("t", "other", "{}"), chunk_fingerprint("t", EMB, '{"a":1}')}) == 4
 
 

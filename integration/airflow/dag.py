@@ -76,7 +76,7 @@ def _param_dims(value: Any) -> int | None:
 def _asset_extra(report: Mapping[str, Any], key: str) -> dict[str, Any]:
     return {"target": key, "model": report.get("model"), "dims": report.get("dims"), "fingerprint": report.get("fingerprint"),
             "mode": report.get("mode"), "upserted": report.get("upserted", {}).get(key, 0),
-            "deleted": report.get("deleted", {}).get(key, 0), "documents": report.get("documents")}  # fmt: skip
+            "retagged": report.get("retagged", {}).get(key, 0), "deleted": report.get("deleted", {}).get(key, 0), "documents": report.get("documents")}  # fmt: skip
 
 
 def reindex_tasks(job: ReindexJob, *, partitions: int = 1, assets: Sequence[Asset] = (), publish_assets: bool = True,
