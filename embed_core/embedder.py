@@ -7,6 +7,7 @@ import inspect
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -212,6 +213,10 @@ class Embedder(BaseEmbedder):
         self._special_overhead = len(full) - len(bare)
         if self.append_eos and (not full or full[-1] != self.eos_token_id):
             self._special_overhead += 1
+        # content token ids of the chunks split_text cut last (each one's own encoding, which the split
+        # computes anyway): embedding one of them again skips its tokenisation (tokenise once)
+        self._split_ids: OrderedDict[str, list[int]] = OrderedDict()
+        self._split_lock = threading.Lock()
         return tok
 
     def _pool_token_id(self, tok: Any) -> int | None:
@@ -257,11 +262,30 @@ class Embedder(BaseEmbedder):
     # ------------------------------------------------------------------------------------------
     # tokens
     # ------------------------------------------------------------------------------------------
+    SPLIT_IDS_CACHE = 8192  # chunks whose token ids split_text keeps for their embedding
+
     def _encode(self, texts: list[str]) -> tuple[list[list[int]], int]:
-        """Token ids per text (truncated at max_tokens, EOS ensured for last-token models)."""
-        encodings = self._tok_trunc.encode_batch(texts, add_special_tokens=True)
-        truncated = sum(1 for enc in encodings if enc.overflowing)
-        return [self._ensure_eos(enc.ids) for enc in encodings], truncated
+        """Token ids per text (truncated at max_tokens, EOS ensured for last-token models). A text that
+        ``split_text`` returned as a chunk (and that fits untruncated) takes the ids the split computed
+        for exactly that string: its special tokens added as the tokenizer adds them, nothing else."""
+        out: list[list[int] | None] = [None] * len(texts)
+        room = self.max_tokens - len(self._special_pre) - len(self._special_post)
+        if self._split_ids:
+            with self._split_lock:
+                cached = [self._split_ids.get(t) for t in texts]
+                for t in texts:  # used: the cache only bridges a split and the embedding that follows it
+                    self._split_ids.pop(t, None)
+            for i, ids in enumerate(cached):
+                if ids is not None and len(ids) <= room:
+                    out[i] = self._ensure_eos([*self._special_pre, *ids, *self._special_post])
+        todo = [i for i, ids in enumerate(out) if ids is None]
+        truncated = 0
+        if todo:
+            encodings = self._tok_trunc.encode_batch([texts[i] for i in todo], add_special_tokens=True)
+            truncated = sum(1 for enc in encodings if enc.overflowing)
+            for i, enc in zip(todo, encodings, strict=True):
+                out[i] = self._ensure_eos(enc.ids)
+        return out, truncated  # type: ignore[return-value]
 
     def _ensure_eos(self, ids: list[int]) -> list[int]:
         """Last-token models end every input with their EOS: appended, or over the last token at
@@ -330,11 +354,23 @@ class Embedder(BaseEmbedder):
             prefix = len(self._tok_full.encode(self.document_prefix, add_special_tokens=False).ids) if self.document_prefix else 0
             max_tokens = max(1, self.max_tokens - self._special_overhead - prefix)
         enc = self._tok_full.encode(text, add_special_tokens=False)
+        seen: dict[str, list[int]] = {text: enc.ids}  # each piece's own encoding (the whole text's is known)
 
-        def measure(piece: str) -> int:
-            return len(self._tok_full.encode(piece, add_special_tokens=False).ids)
+        def ids_of(piece: str) -> list[int]:
+            got = seen.get(piece)
+            if got is None:
+                got = seen[piece] = self._tok_full.encode(piece, add_special_tokens=False).ids
+            return got
 
-        return split_by_offsets(text, enc.offsets, max_tokens, overlap, measure)
+        pieces = split_by_offsets(text, enc.offsets, max_tokens, overlap, lambda piece: len(ids_of(piece)))
+        kept = [(piece, ids_of(piece)) for piece in pieces]  # the split measured each piece it returns
+        with self._split_lock:
+            for piece, ids in kept:
+                self._split_ids[piece] = ids
+                self._split_ids.move_to_end(piece)
+            while len(self._split_ids) > self.SPLIT_IDS_CACHE:
+                self._split_ids.popitem(last=False)
+        return pieces
 
     # ------------------------------------------------------------------------------------------
     # embedding

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -262,6 +263,37 @@ def test_count_tokens_and_split_text(minilm: Embedder) -> None:
         minilm.split_text(text, max_tokens=4, overlap=4)
 
 
+def _tokenised_once_equals_tokenised_twice(emb: Embedder, docs: list[str], max_tokens: int | None) -> None:
+    """Chunks that ``split_text`` cut are embedded from the ids the split computed (tokenise once): the
+    model input must be exactly what tokenising the chunk text again gives, and so must the vectors."""
+    emb._split_ids.clear()
+    chunks = [c for d in docs for c in emb.split_text(d, max_tokens=max_tokens)]
+    assert len(chunks) > len(docs) and all(c in emb._split_ids for c in chunks)
+    real, calls = emb._tok_trunc, []
+
+    class Counting:  # the tokenizer, counting what is tokenised again
+        def encode_batch(self, texts: list[str], **kw: Any) -> Any:
+            calls.extend(texts)
+            return real.encode_batch(texts, **kw)
+
+    emb._tok_trunc = Counting()
+    try:
+        once, _ = emb._encode(chunks)  # takes the split's ids (and empties the cache)
+    finally:
+        emb._tok_trunc = real
+    assert calls == [] and not emb._split_ids
+    twice, _ = emb._encode(chunks)  # tokenises the texts again
+    assert once == twice
+    emb.split_text(docs[0], max_tokens=max_tokens)
+    assert np.array_equal(emb.embed_documents(chunks[:4]), emb.embed_documents(chunks[:4]))
+
+
+def test_split_chunks_are_tokenised_once_minilm(minilm: Embedder) -> None:
+    docs = [LONG, "Ünïcödé   text, with  odd   spacing\n\nand a second paragraph. " * 20, "short one"]
+    _tokenised_once_equals_tokenised_twice(minilm, docs, None)
+    _tokenised_once_equals_tokenised_twice(minilm, docs, 24)
+
+
 # ------------------------------------------------------------------------------------------------
 # Qwen3 path on a tiny random model
 # ------------------------------------------------------------------------------------------------
@@ -411,3 +443,10 @@ def test_packed_batch_attention_buckets_cover_every_token_once() -> None:
         else:
             local = pb.positions[b.start : b.end]
             assert torch.equal(b.scatter % b.width, local) and int(b.key_mask.sum()) == b.end - b.start
+
+
+def test_split_chunks_are_tokenised_once_qwen3(qwen: Embedder) -> None:
+    """Byte-level BPE: a chunk's own encoding differs from the document's tokens at its edges; the ids
+    kept are the chunk's own, so the model input is the same as tokenising the chunk text."""
+    docs = [LONG, "  leading spaces, a tab\there, ünïcode, and code: def f(x):\n    return x ** 2\n" * 12, "short one"]
+    _tokenised_once_equals_tokenised_twice(qwen, docs, 20)
