@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CACHE ?= $(HOME)/.cache/embedrail
 PYTEST_ARGS ?=
 
-.PHONY: demo test servers servers-down lint bench venv clean
+.PHONY: demo test servers servers-down lint bench bench-peers venv clean
 
 venv: $(STAMP)
 
@@ -43,5 +43,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/embed_throughput.py
 
+# LangChain index() and LlamaIndex IngestionPipeline side by side with embedrail (benchmarks/peers.py).
+# Their packages go into a separate virtualenv (the `bench` extra, pinned to the same lock where they
+# overlap), never into the test one.
+BENCH_VENV ?= .venv-bench
+bench-peers: $(STAMP)
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	VIRTUAL_ENV=$(abspath $(BENCH_VENV)) $(UV) pip install --quiet --compile-bytecode -c requirements-dev.lock -e ".[bench]"
+	$(BENCH_VENV)/bin/python benchmarks/peers.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .embedrail .servers .servers.env
+	rm -rf $(VENV) $(BENCH_VENV) .embedrail .servers .servers.env
