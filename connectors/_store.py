@@ -348,29 +348,31 @@ class BaseStore:
 
     def update_metadata(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> UpsertResult:
         """Replace the metadata of stored records, keeping their vectors and text (the last item per id
-        wins; an id the store does not hold fails with ``NOT_STORED``).
-
-        This default reads each batch's stored vectors and texts back (native ``_stored``) and writes the
-        records again whole: one read and one write per batch, no model. It is exact (the vector is
-        the stored float32) and replaces the metadata rather than merging into it. A store with a native
-        metadata-only update (Chroma) overrides it."""
+        wins; an id the store does not hold fails with ``NOT_STORED``), in batches (``_update_batch``)."""
         result = UpsertResult()
         latest = {str(i): dict(md or {}) for i, md in items}
         if not latest:
             return result
         target = self._write_target()
         for part in batched(list(latest.items()), self._batch_size()):
-            stored = self._stored(target, [i for i, _ in part])
-            records = []
-            for i, md in part:
-                if i in stored:
-                    vector, text = stored[i]
-                    records.append(Record(i, vector, text, md))
-                else:
-                    result.failed[i] = NOT_STORED
-            if records:
-                result.merge(self.upsert(records))
+            self._update_batch(target, list(part), result)
         return result
+
+    def _update_batch(self, target: ReadTarget, part: list[tuple[str, dict[str, Any]]], result: UpsertResult) -> None:
+        """One batch of ``update_metadata``. This default reads the stored vectors and texts back (native
+        ``_stored``) and writes the records again whole: one read and one write, no model; exact (the
+        vector is the stored float32), and the metadata is replaced, not merged. A store with a native
+        metadata-only update (Chroma) overrides it."""
+        stored = self._stored(target, [i for i, _ in part])
+        records = []
+        for i, md in part:
+            if i in stored:
+                vector, text = stored[i]
+                records.append(Record(i, vector, text, md))
+            else:
+                result.failed[i] = NOT_STORED
+        if records:
+            result.merge(self.upsert(records))
 
     def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:  # native
         """The stored vector and text of each of ``ids`` the index holds."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -352,11 +352,12 @@ class ChromaStore(BaseStore):
         self._call(lambda: col.upsert(ids=ids, embeddings=emb, documents=docs, metadatas=metadatas), "upsert")
         return {}
 
-    def _clear_stale_keys(self, col: Any, ids: list[str], metadatas: list[dict[str, Any] | None]) -> None:
-        """Chroma's upsert merges metadata into an existing record; we want replacement: keys the stored
-        record has but the new metadata lacks are set to None, which deletes them."""
+    def _clear_stale_keys(self, col: Any, ids: list[str], metadatas: list[dict[str, Any] | None]) -> set[str]:
+        """Chroma's upsert and update merge metadata into an existing record; we want replacement: keys the
+        stored record has but the new metadata lacks are set to None, which deletes them. Returns the ids
+        the collection holds."""
         got = self._call(lambda: col.get(ids=ids, include=["metadatas"]), "read existing metadata")
-        old = {i: md for i, md in zip(got["ids"], got.get("metadatas") or [], strict=False) if md}
+        old = dict(zip(got["ids"], got.get("metadatas") or [None] * len(got["ids"]), strict=False))
         for pos, i in enumerate(ids):
             prev = old.get(i)
             if prev:
@@ -364,34 +365,26 @@ class ChromaStore(BaseStore):
                 stale = {k: None for k in prev if k not in new}
                 if stale:
                     metadatas[pos] = {**new, **stale}
+        return set(old)
 
-    def update_metadata(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> UpsertResult:
-        """Native: ``collection.update`` with metadata only (the vector and the HNSW graph are not touched);
-        keys the new metadata lacks are deleted, as on upsert."""
-        result = UpsertResult()
-        latest = {str(i): dict(md or {}) for i, md in items}
-        if not latest:
-            return result
-        col = self._write_target().handle
-        for part in batched(list(latest), self.max_batch()):
-            got = self._call(lambda p=part: col.get(ids=list(p), include=["metadatas"]), "read existing metadata")
-            old = dict(zip(got["ids"], got.get("metadatas") or [None] * len(got["ids"]), strict=False))
-            ids, metadatas = [], []
-            for i in part:
-                if i not in old:
-                    result.failed[i] = NOT_STORED
-                    continue
-                try:
-                    md = encode_scalar_metadata(latest[i]) or {}
-                except (TypeError, ValueError) as e:
-                    result.failed[i] = f"metadata is not JSON-serialisable: {e}"
-                    continue
+    def _update_batch(self, target: ReadTarget, part: list[tuple[str, dict[str, Any]]], result: UpsertResult) -> None:
+        """Native: ``collection.update`` with metadata only (the vector and the HNSW graph are untouched)."""
+        ids, metadatas = [], []
+        for i, md in part:
+            try:
+                metadatas.append(encode_scalar_metadata(md) or {})
                 ids.append(i)
-                metadatas.append({**md, **{k: None for k in (old[i] or {}) if k not in md}})
-            if ids:
-                self._call(lambda i=ids, m=metadatas: col.update(ids=i, metadatas=m), "update metadata")
-                result.written += len(ids)
-        return result
+            except (TypeError, ValueError) as e:
+                result.failed[i] = f"metadata is not JSON-serialisable: {e}"
+        held = self._clear_stale_keys(target.handle, ids, metadatas) if ids else set()
+        for i in ids:
+            if i not in held:
+                result.failed[i] = NOT_STORED
+        pairs = [(i, md) for i, md in zip(ids, metadatas, strict=True) if i in held]
+        if pairs:
+            self._call(lambda: target.handle.update(ids=[i for i, _ in pairs], metadatas=[m for _, m in pairs]),
+                       "update metadata")  # fmt: skip
+            result.written += len(pairs)
 
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
         col = self._get_col(physical)
