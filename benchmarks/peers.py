@@ -69,16 +69,6 @@ def jobs(rows: list[Row]) -> list[tuple[str, list[Row]]]:
     return list(zip(JOBS, [rows, rows, edited, retagged], strict=True))
 
 
-def chroma_count(path: Path, name: str) -> int:
-    import chromadb
-
-    client = chromadb.PersistentClient(str(path))
-    try:
-        return client.get_collection(name).count()
-    finally:
-        client.close() if hasattr(client, "close") else None
-
-
 # ------------------------------------------------------------------------------------------------ tools
 class Embedrail:
     name = "embedrail"

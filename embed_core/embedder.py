@@ -211,6 +211,7 @@ class Embedder(BaseEmbedder):
         at = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), len(full))
         self._special_pre, self._special_post = full[:at], full[at + len(bare) :]
         self._special_overhead = len(full) - len(bare)
+        self._content_room = self.max_tokens - len(full) + len(bare)  # content tokens that fit one input
         if self.append_eos and (not full or full[-1] != self.eos_token_id):
             self._special_overhead += 1
         # content token ids of the chunks split_text cut last (each one's own encoding, which the split
@@ -269,15 +270,14 @@ class Embedder(BaseEmbedder):
         ``split_text`` returned as a chunk (and that fits untruncated) takes the ids the split computed
         for exactly that string: its special tokens added as the tokenizer adds them, nothing else."""
         out: list[list[int] | None] = [None] * len(texts)
-        room = self.max_tokens - len(self._special_pre) - len(self._special_post)
         if self._split_ids:
             with self._split_lock:
                 cached = [self._split_ids.get(t) for t in texts]
                 for t in texts:  # used: the cache only bridges a split and the embedding that follows it
                     self._split_ids.pop(t, None)
             for i, ids in enumerate(cached):
-                if ids is not None and len(ids) <= room:
-                    out[i] = self._ensure_eos([*self._special_pre, *ids, *self._special_post])
+                if ids is not None and len(ids) <= self._content_room:
+                    out[i] = self._with_specials(ids)
         todo = [i for i, ids in enumerate(out) if ids is None]
         truncated = 0
         if todo:
@@ -286,6 +286,10 @@ class Embedder(BaseEmbedder):
             for i, enc in zip(todo, encodings, strict=True):
                 out[i] = self._ensure_eos(enc.ids)
         return out, truncated  # type: ignore[return-value]
+
+    def _with_specials(self, content: list[int]) -> list[int]:
+        """Content token ids as one model input: the tokenizer's special tokens around them, EOS rule."""
+        return self._ensure_eos([*self._special_pre, *content, *self._special_post])
 
     def _ensure_eos(self, ids: list[int]) -> list[int]:
         """Last-token models end every input with their EOS: appended, or over the last token at
@@ -305,8 +309,7 @@ class Embedder(BaseEmbedder):
         if not inputs:
             return np.zeros((0, self.dims), dtype=np.float32)
         vocab = self._tok_full.get_vocab_size(with_added_tokens=True)
-        pre, post = self._special_pre, self._special_post
-        room = self.max_tokens - len(pre) - len(post)
+        room = self._content_room
         ids_list: list[list[int]] = []
         truncated = 0
         for i, seq in enumerate(inputs):
@@ -317,7 +320,7 @@ class Embedder(BaseEmbedder):
                 raise InputError(f"input {i} has a token id outside the model's vocabulary [0, {vocab})")
             if len(ids) > room:
                 ids, truncated = ids[:room], truncated + 1
-            ids_list.append(self._ensure_eos(pre + ids + post))
+            ids_list.append(self._with_specials(ids))
         started = time.perf_counter()
         vectors = self._embed_ids(ids_list, truncated)
         self.stats.texts += len(ids_list)

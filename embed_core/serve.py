@@ -209,7 +209,8 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
                merge_inputs: int | None = None) -> FastAPI:  # fmt: skip
     """A FastAPI app serving ``embedder`` (see the module docstring for the API). Concurrent
     requests are merged into shared embedder calls (:class:`Batcher`, ``max_wait`` seconds and ``merge_inputs`` inputs at most);
-    ``app.state.batcher`` is that batcher, closed by ``close_app``."""
+    ``app.state.batcher`` is that batcher; whoever runs the app closes it (``serve`` and
+    ``BackgroundServer`` do)."""
     app = FastAPI(title="embedrail embeddings", version="1")
     batcher = app.state.batcher = Batcher(embedder, max_inputs=merge_inputs or max_inputs, max_wait=max_wait)
     created = int(time.time())

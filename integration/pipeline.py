@@ -67,6 +67,11 @@ class _Entry:
     targets: list[str]  # write the record (vector, text, metadata)
     retag: list[str] = field(default_factory=list)  # update the stored record's metadata only
 
+    @property
+    def text_fp(self) -> str:
+        """The fingerprint's text part: equal for equal texts under one embedding, whatever the document."""
+        return self.fingerprint[:TEXT_FP]
+
 
 @dataclass
 class _Batch:
@@ -204,9 +209,10 @@ class PartitionRun:
     def _vectors_for(self, entries: list[_Entry]) -> np.ndarray | None:
         """One row per entry (zeros for a metadata-only entry). Each distinct text not embedded earlier in
         the run is embedded once; the others reuse the vector of its first occurrence."""
-        needed = [(e, e.fingerprint[:TEXT_FP]) for e in entries if e.targets]
+        needed = [e for e in entries if e.targets]
         todo: dict[str, str] = {}  # text fingerprint -> text, first occurrence order
-        for e, tfp in needed:
+        for e in needed:
+            tfp = e.text_fp
             if tfp in self._vectors:
                 self._vectors.move_to_end(tfp)
             elif tfp not in todo:
@@ -230,9 +236,8 @@ class PartitionRun:
         out = np.zeros((len(entries), self.ctx.dims), dtype=np.float32)
         for row, e in enumerate(entries):
             if e.targets:
-                tfp = e.fingerprint[:TEXT_FP]
-                vec = fresh.get(tfp)
-                out[row] = vec if vec is not None else self._vectors[tfp]
+                vec = fresh.get(e.text_fp)
+                out[row] = vec if vec is not None else self._vectors[e.text_fp]
         for tfp, vec in fresh.items():
             self._remember(tfp, vec)
         return out

@@ -57,11 +57,6 @@ class PlannedChunk:
     chunk: Chunk
     fingerprint: str
 
-    @property
-    def text_fp(self) -> str:
-        """The text part: equal for equal texts under one embedding, whatever the document."""
-        return self.fingerprint[:TEXT_FP]
-
 
 @dataclass(frozen=True, slots=True)
 class Triage:
