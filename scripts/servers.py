@@ -15,9 +15,18 @@ Servers (all on 127.0.0.1, free ports, throw-away data directories):
 - Weaviate: built from the Go module ``github.com/weaviate/weaviate`` (``./cmd/weaviate-server``)
   with the Go toolchain, run with anonymous access and ``DEFAULT_VECTORIZER_MODULE=none``.
 - Chroma: ``chroma run`` from the ``chromadb`` wheel in the active virtualenv.
+- PostgreSQL (the ledger shared by workers, Airflow's metadata DB): a throw-away cluster, ``initdb``
+  into a temp dir and ``postgres`` on loopback, password auth for TCP (the password is random per
+  start, so tests can assert it never reaches a log). PostgreSQL refuses to run as root, so as root it
+  runs as the system user ``embedrail`` like Elasticsearch. Installed from Debian (``postgresql``)
+  when the machine has no server binaries.
+- Redis (the Celery broker): ``redis-server`` on loopback, no persistence; installed from Debian
+  (``redis-server``) when missing.
 
-A server whose ``EMBEDRAIL_ES_URL`` / ``EMBEDRAIL_WEAVIATE_URL`` / ``EMBEDRAIL_CHROMA_URL`` is already
-set in the environment is not started: that URL is used as is (run the suite against your cluster).
+A server whose ``EMBEDRAIL_ES_URL`` / ``EMBEDRAIL_WEAVIATE_URL`` / ``EMBEDRAIL_CHROMA_URL`` /
+``EMBEDRAIL_PG_URL`` / ``EMBEDRAIL_REDIS_URL`` is already set in the environment is not started: that
+URL is used as is (run the suite against your cluster; the PostgreSQL user must be able to create
+databases).
 
 Downloads and builds are cached in ``$EMBEDRAIL_CACHE`` (default ``~/.cache/embedrail``), so a second
 start on the same machine takes seconds. Standard library only: `down` must work without the venv.
@@ -39,6 +48,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -62,11 +72,13 @@ ES_URL_TMPL = (
 WEAVIATE_VERSION = os.environ.get("EMBEDRAIL_WEAVIATE_VERSION", "v1.39.3")
 ES_USER = "embedrail"
 
-KINDS = ("es", "weaviate", "chroma")
+KINDS = ("es", "weaviate", "chroma", "pg", "redis")
 ENV_NAMES = {
     "es": "EMBEDRAIL_ES_URL",
     "weaviate": "EMBEDRAIL_WEAVIATE_URL",
     "chroma": "EMBEDRAIL_CHROMA_URL",
+    "pg": "EMBEDRAIL_PG_URL",
+    "redis": "EMBEDRAIL_REDIS_URL",
 }
 
 
@@ -110,6 +122,100 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def redis_ok(host: str, port: int, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def pg_ok(host: str, port: int, timeout: float = 2.0) -> bool:
+    """The server accepts connections (pg_isready's answer; any auth outcome counts as up)."""
+    isready = pg_bin("pg_isready", required=False)
+    if isready is None:  # no client tools: a TCP connect is the best we can do
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                return True
+        except OSError:
+            return False
+    r = subprocess.run([str(isready), "-h", host, "-p", str(port), "-t", str(int(max(1, timeout)))],
+                       capture_output=True)  # fmt: skip
+    return r.returncode == 0
+
+
+def health_ok(url: str) -> bool:
+    """``url``: an http(s) health URL, ``pg://host:port`` or ``redis://host:port``."""
+    if url.startswith(("pg://", "redis://")):
+        hostport = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+        host, _, port = hostport.rpartition(":")
+        return (pg_ok if url.startswith("pg://") else redis_ok)(host, int(port))
+    return http_ok(url)
+
+
+def url_health(kind: str, url: str) -> str:
+    """The ``health_ok`` URL of a PostgreSQL (``postgresql[+driver]://...``) or Redis (``redis://...``) URL."""
+    rest = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{'pg' if kind == 'pg' else 'redis'}://{rest}"
+
+
+_apt_updated = False
+
+
+def ensure_debian_package(binary: str, package: str, where: Iterable[Path] = ()) -> Path:
+    """The path of ``binary`` (on PATH or in ``where``), installing Debian's ``package`` if it is missing."""
+    global _apt_updated
+
+    def find() -> Path | None:
+        for d in where:
+            if (d / binary).exists():
+                return d / binary
+        found = shutil.which(binary)
+        return Path(found) if found else None
+
+    path = find()
+    if path is not None:
+        return path
+    if not (is_root() and shutil.which("apt-get")):
+        raise ProvisionError(f"{binary!r} not found; install the Debian package {package!r} (apt-get install {package}) "
+                             f"or point the suite at a running server with its EMBEDRAIL_*_URL")  # fmt: skip
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for attempt in range(2):
+        if not _apt_updated or attempt:
+            log("apt-get update")
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            _apt_updated = True
+        log(f"installing the Debian package {package}")
+        r = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package],
+                           env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+        path = find()
+        if r.returncode == 0 and path is not None:
+            return path
+    raise ProvisionError(f"apt-get install {package} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+
+
+def pg_bin(name: str, required: bool = True) -> Path | None:
+    """A PostgreSQL server program (initdb, postgres, pg_isready): Debian keeps them out of PATH, under
+    /usr/lib/postgresql/<major>/bin (the newest major wins)."""
+    dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+                  reverse=True)  # fmt: skip
+    for d in dirs:
+        if (d / name).exists():
+            return d / name
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    if not required:
+        return None
+    ensure_debian_package("initdb", "postgresql", where=())
+    return pg_bin(name, required=False) or _missing(name)
+
+
+def _missing(name: str) -> Path:
+    raise ProvisionError(f"PostgreSQL's {name!r} not found after installing the Debian package 'postgresql'")
+
+
 def download(url: str, dest: Path) -> None:
     if dest.exists():
         return
@@ -129,6 +235,13 @@ def download(url: str, dest: Path) -> None:
     raise ProvisionError(f"could not download {url}: {last_err}")
 
 
+def redact(url: str) -> str:
+    """``url`` without its password (for log lines)."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{auth.split(':', 1)[0]}:***{at}{host}" if at and ":" in auth else url
+
+
 def is_root() -> bool:
     return os.geteuid() == 0
 
@@ -142,6 +255,15 @@ def ensure_es_user() -> None:
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", ES_USER],
             check=True,
         )
+
+
+def as_service_user(cmd: list[str], env_names: Iterable[str] = (), env: dict[str, str] | None = None) -> list[str]:
+    """``cmd`` run as the unprivileged ``embedrail`` user when we are root (servers that refuse root)."""
+    if not is_root():
+        return cmd
+    ensure_es_user()
+    passed = [f"{k}={(env or os.environ)[k]}" for k in env_names if k in (env or os.environ)]
+    return ["runuser", "-u", ES_USER, "--", "env", *passed, *cmd]
 
 
 def chown_tree(path: Path, user: str) -> None:
@@ -401,8 +523,66 @@ def start_chroma() -> Server:
     )
 
 
-STARTERS = {"es": start_es, "weaviate": start_weaviate, "chroma": start_chroma}
-TIMEOUTS = {"es": 180.0, "weaviate": 120.0, "chroma": 60.0}
+PG_USER = "embedrail"
+
+
+def start_pg() -> Server:
+    initdb, postgres = pg_bin("initdb"), pg_bin("postgres")
+    assert initdb and postgres
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="embedrail-pg-"))
+    cluster, sockets = data / "cluster", data / "sock"
+    sockets.mkdir()
+    password = uuid.uuid4().hex
+    pwfile = data / "pw"
+    pwfile.write_text(password + "\n")
+    log_path = STATE_DIR / "postgres.log"
+    if is_root():
+        ensure_es_user()
+        chown_tree(data, ES_USER)
+    pwfile.chmod(0o600)
+    r = subprocess.run(
+        as_service_user([str(initdb), "-D", str(cluster), "-U", PG_USER, f"--pwfile={pwfile}", "-E", "UTF8",
+                         "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"]),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    pwfile.unlink()
+    if r.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        raise ProvisionError(f"initdb failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    # Throw-away cluster: durability traded for speed (fsync off); enough connections for an Airflow
+    # scheduler, API server, workers and the test processes at once.
+    cmd = [str(postgres), "-D", str(cluster), "-h", "127.0.0.1", "-p", str(port), "-k", str(sockets),
+           "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+           "-c", "max_connections=300", "-c", "shared_buffers=128MB", "-c", "log_min_messages=warning"]  # fmt: skip
+    log(f"starting PostgreSQL ({postgres.parent.parent.name}) on 127.0.0.1:{port}")
+    p = _spawn(as_service_user(cmd), dict(os.environ), log_path, cwd=data)
+    return Server(
+        kind="pg",
+        url=f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/postgres",
+        pid=p.pid,
+        log=str(log_path),
+        data_dir=str(data),
+        health_url=f"pg://127.0.0.1:{port}",
+        extra={"stop_signal": "SIGINT"},  # fast shutdown: SIGTERM waits for every client to leave
+    )
+
+
+def start_redis() -> Server:
+    binary = ensure_debian_package("redis-server", "redis-server")
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="embedrail-redis-"))
+    log_path = STATE_DIR / "redis.log"
+    cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+           "--dir", str(data), "--protected-mode", "no", "--daemonize", "no"]  # fmt: skip
+    log(f"starting Redis on 127.0.0.1:{port}")
+    p = _spawn(cmd, dict(os.environ), log_path, cwd=data)
+    return Server(kind="redis", url=f"redis://127.0.0.1:{port}/0", pid=p.pid, log=str(log_path), data_dir=str(data),
+                  health_url=f"redis://127.0.0.1:{port}")  # fmt: skip
+
+
+STARTERS = {"es": start_es, "weaviate": start_weaviate, "chroma": start_chroma, "pg": start_pg, "redis": start_redis}
+TIMEOUTS = {"es": 180.0, "weaviate": 120.0, "chroma": 60.0, "pg": 60.0, "redis": 30.0}
 
 
 def pid_alive(pid: int) -> bool:
@@ -433,8 +613,8 @@ def wait_healthy(servers: Iterable[Server]) -> None:
     deadline = {k: time.monotonic() + TIMEOUTS[k] for k in pending}
     while pending:
         for kind, s in list(pending.items()):
-            if http_ok(s.health_url):
-                log(f"{kind} is up: {s.url}")
+            if health_ok(s.health_url):
+                log(f"{kind} is up: {redact(s.url)}")
                 del pending[kind]
             elif not pid_alive(s.pid):
                 raise ProvisionError(f"{kind} exited during start-up; its log ({s.log}) ends with:\n{tail(s.log)}")
@@ -454,7 +634,7 @@ def stop_server(s: Server, timeout: float = 30.0) -> None:
         pgid = None
     if pgid is not None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
+            os.killpg(pgid, getattr(signal, str(s.extra.get("stop_signal", "SIGTERM"))))
         end = time.monotonic() + timeout
         while time.monotonic() < end and pid_alive(s.pid):
             time.sleep(0.2)
@@ -493,6 +673,10 @@ def start(kinds: Iterable[str]) -> list[Server]:
                 provision_es()
             elif k == "weaviate":
                 provision_weaviate()
+            elif k == "pg":
+                pg_bin("initdb")
+            elif k == "redis":
+                ensure_debian_package("redis-server", "redis-server")
         for k in kinds:
             started.append(STARTERS[k]())
         wait_healthy(started)
@@ -595,6 +779,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
         print(provision_weaviate())
     if "chroma" in kinds:
         print(chroma_binary())
+    if "pg" in kinds:
+        print(pg_bin("postgres"))
+    if "redis" in kinds:
+        print(ensure_debian_package("redis-server", "redis-server"))
     return 0
 
 
@@ -604,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("up", "down", "provision", "run"):
         p = sub.add_parser(name)
         if name != "down":
-            p.add_argument("--only", help="comma-separated subset of es,weaviate,chroma")
+            p.add_argument("--only", help="comma-separated subset of es,weaviate,chroma,pg,redis")
         if name == "run":
             p.add_argument("cmd", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)

@@ -1,7 +1,8 @@
 """Test-session wiring: the real servers every store test runs against.
 
 Each server fixture resolves its base URL in this order:
-1. ``EMBEDRAIL_ES_URL`` / ``EMBEDRAIL_WEAVIATE_URL`` / ``EMBEDRAIL_CHROMA_URL`` in the environment
+1. ``EMBEDRAIL_ES_URL`` / ``EMBEDRAIL_WEAVIATE_URL`` / ``EMBEDRAIL_CHROMA_URL`` / ``EMBEDRAIL_PG_URL`` /
+   ``EMBEDRAIL_REDIS_URL`` in the environment
    (``make test`` sets them after starting the servers; users point them at their own clusters);
 2. ``.servers.env`` written by ``make servers``, if those servers answer;
 3. otherwise the server is started here, on first use, and stopped at the end of the session.
@@ -54,6 +55,9 @@ def _read_env_file() -> dict[str, str]:
 def _health_url(kind: str, url: str) -> str:
     from util import http_base
 
+    if kind in ("pg", "redis"):
+        return servers.url_health(kind, url)
+
     base = http_base(url)
     return {
         "es": f"{base}/_cluster/health",
@@ -63,6 +67,8 @@ def _health_url(kind: str, url: str) -> str:
 
 
 def _answers(url: str) -> bool:
+    if url.startswith(("pg://", "redis://")):
+        return servers.health_ok(url)
     try:
         with urllib.request.urlopen(url, timeout=3) as r:
             return r.status < 300
@@ -122,6 +128,52 @@ def weaviate_url() -> str:
 def chroma_http_url() -> str:
     """Base URL of a real Chroma server, e.g. chroma+http://127.0.0.1:8000."""
     return _server_url("chroma")
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """A real PostgreSQL server (user allowed to create databases), e.g. postgresql://u:pw@127.0.0.1:5432/postgres."""
+    return _server_url("pg")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis server, e.g. redis://127.0.0.1:6379/0."""
+    return _server_url("redis")
+
+
+def pg_database(server_url: str, name: str) -> str:
+    """Create a fresh database ``name`` on the server; returns its SQLAlchemy (psycopg 3) URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(server_url)
+    with psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database or "postgres",
+                         autocommit=True) as conn:  # fmt: skip
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return u.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_url(pg_server_url, unique_name) -> str:
+    """A fresh, empty PostgreSQL database for this test (SQLAlchemy URL, psycopg 3 driver)."""
+    return pg_database(pg_server_url, unique_name)
+
+
+@pytest.fixture
+def ledger_kind() -> str:
+    """Where ``ledger_url`` lives: SQLite unless a test says ``@pytest.mark.parametrize("ledger_kind", LEDGERS)``."""
+    return "sqlite"
+
+
+@pytest.fixture
+def ledger_url(request, ledger_kind, tmp_path, unique_name) -> str:
+    """A fresh ledger for this test: a SQLite file, or a new database on the PostgreSQL server."""
+    if ledger_kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    assert ledger_kind == "postgresql", ledger_kind
+    return pg_database(request.getfixturevalue("pg_server_url"), unique_name)
 
 
 @pytest.fixture

@@ -7,6 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+#: ``@pytest.mark.parametrize("ledger_kind", LEDGERS)``: the test runs with its ledger on each (conftest's ledger_url)
+LEDGERS = ["sqlite", "postgresql"]
+
 
 def with_name(base_url: str, name: str) -> str:
     """Insert an index/collection name into a store base URL.
