@@ -28,6 +28,8 @@ __all__ = [
     "SyncError",
     "WriteError",
     "is_retryable",
+    "LedgerError",
+    "RunConflictError",
 ]
 
 
@@ -93,11 +95,26 @@ class WriteError(StoreError):
         self.failed: dict[str, str] = dict(failed or {})
 
 
+class LedgerError(EmbedrailError):
+    """The sync ledger's database could not be reached or kept refusing a transaction (after retries).
+
+    Nothing is lost: the ledger only moves after a store acknowledged, so the next run redoes what this
+    one could not record. Retryable (a database restart or failover)."""
+
+    retryable = True
+
+
 class SyncError(EmbedrailError):
     """The sync engine could not complete a run (the report says which targets failed)."""
 
     exit_code = 1
     retryable = True
+
+
+class RunConflictError(SyncError):
+    """Another run holds the target (its lease in the ledger is live): two runs writing one target at
+    once could leave the store and the ledger disagreeing, so this one stops before it writes. Retryable:
+    waiting for the other run helps."""
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -12,13 +12,26 @@ here. ``prepare`` chooses the embedding (``embedding.py``), ensures each target'
 recovers its full rebuild (``rebuilds.py``), and returns the ``RunContext`` (``context.py``) every later
 step takes. Every step is idempotent: re-running one after a crash or a retry repairs, never duplicates,
 because upserts are per id and the ledger only moves after the store acknowledged.
+
+One run at a time per target: ``prepare`` leases every target to its run in the ledger (``er_leases``),
+every intent and commit of the run renews the lease, ``finalize`` (or the end of ``run()``) releases it.
+A second run that finds a live lease of another run raises ``RunConflictError`` before writing: two runs
+writing the same chunk ids could interleave their store writes and ledger commits in opposite orders and
+leave a stored vector that the ledger does not describe. A lease is taken over when its run stopped
+writing for ``lease_ttl`` seconds, when its holder was a process of this machine that is gone, or when
+the holder has this engine's ``run_owner`` (runs of one Airflow DAG, which Airflow already serialises:
+the DAG factory sets ``max_active_runs=1``; or one process's own earlier, abandoned run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -53,8 +66,13 @@ class SyncEngine:
     ``SyncOptions``; its fields may also be given as keywords (``mode="full"``, ``dims=256``, ...).
     ``ledger``: a SQLAlchemy URL or a ``Ledger`` (default: ``$EMBEDRAIL_LEDGER``, else SQLite under
     ``.embedrail/``). ``embedder``: an already loaded embedder to use; ``embedder_factory(name, dims=,
-    device=)`` loads one (e.g. a per-process cache); ``connect(url)`` opens a store.
+    device=)`` loads one (e.g. a per-process cache); ``connect(url)`` opens a store. ``run_owner``: who
+    holds the run lease (default: this process, ``process:HOST:PID``; the Airflow tasks pass
+    ``airflow:DAG_ID``); ``lease_ttl``: seconds without a write after which a run's lease lapses
+    (default ``$EMBEDRAIL_LEASE_TTL`` or 900).
     """
+
+    LEASE_TTL = 900
 
     def __init__(
         self,
@@ -67,6 +85,8 @@ class SyncEngine:
         progress: bool | None = None,
         connect: Callable[[str], VectorStore] | None = None,
         embedder_factory: Callable[..., Any] | None = None,
+        run_owner: str | None = None,
+        lease_ttl: int | None = None,
         **option_values: Any,
     ) -> None:
         opts = options or SyncOptions()
@@ -77,6 +97,8 @@ class SyncEngine:
         self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
         self.models = ModelResolver(self.ledger, self.options.device, embedder, embedder_factory, self.options.dtype)
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.run_owner = run_owner or _process_owner()
+        self.lease_ttl = int(lease_ttl or os.environ.get("EMBEDRAIL_LEASE_TTL") or self.LEASE_TTL)
         # ids a single-partition pass of this process saw; delete_absent re-reads the source without them
         self._snapshot_ids: set[str] | None = None
 
@@ -99,7 +121,10 @@ class SyncEngine:
         deletes = opts.deletes if opts.deletes != "auto" else ("tombstone" if self.source.is_feed else "snapshot")
         if deletes == "snapshot" and self.source.is_feed:
             raise ConfigError("a watermark feed yields only changed rows: use --deletes tombstone (or none), not snapshot")
-        ctx = RunContext(mode=opts.mode, dry_run=opts.dry_run, deletes=deletes, model=choice.name, load_dims=choice.load_dims,
+        run_id = uuid.uuid4().hex[:12]
+        if not opts.dry_run:  # before the first write (an index created, a rebuild begun)
+            self.ledger.acquire([t.key for t in self.targets], run_id, self.run_owner, self.lease_ttl, self._may_take_over)
+        ctx = RunContext(run_id=run_id, mode=opts.mode, dry_run=opts.dry_run, deletes=deletes, model=choice.name, load_dims=choice.load_dims,
                          model_id=choice.info.model_id, spec=choice.spec, chunk_tokens=opts.chunk_tokens,
                          chunk_overlap=opts.chunk_overlap, notes=list(choice.notes))  # fmt: skip
         for i, t in enumerate(self.targets):
@@ -113,6 +138,19 @@ class SyncEngine:
             since = None if any(v is None for v in held) else min(held)
             ctx.watermark = Watermark(self.source.watermark_key, encode_watermark(since))
         return ctx
+
+    def _may_take_over(self, owner: str) -> bool:
+        """Whether a live lease of ``owner`` may be taken: ours (one Airflow DAG, serialised by Airflow; or
+        this process), or a process of this machine that no longer exists."""
+        if owner == self.run_owner:
+            return True
+        kind, _, rest = owner.partition(":")
+        host, _, pid = rest.rpartition(":")
+        return kind == "process" and host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+
+    def _hold(self, ctx: RunContext) -> None:
+        if not ctx.dry_run:
+            self.ledger.hold(ctx.run_id, self.lease_ttl)
 
     def _max_dims(self, t: Target) -> int | None:
         try:
@@ -162,7 +200,7 @@ class SyncEngine:
             else:
                 info = store.ensure_index(ctx.spec)
                 run.generation = info.physical_name or info.name
-                self._align_ledger(t.key, state, info, run.generation, ctx.spec)
+                self._align_ledger(t.key, state, info, run.generation, ctx.spec, store)
         except IndexMismatchError as e:
             if ctx.mode == "incremental":
                 raise IndexMismatchError(f"{one_line(e)} — the index holds vectors of another embedding (model/dims); "
@@ -173,13 +211,19 @@ class SyncEngine:
                 raise
             run.error = t.error = one_line(e)  # the store is down or broken: the others go on
 
-    def _align_ledger(self, key: str, state: TargetState | None, info: IndexInfo, generation: str, spec: IndexSpec) -> None:
+    def _align_ledger(self, key: str, state: TargetState | None, info: IndexInfo, generation: str, spec: IndexSpec,
+                      store: Any) -> None:  # fmt: skip
         """Forget ledger rows that do not describe the physical index the target has now."""
         if state is not None and state.generation != generation:
             self.ledger.reset(key, state.generation)
         elif state is not None and info.count == 0:
             counts = self.ledger.counts(key, generation)
-            if counts["chunks"] or counts["documents"]:
+            held = counts["chunks"] + counts["pending_chunks"] + counts["documents"]
+            if held:
+                # A count can lag another process's writes (Elasticsearch counts what its last refresh made
+                # visible, and an idle shard skips scheduled refreshes): make them visible before believing it.
+                store.flush()
+            if held and store.count() == 0:
                 log.warning("%s: the index is empty but the ledger remembers %s chunks: forgetting them", key, counts["chunks"])
                 self.ledger.reset(key, generation)
         if state is None or state.generation != generation or state.fingerprint != spec.fingerprint:
@@ -192,6 +236,7 @@ class SyncEngine:
         if not 0 <= index < max(count, 1):
             raise ConfigError(f"partition {index} out of range for {count} partitions")
         ctx, started = RunContext.of(ctx), time.time()
+        self._hold(ctx)
         rep = ctx.new_report(partitions=count)
         rep.notes.extend(ctx.notes)
         lanes: dict[str, Lane] = {}
@@ -243,6 +288,7 @@ class SyncEngine:
     def delete_absent(self, ctx: RunContext | dict[str, Any]) -> dict[str, Any]:
         """Snapshot deletes: remove from every target the documents the source no longer has."""
         ctx = RunContext.of(ctx)
+        self._hold(ctx)
         bound, rep = self.targets.bind(ctx), ctx.new_report()
         if ctx.deletes != "snapshot":
             return rep.to_dict()
@@ -289,6 +335,7 @@ class SyncEngine:
         """Merge the partial reports, flush every target, switch full rebuilds (targets without failures),
         advance feed watermarks. Returns the run report (JSON-able)."""
         ctx = RunContext.of(ctx)
+        self._hold(ctx)
         rep = ctx.new_report()
         wm_max = None
         for p in partial_reports:
@@ -318,6 +365,7 @@ class SyncEngine:
                 for t, _ in bound:
                     if t.key not in rep.errors and not rep.failed.get(t.key):
                         self.ledger.set_watermark(t.key, ctx.watermark.key, encode_watermark(wm_max))
+            self.ledger.release([t.key for t in self.targets], ctx.run_id)
         rep.seconds = time.time() - ctx.started
         return rep.to_dict()
 
@@ -325,9 +373,14 @@ class SyncEngine:
     def run(self) -> Report:
         """prepare + the one partition + snapshot deletes + finalize, in this process."""
         ctx = self.prepare()
-        part = self.sync_partition(0, 1, ctx)
-        dele = self.delete_absent(ctx)
-        return Report.from_dict(self.finalize(ctx, [part, dele]))
+        try:
+            part = self.sync_partition(0, 1, ctx)
+            dele = self.delete_absent(ctx)
+            return Report.from_dict(self.finalize(ctx, [part, dele]))
+        finally:
+            if not ctx.dry_run:  # this process is done with the run, whatever happened: let the next one in
+                with contextlib.suppress(Exception):
+                    self.ledger.release([t.key for t in self.targets], ctx.run_id)
 
     def loaded_embedder(self) -> Any:
         """The embedder this engine loaded or was given (None if no document needed the model)."""
@@ -345,6 +398,20 @@ class SyncEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _process_owner() -> str:
+    return f"process:{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sync(source: Any, targets: Sequence[str | VectorStore], **kwargs: Any) -> Report:

@@ -15,6 +15,8 @@ describe) it records
   before chunking or tokenising it.
 - ``er_targets``: the active generation, a pending full rebuild, the index fingerprint and spec.
 - ``er_watermarks``: per target and feed, the highest watermark whose rows the target fully holds.
+- ``er_leases``: which run is syncing each target (run id, owner, expiry): one run at a time per target
+  (see ``acquire``); renewed by every intent and commit of the holding run.
 - ``er_meta``: a small cache (e.g. a model's fingerprint/dims) so an unchanged run needs no model.
 
 The rule of DESIGN.md holds by construction: the engine calls ``commit_*`` only after the target
@@ -29,6 +31,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +55,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from embedrail.errors import ConfigError
+from embedrail.errors import ConfigError, LedgerError, RunConflictError
+from embedrail.secrets import redact_url
 
 __all__ = ["DEFAULT_LEDGER_URL", "Ledger", "TargetState"]
 
@@ -100,6 +104,15 @@ watermarks_t = Table(
     Column("source", String(1024), primary_key=True),
     Column("value", Text, nullable=True),
 )
+leases_t = Table(
+    "er_leases",
+    metadata,
+    Column("target", String(512), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("owner", String(512), nullable=False),
+    Column("started_at", Integer, nullable=False),
+    Column("expires_at", Integer, nullable=False),
+)
 meta_t = Table(
     "er_meta",
     metadata,
@@ -123,13 +136,30 @@ def _chunks(seq: Sequence[T], n: int = _IN_BATCH) -> Iterable[Sequence[T]]:
         yield seq[i : i + n]
 
 
+def ledger_url(url: str) -> Any:
+    """``url`` parsed as a SQLAlchemy URL; a PostgreSQL URL without a driver (``postgresql://``, or
+    libpq's ``postgres://``) gets psycopg 3, the driver embedrail's ``postgres`` extra installs
+    (SQLAlchemy's own default, psycopg2, is not installed by it)."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    try:
+        parsed = make_url(url)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"bad ledger URL {redact_url(url)!r}: {e}") from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername.endswith("psycopg"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise ConfigError("the ledger on PostgreSQL needs psycopg 3: pip install 'embedrail[postgres]'") from None
+    return parsed
+
+
 class Ledger:
     def __init__(self, url: str | None = None) -> None:
         url = url or os.environ.get("EMBEDRAIL_LEDGER") or DEFAULT_LEDGER_URL
-        try:
-            parsed = make_url(url)
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"bad ledger URL {url!r}: {e}") from None
+        parsed = ledger_url(url)
         self.url = parsed.render_as_string(hide_password=True)
         kwargs: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
@@ -138,8 +168,12 @@ class Ledger:
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 60}
         else:
-            kwargs["pool_pre_ping"] = True
+            # pre-ping: a connection the server (or a failover, or an idle timeout) closed is replaced
+            # instead of failing the next statement; small pool: a task uses one connection per thread
+            kwargs.update(pool_pre_ping=True, pool_size=4, max_overflow=8, pool_recycle=1800)
         self.engine: Engine = create_engine(parsed, **kwargs)
+        # a Ledger dropped without close() still hands its pooled connections back to the server
+        self._finalizer = weakref.finalize(self, self.engine.dispose)
         # SQLite has one writer at a time. Threads of this process (a run's writer threads, one per
         # target) take turns on a lock, which wakes the next one the moment a transaction ends; left to
         # SQLite, a waiting connection sleeps in its busy handler's growing steps (or gets SQLITE_BUSY on a
@@ -152,16 +186,97 @@ class Ledger:
         self._retry(lambda: metadata.create_all(self.engine))
 
     def close(self) -> None:
-        self.engine.dispose()
+        self._finalizer()
+
+    # --- run leases: one run at a time per target -------------------------------------------
+    #: the run whose intents and commits this Ledger makes (``hold``); None: no lease checks (direct use)
+    lease_run: str | None = None
+    lease_ttl: int = 900
+
+    def hold(self, run_id: str | None, ttl: int | None = None) -> None:
+        """Make every later ``mark_intent``/``commit`` renew ``run_id``'s lease on its target and refuse to
+        write once another run took the target over."""
+        self.lease_run = run_id
+        if ttl:
+            self.lease_ttl = int(ttl)
+
+    def acquire(self, targets: Sequence[str], run_id: str, owner: str, ttl: int,
+                may_take_over: Callable[[str], bool] = lambda _owner: False) -> None:  # fmt: skip
+        """Lease every target to ``run_id`` (all or none), or raise ``RunConflictError`` naming the run that
+        holds one. A lease held by another run is taken over when it expired (its run stopped writing
+        ``ttl`` seconds ago) or ``may_take_over(its owner)`` says its holder is gone."""
+
+        def q(conn: Connection) -> None:
+            now = int(time.time())
+            for target in targets:
+                row = conn.execute(select(leases_t).where(leases_t.c.target == target)).mappings().first()
+                if row is not None and row["run_id"] != run_id and row["expires_at"] > now and not may_take_over(row["owner"]):
+                    raise RunConflictError(
+                        f"{target}: run {row['run_id']} ({row['owner']}, started {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(row['started_at']))} "
+                        f"UTC) is syncing it; two runs writing one target at once could leave the store and the ledger "
+                        f"disagreeing, so this run stops before writing. Wait for it to finish (its lease lapses "
+                        f"{row['expires_at'] - now}s after its last write if it died)"
+                    )
+                conn.execute(delete(leases_t).where(leases_t.c.target == target))
+                conn.execute(insert(leases_t).values(target=target, run_id=run_id, owner=owner, started_at=now, expires_at=now + ttl))
+
+        self._tx(q)
+        self.hold(run_id, ttl)
+
+    def release(self, targets: Sequence[str], run_id: str) -> None:
+        """End ``run_id``'s leases (a lease another run took over stays)."""
+
+        def q(conn: Connection) -> None:
+            for part in _chunks(list(targets)):
+                conn.execute(delete(leases_t).where(and_(leases_t.c.target.in_(part), leases_t.c.run_id == run_id)))
+
+        self._tx(q)
+
+    def lease(self, target: str) -> dict[str, Any] | None:
+        """The lease on ``target`` (run_id, owner, started_at, expires_at), or None."""
+
+        def q(conn: Connection) -> dict[str, Any] | None:
+            row = conn.execute(select(leases_t).where(leases_t.c.target == target)).mappings().first()
+            return dict(row) if row is not None else None
+
+        return self._tx(q)
+
+    def _renew(self, conn: Connection, target: str) -> None:
+        """Inside a writing transaction: keep this run's lease, or refuse if another run took the target."""
+        run_id = self.lease_run
+        if run_id is None:
+            return
+        now = int(time.time())
+        n = conn.execute(update(leases_t).where(and_(leases_t.c.target == target, leases_t.c.run_id == run_id))
+                         .values(expires_at=now + self.lease_ttl)).rowcount  # fmt: skip
+        if n:
+            return
+        row = conn.execute(select(leases_t).where(leases_t.c.target == target)).mappings().first()
+        if row is None:  # nobody holds it (released): hold it again
+            conn.execute(insert(leases_t).values(target=target, run_id=run_id, owner="(renewed)", started_at=now,
+                                                 expires_at=now + self.lease_ttl))  # fmt: skip
+            return
+        raise RunConflictError(f"{target}: run {run_id} lost its lease to run {row['run_id']} ({row['owner']}) after "
+                               f"{self.lease_ttl}s without a write; this run stops writing (what it wrote is "
+                               "recorded as intents: the next run repairs it)")  # fmt: skip
 
     # --- plumbing -----------------------------------------------------------------------------
     def _retry(self, fn: Callable[[], T], attempts: int = 8) -> T:
+        """Run a transaction, again on a lost connection, a deadlock, a serialization failure or a key
+        another process inserted first (~6 s of backoff in all); then a ``LedgerError``."""
         for i in range(attempts):
             try:
                 return fn()
-            except (OperationalError, IntegrityError):
+            except DBAPIError as e:
+                if not (isinstance(e, (OperationalError, IntegrityError)) or e.connection_invalidated):
+                    raise  # a programming error: retrying cannot help
                 if i == attempts - 1:
-                    raise
+                    cause = e.orig if e.orig is not None else e
+                    first = (str(cause).strip().splitlines() or [""])[0]
+                    raise LedgerError(
+                        f"the ledger at {self.url} failed {attempts} times ({type(cause).__name__}: {first}); nothing is "
+                        "lost (the ledger only moves after the stores acknowledged): run again when the database is back"
+                    ) from e
                 time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
@@ -312,6 +427,7 @@ class Ledger:
             return
 
         def q(conn: Connection) -> None:
+            self._renew(conn, target)
             ids = [c for c, _ in items]
             existing: set[str] = set()
             for part in _chunks(ids):
@@ -361,6 +477,7 @@ class Ledger:
             return
 
         def q(conn: Connection) -> None:
+            self._renew(conn, target)
             base_c = and_(chunks_t.c.target == target, chunks_t.c.generation == generation)
             base_d = and_(docs_t.c.target == target, docs_t.c.generation == generation)
             gone = [c for c, _, _ in written] + list(deleted)
@@ -374,12 +491,12 @@ class Ledger:
                         for c, d, fp in written
                     ],
                 )
+            # A removed document loses its doc row and the chunk rows named in ``deleted`` (what the store
+            # acknowledged deleting) -- never "every chunk row of the doc": a run overlapping this one may
+            # have just recorded an intent for a chunk it is writing, and that row is the only trace of it.
             doc_ids = [d for d, _, _ in docs_done] + list(docs_removed)
             for part in _chunks(doc_ids):
                 conn.execute(delete(docs_t).where(and_(base_d, docs_t.c.doc_id.in_(part))))
-            if docs_removed:
-                for part in _chunks(list(docs_removed)):
-                    conn.execute(delete(chunks_t).where(and_(base_c, chunks_t.c.doc_id.in_(part))))
             if docs_done:
                 conn.execute(
                     insert(docs_t),

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from test_integration_support import assert_in_step, expected_records, minilm, sentences, write_jsonl
-from util import with_name
+from util import LEDGERS, with_name
 
 from integration.engine import SyncEngine, redact_url
 from integration.ledger import Ledger
@@ -62,11 +62,12 @@ def _ledger_progress(url: str, key: str) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_rerun_repairs(tmp_path: Path, es_url: str, unique_name: str) -> None:
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
+def test_sigkill_at_random_points_then_rerun_repairs(tmp_path: Path, es_url: str, unique_name: str, ledger_url: str) -> None:
     rng = random.Random(int(os.environ.get("EMBEDRAIL_CRASH_SEED", "7")))
     src = tmp_path / "docs.jsonl"
     targets = [f"chroma://{tmp_path / 'chroma'}?collection={unique_name}", with_name(es_url, unique_name)]
-    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    ledger = ledger_url
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     kills = 0
     progress: list[tuple[int, int]] = []

@@ -19,7 +19,7 @@ from test_integration_support import (
     store_records,
     write_jsonl,
 )
-from util import describe, opened, with_name
+from util import LEDGERS, describe, opened, with_name
 
 from connectors import connect
 from connectors.base import UpsertResult
@@ -36,11 +36,11 @@ def emb() -> Any:
 
 
 @pytest.fixture
-def env(tmp_path: Path, unique_name: str) -> dict[str, Any]:
+def env(tmp_path: Path, unique_name: str, ledger_url: str) -> dict[str, Any]:
     return {
         "src": tmp_path / "docs.jsonl",
         "target": f"chroma://{tmp_path / 'chroma'}?collection={unique_name}",
-        "ledger": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        "ledger": ledger_url,  # SQLite, or PostgreSQL where a test is parametrised with LEDGERS
         "tmp": tmp_path,
     }
 
@@ -69,6 +69,7 @@ def test_unchanged_rerun_embeds_and_writes_nothing(env: dict[str, Any], emb: Any
     assert r2.upserted == {redact_url(env["target"]): 0} and r2.deleted == {redact_url(env["target"]): 0}
 
 
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_editing_k_documents_reembeds_exactly_their_changed_chunks(env: dict[str, Any], emb: Any) -> None:
     docs = corpus(8)
     run(env, emb, docs)
@@ -92,6 +93,7 @@ def test_editing_k_documents_reembeds_exactly_their_changed_chunks(env: dict[str
     assert run(env, emb, docs).embedded == 0
 
 
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_metadata_only_change_updates_every_store_in_place_without_the_model(
     env: dict[str, Any], emb: Any, es_url: str, weaviate_url: str, unique_name: str
 ) -> None:
@@ -146,6 +148,7 @@ def test_identical_texts_across_documents_are_embedded_once(env: dict[str, Any],
     assert dry.embedded == 1 and dry.reused == 1
 
 
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_shrinking_document_leaves_no_stale_chunks(env: dict[str, Any], emb: Any) -> None:
     docs = [{"id": "big", "text": sentences("big", 7)}, {"id": "other", "text": sentences("other", 2)}]
     run(env, emb, docs)
@@ -159,6 +162,7 @@ def test_shrinking_document_leaves_no_stale_chunks(env: dict[str, Any], emb: Any
     assert_in_step(env["target"], emb, docs, CT)
 
 
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_snapshot_tombstone_and_no_deletes(env: dict[str, Any], emb: Any) -> None:
     docs = corpus(5)
     run(env, emb, docs)
@@ -211,6 +215,7 @@ def test_incremental_refuses_other_fingerprint_and_full_mode_rebuilds(env: dict[
     assert run(env, emb=v2, docs=docs).embedded == 0  # incremental on the rebuilt index
 
 
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_interrupted_rebuild_is_dropped_or_finished(env: dict[str, Any], emb: Any) -> None:
     docs = corpus(4)
     run(env, emb, docs)
@@ -239,6 +244,7 @@ def test_interrupted_rebuild_is_dropped_or_finished(env: dict[str, Any], emb: An
     assert_in_step(env["target"], emb, docs, CT)
 
 
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_partitioned_api_is_idempotent(env: dict[str, Any], emb: Any) -> None:
     docs = corpus(12)
     write_jsonl(env["src"], docs)
@@ -377,6 +383,7 @@ def test_bad_rows_are_reported_skipped_and_never_reach_the_ledger(env: dict[str,
         SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, on_bad_row="fail", progress=False).run()
 
 
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_sql_feed_with_watermark_and_tombstones(env: dict[str, Any], emb: Any) -> None:
     db = env["tmp"] / "src.db"
     con = sqlite3.connect(db)
@@ -448,6 +455,7 @@ def test_embedding_overlaps_writing_and_memory_stays_bounded(env: dict[str, Any]
     assert_in_step(env["target"], emb, docs, CT)
 
 
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_interrupted_full_rebuild_is_resumed_by_the_next_full_run(env: dict[str, Any], emb: Any) -> None:
     docs = corpus(10)
     run(env, emb, docs)
@@ -465,7 +473,8 @@ def test_interrupted_full_rebuild_is_resumed_by_the_next_full_run(env: dict[str,
     assert_in_step(env["target"], v2, docs, CT)
 
 
-def test_partitions_in_parallel_share_one_sqlite_ledger(env: dict[str, Any], emb: Any) -> None:
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
+def test_partitions_in_parallel_share_one_ledger(env: dict[str, Any], emb: Any) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     docs = corpus(16, 3)

@@ -161,6 +161,7 @@ def build_reindex_dag(
     max_active_tis_per_dag: int | None = None,
     outlets: Sequence[Asset] | None = None,
     tags: Sequence[str] = ("embedrail",),
+    max_active_runs: int = 1,
     start_date: Any = None,
     catchup: bool = False,
     default_args: Mapping[str, Any] | None = None,
@@ -221,7 +222,7 @@ def build_reindex_dag(
 
     @dag(dag_id=dag_id, schedule=schedule, start_date=start_date, catchup=catchup, params=params,
          default_args={"retries": retries, "retry_delay": delay, **dict(default_args or {})}, tags=list(tags),
-         description=doc[:1000], doc_md=__doc__, **kwargs)  # fmt: skip
+         description=doc[:1000], doc_md=__doc__, max_active_runs=max_active_runs, **kwargs)  # fmt: skip
     def reindex() -> None:
         reindex_tasks(job, partitions=partitions, assets=assets, publish_assets=outlets is None, embed_task_options=embed_opts)
 

@@ -82,8 +82,20 @@ class ReindexJob:
         source = expand_env(self.source) if isinstance(self.source, str) else self.source
         options = self.options.replace(**overrides) if overrides else self.options
         engine = SyncEngine(source, urls, options=options, ledger=ledger, progress=False, connect=self.connect,
-                            embedder_factory=self.embedder_factory or cached_embedder)  # fmt: skip
+                            embedder_factory=self.embedder_factory or cached_embedder, run_owner=_run_owner())  # fmt: skip
         return engine, secrets + s
+
+
+def _run_owner() -> str | None:
+    """``airflow:DAG_ID`` inside a task (the ledger lease's owner: runs of one DAG take over each other's
+    lease, as Airflow serialises them), else None (the engine's process owner)."""
+    try:
+        from airflow.sdk import get_current_context
+
+        ti = get_current_context()["ti"]
+    except Exception:  # noqa: BLE001 - not inside a running task
+        return None
+    return f"airflow:{ti.dag_id}"
 
 
 ReindexConfig = ReindexJob  # the name before 0.2
