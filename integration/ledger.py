@@ -156,6 +156,12 @@ def ledger_url(url: str) -> Any:
     return parsed
 
 
+def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """An executemany of one cached INSERT (psycopg pipelines it). Measured against multi-row VALUES
+    statements, which SQLAlchemy compiles afresh per batch: those were slower on SQLite and PostgreSQL."""
+    conn.execute(insert(table), rows)
+
+
 class Ledger:
     def __init__(self, url: str | None = None) -> None:
         url = url or os.environ.get("EMBEDRAIL_LEDGER") or DEFAULT_LEDGER_URL
@@ -174,6 +180,7 @@ class Ledger:
         self.engine: Engine = create_engine(parsed, **kwargs)
         # a Ledger dropped without close() still hands its pooled connections back to the server
         self._finalizer = weakref.finalize(self, self.engine.dispose)
+        self._renewed: dict[str, float] = {}  # target -> when this process last pushed its lease's expiry out
         # SQLite has one writer at a time. Threads of this process (a run's writer threads, one per
         # target) take turns on a lock, which wakes the next one the moment a transaction ends; left to
         # SQLite, a waiting connection sleeps in its busy handler's growing steps (or gets SQLITE_BUSY on a
@@ -222,6 +229,7 @@ class Ledger:
 
         self._tx(q)
         self.hold(run_id, ttl)
+        self._renewed.update(dict.fromkeys(targets, time.time()))
 
     def release(self, targets: Sequence[str], run_id: str) -> None:
         """End ``run_id``'s leases (a lease another run took over stays)."""
@@ -241,24 +249,31 @@ class Ledger:
 
         return self._tx(q)
 
-    def _renew(self, conn: Connection, target: str) -> None:
-        """Inside a writing transaction: keep this run's lease, or refuse if another run took the target."""
+    def _keep_lease(self, target: str) -> None:
+        """Before a write: push this run's lease expiry out, in a short transaction of its own, at most
+        every ``ttl / 10`` seconds per process (the partitions of a run share one lease row: updating it
+        inside every write transaction would make them wait on each other's row lock)."""
+        run_id, now = self.lease_run, time.time()
+        if run_id is None or now - self._renewed.get(target, 0.0) <= self.lease_ttl / 10:
+            return
+        self._renewed[target] = now
+        self._tx(lambda conn: conn.execute(update(leases_t).where(and_(leases_t.c.target == target, leases_t.c.run_id == run_id))
+                                           .values(expires_at=int(now) + self.lease_ttl)))  # fmt: skip
+
+    def _check_lease(self, conn: Connection, target: str) -> None:
+        """Inside a writing transaction: refuse if another run took the target over (a plain read: no lock)."""
         run_id = self.lease_run
         if run_id is None:
             return
-        now = int(time.time())
-        n = conn.execute(update(leases_t).where(and_(leases_t.c.target == target, leases_t.c.run_id == run_id))
-                         .values(expires_at=now + self.lease_ttl)).rowcount  # fmt: skip
-        if n:
-            return
-        row = conn.execute(select(leases_t).where(leases_t.c.target == target)).mappings().first()
+        row = conn.execute(select(leases_t.c.run_id, leases_t.c.owner).where(leases_t.c.target == target)).first()
         if row is None:  # nobody holds it (released): hold it again
+            now = int(time.time())
             conn.execute(insert(leases_t).values(target=target, run_id=run_id, owner="(renewed)", started_at=now,
                                                  expires_at=now + self.lease_ttl))  # fmt: skip
-            return
-        raise RunConflictError(f"{target}: run {run_id} lost its lease to run {row['run_id']} ({row['owner']}) after "
-                               f"{self.lease_ttl}s without a write; this run stops writing (what it wrote is "
-                               "recorded as intents: the next run repairs it)")  # fmt: skip
+        elif row[0] != run_id:
+            raise RunConflictError(f"{target}: run {run_id} lost its lease to run {row[0]} ({row[1]}) after "
+                                   f"{self.lease_ttl}s without a write; this run stops writing (what it wrote is "
+                                   "recorded as intents: the next run repairs it)")  # fmt: skip
 
     # --- plumbing -----------------------------------------------------------------------------
     def _retry(self, fn: Callable[[], T], attempts: int = 8) -> T:
@@ -426,8 +441,10 @@ class Ledger:
         if not items:
             return
 
+        self._keep_lease(target)
+
         def q(conn: Connection) -> None:
-            self._renew(conn, target)
+            self._check_lease(conn, target)
             ids = [c for c, _ in items]
             existing: set[str] = set()
             for part in _chunks(ids):
@@ -445,7 +462,7 @@ class Ledger:
                 if c not in existing
             ]
             if new:
-                conn.execute(insert(chunks_t), new)
+                _insert(conn, chunks_t, new)
 
         self._tx(q)
 
@@ -476,21 +493,18 @@ class Ledger:
         if not (written or deleted or docs_done or docs_removed):
             return
 
+        self._keep_lease(target)
+
         def q(conn: Connection) -> None:
-            self._renew(conn, target)
+            self._check_lease(conn, target)
             base_c = and_(chunks_t.c.target == target, chunks_t.c.generation == generation)
             base_d = and_(docs_t.c.target == target, docs_t.c.generation == generation)
             gone = [c for c, _, _ in written] + list(deleted)
             for part in _chunks(gone):
                 conn.execute(delete(chunks_t).where(and_(base_c, chunks_t.c.chunk_id.in_(part))))
             if written:
-                conn.execute(
-                    insert(chunks_t),
-                    [
-                        {"target": target, "generation": generation, "chunk_id": c, "doc_id": d, "fingerprint": fp}
-                        for c, d, fp in written
-                    ],
-                )
+                _insert(conn, chunks_t, [{"target": target, "generation": generation, "chunk_id": c, "doc_id": d, "fingerprint": fp}
+                                         for c, d, fp in written])  # fmt: skip
             # A removed document loses its doc row and the chunk rows named in ``deleted`` (what the store
             # acknowledged deleting) -- never "every chunk row of the doc": a run overlapping this one may
             # have just recorded an intent for a chunk it is writing, and that row is the only trace of it.
@@ -498,13 +512,8 @@ class Ledger:
             for part in _chunks(doc_ids):
                 conn.execute(delete(docs_t).where(and_(base_d, docs_t.c.doc_id.in_(part))))
             if docs_done:
-                conn.execute(
-                    insert(docs_t),
-                    [
-                        {"target": target, "generation": generation, "doc_id": d, "doc_hash": h, "n_chunks": n}
-                        for d, h, n in docs_done
-                    ],
-                )
+                _insert(conn, docs_t, [{"target": target, "generation": generation, "doc_id": d, "doc_hash": h, "n_chunks": n}
+                                       for d, h, n in docs_done])  # fmt: skip
 
         self._tx(q)
 

@@ -54,8 +54,10 @@ class Deployment:
         (home / "pylib").mkdir()
         (home / "pylib" / "embedrail_test_hostname.py").write_text(HOSTNAME_MODULE)
         async_url = make_url(metadata_url).set(drivername="postgresql+psycopg_async").render_as_string(hide_password=False)
+        inherited = {k: v for k, v in os.environ.items()  # not the dag.test() tests' isolated Airflow settings
+                     if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "_EMBEDRAIL_TEST_AIRFLOW")) and k != "AIRFLOW_HOME"}  # fmt: skip
         self.env = {
-            **os.environ,
+            **inherited,
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",

@@ -33,6 +33,30 @@ def test_chroma_server_is_real(chroma_http_url):
     assert beat
 
 
+def test_postgresql_is_real_and_needs_its_password(pg_server_url):
+    import psycopg
+    import pytest
+    from sqlalchemy.engine import make_url
+
+    u = make_url(pg_server_url)
+    with psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database) as c:
+        version = c.execute("SHOW server_version_num").fetchone()[0]
+        assert int(version) >= 130000
+        assert c.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(host=u.host, port=u.port, user=u.username, password="wrong", dbname=u.database).close()
+
+
+def test_redis_is_real(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.ping() and client.set("embedrail-test", "1") and client.get("embedrail-test") == b"1"
+    finally:
+        client.close()
+
+
 def test_with_name_builds_store_urls():
     assert with_name("es://h:1", "docs") == "es://h:1/docs"
     assert with_name("weaviate://h:1?grpc_port=2", "Docs") == "weaviate://h:1/Docs?grpc_port=2"
