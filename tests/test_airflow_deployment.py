@@ -325,4 +325,6 @@ def test_celery_executor_gpu_queue_and_a_worker_killed_mid_partition(tmp_path: P
         assert retried and all(t["hostname"] == "gpu-worker-2" for t in retried), parts  # retried on the new worker
         rep = d.report("celery")
         assert rep["ok"], rep["errors"]
+        written = d.everything_written()  # the Celery workers' task logs included
+        assert "sync_partition" in written and make_url(ledger).password not in written
     assert_exact([target], ledger, docs)
