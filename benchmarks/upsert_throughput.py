@@ -6,11 +6,12 @@ twice into fresh, identically configured indices:
 
 - ours:   ``store.upsert(records)`` + ``store.flush()``
 - client: ES ``helpers.bulk`` (+ one refresh), Chroma ``collection.upsert`` at ``get_max_batch_size()``,
-          Weaviate ``collection.batch.dynamic()`` (failed_objects checked)
+          Weaviate ``collection.batch.dynamic()`` (failed_objects checked), pgvector: ``COPY ... FROM STDIN
+          (FORMAT BINARY)`` with psycopg (pgvector-python's bulk-loading recipe; an insert, not an upsert)
 
 and print vectors/s and the ratio ours/client (target >= 0.9). Not a test.
 
-    .venv/bin/python benchmarks/upsert_throughput.py [--n 20000] [--repeat 1] [--stores es,chroma,chroma_http,weaviate]
+    .venv/bin/python benchmarks/upsert_throughput.py [--n 20000] [--repeat 1] [--stores es,chroma,chroma_http,weaviate,pgvector]
 """
 
 from __future__ import annotations
@@ -52,12 +53,16 @@ def _urls() -> dict[str, str]:
     for kind, var in (("es", "EMBEDRAIL_ES_URL"), ("chroma_http", "EMBEDRAIL_CHROMA_URL"), ("weaviate", "EMBEDRAIL_WEAVIATE_URL")):
         if env.get(var):
             out[kind] = env[var]
+    if env.get("EMBEDRAIL_PG_URL"):  # postgresql://u:p@h:port/postgres -> pgvector://u:p@h:port/postgres
+        out["pgvector"] = "pgvector://" + env["EMBEDRAIL_PG_URL"].split("://", 1)[1]
     return out
 
 
 def _with_name(base: str, name: str) -> str:
     if base.startswith("chroma://"):
         return f"{base}?collection={name}"
+    if base.startswith("pgvector://"):
+        return f"{base}?table={name}"
     b, _, q = base.partition("?")
     return f"{b.rstrip('/')}/{name}" + (f"?{q}" if q else "")
 
@@ -139,11 +144,26 @@ def client_weaviate(store: Any, recs: list[Record]) -> float:
     return dt
 
 
+def client_pgvector(store: Any, recs: list[Record]) -> float:
+    import json
+
+    conn = store.client
+    table = store._t(store.describe().physical_name)  # noqa: SLF001 - the same table our path writes
+    t = time.perf_counter()
+    with conn.transaction(), conn.cursor().copy(f"COPY {table} (id, embedding, text, metadata) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(["text", "vector", "text", "jsonb"])
+        for r in recs:
+            copy.write_row((r.id, np.asarray(r.vector, dtype=np.float32), r.text, json.dumps(r.metadata)))
+    dt = time.perf_counter() - t
+    return dt
+
+
 CLIENT_PATHS: dict[str, tuple[str, Callable[[Any, list[Record]], float]]] = {
     "es": ("helpers.bulk", client_es),
     "chroma": ("collection.upsert@max_batch", client_chroma),
     "chroma_http": ("collection.upsert@max_batch", client_chroma),
     "weaviate": ("batch.dynamic", client_weaviate),
+    "pgvector": ("COPY FROM STDIN (BINARY)", client_pgvector),
 }
 
 
@@ -172,7 +192,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--stores", default="es,chroma,chroma_http,weaviate")
+    ap.add_argument("--stores", default="es,chroma,chroma_http,weaviate,pgvector")
     args = ap.parse_args()
     t = time.perf_counter()
     texts, vecs = dataset(args.n)

@@ -20,6 +20,9 @@ Servers (all on 127.0.0.1, free ports, throw-away data directories):
   start, so tests can assert it never reaches a log). PostgreSQL refuses to run as root, so as root it
   runs as the system user ``embedrail`` like Elasticsearch. Installed from Debian (``postgresql``)
   when the machine has no server binaries.
+  The pgvector extension is built into that installation from source when missing (Debian 12 has no
+  package for it): the source of ``github.com/pgvector/pgvector`` through the Go module proxy, PGXS
+  from ``postgresql-server-dev-<major>``.
 - Redis (the Celery broker): ``redis-server`` on loopback, no persistence; installed from Debian
   (``redis-server``) when missing.
 
@@ -524,11 +527,60 @@ def start_chroma() -> Server:
 
 
 PG_USER = "embedrail"
+# pgvector (the pgvector connector's extension): built from source into the PostgreSQL installation when it
+# is missing (Debian 12 has no postgresql-15-pgvector package). The source comes through the Go module
+# proxy (it serves any GitHub tag as a module zip), PGXS from Debian's postgresql-server-dev-<major>.
+PGVECTOR_VERSION = os.environ.get("EMBEDRAIL_PGVECTOR_VERSION", "v0.8.1")
+
+
+def ensure_pgvector() -> str:
+    """Make ``CREATE EXTENSION vector`` possible in the local PostgreSQL; returns the pgvector version there."""
+    pg_config = pg_bin("pg_config")
+    assert pg_config is not None
+
+    def cfg(flag: str) -> Path:
+        return Path(subprocess.run([str(pg_config), flag], capture_output=True, text=True, check=True).stdout.strip())
+
+    control = cfg("--sharedir") / "extension" / "vector.control"
+    if control.exists() and (cfg("--pkglibdir") / "vector.so").exists():
+        return next((ln.split("=", 1)[1].strip().strip("'") for ln in control.read_text().splitlines()
+                     if ln.startswith("default_version")), "?")  # fmt: skip
+    if not is_root():
+        raise ProvisionError(f"pgvector is not installed in {pg_config.parent.parent} and installing it needs root: "
+                             "install your distribution's pgvector package or point EMBEDRAIL_PG_URL at a server with it")  # fmt: skip
+    major = pg_config.parent.parent.name
+    headers = cfg("--includedir-server")  # postgres.h & co, shipped by postgresql-server-dev-<major>
+    if not (headers / "postgres.h").exists() or not cfg("--pgxs").exists():
+        ensure_debian_package("postgres.h", f"postgresql-server-dev-{major}", where=[headers])
+    go = shutil.which("go")
+    if not go:
+        raise ProvisionError("the Go toolchain fetches pgvector's source from the Go module proxy; install Go and retry")
+    env = dict(os.environ, GOMODCACHE=str(CACHE / "gomod"), GOFLAGS="-modcacherw")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([go, "mod", "download", "-json", f"github.com/pgvector/pgvector@{PGVECTOR_VERSION}"], env=env,
+                         capture_output=True, text=True, cwd=str(CACHE))  # fmt: skip
+    if out.returncode != 0:
+        raise ProvisionError(f"fetching pgvector {PGVECTOR_VERSION} failed:\n{out.stdout}{out.stderr}")
+    src = Path(json.loads(out.stdout)["Dir"])
+    build = Path(tempfile.mkdtemp(prefix="embedrail-pgvector-"))
+    try:
+        shutil.copytree(src, build / "src")
+        subprocess.run(["chmod", "-R", "u+w", str(build)], check=True)
+        log(f"building pgvector {PGVECTOR_VERSION} for PostgreSQL {major}")
+        for target in ("all", "install"):
+            r = subprocess.run(["make", "-j2", target, f"PG_CONFIG={pg_config}", "with_llvm=no", "OPTFLAGS="],
+                               cwd=build / "src", capture_output=True, text=True)  # fmt: skip
+            if r.returncode != 0:
+                raise ProvisionError(f"building pgvector failed (make {target}):\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return PGVECTOR_VERSION.lstrip("v")
 
 
 def start_pg() -> Server:
     initdb, postgres = pg_bin("initdb"), pg_bin("postgres")
     assert initdb and postgres
+    pgvector = ensure_pgvector()
     port = free_port()
     data = Path(tempfile.mkdtemp(prefix="embedrail-pg-"))
     cluster, sockets = data / "cluster", data / "sock"
@@ -564,7 +616,7 @@ def start_pg() -> Server:
         log=str(log_path),
         data_dir=str(data),
         health_url=f"pg://127.0.0.1:{port}",
-        extra={"stop_signal": "SIGINT"},  # fast shutdown: SIGTERM waits for every client to leave
+        extra={"stop_signal": "SIGINT", "pgvector": pgvector},  # SIGINT: fast shutdown (SIGTERM waits for every client)
     )
 
 
@@ -675,6 +727,7 @@ def start(kinds: Iterable[str]) -> list[Server]:
                 provision_weaviate()
             elif k == "pg":
                 pg_bin("initdb")
+                ensure_pgvector()
             elif k == "redis":
                 ensure_debian_package("redis-server", "redis-server")
         for k in kinds:
@@ -781,6 +834,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         print(chroma_binary())
     if "pg" in kinds:
         print(pg_bin("postgres"))
+        print("pgvector", ensure_pgvector())
     if "redis" in kinds:
         print(ensure_debian_package("redis-server", "redis-server"))
     return 0

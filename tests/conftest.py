@@ -161,6 +161,16 @@ def pg_url(pg_server_url, unique_name) -> str:
     return pg_database(pg_server_url, unique_name)
 
 
+@pytest.fixture(scope="session")
+def pgvector_url(pg_server_url) -> str:
+    """Base URL of a real PostgreSQL + pgvector database, e.g. pgvector://u:pw@127.0.0.1:5432/db (append
+    a table with with_name)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(pg_database(pg_server_url, f"embedrail_pgvector_{uuid.uuid4().hex[:8]}"))
+    return f"pgvector://{u.username}:{u.password}@{u.host}:{u.port}/{u.database}"
+
+
 @pytest.fixture
 def ledger_kind() -> str:
     """Where ``ledger_url`` lives: SQLite unless a test says ``@pytest.mark.parametrize("ledger_kind", LEDGERS)``."""

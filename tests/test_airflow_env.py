@@ -120,7 +120,14 @@ def test_weaviate_and_chroma_connections_map_to_urls(airflow_home, tmp_path):
     with pytest.raises(ConfigError, match="names no index"):
         connection_to_url(_conn("elasticsearch", host="h"))
     with pytest.raises(ConfigError, match="generic one with extra"):
-        connection_to_url(_conn("postgres", host="h"), "x")
+        connection_to_url(_conn("mysql", host="h"), "x")
+    # the postgres provider's connection type: a pgvector table (schema = the database)
+    url, secrets = connection_to_url(_conn("postgres", host="pg", port=5433, login="u", password="p@ss", schema="vec",
+                                           extra={"sslmode": "require"}), "docs")  # fmt: skip
+    assert url == "pgvector://u:p%40ss@pg:5433/vec?sslmode=require&table=docs" and secrets == ["p@ss"]
+    from connectors import parse_url
+
+    assert parse_url(url).password == "p@ss" and parse_url(url).param("table") == "docs"
 
 
 def test_target_specs_and_assets_need_no_network(airflow_home, monkeypatch):

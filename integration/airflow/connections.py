@@ -104,9 +104,10 @@ def with_index(url: str, index: str | None) -> str:
     if not index:
         return url
     u = urlsplit(url)
-    if u.scheme == "chroma":  # embedded: the path is the directory
-        q = [(k, v) for k, v in parse_qsl(u.query, keep_blank_values=True) if k != "collection"]
-        return f"{u.scheme}://{u.netloc}{u.path}?{urlencode([*q, ('collection', index)])}"
+    if u.scheme == "chroma" or u.scheme.split("+")[0] in ("pgvector", "postgresql", "postgres"):
+        key = "collection" if u.scheme == "chroma" else "table"  # embedded Chroma: the path is the directory;
+        q = [(k, v) for k, v in parse_qsl(u.query, keep_blank_values=True) if k != key]  # pgvector: the database
+        return f"{u.scheme}://{u.netloc}{u.path}?{urlencode([*q, (key, index)])}"
     return urlunsplit((u.scheme, u.netloc, u.path.rstrip("/") + "/" + quote(index), u.query, ""))
 
 
@@ -188,6 +189,18 @@ def _chroma(conn: Any, extra: dict[str, Any]) -> _Mapped:
     return f"chroma+{scheme}://" + _netloc(host or "localhost", getattr(conn, "port", None) or hport or 8000), params, secrets, index
 
 
+def _postgres(conn: Any, extra: dict[str, Any]) -> _Mapped:
+    """The official postgres provider's connection (schema = the database) -> a pgvector table URL."""
+    params = {k: str(extra[k]) for k in ("sslmode", "connect_timeout") if extra.get(k)}
+    if extra.get("pg_schema"):
+        params["schema"] = str(extra["pg_schema"])
+    password = getattr(conn, "password", None) or None
+    netloc = _netloc(getattr(conn, "host", None) or "localhost", getattr(conn, "port", None) or 5432,
+                     getattr(conn, "login", None) or None, password)  # fmt: skip
+    db = getattr(conn, "schema", None) or "postgres"
+    return f"pgvector://{netloc}/{quote(db)}", params, [password] if password else [], extra.get("table") or extra.get("index")
+
+
 #: connection type (or extra ``store``) -> how it maps to a store URL
 CONNECTION_TYPES: dict[str, Callable[[Any, dict[str, Any]], _Mapped]] = {
     "elasticsearch": _elasticsearch,
@@ -195,6 +208,9 @@ CONNECTION_TYPES: dict[str, Callable[[Any, dict[str, Any]], _Mapped]] = {
     "weaviate": _weaviate,
     "chroma": _chroma,
     "chromadb": _chroma,
+    "postgres": _postgres,
+    "postgresql": _postgres,
+    "pgvector": _postgres,
 }
 
 
@@ -207,15 +223,15 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
     mapper = CONNECTION_TYPES.get(kind)
     conn_id = getattr(conn, "conn_id", "?")
     if mapper is None:
-        raise ConfigError(f"connection {conn_id!r} has type {ctype!r}: use an elasticsearch or weaviate connection, or a "
-                          'generic one with extra {"store": "chroma"} (see integration.airflow.connections)')  # fmt: skip
+        raise ConfigError(f"connection {conn_id!r} has type {ctype!r}: use an elasticsearch, weaviate or postgres (pgvector) "
+                          'connection, or a generic one with extra {"store": "chroma"} (see integration.airflow.connections)')  # fmt: skip
     url, params, secrets, default_index = mapper(conn, extra)
     index = index or default_index
     if not index:
         raise ConfigError(f"connection {conn_id!r} names no index/collection: use conn:{conn_id}/NAME or extra index/collection")
-    url = with_index(url, str(index))
     if params:
         url += "?" + urlencode(params)
+    url = with_index(url, str(index))
     return url, list(dict.fromkeys(secrets))
 
 

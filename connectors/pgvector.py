@@ -1,0 +1,456 @@
+"""PostgreSQL + pgvector connector (psycopg 3 and the ``pgvector`` package: ``pip install 'embedrail[pgvector]'``).
+
+``pgvector://user:pass@host:5432/dbname?table=docs`` (also ``postgresql://`` / ``postgres://``;
+``?sslmode=require``, ``?schema=``), or ``PgvectorStore(psycopg_connection, table="docs")`` with a
+connection you already have (autocommit; never closed by us).
+
+- One table per physical index: ``id text primary key, embedding vector(d) | halfvec(d), text,
+  metadata jsonb``, an HNSW index (``m``, ``ef_construction`` explicit; operator class from the metric:
+  ``vector_cosine_ops`` / ``vector_ip_ops`` / ``vector_l2_ops``, or the ``halfvec_*`` ones) and a GIN
+  index on the metadata. The ``IndexSpec`` is the table's comment (JSON).
+- Dimensions: pgvector indexes ``vector`` up to 2,000 dims and ``halfvec`` (16-bit floats) up to 4,000
+  (pgvector >= 0.7). Up to 2,000 dims the table uses ``vector``; 2,001-4,000 use ``halfvec`` (so a
+  Qwen3-4B's 2,560 fit); more (Qwen3-8B's 4,096) is refused with ``DimensionLimitError`` naming the way
+  out: a lower ``dims`` on an MRL model. ``max_dims()`` says which applies to the server.
+- Writes: ``INSERT ... ON CONFLICT (id) DO UPDATE`` per batch, in one transaction (a batch the server
+  refuses is bisected so one bad record — e.g. a NUL character in its text — fails alone).
+- Filters run on the JSONB metadata (containment for equality, typed comparisons for ranges) with
+  pgvector's iterative HNSW scan (``hnsw.iterative_scan = relaxed_order``, pgvector >= 0.8), so a
+  selective filter still returns ``k`` hits; hits are re-sorted by score.
+- Rebuilds: the name is a pointer in a small table (``embedrail_aliases``: name -> physical table) and a
+  view of that name for SQL readers; a switch updates both in one transaction (PostgreSQL DDL is
+  transactional), so readers see the complete old or the complete new table.
+- The sync ledger may live in the same database (its tables are ``er_*``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from connectors._filters import Cond, parse_filter
+from connectors._records import batched, spec_from_dict, spec_to_dict
+from connectors._store import BaseStore, Batch, ReadTarget
+from connectors._urls import StoreURL
+from connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.errors import ConfigError, DimensionLimitError, StoreUnavailableError
+
+__all__ = ["PgvectorStore"]
+
+REGISTRY = "embedrail_aliases"
+VECTOR_MAX, HALFVEC_MAX = 2000, 4000  # pgvector's HNSW limits (vector, halfvec)
+_OPS = {"cosine": ("cosine", "<=>"), "dot": ("ip", "<#>"), "l2": ("l2", "<->")}
+_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")  # + "__v<21>" stays inside PostgreSQL's 63-byte identifiers
+
+
+def _q(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'
+
+
+class PgvectorStore(BaseStore):
+    """A PostgreSQL table with a pgvector column behind the ``VectorStore`` protocol (see the module doc)."""
+
+    STORE = "pgvector"
+    NAME_HINT = "pgvector://user:pass@host:5432/db?table=NAME"
+
+    def __init__(self, client_or_url: Any, table: str | None = None, *, m: int = 16, ef_construction: int = 64,
+                 ef_search: int = 100, batch_size: int = 500, schema: str | None = None, **base: Any) -> None:  # fmt: skip
+        super().__init__(client_or_url, table, **base)
+        self.m, self.ef_construction, self.ef_search, self.batch_size = int(m), int(ef_construction), int(ef_search), int(batch_size)
+        self.schema = schema or (self._u.param("schema") if self._u else None) or "public"
+        self._lock = threading.RLock()
+        self._version: tuple[int, ...] | None = None
+
+    # ------------------------------------------------------------------------------ names, client
+    def _name_from_url(self, u: StoreURL) -> str | None:
+        return u.param("table")
+
+    def _url_with_name(self, u: StoreURL, name: str) -> str:
+        return replace(u, params={**u.params, "table": name}).safe
+
+    def _check_name(self, name: str) -> str:
+        if not _NAME_RE.match(name):
+            raise ConfigError(f"invalid pgvector table name {name!r}: 1-40 characters [a-z0-9_], starting with a letter "
+                              "or _ (the physical tables behind it add a 23-character version suffix)")  # fmt: skip
+        return name
+
+    @staticmethod
+    def _describe_client(client: Any, name: str | None) -> str:
+        try:
+            info = client.info
+            return f"pgvector://{info.host}:{info.port}/{info.dbname}?table={name or ''}"
+        except Exception:  # noqa: BLE001 - for messages only
+            return f"pgvector+client://?table={name or ''}"
+
+    def _make_client(self) -> Any:
+        try:
+            import psycopg
+        except ImportError as e:  # pragma: no cover - depends on the installed extras
+            raise ConfigError("the pgvector connector needs psycopg and pgvector: pip install 'embedrail[pgvector]'") from e
+        u: StoreURL = self._u  # type: ignore[assignment]
+        kw: dict[str, Any] = {"host": u.host or "localhost", "port": u.port or 5432, "dbname": u.path.strip("/") or "postgres",
+                              "user": u.username, "password": u.password, "autocommit": True,
+                              "connect_timeout": int(u.param("connect_timeout") or 10)}  # fmt: skip
+        if u.param("sslmode"):
+            kw["sslmode"] = u.param("sslmode")
+        return psycopg.connect(**{k: v for k, v in kw.items() if v is not None})
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._call(self._make_client, "connect")
+        if not getattr(self, "_registered", False):
+            self._setup(self._client)
+        return self._client
+
+    def _setup(self, conn: Any) -> None:
+        """The extension (created if this user may), the vector types' adapters, the pointer table."""
+        from pgvector.psycopg import register_vector
+
+        with self._lock:
+            row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            if row is None:
+                try:
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                except Exception as e:  # noqa: BLE001
+                    raise ConfigError(f"{self.url}: the pgvector extension is not installed in this database and "
+                                      f"could not be created ({type(e).__name__}: {e}); run CREATE EXTENSION vector "
+                                      "as a superuser") from None  # fmt: skip
+                row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            self._version = tuple(int(x) for x in re.findall(r"\d+", row[0])[:3])
+            register_vector(conn)
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {_q(self.schema)}.{REGISTRY} (name text PRIMARY KEY, target text NOT NULL, "
+                         "updated timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+            self._registered = True
+
+    def _close_client(self, client: Any) -> None:
+        client.close()
+
+    @staticmethod
+    def _is_transient(e: BaseException) -> bool:
+        if BaseStore._is_transient(e):
+            return True
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover
+            return False
+        if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.DataError | psycopg.errors.IntegrityError):
+            return False
+        return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError) and not isinstance(
+            e, psycopg.errors.InsufficientPrivilege | psycopg.errors.ProgramLimitExceeded)
+
+    @staticmethod
+    def _is_not_found(e: BaseException) -> bool:
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover
+            return False
+        return isinstance(e, psycopg.errors.UndefinedTable)
+
+    def _sql(self, sql: str, params: Any = None, what: str = "query", many: bool = False) -> list[tuple]:
+        """Run one statement (``many``: executemany in one transaction); rows of a SELECT."""
+
+        def run() -> list[tuple]:
+            conn = self.client
+            with self._lock:
+                if many:
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.executemany(sql, params)
+                    return []
+                cur = conn.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+
+        return self._call(run, what)
+
+    def _tx(self, fn: Any, what: str) -> Any:
+        """``fn(conn)`` inside one transaction."""
+
+        def run() -> Any:
+            conn = self.client
+            with self._lock, conn.transaction():
+                return fn(conn)
+
+        return self._call(run, what)
+
+    def _t(self, physical: str) -> str:
+        return f"{_q(self.schema)}.{_q(physical)}"
+
+    def pgvector_version(self) -> tuple[int, ...]:
+        _ = self.client
+        assert self._version is not None
+        return self._version
+
+    def max_dims(self) -> int | None:
+        return HALFVEC_MAX if self.pgvector_version() >= (0, 7) else VECTOR_MAX
+
+    # ------------------------------------------------------------------------------ names -> tables
+    def _table_exists(self, physical: str) -> bool:
+        rows = self._sql("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                         "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'", (self.schema, physical), "lookup")  # fmt: skip
+        return bool(rows)
+
+    def _pointer(self) -> str | None:
+        rows = self._sql(f"SELECT target FROM {_q(self.schema)}.{REGISTRY} WHERE name = %s", (self.name,), "resolve alias")
+        return str(rows[0][0]) if rows else None
+
+    def resolve(self) -> str | None:
+        if self._physical_fixed:
+            return self._physical_fixed
+        return self._pointer() or (self.name if self._table_exists(self.name) else None)
+
+    def _current_physical(self) -> str | None:
+        physical = self.resolve()
+        return physical if physical is not None and self._table_exists(physical) else None
+
+    def _spec_of(self, physical: str) -> IndexSpec | None:
+        rows = self._sql("SELECT obj_description(%s::regclass, 'pg_class')", (self._t(physical),), "read spec")
+        raw = rows[0][0] if rows else None
+        try:
+            return spec_from_dict((json.loads(raw) or {}).get("embedrail")) if raw else None
+        except (ValueError, AttributeError):
+            return None
+
+    def _vtype(self, physical: str) -> str:
+        rows = self._sql("SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = %s::regclass "
+                         "AND a.attname = 'embedding'", (self._t(physical),), "read column type")  # fmt: skip
+        return str(rows[0][0]).split("(")[0] if rows else "vector"
+
+    def _handle(self, physical: str) -> Any:
+        return self._vtype(physical)
+
+    # ------------------------------------------------------------------------------ creation
+    def _column_type(self, dims: int) -> str:
+        if dims <= VECTOR_MAX:
+            return "vector"
+        limit = self.max_dims() or VECTOR_MAX
+        if dims <= limit:
+            return "halfvec"
+        raise DimensionLimitError(
+            f"{self.url}: pgvector indexes at most {limit} dims ({'halfvec' if limit > VECTOR_MAX else 'vector'}; pgvector "
+            f"{'.'.join(map(str, self.pgvector_version()))}), {dims} requested; nothing was written. Use a lower dims "
+            f"(an MRL model such as Qwen3-Embedding keeps its quality at e.g. --dims {min(limit, 2048)})"
+        )
+
+    def _create_physical(self, physical: str, spec: IndexSpec) -> None:
+        vtype = self._column_type(spec.dims)
+        ops = f"{vtype}_{_OPS[spec.metric][0]}_ops"
+        comment = json.dumps({"embedrail": spec_to_dict(spec), "logical": self.name}, sort_keys=True)
+
+        def create(conn: Any) -> None:
+            t = self._t(physical)
+            conn.execute(f"CREATE TABLE {t} (id text PRIMARY KEY, embedding {vtype}({int(spec.dims)}) NOT NULL, "
+                         "text text NOT NULL DEFAULT '', metadata jsonb NOT NULL DEFAULT '{}')")  # fmt: skip
+            # unnamed indexes: PostgreSQL picks unique names (physical + a suffix would pass 63 bytes)
+            conn.execute(f"CREATE INDEX ON {t} USING hnsw (embedding {ops}) WITH (m = {self.m}, ef_construction = {self.ef_construction})")
+            conn.execute(f"CREATE INDEX ON {t} USING gin (metadata jsonb_path_ops)")
+            conn.execute(f"COMMENT ON TABLE {t} IS {_literal(comment)}")
+
+        self._tx(create, "create table")
+
+    def _create_named(self, spec: IndexSpec) -> str:
+        physical = self._new_physical_name()
+        self._create_physical(physical, spec)
+
+        def point(conn: Any) -> str:
+            row = conn.execute(f"INSERT INTO {_q(self.schema)}.{REGISTRY} (name, target) VALUES (%s, %s) "
+                               "ON CONFLICT (name) DO NOTHING RETURNING target", (self.name, physical)).fetchone()  # fmt: skip
+            if row is None:  # another process created the index concurrently: theirs wins
+                return str(conn.execute(f"SELECT target FROM {_q(self.schema)}.{REGISTRY} WHERE name = %s", (self.name,)).fetchone()[0])
+            self._replace_view(conn, physical)
+            return physical
+
+        winner = self._tx(point, "write alias")
+        if winner != physical:
+            self._drop_physical(physical)
+        return winner
+
+    def _replace_view(self, conn: Any, physical: str) -> None:
+        """The view named like the index, for SQL readers (skipped if a table of that name exists)."""
+        kind = conn.execute("SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE n.nspname = %s AND c.relname = %s", (self.schema, self.name)).fetchone()  # fmt: skip
+        if kind is not None and kind[0] != "v":
+            return
+        conn.execute(f"DROP VIEW IF EXISTS {self._t(self.name)}")
+        conn.execute(f"CREATE VIEW {self._t(self.name)} AS SELECT id, embedding, text, metadata FROM {self._t(physical)}")
+
+    def describe(self) -> IndexInfo:
+        extra: dict[str, Any] = {"store": "pgvector", "pgvector": ".".join(map(str, self.pgvector_version())), "max_dims": self.max_dims()}
+        physical = self._current_physical()
+        if physical is None:
+            return IndexInfo(name=self.name, exists=False, extra=extra)
+        extra.update(vector_type=self._vtype(physical), url=self.url)
+        return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=self._spec_of(physical),
+                         count=self._count(physical), extra=extra)  # fmt: skip
+
+    # ------------------------------------------------------------------------------ writing
+    def _batch_size(self) -> int:
+        return self.batch_size
+
+    def _encode(self, target: ReadTarget, record: Record, vector: np.ndarray) -> Any:
+        return vector.astype(np.float32, copy=False), record.text or "", json.dumps(record.metadata or {}, allow_nan=False)
+
+    def _write_batch(self, target: ReadTarget, batch: Batch) -> dict[str, str]:
+        t, vtype = self._t(target.physical), target.handle or "vector"
+        sql = (f"INSERT INTO {t} (id, embedding, text, metadata) VALUES (%s, %s::{vtype}, %s, %s::jsonb) ON CONFLICT (id) "
+               "DO UPDATE SET embedding = EXCLUDED.embedding, text = EXCLUDED.text, metadata = EXCLUDED.metadata")  # fmt: skip
+        self._sql(sql, [(i, v, txt, md) for i, (v, txt, md) in batch], "upsert", many=True)
+        return {}
+
+    def _update_batch(self, target: ReadTarget, part: list[tuple[str, dict[str, Any]]], result: UpsertResult) -> None:
+        """Native: the metadata column alone (the vector and the HNSW graph are untouched)."""
+        rows = []
+        for i, md in part:
+            try:
+                rows.append((json.dumps(md, allow_nan=False), i))
+            except (TypeError, ValueError) as e:
+                result.failed[i] = f"metadata is not JSON-serialisable: {e}"
+        t = self._t(target.physical)
+        held = {r[0] for r in self._sql(f"SELECT id FROM {t} WHERE id = ANY(%s)", ([i for _, i in rows],), "read ids")}
+        for _, i in rows:
+            if i not in held:
+                result.failed[i] = NOT_STORED
+        todo = [(md, i) for md, i in rows if i in held]
+        if todo:
+            self._sql(f"UPDATE {t} SET metadata = %s::jsonb WHERE id = %s", todo, "update metadata", many=True)
+            result.written += len(todo)
+
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+        rows = self._sql(f"SELECT id, embedding::vector, text FROM {self._t(target.physical)} WHERE id = ANY(%s)", (ids,), "read back")
+        return {i: (np.asarray(v, dtype=np.float32), txt) for i, v, txt in rows}
+
+    def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
+        self._sql(f"DELETE FROM {self._t(physical)} WHERE id = ANY(%s)", (ids,), "delete")
+        return {}
+
+    # ------------------------------------------------------------------------------ reading
+    def search(self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
+        where, params = _where(parse_filter(filter))
+        k = max(1, int(k))
+        last: BaseException | None = None
+        for attempt in range(3):
+            target = self._read_target() if attempt == 0 else self._require("search")
+            spec = target.spec
+            vec = self._query_vector(vector, spec)
+            metric = spec.metric if spec else "cosine"
+            op, vtype = _OPS[metric][1], target.handle or "vector"
+            sql = (f"SELECT id, text, metadata, embedding {op} %s::{vtype} AS d FROM {self._t(target.physical)}"
+                   f"{' WHERE ' + where if where else ''} ORDER BY embedding {op} %s::{vtype} LIMIT {k}")  # fmt: skip
+
+            def run(conn: Any, sql: str = sql, vec: np.ndarray = vec) -> list[tuple]:
+                conn.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
+                if self.pgvector_version() >= (0, 8):
+                    conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                return conn.execute(sql, (vec, *params, vec)).fetchall()
+
+            try:
+                rows = self._tx(run, "search")
+            except StoreUnavailableError:
+                raise
+            except Exception as e:  # noqa: BLE001 - maybe the table was swapped away under us
+                last = e
+                self._invalidate()
+                if self._physical_fixed or (self.resolve() == target.physical and self._table_exists(target.physical)):
+                    raise self._error(e, "search") from None
+                continue
+            hits = [Hit(id=i, score=_score(metric, float(d)), text=txt or "", metadata=md or {}) for i, txt, md, d in rows]
+            hits.sort(key=lambda h: -h.score)  # relaxed_order may return neighbours slightly out of order
+            return hits
+        raise self._error(last or RuntimeError("table kept changing"), "search")
+
+    def _count(self, physical: str) -> int:
+        return int(self._sql(f"SELECT count(*) FROM {self._t(physical)}", None, "count")[0][0])
+
+    def count(self) -> int:
+        physical = self._current_physical()
+        return 0 if physical is None else self._count(physical)
+
+    def iter_ids(self) -> Iterator[str]:
+        physical = self._current_physical()
+        if physical is None:
+            return
+        after = ""
+        while True:
+            rows = self._sql(f"SELECT id FROM {self._t(physical)} WHERE id > %s ORDER BY id LIMIT 5000", (after,), "list ids")
+            yield from (r[0] for r in rows)
+            if len(rows) < 5000:
+                return
+            after = rows[-1][0]
+
+    def get(self, ids: Sequence[str]) -> dict[str, Hit]:
+        ids = list(dict.fromkeys(ids))
+        physical = self._current_physical() if ids else None
+        if physical is None:
+            return {}
+        out: dict[str, Hit] = {}
+        for part in batched(ids, 5000):
+            for i, txt, md in self._sql(f"SELECT id, text, metadata FROM {self._t(physical)} WHERE id = ANY(%s)", (list(part),), "get"):
+                out[i] = Hit(id=i, score=1.0, text=txt or "", metadata=md or {})
+        return out
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def _drop_physical(self, physical: str) -> None:
+        self._sql(f"DROP TABLE IF EXISTS {self._t(physical)} CASCADE", None, "drop table")
+
+    def drop(self) -> None:
+        """Drop the table behind the name, the name's view and pointer (no error if absent)."""
+        self._invalidate()
+        if self._physical_fixed:
+            self._drop_physical(self._physical_fixed)
+            return
+        target = self._pointer()
+
+        def unpoint(conn: Any) -> None:
+            conn.execute(f"DELETE FROM {_q(self.schema)}.{REGISTRY} WHERE name = %s", (self.name,))
+            conn.execute(f"DROP VIEW IF EXISTS {self._t(self.name)}")
+
+        self._tx(unpoint, "delete alias")
+        if target:
+            self._drop_physical(target)
+        if self._table_exists(self.name):
+            self._drop_physical(self.name)
+
+    def _switch(self, physical: str) -> list[str]:
+        def switch(conn: Any) -> str | None:
+            row = conn.execute(f"SELECT target FROM {_q(self.schema)}.{REGISTRY} WHERE name = %s FOR UPDATE", (self.name,)).fetchone()
+            conn.execute(f"INSERT INTO {_q(self.schema)}.{REGISTRY} (name, target) VALUES (%s, %s) ON CONFLICT (name) "
+                         "DO UPDATE SET target = EXCLUDED.target, updated = now()", (self.name, physical))  # fmt: skip
+            self._replace_view(conn, physical)
+            return str(row[0]) if row else None
+
+        old = self._tx(switch, "switch alias")
+        return [old] if old else []
+
+
+def _literal(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _score(metric: str, d: float) -> float:
+    if metric == "cosine":
+        return 1.0 - d  # <=> is the cosine distance
+    return -d  # <#> is the negative inner product; <-> the L2 distance (higher is better: negated)
+
+
+def _where(conds: list[Cond]) -> tuple[str, list[Any]]:
+    """The portable filter as SQL on the JSONB metadata: equality by containment (type-exact, GIN-indexed),
+    ranges on numbers only."""
+    parts, params = [], []
+    for c in conds:
+        if c.op in ("$eq", "$ne"):
+            parts.append(("NOT " if c.op == "$ne" else "") + "(metadata @> %s::jsonb)")
+            params.append(json.dumps({c.field: c.value}))
+        elif c.op in ("$in", "$nin"):
+            alts = " OR ".join(["metadata @> %s::jsonb"] * len(c.value))
+            parts.append(("NOT " if c.op == "$nin" else "") + f"({alts})")
+            params += [json.dumps({c.field: v}) for v in c.value]
+        else:
+            sym = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[c.op]
+            parts.append(f"(jsonb_typeof(metadata -> %s) = 'number' AND (metadata ->> %s)::float8 {sym} %s)")
+            params += [c.field, c.field, float(c.value)]
+    return " AND ".join(parts), params

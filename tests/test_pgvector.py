@@ -1,0 +1,139 @@
+"""pgvector specifics on the real PostgreSQL server (the shared contract is in test_conformance.py):
+dimension limits (halfvec above 2,000 dims, a clear error above 4,000), per-record failures, a server
+that is down, a connection the caller owns, the view SQL readers use across a rebuild, and a sync whose
+ledger lives in the same database."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from test_integration_support import assert_in_step, minilm, sentences, write_jsonl
+from util import with_name
+
+from connectors import IndexSpec, Record, connect
+from connectors.pgvector import PgvectorStore
+from embedrail.errors import ConfigError, DimensionLimitError, StoreUnavailableError
+from integration.engine import SyncEngine
+
+
+def _name() -> str:
+    return f"t_pgv_{uuid.uuid4().hex[:10]}"
+
+
+def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _conn(url: str) -> psycopg.Connection:
+    from connectors._urls import parse_url
+
+    u = parse_url(url)
+    return psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.path.strip("/"), autocommit=True)
+
+
+def test_2560_dims_use_halfvec_and_4096_is_refused_with_the_way_out(pgvector_url: str) -> None:
+    with connect(with_name(pgvector_url, _name())) as s:
+        assert s.max_dims() == 4000
+        s.ensure_index(IndexSpec(dims=2560, metric="cosine", fingerprint="qwen3-4b"))
+        info = s.describe()
+        assert info.extra["vector_type"] == "halfvec" and info.spec.dims == 2560
+        vecs = _unit(50, 2560)
+        assert s.upsert([Record(id=f"r{i}", vector=v, text=f"t{i}") for i, v in enumerate(vecs)]).ok
+        hit = s.search(vecs[7], k=1)[0]
+        assert hit.id == "r7" and hit.score > 0.999  # halfvec: 16-bit floats, cosine still ~1
+        s.drop()
+    with connect(with_name(pgvector_url, _name())) as s:
+        with pytest.raises(DimensionLimitError, match=r"at most 4000 dims.*4096 requested.*nothing was written.*lower dims"):
+            s.ensure_index(IndexSpec(dims=4096, metric="cosine", fingerprint="qwen3-8b"))
+        assert not s.describe().exists
+
+
+def test_a_record_the_server_refuses_fails_alone(pgvector_url: str) -> None:
+    with connect(with_name(pgvector_url, _name())) as s:
+        s.ensure_index(IndexSpec(dims=8, metric="l2", fingerprint="x"))
+        vecs = _unit(20, 8)
+        recs = [Record(id=f"r{i}", vector=v, text=f"text {i}") for i, v in enumerate(vecs)]
+        recs[5] = Record(id="r5", vector=vecs[5], text="a NUL \x00 byte")  # PostgreSQL text cannot hold NUL
+        res = s.upsert(recs)
+        assert set(res.failed) == {"r5"} and res.written == 19 and "0x00" in res.failed["r5"]
+        assert s.count() == 19
+        s.drop()
+
+
+def test_a_server_that_is_down_is_store_unavailable(pgvector_url: str) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    from connectors import RetryPolicy
+
+    with connect(f"pgvector://u:secret-pw@127.0.0.1:{port}/db?table=docs", retry=RetryPolicy(attempts=2, initial=0.01)) as s:
+        with pytest.raises(StoreUnavailableError) as ei:
+            s.count()
+        assert "secret-pw" not in str(ei.value)
+    with pytest.raises(ConfigError, match="invalid pgvector table name"):
+        connect(with_name(pgvector_url, "Bad-Name"))
+
+
+def test_a_connection_the_caller_owns_and_the_view_sql_readers_use(pgvector_url: str) -> None:
+    name = _name()
+    conn = _conn(pgvector_url)
+    try:
+        s = PgvectorStore(conn, table=name)
+        s.ensure_index(IndexSpec(dims=8, metric="cosine", fingerprint="a"))
+        vecs = _unit(10, 8)
+        s.upsert([Record(id=f"old{i}", vector=v) for i, v in enumerate(vecs)])
+        assert conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] == 10  # the view
+        new = s.begin_rebuild(IndexSpec(dims=8, metric="cosine", fingerprint="b"))
+        new.upsert([Record(id=f"new{i}", vector=v) for i, v in enumerate(vecs[:4])])
+        assert conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] == 10  # still the old table
+        s.commit_rebuild(new)
+        assert sorted(r[0] for r in conn.execute(f'SELECT id FROM "{name}"')) == [f"new{i}" for i in range(4)]
+        s.drop()
+        s.close()
+        assert not conn.closed  # the caller's connection stays open
+        assert conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None
+    finally:
+        conn.close()
+
+
+def test_sync_into_pgvector_with_the_ledger_in_the_same_database(tmp_path: Path, pgvector_url: str) -> None:
+    from connectors._urls import parse_url
+
+    u = parse_url(pgvector_url)
+    ledger = f"postgresql://{u.username}:{u.password}@{u.host}:{u.port}{u.path}"
+    target = with_name(pgvector_url, _name())
+    emb = minilm()
+    docs = [{"id": f"d{i}", "text": sentences(f"d{i}", 3), "lang": "en" if i % 2 else "de"} for i in range(12)]
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    with SyncEngine(str(src), [target], ledger=ledger, embedder=emb, chunk_tokens=24, progress=False) as e:
+        r = e.run()
+    assert r.ok and r.embedded + r.reused == r.chunks > len(docs)
+    assert_in_step(target, emb, docs, 24)
+    docs[3] = {**docs[3], "lang": "fr"}  # metadata only: re-tagged in place
+    del docs[5]
+    write_jsonl(src, docs)
+    with SyncEngine(str(src), [target], ledger=ledger, embedder=emb, chunk_tokens=24, progress=False) as e:
+        r = e.run()
+    assert r.ok and r.embedded == 0 and sum(r.retagged.values()) > 0 and sum(r.deleted.values()) > 0
+    assert_in_step(target, emb, docs, 24)
+    with _conn(pgvector_url) as c:  # one database holds both
+        tables = {t for (t,) in c.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"er_chunks", "er_docs", "embedrail_aliases"} <= tables
+
+
+def test_the_longest_name_works(pgvector_url: str) -> None:
+    name = ("t_" + uuid.uuid4().hex * 2)[:40]  # its physical tables have 63-byte names, PostgreSQL's limit
+    with connect(with_name(pgvector_url, name)) as s:
+        s.ensure_index(IndexSpec(dims=8, metric="cosine", fingerprint="a"))
+        new = s.begin_rebuild(IndexSpec(dims=8, metric="cosine", fingerprint="b"))
+        assert len(new.describe().physical_name) == 63
+        assert new.upsert([Record(id="a", vector=_unit(1, 8)[0])]).ok
+        s.commit_rebuild(new)
+        assert s.count() == 1
+        s.drop()
