@@ -7,11 +7,12 @@ twice into fresh, identically configured indices:
 - ours:   ``store.upsert(records)`` + ``store.flush()``
 - client: ES ``helpers.bulk`` (+ one refresh), Chroma ``collection.upsert`` at ``get_max_batch_size()``,
           Weaviate ``collection.batch.dynamic()`` (failed_objects checked), pgvector: ``COPY ... FROM STDIN
-          (FORMAT BINARY)`` with psycopg (pgvector-python's bulk-loading recipe; an insert, not an upsert)
+          (FORMAT BINARY)`` with psycopg (pgvector-python's bulk-loading recipe; an insert, not an upsert),
+          OpenSearch ``opensearchpy.helpers.bulk`` (+ one refresh)
 
 and print vectors/s and the ratio ours/client (target >= 0.9). Not a test.
 
-    .venv/bin/python benchmarks/upsert_throughput.py [--n 20000] [--repeat 1] [--stores es,chroma,chroma_http,weaviate,pgvector]
+    .venv/bin/python benchmarks/upsert_throughput.py [--n 20000] [--repeat 1] [--stores es,opensearch,chroma,chroma_http,weaviate,pgvector]
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def _urls() -> dict[str, str]:
                 k, v = line.split("=", 1)
                 env.setdefault(k.strip(), v.strip())
     out = {"chroma": f"chroma://{tempfile.mkdtemp(prefix='bench-chroma-')}"}
-    for kind, var in (("es", "EMBEDRAIL_ES_URL"), ("chroma_http", "EMBEDRAIL_CHROMA_URL"), ("weaviate", "EMBEDRAIL_WEAVIATE_URL")):
+    for kind, var in (("es", "EMBEDRAIL_ES_URL"), ("chroma_http", "EMBEDRAIL_CHROMA_URL"), ("weaviate", "EMBEDRAIL_WEAVIATE_URL"),
+                      ("opensearch", "EMBEDRAIL_OPENSEARCH_URL")):
         if env.get(var):
             out[kind] = env[var]
     if env.get("EMBEDRAIL_PG_URL"):  # postgresql://u:p@h:port/postgres -> pgvector://u:p@h:port/postgres
@@ -144,6 +146,27 @@ def client_weaviate(store: Any, recs: list[Record]) -> float:
     return dt
 
 
+def client_opensearch(store: Any, recs: list[Record]) -> float:
+    from opensearchpy import helpers
+
+    from connectors._es_schema import filterable as _filterable
+
+    physical = store.describe().physical_name
+    client = store.client.raw
+
+    def actions() -> Any:
+        for r in recs:
+            yield {"_index": physical, "_id": r.id, "_source": {"id": r.id, "text": r.text, "metadata": r.metadata,
+                                                              "m": _filterable(r.metadata), "vector": np.asarray(r.vector).tolist()}}  # fmt: skip
+
+    t = time.perf_counter()
+    ok, errors = helpers.bulk(client, actions(), chunk_size=500, raise_on_error=False, refresh=False)
+    client.indices.refresh(index=physical)
+    dt = time.perf_counter() - t
+    assert ok == len(recs) and not errors, errors[:3]
+    return dt
+
+
 def client_pgvector(store: Any, recs: list[Record]) -> float:
     import json
 
@@ -164,6 +187,7 @@ CLIENT_PATHS: dict[str, tuple[str, Callable[[Any, list[Record]], float]]] = {
     "chroma_http": ("collection.upsert@max_batch", client_chroma),
     "weaviate": ("batch.dynamic", client_weaviate),
     "pgvector": ("COPY FROM STDIN (BINARY)", client_pgvector),
+    "opensearch": ("helpers.bulk", client_opensearch),
 }
 
 
@@ -192,7 +216,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--stores", default="es,chroma,chroma_http,weaviate,pgvector")
+    ap.add_argument("--stores", default="es,opensearch,chroma,chroma_http,weaviate,pgvector")
     args = ap.parse_args()
     t = time.perf_counter()
     texts, vecs = dataset(args.n)

@@ -23,11 +23,16 @@ Servers (all on 127.0.0.1, free ports, throw-away data directories):
   The pgvector extension is built into that installation from source when missing (Debian 12 has no
   package for it): the source of ``github.com/pgvector/pgvector`` through the Go module proxy, PGXS
   from ``postgresql-server-dev-<major>``.
+- OpenSearch with the k-NN plugin: assembled from Maven Central artefacts -- the ``integ-test-zip``
+  distribution, the ``opensearch-knn`` plugin zip, and the ``lang-painless`` module the plugin extends
+  (absent from the integ-test zip: its jar, its dependencies' jars and a generated descriptor) -- and
+  run like Elasticsearch (JDK 17, small heap, single node, security off; as the ``embedrail`` user
+  when root). Only the Lucene k-NN engine works there (faiss/nmslib need native libraries).
 - Redis (the Celery broker): ``redis-server`` on loopback, no persistence; installed from Debian
   (``redis-server``) when missing.
 
 A server whose ``EMBEDRAIL_ES_URL`` / ``EMBEDRAIL_WEAVIATE_URL`` / ``EMBEDRAIL_CHROMA_URL`` /
-``EMBEDRAIL_PG_URL`` / ``EMBEDRAIL_REDIS_URL`` is already set in the environment is not started: that
+``EMBEDRAIL_PG_URL`` / ``EMBEDRAIL_REDIS_URL`` / ``EMBEDRAIL_OPENSEARCH_URL`` is already set in the environment is not started: that
 URL is used as is (run the suite against your cluster; the PostgreSQL user must be able to create
 databases).
 
@@ -74,14 +79,21 @@ ES_URL_TMPL = (
 # (1.39.4+ need github.com/weaviate/sroar v0.0.17/18, which the proxy answers 403 for).
 WEAVIATE_VERSION = os.environ.get("EMBEDRAIL_WEAVIATE_VERSION", "v1.39.3")
 ES_USER = "embedrail"
+# OpenSearch: 2.19.1 is the newest release whose k-NN plugin zip is on Maven Central for a 2.x line
+OPENSEARCH_VERSION = os.environ.get("EMBEDRAIL_OPENSEARCH_VERSION", "2.19.1")
+MAVEN = "https://repo1.maven.org/maven2"
+_PAINLESS_DEPS = ("org/antlr/antlr4-runtime/4.13.1/antlr4-runtime-4.13.1.jar", "org/ow2/asm/asm/9.7/asm-9.7.jar",
+                  "org/ow2/asm/asm-util/9.7/asm-util-9.7.jar", "org/ow2/asm/asm-tree/9.7/asm-tree-9.7.jar",
+                  "org/ow2/asm/asm-commons/9.7/asm-commons-9.7.jar", "org/ow2/asm/asm-analysis/9.7/asm-analysis-9.7.jar")  # fmt: skip
 
-KINDS = ("es", "weaviate", "chroma", "pg", "redis")
+KINDS = ("es", "weaviate", "chroma", "pg", "redis", "opensearch")
 ENV_NAMES = {
     "es": "EMBEDRAIL_ES_URL",
     "weaviate": "EMBEDRAIL_WEAVIATE_URL",
     "chroma": "EMBEDRAIL_CHROMA_URL",
     "pg": "EMBEDRAIL_PG_URL",
     "redis": "EMBEDRAIL_REDIS_URL",
+    "opensearch": "EMBEDRAIL_OPENSEARCH_URL",
 }
 
 
@@ -415,6 +427,95 @@ def start_es() -> Server:
     )
 
 
+def provision_opensearch() -> Path:
+    """OpenSearch + k-NN, assembled once (see the module doc); returns its home."""
+    v = OPENSEARCH_VERSION
+    cache = CACHE / f"opensearch-{v}"
+    files = {
+        "dist": (f"{MAVEN}/org/opensearch/distribution/integ-test-zip/opensearch/{v}/opensearch-{v}.zip", cache / f"opensearch-{v}.zip"),
+        "knn": (f"{MAVEN}/org/opensearch/plugin/opensearch-knn/{v}.0/opensearch-knn-{v}.0.zip", cache / f"opensearch-knn-{v}.0.zip"),
+        "painless": (f"{MAVEN}/org/opensearch/plugin/lang-painless/{v}/lang-painless-{v}.jar", cache / f"lang-painless-{v}.jar"),
+        "spi": (f"{MAVEN}/org/opensearch/plugin/opensearch-scripting-painless-spi/{v}/opensearch-scripting-painless-spi-{v}.jar",
+                cache / f"opensearch-scripting-painless-spi-{v}.jar"),
+    }  # fmt: skip
+    for i, dep in enumerate(_PAINLESS_DEPS):
+        files[f"dep{i}"] = (f"{MAVEN}/{dep}", cache / Path(dep).name)
+    base = Path("/var/cache/embedrail") if is_root() else CACHE
+    home = base / f"opensearch-{v}"
+    if (home / "bin" / "opensearch").exists() and (home / "plugins" / "opensearch-knn").is_dir():
+        if is_root():
+            ensure_es_user()
+        return home
+    for url, dest in files.values():
+        download(url, dest)
+    log(f"assembling OpenSearch {v} + k-NN + lang-painless into {home}")
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=base, prefix=".unpack-"))
+    with zipfile.ZipFile(files["dist"][1]) as z:
+        z.extractall(tmp)
+    src = tmp / f"opensearch-{v}"
+    for p in (src / "bin").iterdir():
+        p.chmod(0o755)
+    painless = src / "modules" / "lang-painless"
+    painless.mkdir(parents=True, exist_ok=True)
+    for key, (_, path) in files.items():
+        if key in ("painless", "spi") or key.startswith("dep"):
+            shutil.copy2(path, painless / path.name)
+    (painless / "plugin-descriptor.properties").write_text(
+        "description=An easy, safe and fast scripting language for OpenSearch\n"
+        f"version={v}\nname=lang-painless\nclassname=org.opensearch.painless.PainlessPlugin\njava.version=11\n"
+        f"opensearch.version={v}\nextended.plugins=\nhas.native.controller=false\n"
+    )
+    (painless / "plugin-security.policy").write_text(
+        'grant {\n  permission java.lang.RuntimePermission "createClassLoader";\n'
+        '  permission java.lang.RuntimePermission "getClassLoader";\n};\n'
+    )
+    with zipfile.ZipFile(files["knn"][1]) as z:
+        z.extractall(src / "plugins" / "opensearch-knn")
+    if home.exists():
+        shutil.rmtree(home)
+    src.rename(home)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if is_root():
+        ensure_es_user()
+        chown_tree(home, ES_USER)
+    return home
+
+
+def start_opensearch() -> Server:
+    home = provision_opensearch()
+    java_home = find_java(17)
+    http_port, transport_port = free_ports(2)
+    data = Path(tempfile.mkdtemp(prefix="embedrail-opensearch-"))
+    (data / "data").mkdir()
+    (data / "logs").mkdir()
+    log_path = STATE_DIR / "opensearch.log"
+    env = dict(os.environ)
+    env.update(OPENSEARCH_JAVA_HOME=str(java_home),
+               OPENSEARCH_JAVA_OPTS=os.environ.get("EMBEDRAIL_OPENSEARCH_JAVA_OPTS", "-Xms512m -Xmx1g"))  # fmt: skip
+    env.pop("JAVA_HOME", None)
+    cmd = [
+        str(home / "bin" / "opensearch"),
+        "-E", "discovery.type=single-node",
+        "-E", "network.host=127.0.0.1",
+        "-E", f"http.port={http_port}",
+        "-E", f"transport.port={transport_port}",
+        "-E", f"path.data={data / 'data'}",
+        "-E", f"path.logs={data / 'logs'}",
+        "-E", "cluster.name=embedrail-test-os",
+        "-E", "cluster.routing.allocation.disk.threshold_enabled=false",
+        "-E", "action.destructive_requires_name=false",
+    ]  # fmt: skip
+    if is_root():
+        chown_tree(data, ES_USER)
+        cmd = as_service_user(cmd, ("OPENSEARCH_JAVA_HOME", "OPENSEARCH_JAVA_OPTS"), env)
+    log(f"starting OpenSearch {OPENSEARCH_VERSION} + k-NN (JDK {java_home}) on 127.0.0.1:{http_port}")
+    p = _spawn(cmd, env, log_path, cwd=home)
+    return Server(kind="opensearch", url=f"opensearch://127.0.0.1:{http_port}", pid=p.pid, log=str(log_path),
+                  data_dir=str(data), health_url=f"http://127.0.0.1:{http_port}/_cluster/health?wait_for_status=yellow&timeout=1s",
+                  extra={"version": OPENSEARCH_VERSION, "java_home": str(java_home)})  # fmt: skip
+
+
 def provision_weaviate() -> Path:
     binary = CACHE / f"weaviate-server-{WEAVIATE_VERSION}"
     if binary.exists():
@@ -633,8 +734,9 @@ def start_redis() -> Server:
                   health_url=f"redis://127.0.0.1:{port}")  # fmt: skip
 
 
-STARTERS = {"es": start_es, "weaviate": start_weaviate, "chroma": start_chroma, "pg": start_pg, "redis": start_redis}
-TIMEOUTS = {"es": 180.0, "weaviate": 120.0, "chroma": 60.0, "pg": 60.0, "redis": 30.0}
+STARTERS = {"es": start_es, "weaviate": start_weaviate, "chroma": start_chroma, "pg": start_pg, "redis": start_redis,
+            "opensearch": start_opensearch}  # fmt: skip
+TIMEOUTS = {"es": 180.0, "weaviate": 120.0, "chroma": 60.0, "pg": 60.0, "redis": 30.0, "opensearch": 180.0}
 
 
 def pid_alive(pid: int) -> bool:
@@ -728,6 +830,8 @@ def start(kinds: Iterable[str]) -> list[Server]:
             elif k == "pg":
                 pg_bin("initdb")
                 ensure_pgvector()
+            elif k == "opensearch":
+                provision_opensearch()
             elif k == "redis":
                 ensure_debian_package("redis-server", "redis-server")
         for k in kinds:
@@ -832,6 +936,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         print(provision_weaviate())
     if "chroma" in kinds:
         print(chroma_binary())
+    if "opensearch" in kinds:
+        print(provision_opensearch())
     if "pg" in kinds:
         print(pg_bin("postgres"))
         print("pgvector", ensure_pgvector())
@@ -846,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("up", "down", "provision", "run"):
         p = sub.add_parser(name)
         if name != "down":
-            p.add_argument("--only", help="comma-separated subset of es,weaviate,chroma,pg,redis")
+            p.add_argument("--only", help="comma-separated subset of es,weaviate,chroma,pg,redis,opensearch")
         if name == "run":
             p.add_argument("cmd", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)

@@ -2,7 +2,7 @@
 
 Each server fixture resolves its base URL in this order:
 1. ``EMBEDRAIL_ES_URL`` / ``EMBEDRAIL_WEAVIATE_URL`` / ``EMBEDRAIL_CHROMA_URL`` / ``EMBEDRAIL_PG_URL`` /
-   ``EMBEDRAIL_REDIS_URL`` in the environment
+   ``EMBEDRAIL_REDIS_URL`` / ``EMBEDRAIL_OPENSEARCH_URL`` in the environment
    (``make test`` sets them after starting the servers; users point them at their own clusters);
 2. ``.servers.env`` written by ``make servers``, if those servers answer;
 3. otherwise the server is started here, on first use, and stopped at the end of the session.
@@ -61,6 +61,7 @@ def _health_url(kind: str, url: str) -> str:
     base = http_base(url)
     return {
         "es": f"{base}/_cluster/health",
+        "opensearch": f"{base}/_cluster/health",
         "weaviate": f"{base}/v1/.well-known/ready",
         "chroma": f"{base}/api/v2/heartbeat",
     }[kind]
@@ -116,6 +117,12 @@ def pytest_runtest_makereport(item, call):
 def es_url() -> str:
     """Base URL of a real Elasticsearch, e.g. es://127.0.0.1:9200 (append an index with with_name)."""
     return _server_url("es")
+
+
+@pytest.fixture(scope="session")
+def opensearch_url() -> str:
+    """Base URL of a real OpenSearch with the k-NN plugin, e.g. opensearch://127.0.0.1:9200."""
+    return _server_url("opensearch")
 
 
 @pytest.fixture(scope="session")

@@ -128,6 +128,10 @@ def test_weaviate_and_chroma_connections_map_to_urls(airflow_home, tmp_path):
     from connectors import parse_url
 
     assert parse_url(url).password == "p@ss" and parse_url(url).param("table") == "docs"
+    # the opensearch provider's connection type
+    url, secrets = connection_to_url(_conn("opensearch", host="os.internal", port=9201, login="admin", password="pw!",
+                                           extra={"use_ssl": True, "verify_certs": False}), "docs")  # fmt: skip
+    assert url == "opensearch+https://admin:pw%21@os.internal:9201/docs?verify_certs=false" and secrets == ["pw!"]
 
 
 def test_target_specs_and_assets_need_no_network(airflow_home, monkeypatch):

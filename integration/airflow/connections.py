@@ -189,6 +189,18 @@ def _chroma(conn: Any, extra: dict[str, Any]) -> _Mapped:
     return f"chroma+{scheme}://" + _netloc(host or "localhost", getattr(conn, "port", None) or hport or 8000), params, secrets, index
 
 
+def _opensearch(conn: Any, extra: dict[str, Any]) -> _Mapped:
+    """The official opensearch provider's connection (host, port, login/password; extra use_ssl,
+    verify_certs, ca_certs) -> an OpenSearch index URL."""
+    ssl = truthy(extra.get("use_ssl", False)) or (getattr(conn, "schema", None) or "").lower() == "https"
+    scheme, host, hport = _host(conn, "https" if ssl else "http")
+    params = {k: (str(extra[k]).lower() if isinstance(extra[k], bool) else str(extra[k]))
+              for k in ("ca_certs", "verify_certs") if extra.get(k) is not None}  # fmt: skip
+    password = getattr(conn, "password", None) or None
+    netloc = _netloc(host or "localhost", getattr(conn, "port", None) or hport or 9200, getattr(conn, "login", None) or None, password)
+    return ("opensearch+https://" if scheme == "https" else "opensearch://") + netloc, params, [password] if password else [], extra.get("index")
+
+
 def _postgres(conn: Any, extra: dict[str, Any]) -> _Mapped:
     """The official postgres provider's connection (schema = the database) -> a pgvector table URL."""
     params = {k: str(extra[k]) for k in ("sslmode", "connect_timeout") if extra.get(k)}
@@ -208,6 +220,7 @@ CONNECTION_TYPES: dict[str, Callable[[Any, dict[str, Any]], _Mapped]] = {
     "weaviate": _weaviate,
     "chroma": _chroma,
     "chromadb": _chroma,
+    "opensearch": _opensearch,
     "postgres": _postgres,
     "postgresql": _postgres,
     "pgvector": _postgres,
@@ -223,7 +236,7 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
     mapper = CONNECTION_TYPES.get(kind)
     conn_id = getattr(conn, "conn_id", "?")
     if mapper is None:
-        raise ConfigError(f"connection {conn_id!r} has type {ctype!r}: use an elasticsearch, weaviate or postgres (pgvector) "
+        raise ConfigError(f"connection {conn_id!r} has type {ctype!r}: use an elasticsearch, opensearch, weaviate or postgres (pgvector) "
                           'connection, or a generic one with extra {"store": "chroma"} (see integration.airflow.connections)')  # fmt: skip
     url, params, secrets, default_index = mapper(conn, extra)
     index = index or default_index
