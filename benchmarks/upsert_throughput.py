@@ -8,11 +8,12 @@ twice into fresh, identically configured indices:
 - client: ES ``helpers.bulk`` (+ one refresh), Chroma ``collection.upsert`` at ``get_max_batch_size()``,
           Weaviate ``collection.batch.dynamic()`` (failed_objects checked), pgvector: ``COPY ... FROM STDIN
           (FORMAT BINARY)`` with psycopg (pgvector-python's bulk-loading recipe; an insert, not an upsert),
-          OpenSearch ``opensearchpy.helpers.bulk`` (+ one refresh)
+          OpenSearch ``opensearchpy.helpers.bulk`` (+ one refresh), Qdrant ``client.upload_points``
+          (embedded local mode unless EMBEDRAIL_QDRANT_URL is set)
 
 and print vectors/s and the ratio ours/client (target >= 0.9). Not a test.
 
-    .venv/bin/python benchmarks/upsert_throughput.py [--n 20000] [--repeat 1] [--stores es,opensearch,chroma,chroma_http,weaviate,pgvector]
+    .venv/bin/python benchmarks/upsert_throughput.py [--n 20000] [--repeat 1] [--stores es,opensearch,chroma,chroma_http,weaviate,pgvector,qdrant]
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def _urls() -> dict[str, str]:
             if "=" in line:
                 k, v = line.split("=", 1)
                 env.setdefault(k.strip(), v.strip())
-    out = {"chroma": f"chroma://{tempfile.mkdtemp(prefix='bench-chroma-')}"}
+    out = {"chroma": f"chroma://{tempfile.mkdtemp(prefix='bench-chroma-')}",
+           "qdrant": env.get("EMBEDRAIL_QDRANT_URL") or f"qdrant://{tempfile.mkdtemp(prefix='bench-qdrant-')}"}
     for kind, var in (("es", "EMBEDRAIL_ES_URL"), ("chroma_http", "EMBEDRAIL_CHROMA_URL"), ("weaviate", "EMBEDRAIL_WEAVIATE_URL"),
                       ("opensearch", "EMBEDRAIL_OPENSEARCH_URL")):
         if env.get(var):
@@ -65,6 +67,8 @@ def _with_name(base: str, name: str) -> str:
         return f"{base}?collection={name}"
     if base.startswith("pgvector://"):
         return f"{base}?table={name}"
+    if base.startswith("qdrant:///"):
+        return f"{base}?collection={name}"
     b, _, q = base.partition("?")
     return f"{b.rstrip('/')}/{name}" + (f"?{q}" if q else "")
 
@@ -167,6 +171,18 @@ def client_opensearch(store: Any, recs: list[Record]) -> float:
     return dt
 
 
+def client_qdrant(store: Any, recs: list[Record]) -> float:
+    from qdrant_client import models
+
+    from connectors.qdrant import point_id
+
+    physical = store.describe().physical_name
+    t = time.perf_counter()
+    store.client.upload_points(physical, points=[models.PointStruct(id=point_id(r.id), vector=np.asarray(r.vector, dtype=np.float32).tolist(),
+                               payload={"_id": r.id, "text": r.text, "metadata": r.metadata}) for r in recs], batch_size=256, wait=True)  # fmt: skip
+    return time.perf_counter() - t
+
+
 def client_pgvector(store: Any, recs: list[Record]) -> float:
     import json
 
@@ -188,6 +204,7 @@ CLIENT_PATHS: dict[str, tuple[str, Callable[[Any, list[Record]], float]]] = {
     "weaviate": ("batch.dynamic", client_weaviate),
     "pgvector": ("COPY FROM STDIN (BINARY)", client_pgvector),
     "opensearch": ("helpers.bulk", client_opensearch),
+    "qdrant": ("upload_points", client_qdrant),
 }
 
 
@@ -216,7 +233,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--stores", default="es,opensearch,chroma,chroma_http,weaviate,pgvector")
+    ap.add_argument("--stores", default="es,opensearch,chroma,chroma_http,weaviate,pgvector,qdrant")
     args = ap.parse_args()
     t = time.perf_counter()
     texts, vecs = dataset(args.n)

@@ -10,7 +10,7 @@ with connect("es://127.0.0.1:9200/docs") as store:   # or ElasticsearchStore(exi
 ```
 
 Each store's client library is imported only when that store is used, so ``import connectors`` works
-with just one of the extras (``embedrail[elasticsearch]``, ``[opensearch]``, ``[chroma]``, ``[weaviate]``, ``[pgvector]``) installed.
+with just one of the extras (``embedrail[elasticsearch]``, ``[opensearch]``, ``[chroma]``, ``[weaviate]``, ``[pgvector]``, ``[qdrant]``) installed.
 A new store is one module (a ``BaseStore`` subclass) and one ``register_store`` line below.
 """
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from connectors.elasticsearch import ElasticsearchStore
     from connectors.opensearch import OpenSearchStore
     from connectors.pgvector import PgvectorStore
+    from connectors.qdrant import QdrantStore
     from connectors.weaviate import WeaviateStore
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "Metric",
     "OpenSearchStore",
     "PgvectorStore",
+    "QdrantStore",
     "Record",
     "RetryPolicy",
     "StoreError",
@@ -89,11 +91,13 @@ register_store(StoreKind("chroma", "connectors.chroma:ChromaStore", transports=(
 register_store(StoreKind("weaviate", "connectors.weaviate:WeaviateStore", examples=("weaviate://host:8080/Name?grpc_port=50051",)))
 register_store(StoreKind("opensearch", "connectors.opensearch:OpenSearchStore",
                          examples=("opensearch://host:9200/index", "opensearch+https://user:pass@host:9200/index")))  # fmt: skip
+register_store(StoreKind("qdrant", "connectors.qdrant:QdrantStore",
+                         examples=("qdrant://host:6333/name?grpc_port=6334", "qdrant:///abs/path?collection=name")))  # fmt: skip
 register_store(StoreKind("pgvector", "connectors.pgvector:PgvectorStore", aliases=("postgresql", "postgres"),
                          transports=("tcp", "psycopg"), default_transport="tcp",
                          examples=("pgvector://user:pass@host:5432/db?table=name",)))  # fmt: skip
 
-_LAZY = {"ChromaStore": "chroma", "ElasticsearchStore": "es", "WeaviateStore": "weaviate", "PgvectorStore": "pgvector", "OpenSearchStore": "opensearch"}
+_LAZY = {"ChromaStore": "chroma", "ElasticsearchStore": "es", "WeaviateStore": "weaviate", "PgvectorStore": "pgvector", "OpenSearchStore": "opensearch", "QdrantStore": "qdrant"}
 
 
 def __getattr__(name: str) -> Any:
@@ -116,6 +120,8 @@ def connect(url: str, **opts: Any) -> VectorStore:
       ``chroma+http://host:8000/name`` / ``chroma+https://...`` (``?token=``, ``tenant=``, ``database=``)
     - ``weaviate://host:8080/Name?grpc_port=50051`` / ``weaviate+https://...`` (``?api_key=``)
     - ``opensearch://host:9200/index`` / ``opensearch+https://user:pass@host:9200/index`` (k-NN plugin, Lucene engine)
+    - ``qdrant://host:6333/name?grpc_port=6334&prefer_grpc=true`` / ``qdrant+https://...?api_key=``,
+      ``qdrant:///abs/path?collection=name`` (embedded local mode)
     - ``pgvector://user:pass@host:5432/db?table=name`` (also ``postgresql://``; ``?sslmode=``, ``schema=``)
 
     Extra keyword options go to the store class (e.g. ``index_options="hnsw"`` for Elasticsearch).

@@ -132,6 +132,12 @@ def test_weaviate_and_chroma_connections_map_to_urls(airflow_home, tmp_path):
     url, secrets = connection_to_url(_conn("opensearch", host="os.internal", port=9201, login="admin", password="pw!",
                                            extra={"use_ssl": True, "verify_certs": False}), "docs")  # fmt: skip
     assert url == "opensearch+https://admin:pw%21@os.internal:9201/docs?verify_certs=false" and secrets == ["pw!"]
+    # the qdrant provider's connection type, server and embedded
+    url, secrets = connection_to_url(_conn("qdrant", host="qd", port=6333, extra={"grpc_port": 6334, "prefer_grpc": True,
+                                                                                  "api_key": "qk"}), "docs")  # fmt: skip
+    assert url == "qdrant://qd:6333/docs?grpc_port=6334&prefer_grpc=true&api_key=qk" and secrets == ["qk"]
+    url, _ = connection_to_url(_conn("qdrant", extra={"path": str(tmp_path), "collection": "c"}))
+    assert url == f"qdrant://{tmp_path}?collection=c"
 
 
 def test_target_specs_and_assets_need_no_network(airflow_home, monkeypatch):

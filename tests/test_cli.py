@@ -55,7 +55,10 @@ def reindex(capsys: pytest.CaptureFixture[str], s: dict[str, Any], *extra: str) 
     return code, json.loads(out), err
 
 
-def test_reindex_json_report_and_flagless_search(capsys: pytest.CaptureFixture[str], setup: dict[str, Any]) -> None:
+@pytest.mark.parametrize("store", ["chroma", "qdrant"])
+def test_reindex_json_report_and_flagless_search(capsys: pytest.CaptureFixture[str], setup: dict[str, Any], store: str) -> None:
+    if store == "qdrant":  # qdrant-client's embedded mode
+        setup["target"] = f"qdrant://{Path(setup['src']).parent / 'qdrant'}?collection=docs"
     code, rep, _ = reindex(capsys, setup)
     assert code == 0 and REPORT_KEYS <= set(rep)
     assert rep["documents"] == 4 and rep["chunks"] > 4 and rep["embedded"] == rep["chunks"] and rep["unchanged"] == 0

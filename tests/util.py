@@ -21,8 +21,8 @@ def with_name(base_url: str, name: str) -> str:
     pgvector://u:p@h:p/db + docs    -> pgvector://u:p@h:p/db?table=docs
     """
     u = urllib.parse.urlsplit(base_url)
-    if u.scheme in ("chroma", "pgvector"):
-        key = "collection" if u.scheme == "chroma" else "table"
+    if u.scheme in ("chroma", "pgvector") or (u.scheme == "qdrant" and not u.netloc):
+        key = "table" if u.scheme == "pgvector" else "collection"
         q = urllib.parse.parse_qsl(u.query)
         q = [(k, v) for k, v in q if k != key] + [(key, name)]
         return f"{u.scheme}://{u.netloc}{u.path}?{urllib.parse.urlencode(q)}"

@@ -104,8 +104,8 @@ def with_index(url: str, index: str | None) -> str:
     if not index:
         return url
     u = urlsplit(url)
-    if u.scheme == "chroma" or u.scheme.split("+")[0] in ("pgvector", "postgresql", "postgres"):
-        key = "collection" if u.scheme == "chroma" else "table"  # embedded Chroma: the path is the directory;
+    if u.scheme in ("chroma", "qdrant") and not u.netloc or u.scheme.split("+")[0] in ("pgvector", "postgresql", "postgres"):
+        key = "table" if u.scheme.split("+")[0] in ("pgvector", "postgresql", "postgres") else "collection"  # embedded Chroma: the path is the directory;
         q = [(k, v) for k, v in parse_qsl(u.query, keep_blank_values=True) if k != key]  # pgvector: the database
         return f"{u.scheme}://{u.netloc}{u.path}?{urlencode([*q, (key, index)])}"
     return urlunsplit((u.scheme, u.netloc, u.path.rstrip("/") + "/" + quote(index), u.query, ""))
@@ -201,6 +201,23 @@ def _opensearch(conn: Any, extra: dict[str, Any]) -> _Mapped:
     return ("opensearch+https://" if scheme == "https" else "opensearch://") + netloc, params, [password] if password else [], extra.get("index")
 
 
+def _qdrant(conn: Any, extra: dict[str, Any]) -> _Mapped:
+    """The official qdrant provider's connection (host, port, password or extra api_key; extra grpc_port,
+    prefer_grpc, https) -> a Qdrant collection URL; extra ``path`` -> embedded local mode."""
+    index = extra.get("collection") or extra.get("index")
+    if extra.get("path"):
+        return f"qdrant://{Path(str(extra['path'])).expanduser().resolve()}", {}, [], index
+    https = truthy(extra.get("https", False))
+    scheme, host, hport = _host(conn, "https" if https else "http")
+    params = {k: (str(extra[k]).lower() if isinstance(extra[k], bool) else str(extra[k]))
+              for k in ("grpc_port", "prefer_grpc") if extra.get(k) is not None}  # fmt: skip
+    key = extra.get("api_key") or getattr(conn, "password", None)
+    if key:
+        params["api_key"] = str(key)
+    netloc = _netloc(host or "localhost", getattr(conn, "port", None) or hport or 6333)
+    return ("qdrant+https://" if scheme == "https" else "qdrant://") + netloc, params, [str(key)] if key else [], index
+
+
 def _postgres(conn: Any, extra: dict[str, Any]) -> _Mapped:
     """The official postgres provider's connection (schema = the database) -> a pgvector table URL."""
     params = {k: str(extra[k]) for k in ("sslmode", "connect_timeout") if extra.get(k)}
@@ -221,6 +238,7 @@ CONNECTION_TYPES: dict[str, Callable[[Any, dict[str, Any]], _Mapped]] = {
     "chroma": _chroma,
     "chromadb": _chroma,
     "opensearch": _opensearch,
+    "qdrant": _qdrant,
     "postgres": _postgres,
     "postgresql": _postgres,
     "pgvector": _postgres,
@@ -236,7 +254,7 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
     mapper = CONNECTION_TYPES.get(kind)
     conn_id = getattr(conn, "conn_id", "?")
     if mapper is None:
-        raise ConfigError(f"connection {conn_id!r} has type {ctype!r}: use an elasticsearch, opensearch, weaviate or postgres (pgvector) "
+        raise ConfigError(f"connection {conn_id!r} has type {ctype!r}: use an elasticsearch, opensearch, weaviate, qdrant or postgres (pgvector) "
                           'connection, or a generic one with extra {"store": "chroma"} (see integration.airflow.connections)')  # fmt: skip
     url, params, secrets, default_index = mapper(conn, extra)
     index = index or default_index

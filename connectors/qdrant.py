@@ -1,0 +1,391 @@
+"""Qdrant connector (the official ``qdrant-client``: ``pip install 'embedrail[qdrant]'``).
+
+``qdrant://host:6333/collection?grpc_port=6334&prefer_grpc=true``, ``qdrant+https://host:6333/collection?api_key=KEY``,
+``qdrant:///abs/path?collection=name`` (qdrant-client's embedded local mode), or
+``QdrantStore(qdrant_client, collection="docs")`` with a client you already have.
+
+- Point ids are UUIDv5 of our id (Qdrant ids must be integers or UUIDs); our id is the payload's ``_id``,
+  the text ``text``, the metadata ``metadata`` (any JSON; filters address ``metadata.<key>``).
+- The ``IndexSpec`` is the collection's ``metadata`` (Qdrant >= 1.16 / qdrant-client >= 1.16).
+- Distance from the metric (cosine / dot / euclid; euclid scores come back as minus the distance), HNSW
+  explicit (``m=16``, ``ef_construct=100``); quantisation off unless asked (``quantization="int8"``:
+  scalar int8, always_ram) — local mode searches exactly, so no recall could be measured here to justify a default.
+- Rebuilds: the name is a collection **alias**; the switch is one ``update_collection_aliases`` call
+  (delete + create, atomic on the server).
+- No dimension limit beyond the server's (65,536).
+- Local mode (``qdrant:///path``) allows one client per directory per process: stores opened on the same
+  directory share one client (reference-counted); another *process* must not open it at the same time.
+  It searches by brute force (exact), ignores HNSW/quantisation settings and payload indexes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from connectors._filters import Cond, parse_filter
+from connectors._records import batched, spec_from_dict, spec_to_dict
+from connectors._store import BaseStore, Batch, ReadTarget
+from connectors._urls import StoreURL, flag
+from connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.errors import ConfigError, StoreUnavailableError
+
+__all__ = ["QdrantStore"]
+
+_NS = uuid.UUID("6f1c2b0e-6f5e-4d7a-9f3e-8a2c1d4b5e60")
+_DISTANCES = {"cosine": "Cosine", "dot": "Dot", "l2": "Euclid"}
+_LOCAL: dict[str, list[Any]] = {}  # abs path -> [client, refcount]
+_LOCAL_LOCK = threading.Lock()
+_CREATE_LOCK = threading.Lock()  # one ensure_index at a time per process (alias creation is check-then-act)
+
+
+def point_id(doc_id: str) -> str:
+    return str(uuid.uuid5(_NS, doc_id))
+
+
+class QdrantStore(BaseStore):
+    """A Qdrant collection (behind an alias) implementing the ``VectorStore`` protocol."""
+
+    STORE = "qdrant"
+    NAME_HINT = "qdrant://host:6333/NAME or qdrant:///abs/path?collection=NAME"
+
+    def __init__(self, client_or_url: Any, collection: str | None = None, *, m: int = 16, ef_construct: int = 100,
+                 quantization: str | None = None, batch_size: int = 256, timeout: float = 30.0, **base: Any) -> None:  # fmt: skip
+        super().__init__(client_or_url, collection, **base)
+        if quantization not in (None, "int8"):
+            raise ConfigError(f"unknown quantization {quantization!r}; use None or 'int8'")
+        self.m, self.ef_construct, self.quantization = int(m), int(ef_construct), quantization
+        self.batch_size, self.timeout = max(1, int(batch_size)), timeout
+        self._local_path: str | None = None
+
+    # ------------------------------------------------------------------------------ names, client
+    def _name_from_url(self, u: StoreURL) -> str | None:
+        return u.param("collection") or (u.name if u.host else None)
+
+    def _url_with_name(self, u: StoreURL, name: str) -> str:
+        if not u.host:
+            return replace(u, params={**u.params, "collection": name}).safe
+        return super()._url_with_name(u, name)
+
+    def _check_name(self, name: str) -> str:
+        if not name or len(name) > 200 or not all(c.isalnum() or c in "_-" for c in name):
+            raise ConfigError(f"invalid Qdrant collection name {name!r}: 1-200 characters [A-Za-z0-9_-]")
+        return name
+
+    @staticmethod
+    def _describe_client(client: Any, name: str | None) -> str:
+        try:
+            inner = client._client  # noqa: SLF001
+            location = getattr(inner, "location", None) or getattr(inner, "_location", None)
+            if location:
+                return f"qdrant://{location}?collection={name or ''}"
+            rest = getattr(inner, "rest_uri", None)
+            if rest:
+                return f"qdrant://{rest.split('://', 1)[-1].rstrip('/')}/{name or ''}"
+        except Exception:  # noqa: BLE001 - for messages only
+            pass
+        return f"qdrant+client://{name or ''}"
+
+    def _make_client(self) -> Any:
+        try:
+            from qdrant_client import QdrantClient
+        except ImportError as e:  # pragma: no cover - depends on the installed extras
+            raise ConfigError("the Qdrant connector needs qdrant-client: pip install 'embedrail[qdrant]'") from e
+        u: StoreURL = self._u  # type: ignore[assignment]
+        if not u.host:
+            if not u.path.startswith("/"):
+                raise ConfigError(f"{u.safe}: embedded Qdrant needs an absolute path: qdrant:///abs/path?collection=NAME")
+            with _LOCAL_LOCK:
+                entry = _LOCAL.get(u.path)
+                if entry is None:
+                    entry = _LOCAL[u.path] = [QdrantClient(path=u.path), 0]
+                entry[1] += 1
+            self._local_path = u.path
+            return entry[0]
+        return QdrantClient(host=u.host, port=u.port or 6333, grpc_port=int(u.param("grpc_port") or 6334),
+                            prefer_grpc=flag(u.param("prefer_grpc"), False), https=u.transport == "https",
+                            api_key=u.param("api_key") or u.password or None, timeout=int(self.timeout))  # fmt: skip
+
+    def _close_client(self, client: Any) -> None:
+        if self._local_path is None:
+            client.close()
+            return
+        with _LOCAL_LOCK:
+            entry = _LOCAL.get(self._local_path)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del _LOCAL[self._local_path]
+                    entry[0].close()
+
+    @staticmethod
+    def _is_transient(e: BaseException) -> bool:
+        if BaseStore._is_transient(e):
+            return True
+        try:
+            from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+            if isinstance(e, ResponseHandlingException):
+                return True
+            if isinstance(e, UnexpectedResponse):
+                return e.status_code in (429, 500, 502, 503, 504)
+        except ImportError:  # pragma: no cover
+            pass
+        try:
+            import grpc
+
+            if isinstance(e, grpc.RpcError):
+                return e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        except ImportError:  # pragma: no cover
+            pass
+        return False
+
+    @staticmethod
+    def _is_not_found(e: BaseException) -> bool:
+        s = str(e)
+        return "Not found" in s or "not found" in s or "doesn't exist" in s or "does not exist" in s
+
+    # ------------------------------------------------------------------------------ names -> collections
+    def _aliases(self) -> dict[str, str]:
+        res = self._call(lambda: self.client.get_aliases(), "list aliases")
+        return {a.alias_name: a.collection_name for a in res.aliases}
+
+    def _exists(self, physical: str) -> bool:
+        return bool(self._call(lambda: self.client.collection_exists(physical), "check collection"))
+
+    def resolve(self) -> str | None:
+        if self._physical_fixed:
+            return self._physical_fixed
+        target = self._aliases().get(self.name)
+        return target or (self.name if self._exists(self.name) else None)
+
+    def _current_physical(self) -> str | None:
+        physical = self.resolve()
+        return physical if physical is not None and self._exists(physical) else None
+
+    def _info(self, physical: str) -> Any:
+        return self._call(lambda: self.client.get_collection(physical), "read collection")
+
+    def _spec_of(self, physical: str) -> IndexSpec | None:
+        md = getattr(self._info(physical).config, "metadata", None) or {}
+        try:
+            return spec_from_dict(md.get("embedrail")) if md else None
+        except (ValueError, AttributeError):
+            return None
+
+    def max_dims(self) -> int | None:
+        return 65536
+
+    # ------------------------------------------------------------------------------ creation
+    def _create_physical(self, physical: str, spec: IndexSpec) -> None:
+        from qdrant_client import models
+
+        quant = None
+        if self.quantization == "int8":
+            quant = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True))
+        self._call(lambda: self.client.create_collection(
+            physical, vectors_config=models.VectorParams(size=int(spec.dims), distance=models.Distance(_DISTANCES[spec.metric])),
+            hnsw_config=models.HnswConfigDiff(m=self.m, ef_construct=self.ef_construct), quantization_config=quant,
+            metadata={"embedrail": spec_to_dict(spec), "logical": self.name}), "create collection")  # fmt: skip
+
+    def _create_named(self, spec: IndexSpec) -> str:
+        from qdrant_client import models
+
+        with _CREATE_LOCK:
+            existing = self._aliases().get(self.name)
+            if existing and self._exists(existing):  # another store of this process won the race
+                return existing
+            physical = self._new_physical_name()
+            self._create_physical(physical, spec)
+            self._call(lambda: self.client.update_collection_aliases(change_aliases_operations=[
+                models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=physical, alias_name=self.name))]),
+                "create alias")  # fmt: skip
+            return physical
+
+    def describe(self) -> IndexInfo:
+        extra: dict[str, Any] = {"store": "qdrant", "mode": "local" if self._local_path or (self._u and not self._u.host) else "server"}
+        physical = self._current_physical()
+        if physical is None:
+            return IndexInfo(name=self.name, exists=False, extra=extra)
+        info = self._info(physical)
+        params = info.config.params.vectors
+        extra.update(distance=str(getattr(params, "distance", "")), hnsw={"m": info.config.hnsw_config.m,
+                     "ef_construct": info.config.hnsw_config.ef_construct}, url=self.url)  # fmt: skip
+        return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=self._spec_of(physical),
+                         count=self._count(physical), extra=extra)  # fmt: skip
+
+    # ------------------------------------------------------------------------------ writing
+    def _batch_size(self) -> int:
+        return self.batch_size
+
+    def _encode(self, target: ReadTarget, record: Record, vector: np.ndarray) -> Any:
+        from qdrant_client import models
+
+        md = json.loads(json.dumps(record.metadata or {}, allow_nan=False))  # JSON only (raises for NaN / objects)
+        return models.PointStruct(id=point_id(record.id), vector=vector.astype(np.float32).tolist(),
+                                  payload={"_id": record.id, "text": record.text or "", "metadata": md})  # fmt: skip
+
+    def _write_batch(self, target: ReadTarget, batch: Batch) -> dict[str, str]:
+        points = [p for _, p in batch]
+        self._call(lambda: self.client.upsert(target.physical, points=points, wait=True), "upsert")
+        return {}
+
+    def _update_batch(self, target: ReadTarget, part: list[tuple[str, dict[str, Any]]], result: UpsertResult) -> None:
+        """Native: ``set_payload`` of the ``metadata`` key alone (vector and text untouched)."""
+        held = {str((p.payload or {}).get("_id")) for p in self._retrieve(target.physical, [i for i, _ in part], vectors=False)}
+        for i, md in part:
+            if i not in held:
+                result.failed[i] = NOT_STORED
+                continue
+            try:
+                clean = json.loads(json.dumps(md, allow_nan=False))
+            except (TypeError, ValueError) as e:
+                result.failed[i] = f"metadata is not JSON-serialisable: {e}"
+                continue
+            # set_payload merges top-level keys: the whole "metadata" value is replaced
+            self._call(lambda i=i, clean=clean: self.client.set_payload(target.physical, payload={"metadata": clean},
+                                                                        points=[point_id(i)], wait=True), "update metadata")  # fmt: skip
+            result.written += 1
+
+    def _retrieve(self, physical: str, ids: Sequence[str], vectors: bool) -> list[Any]:
+        out: list[Any] = []
+        for part in batched(list(ids), 1000):
+            out += self._call(lambda p=part: self.client.retrieve(physical, ids=[point_id(i) for i in p], with_payload=True,
+                                                                  with_vectors=vectors), "retrieve")  # fmt: skip
+        return out
+
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+        return {str(p.payload["_id"]): (np.asarray(p.vector, dtype=np.float32), str(p.payload.get("text") or ""))
+                for p in self._retrieve(target.physical, ids, vectors=True)}  # fmt: skip
+
+    def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
+        from qdrant_client import models
+
+        self._call(lambda: self.client.delete(physical, points_selector=models.PointIdsList(points=[point_id(i) for i in ids]),
+                                              wait=True), "delete")  # fmt: skip
+        return {}
+
+    # ------------------------------------------------------------------------------ reading
+    def search(self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
+        flt = _filter(parse_filter(filter))
+        k = max(1, int(k))
+        last: BaseException | None = None
+        for attempt in range(3):
+            target = self._read_target() if attempt == 0 else self._require("search")
+            vec = self._query_vector(vector, target.spec)
+            try:
+                res = self._call(lambda t=target, v=vec: self.client.query_points(t.physical, query=v.astype(np.float32).tolist(),
+                                 limit=k, query_filter=flt, with_payload=True), "search")  # fmt: skip
+            except StoreUnavailableError:
+                raise
+            except Exception as e:  # noqa: BLE001 - maybe the collection was swapped away under us
+                last = e
+                self._invalidate()
+                if self._physical_fixed or (self.resolve() == target.physical and self._exists(target.physical)):
+                    raise self._error(e, "search") from None
+                continue
+            metric = target.spec.metric if target.spec else "cosine"
+            return [Hit(id=str(p.payload["_id"]), score=-float(p.score) if metric == "l2" else float(p.score),
+                        text=str(p.payload.get("text") or ""), metadata=dict(p.payload.get("metadata") or {}))
+                    for p in res.points]  # fmt: skip
+        raise self._error(last or RuntimeError("collection kept changing"), "search")
+
+    def _count(self, physical: str) -> int:
+        return int(self._call(lambda: self.client.count(physical, exact=True), "count").count)
+
+    def count(self) -> int:
+        physical = self._current_physical()
+        return 0 if physical is None else self._count(physical)
+
+    def iter_ids(self) -> Iterator[str]:
+        physical = self._current_physical()
+        if physical is None:
+            return
+        offset = None
+        while True:
+            points, offset = self._call(lambda o=offset: self.client.scroll(physical, limit=1000, offset=o, with_payload=["_id"],
+                                                                            with_vectors=False), "list ids")  # fmt: skip
+            yield from (str(p.payload["_id"]) for p in points)
+            if offset is None:
+                return
+
+    def get(self, ids: Sequence[str]) -> dict[str, Hit]:
+        ids = list(dict.fromkeys(ids))
+        physical = self._current_physical() if ids else None
+        if physical is None:
+            return {}
+        return {str(p.payload["_id"]): Hit(id=str(p.payload["_id"]), score=1.0, text=str(p.payload.get("text") or ""),
+                                           metadata=dict(p.payload.get("metadata") or {}))
+                for p in self._retrieve(physical, ids, vectors=False)}  # fmt: skip
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def _drop_physical(self, physical: str) -> None:
+        try:
+            self._call(lambda: self.client.delete_collection(physical), "delete collection")
+        except StoreUnavailableError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if not self._is_not_found(e):
+                raise self._error(e, "delete collection") from None
+
+    def drop(self) -> None:
+        from qdrant_client import models
+
+        self._invalidate()
+        if self._physical_fixed:
+            self._drop_physical(self._physical_fixed)
+            return
+        target = self._aliases().get(self.name)
+        if target:
+            self._call(lambda: self.client.update_collection_aliases(change_aliases_operations=[
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.name))]), "delete alias")  # fmt: skip
+            self._drop_physical(target)
+        if self._exists(self.name):
+            self._drop_physical(self.name)
+
+    def _switch(self, physical: str) -> list[str]:
+        from qdrant_client import models
+
+        old = self._aliases().get(self.name)
+        ops: list[Any] = []
+        if old:
+            ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.name)))
+        ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=physical, alias_name=self.name)))
+        self._call(lambda: self.client.update_collection_aliases(change_aliases_operations=ops), "switch alias")
+        return [old] if old else []
+
+
+def _filter(conds: list[Cond]) -> Any:
+    """The portable filter as a Qdrant ``Filter`` on ``metadata.<key>`` (equality on strings, ints and bools
+    by match; floats by a closed range)."""
+    if not conds:
+        return None
+    from qdrant_client import models
+
+    must: list[Any] = []
+    must_not: list[Any] = []
+
+    def eq(key: str, v: Any) -> Any:
+        if isinstance(v, float) and not isinstance(v, bool):
+            return models.FieldCondition(key=key, range=models.Range(gte=v, lte=v))
+        return models.FieldCondition(key=key, match=models.MatchValue(value=v))
+
+    for c in conds:
+        key = f"metadata.{c.field}"
+        if c.op == "$eq":
+            must.append(eq(key, c.value))
+        elif c.op == "$ne":
+            must_not.append(eq(key, c.value))
+        elif c.op in ("$in", "$nin"):
+            alts = models.Filter(should=[eq(key, v) for v in c.value])
+            (must if c.op == "$in" else must_not).append(alts)
+        else:
+            rng = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}[c.op]
+            must.append(models.FieldCondition(key=key, range=models.Range(**{rng: float(c.value)})))
+    return models.Filter(must=must or None, must_not=must_not or None)
