@@ -39,6 +39,7 @@ from embedrail.errors import (
     IndexMismatchError,
     StoreError,
     StoreUnavailableError,
+    UnsupportedError,
     WriteError,
 )
 
@@ -71,6 +72,7 @@ __all__ = [
     "StoreError",
     "StoreKind",
     "StoreUnavailableError",
+    "UnsupportedError",
     "UpsertResult",
     "VectorStore",
     "WeaviateStore",

@@ -35,8 +35,14 @@ import numpy as np
 from connectors._records import batched, check_query, check_record, check_spec, dedupe_last
 from connectors._retry import RetryPolicy, retry_call
 from connectors._urls import StoreURL, parse_url
-from connectors.base import NOT_STORED, DeleteResult, IndexInfo, IndexSpec, Record, UpsertResult
-from embedrail.errors import ConfigError, IndexMismatchError, StoreError, StoreUnavailableError
+from connectors.base import NOT_STORED, DeleteResult, Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.errors import (
+    ConfigError,
+    IndexMismatchError,
+    StoreError,
+    StoreUnavailableError,
+    UnsupportedError,
+)
 from embedrail.secrets import short_error
 
 __all__ = ["BaseStore", "ReadTarget"]
@@ -398,6 +404,37 @@ class BaseStore:
 
     def flush(self) -> None:
         """Make the writes so far visible to search (a no-op where acknowledged writes are visible)."""
+
+    # ------------------------------------------------------------------------------------ hybrid
+    #: whether ``hybrid_search`` works on this store (keyword search over ``text`` fused with kNN)
+    supports_hybrid: ClassVar[bool] = False
+
+    def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
+                      alpha: float = 0.5, candidates: int | None = None) -> list[Hit]:  # fmt: skip
+        """Keyword (BM25-like) search on the text fused with kNN on ``vector``: ``alpha`` weighs the vector
+        side (1.0: kNN only, 0.0: keywords only); ``candidates`` per side (default ``max(50, 5·k)``); the
+        filter applies to both sides. Scores are the fusion's (reciprocal rank, or the store's own)."""
+        raise UnsupportedError(f"{self.url}: {type(self).__name__} has no keyword search to fuse with kNN, so no "
+                               "hybrid search; use search() (kNN), or a store that has it (Elasticsearch, OpenSearch, "
+                               "Weaviate, pgvector)")  # fmt: skip
+
+    def _hybrid_args(self, query: str, alpha: float, k: int, candidates: int | None) -> tuple[int, int]:
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError("hybrid search needs a non-empty query text")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ConfigError(f"alpha must be between 0 (keywords only) and 1 (kNN only), got {alpha!r}")
+        k = max(1, int(k))
+        return k, max(k, int(candidates or max(50, 5 * k)))
+
+    def _fused(self, query: str, vector: Any, k: int, filter: Mapping[str, Any] | None, alpha: float,
+               candidates: int | None, keyword: Callable[[str, int, Mapping[str, Any] | None], list[Hit]]) -> list[Hit]:  # fmt: skip
+        """Client-side hybrid: kNN and ``keyword`` search, ``candidates`` each, fused by weighted RRF."""
+        from connectors._fusion import rrf
+
+        k, n = self._hybrid_args(query, alpha, k, candidates)
+        dense = self.search(vector, k=n, filter=filter) if alpha > 0 else []  # type: ignore[attr-defined]
+        sparse = keyword(query, n, filter) if alpha < 1 else []
+        return rrf([dense, sparse], [float(alpha), 1.0 - float(alpha)], k)
 
     # ----------------------------------------------------------------------------------- rebuilds
     def _new_physical_name(self) -> str:

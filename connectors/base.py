@@ -156,6 +156,14 @@ class VectorStore(Protocol):
         self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[Hit]: ...
 
+    #: whether ``hybrid_search`` is supported (else it raises ``UnsupportedError``)
+    supports_hybrid: bool
+
+    def hybrid_search(
+        self, query: str, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None, *,
+        alpha: float = 0.5, candidates: int | None = None,
+    ) -> list[Hit]: ...
+
     def count(self) -> int: ...
 
     def iter_ids(self) -> Iterator[str]: ...

@@ -418,6 +418,15 @@ class ElasticsearchStore(BaseStore):
         sim = self._sims.get(target.physical, "dot_product")
         return [hit(h, score(sim, float(h["_score"]))) for h in resp["hits"]["hits"]]
 
+    supports_hybrid = True
+
+    def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
+                      alpha: float = 0.5, candidates: int | None = None) -> list[Hit]:  # fmt: skip
+        """BM25 on ``text`` and kNN, each ``candidates`` deep with the same filter, fused client-side by
+        weighted reciprocal rank (the server's ``rrf`` retriever needs a paid licence on 8.x; client-side
+        fusion gives the same ranking on every version and licence)."""
+        return self._fused(query, vector, k, filter, alpha, candidates, self.text_search)
+
     def text_search(self, query: str, k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
         """BM25 search over the ``text`` field (score is the BM25 score)."""
         conds = parse_filter(filter)

@@ -60,12 +60,14 @@ class PgvectorStore(BaseStore):
     NAME_HINT = "pgvector://user:pass@host:5432/db?table=NAME"
 
     def __init__(self, client_or_url: Any, table: str | None = None, *, m: int = 16, ef_construction: int = 64,
-                 ef_search: int = 100, batch_size: int = 500, schema: str | None = None, **base: Any) -> None:  # fmt: skip
+                 ef_search: int = 100, batch_size: int = 500, schema: str | None = None, text_config: str = "simple",
+                 **base: Any) -> None:  # fmt: skip
         super().__init__(client_or_url, table, **base)
         self.m, self.ef_construction, self.ef_search, self.batch_size = int(m), int(ef_construction), int(ef_search), int(batch_size)
         self.schema = schema or (self._u.param("schema") if self._u else None) or "public"
         self._lock = threading.RLock()
         self._version: tuple[int, ...] | None = None
+        self.text_config = text_config  # the full-text search configuration of keyword/hybrid search
 
     # ------------------------------------------------------------------------------ names, client
     def _name_from_url(self, u: StoreURL) -> str | None:
@@ -249,6 +251,7 @@ class PgvectorStore(BaseStore):
             # unnamed indexes: PostgreSQL picks unique names (physical + a suffix would pass 63 bytes)
             conn.execute(f"CREATE INDEX ON {t} USING hnsw (embedding {ops}) WITH (m = {self.m}, ef_construction = {self.ef_construction})")
             conn.execute(f"CREATE INDEX ON {t} USING gin (metadata jsonb_path_ops)")
+            conn.execute(f"CREATE INDEX ON {t} USING gin (to_tsvector({_literal(self.text_config)}::regconfig, text))")
             conn.execute(f"COMMENT ON TABLE {t} IS {_literal(comment)}")
 
         self._tx(create, "create table")
@@ -362,6 +365,25 @@ class PgvectorStore(BaseStore):
             hits.sort(key=lambda h: -h.score)  # relaxed_order may return neighbours slightly out of order
             return hits
         raise self._error(last or RuntimeError("table kept changing"), "search")
+
+    supports_hybrid = True
+
+    def text_search(self, query: str, k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
+        """PostgreSQL full-text search over ``text`` (``text_config``, default ``simple``: no stemming,
+        any language), ranked by ``ts_rank_cd``; GIN-indexed on tables this connector created."""
+        where, params = _where(parse_filter(filter))
+        target = self._require("text_search")
+        cfg = _literal(self.text_config)
+        sql = (f"SELECT id, text, metadata, ts_rank_cd(to_tsvector({cfg}::regconfig, text), q) AS r "
+               f"FROM {self._t(target.physical)}, plainto_tsquery({cfg}::regconfig, %s) q "
+               f"WHERE to_tsvector({cfg}::regconfig, text) @@ q{' AND ' + where if where else ''} ORDER BY r DESC LIMIT {max(1, int(k))}")  # fmt: skip
+        rows = self._sql(sql, (query, *params), "text search")
+        return [Hit(id=i, score=float(r), text=txt or "", metadata=md or {}) for i, txt, md, r in rows]
+
+    def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
+                      alpha: float = 0.5, candidates: int | None = None) -> list[Hit]:  # fmt: skip
+        """Full-text search and kNN, each ``candidates`` deep with the same filter, fused by weighted RRF."""
+        return self._fused(query, vector, k, filter, alpha, candidates, self.text_search)
 
     def _count(self, physical: str) -> int:
         return int(self._sql(f"SELECT count(*) FROM {self._t(physical)}", None, "count")[0][0])

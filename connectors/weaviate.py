@@ -366,6 +366,35 @@ class WeaviateStore(BaseStore):
         metric = target.spec.metric if target.spec else "cosine"
         return [_hit(o, _score(metric, float(o.metadata.distance))) for o in res.objects]
 
+    supports_hybrid = True
+
+    def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
+                      alpha: float = 0.5, candidates: int | None = None, _again: bool = True) -> list[Hit]:  # fmt: skip
+        """Weaviate's native ``hybrid`` query: BM25 on ``text`` and the vector, fused server-side
+        (relative-score fusion, ``alpha`` as given); ``candidates`` is Weaviate's own choice here."""
+        from weaviate.classes.query import HybridFusion, MetadataQuery
+
+        k, _ = self._hybrid_args(query, alpha, k, candidates)
+        target = self._read_target()
+        vec = self._query_vector(vector, target.spec)
+        flt, empty = self._filter(target.physical, parse_filter(filter))
+        if empty:
+            return []
+        name = self._physical_fixed or (self.name if target.physical != self.name and self.supports_aliases() else target.physical)
+        try:
+            res = self._call(lambda: self._col(name).query.hybrid(
+                query=query, vector=vec.tolist(), alpha=float(alpha), limit=k, filters=flt, query_properties=["text"],
+                fusion_type=HybridFusion.RELATIVE_SCORE, return_metadata=MetadataQuery(score=True),
+                return_properties=_RETURN), "hybrid search")  # fmt: skip
+        except StoreUnavailableError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if _again and self._read_cache is not None:
+                self._invalidate()
+                return self.hybrid_search(query, vector, k, filter, alpha=alpha, candidates=candidates, _again=False)
+            raise self._error(e, "hybrid search") from None
+        return [_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
+
     def _filter(self, physical: str, conds: list[Cond]) -> tuple[Any, bool]:
         """(weaviate filter or None, True if no object can match)."""
         from weaviate.classes.query import Filter

@@ -30,6 +30,7 @@ __all__ = [
     "is_retryable",
     "LedgerError",
     "RunConflictError",
+    "UnsupportedError",
 ]
 
 
@@ -43,6 +44,11 @@ class EmbedrailError(Exception):
 
 class ConfigError(EmbedrailError, ValueError):
     """A bad argument, URL, option combination or configuration file."""
+
+
+class UnsupportedError(EmbedrailError):
+    """The store cannot do what was asked (e.g. hybrid search on a store without keyword search); the
+    message says what it can do instead. Not retryable."""
 
 
 class InputError(EmbedrailError, ValueError):

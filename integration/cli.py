@@ -27,7 +27,7 @@ log = logging.getLogger("embedrail.cli")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="embedrail",
-        description="Keep vector stores (Elasticsearch, Chroma, Weaviate) in step with source data.",
+        description="Keep vector stores (Elasticsearch, OpenSearch, Chroma, Weaviate, Qdrant, pgvector) in step with source data.",
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=positive_int, default=10, help="number of hits")
     s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality filter (repeatable)")
     s.add_argument("--instruction", help="query instruction (instruction-aware models such as Qwen3)")
+    s.add_argument("--hybrid", action="store_true",
+                   help="keyword search on the text fused with kNN (Elasticsearch, OpenSearch, Weaviate, pgvector)")
+    s.add_argument("--alpha", type=float, default=0.5, help="hybrid: weight of the vector side, 0 (keywords) to 1 (kNN)")
     s.add_argument("--json", action="store_true", help="print the hits as a JSON list")
     s.add_argument("query", nargs="+", help="query text")
 
@@ -110,7 +113,8 @@ def cmd_search(a: argparse.Namespace) -> int:
     from .search import Searcher
 
     with Searcher(a.target, model=a.model, dims=a.dims, device=a.device) as searcher:
-        result = searcher.search(" ".join(a.query), a.k, filter=_parse_filters(a.filter), instruction=a.instruction)
+        result = searcher.search(" ".join(a.query), a.k, filter=_parse_filters(a.filter), instruction=a.instruction,
+                                 hybrid=a.hybrid, alpha=a.alpha)  # fmt: skip
     if a.json:
         print(json.dumps(result.to_dict()["hits"]))
         return 0

@@ -95,10 +95,11 @@ class Searcher:
         return emb
 
     def search(self, query: str, k: int = 10, *, filter: dict[str, Any] | None = None, instruction: str | None = None,
-               distinct_docs: bool = False) -> SearchResult:  # fmt: skip
+               distinct_docs: bool = False, hybrid: bool = False, alpha: float = 0.5) -> SearchResult:  # fmt: skip
         """The ``k`` best chunks for ``query`` (``distinct_docs``: the best chunk of each of the ``k`` best
         documents). ``filter``: the portable metadata filter; ``instruction``: the query task of an
-        instruction-aware model (Qwen3)."""
+        instruction-aware model (Qwen3). ``hybrid``: keyword search on the text fused with kNN
+        (``store.hybrid_search``; ``alpha`` weighs the vector side), where the store supports it."""
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("the query is empty")
         timings: dict[str, float] = {}
@@ -110,11 +111,16 @@ class Searcher:
         vec = emb.embed_queries([query], instruction=instruction)[0]
         t2 = time.perf_counter()
         timings["embed"] = t2 - t1
-        hits = self.store.search(vec, k=k * 4 if distinct_docs else k, filter=filter)
-        timings["knn"] = time.perf_counter() - t2
+        n = k * 4 if distinct_docs else k
+        stage = "hybrid" if hybrid else "knn"
+        if hybrid:
+            hits = self.store.hybrid_search(query, vec, k=n, filter=filter, alpha=alpha)
+        else:
+            hits = self.store.search(vec, k=n, filter=filter)
+        timings[stage] = time.perf_counter() - t2
         if distinct_docs:
             hits = _best_per_document(hits)[:k]
-        return SearchResult(query, hits, str(getattr(emb, "model_id", "")), ["embed", "knn"], timings)
+        return SearchResult(query, hits, str(getattr(emb, "model_id", "")), ["embed", stage], timings)
 
     def close(self) -> None:
         if self._owns_embedder and self._embedder is not None:

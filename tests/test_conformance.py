@@ -28,6 +28,7 @@ from connectors import (
     IndexSpec,
     Record,
     StoreError,
+    UnsupportedError,
     VectorStore,
     connect,
 )
@@ -460,6 +461,42 @@ def test_concurrent_ensure_index_converges_on_one_index(stores: Stores) -> None:
     assert others[0].upsert([rec]).ok
     others[0].flush()
     assert first.count() == 1
+
+
+HYBRID = {"es", "opensearch", "weaviate", "pgvector"}  # keyword search on the text + kNN; the others refuse clearly
+
+
+def test_hybrid_search_finds_a_keyword_match_that_knn_misses(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
+    texts, vecs = data
+    s = stores.new("hyb")
+    s.ensure_index(SPEC)
+    recs = _records(texts[:300], vecs[:300])
+    # a record only a keyword finds: a rare word in its text, a vector opposite to the query's
+    recs.append(Record(id="kw#0", vector=-vecs[0], text="the zorblatt procedure rotates the logs nightly",
+                       metadata={"lang": "en", "year": 2001, "flag": True, "n": -1}))  # fmt: skip
+    assert s.upsert(recs).ok
+    s.flush()
+    q = vecs[0]
+    if stores.kind not in HYBRID:
+        assert not s.supports_hybrid
+        with pytest.raises(UnsupportedError, match="no keyword search"):
+            s.hybrid_search("zorblatt", q, k=10)
+        return
+    assert s.supports_hybrid
+    knn = [h.id for h in s.search(q, k=10)]
+    assert "kw#0" not in knn and knn[0] == "doc0#0"
+    hyb = [h.id for h in s.hybrid_search("zorblatt logs", q, k=10)]
+    assert "kw#0" in hyb and "doc0#0" in hyb[:2], hyb
+    # the filter applies to both sides
+    hits = s.hybrid_search("zorblatt logs", q, k=10, filter={"lang": "de"})
+    assert hits and all(h.metadata["lang"] == "de" for h in hits) and "kw#0" not in {h.id for h in hits}
+    # alpha: 0 = keywords only (the keyword match first), 1 = kNN only
+    assert s.hybrid_search("zorblatt", q, k=5, alpha=0.0)[0].id == "kw#0"
+    assert "kw#0" not in {h.id for h in s.hybrid_search("zorblatt", q, k=10, alpha=1.0)}
+    with pytest.raises(ConfigError):
+        s.hybrid_search("  ", q, k=5)
+    with pytest.raises(ConfigError):
+        s.hybrid_search("x", q, k=5, alpha=1.5)
 
 
 @pytest.mark.parametrize("kind", ["es", "opensearch"])
