@@ -410,15 +410,19 @@ class BaseStore:
     supports_hybrid: ClassVar[bool] = False
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
-                      alpha: float = 0.5, candidates: int | None = None) -> list[Hit]:  # fmt: skip
+                      alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative") -> list[Hit]:  # fmt: skip
         """Keyword (BM25-like) search on the text fused with kNN on ``vector``: ``alpha`` weighs the vector
         side (1.0: kNN only, 0.0: keywords only); ``candidates`` per side (default ``max(50, 5·k)``); the
-        filter applies to both sides. Scores are the fusion's (reciprocal rank, or the store's own)."""
+        filter applies to both sides. ``fusion``: ``relative`` (each side's scores min-max normalised, then
+        weighted: Weaviate's default, and the better one on benchmarks/retrieval_quality.py) or ``rrf``
+        (weighted reciprocal rank). Scores are the fusion's."""
         raise UnsupportedError(f"{self.url}: {type(self).__name__} has no keyword search to fuse with kNN, so no "
                                "hybrid search; use search() (kNN), or a store that has it (Elasticsearch, OpenSearch, "
                                "Weaviate, pgvector)")  # fmt: skip
 
-    def _hybrid_args(self, query: str, alpha: float, k: int, candidates: int | None) -> tuple[int, int]:
+    def _hybrid_args(self, query: str, alpha: float, k: int, candidates: int | None, fusion: str = "relative") -> tuple[int, int]:
+        if fusion not in ("relative", "rrf"):
+            raise ConfigError(f"unknown fusion {fusion!r}; use 'relative' or 'rrf'")
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("hybrid search needs a non-empty query text")
         if not 0.0 <= float(alpha) <= 1.0:
@@ -427,14 +431,14 @@ class BaseStore:
         return k, max(k, int(candidates or max(50, 5 * k)))
 
     def _fused(self, query: str, vector: Any, k: int, filter: Mapping[str, Any] | None, alpha: float,
-               candidates: int | None, keyword: Callable[[str, int, Mapping[str, Any] | None], list[Hit]]) -> list[Hit]:  # fmt: skip
-        """Client-side hybrid: kNN and ``keyword`` search, ``candidates`` each, fused by weighted RRF."""
-        from connectors._fusion import rrf
+               candidates: int | None, fusion: str, keyword: Callable[[str, int, Mapping[str, Any] | None], list[Hit]]) -> list[Hit]:  # fmt: skip
+        """Client-side hybrid: kNN and ``keyword`` search, ``candidates`` each, fused (``fusion``)."""
+        from connectors._fusion import relative_score, rrf
 
-        k, n = self._hybrid_args(query, alpha, k, candidates)
+        k, n = self._hybrid_args(query, alpha, k, candidates, fusion)
         dense = self.search(vector, k=n, filter=filter) if alpha > 0 else []  # type: ignore[attr-defined]
         sparse = keyword(query, n, filter) if alpha < 1 else []
-        return rrf([dense, sparse], [float(alpha), 1.0 - float(alpha)], k)
+        return (rrf if fusion == "rrf" else relative_score)([dense, sparse], [float(alpha), 1.0 - float(alpha)], k)
 
     # ----------------------------------------------------------------------------------- rebuilds
     def _new_physical_name(self) -> str:

@@ -161,7 +161,7 @@ class VectorStore(Protocol):
 
     def hybrid_search(
         self, query: str, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None, *,
-        alpha: float = 0.5, candidates: int | None = None,
+        alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative",
     ) -> list[Hit]: ...
 
     def count(self) -> int: ...

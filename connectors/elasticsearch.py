@@ -421,11 +421,11 @@ class ElasticsearchStore(BaseStore):
     supports_hybrid = True
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
-                      alpha: float = 0.5, candidates: int | None = None) -> list[Hit]:  # fmt: skip
-        """BM25 on ``text`` and kNN, each ``candidates`` deep with the same filter, fused client-side by
-        weighted reciprocal rank (the server's ``rrf`` retriever needs a paid licence on 8.x; client-side
-        fusion gives the same ranking on every version and licence)."""
-        return self._fused(query, vector, k, filter, alpha, candidates, self.text_search)
+                      alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative") -> list[Hit]:  # fmt: skip
+        """BM25 on ``text`` and kNN, each ``candidates`` deep with the same filter, fused client-side
+        (``fusion``: relative score or weighted RRF; the server's ``rrf`` retriever needs a paid licence on
+        8.x, client-side fusion ranks the same on every version and licence)."""
+        return self._fused(query, vector, k, filter, alpha, candidates, fusion, self.text_search)
 
     def text_search(self, query: str, k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
         """BM25 search over the ``text`` field (score is the BM25 score)."""

@@ -369,12 +369,12 @@ class WeaviateStore(BaseStore):
     supports_hybrid = True
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
-                      alpha: float = 0.5, candidates: int | None = None, _again: bool = True) -> list[Hit]:  # fmt: skip
+                      alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative", _again: bool = True) -> list[Hit]:  # fmt: skip
         """Weaviate's native ``hybrid`` query: BM25 on ``text`` and the vector, fused server-side
-        (relative-score fusion, ``alpha`` as given); ``candidates`` is Weaviate's own choice here."""
+        (``fusion``: relative score or ranked, ``alpha`` as given); ``candidates`` is Weaviate's own choice here."""
         from weaviate.classes.query import HybridFusion, MetadataQuery
 
-        k, _ = self._hybrid_args(query, alpha, k, candidates)
+        k, _ = self._hybrid_args(query, alpha, k, candidates, fusion)
         target = self._read_target()
         vec = self._query_vector(vector, target.spec)
         flt, empty = self._filter(target.physical, parse_filter(filter))
@@ -384,14 +384,14 @@ class WeaviateStore(BaseStore):
         try:
             res = self._call(lambda: self._col(name).query.hybrid(
                 query=query, vector=vec.tolist(), alpha=float(alpha), limit=k, filters=flt, query_properties=["text"],
-                fusion_type=HybridFusion.RELATIVE_SCORE, return_metadata=MetadataQuery(score=True),
+                fusion_type=HybridFusion.RANKED if fusion == "rrf" else HybridFusion.RELATIVE_SCORE, return_metadata=MetadataQuery(score=True),
                 return_properties=_RETURN), "hybrid search")  # fmt: skip
         except StoreUnavailableError:
             raise
         except Exception as e:  # noqa: BLE001
             if _again and self._read_cache is not None:
                 self._invalidate()
-                return self.hybrid_search(query, vector, k, filter, alpha=alpha, candidates=candidates, _again=False)
+                return self.hybrid_search(query, vector, k, filter, alpha=alpha, candidates=candidates, fusion=fusion, _again=False)
             raise self._error(e, "hybrid search") from None
         return [_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
 

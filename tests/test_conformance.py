@@ -487,6 +487,7 @@ def test_hybrid_search_finds_a_keyword_match_that_knn_misses(stores: Stores, dat
     assert "kw#0" not in knn and knn[0] == "doc0#0"
     hyb = [h.id for h in s.hybrid_search("zorblatt logs", q, k=10)]
     assert "kw#0" in hyb and "doc0#0" in hyb[:2], hyb
+    assert "kw#0" in [h.id for h in s.hybrid_search("zorblatt logs", q, k=10, fusion="rrf")]
     # the filter applies to both sides
     hits = s.hybrid_search("zorblatt logs", q, k=10, filter={"lang": "de"})
     assert hits and all(h.metadata["lang"] == "de" for h in hits) and "kw#0" not in {h.id for h in hits}
@@ -497,6 +498,8 @@ def test_hybrid_search_finds_a_keyword_match_that_knn_misses(stores: Stores, dat
         s.hybrid_search("  ", q, k=5)
     with pytest.raises(ConfigError):
         s.hybrid_search("x", q, k=5, alpha=1.5)
+    with pytest.raises(ConfigError):
+        s.hybrid_search("x", q, k=5, fusion="max")
 
 
 @pytest.mark.parametrize("kind", ["es", "opensearch"])

@@ -1,0 +1,127 @@
+"""Retrieval quality: kNN vs hybrid (keywords fused with kNN) vs keywords only, per store (issue 12; not a test).
+
+A retrieval set that needs no network, built from the standard library's own docs (``pydoc:?per=member``):
+for every public class/function whose docstring has a summary sentence and more text, the **query** is
+the summary sentence and the **document** is the member's signature plus the rest of its docstring (the
+summary removed, so the query's exact words are not simply copied from the document); the gold answer is
+that member. ``--queries name``: the query is the member's name as words instead ("cgi parse header"). All documents are indexed (one chunk each, the packaged MiniLM) into every store that runs,
+and each query is answered three ways — ``search`` (kNN), ``hybrid_search`` (alpha 0.5 and 0.7) and
+keyword-only (alpha 0), relative-score fusion unless the mode says rrf — reporting MRR@10 and recall@10 (``hit``: the gold member in the top 10).
+
+    .venv/bin/python benchmarks/retrieval_quality.py [--stores es,opensearch,weaviate,pgvector] [--limit N]
+
+Servers from ``make servers`` (.servers.env) or EMBEDRAIL_*_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def env_urls() -> dict[str, str]:
+    env = dict(os.environ)
+    f = ROOT / ".servers.env"
+    if f.exists():
+        for line in f.read_text().splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                env.setdefault(k.strip(), v.strip())
+    out = {}
+    for kind, var in (("es", "EMBEDRAIL_ES_URL"), ("opensearch", "EMBEDRAIL_OPENSEARCH_URL"), ("weaviate", "EMBEDRAIL_WEAVIATE_URL")):
+        if env.get(var):
+            out[kind] = env[var]
+    if env.get("EMBEDRAIL_PG_URL"):
+        out["pgvector"] = "pgvector://" + env["EMBEDRAIL_PG_URL"].split("://", 1)[1]
+    return out
+
+
+def with_name(base: str, name: str) -> str:
+    if base.startswith("pgvector://"):
+        return f"{base}?table={name}"
+    b, _, q = base.partition("?")
+    return f"{b.rstrip('/')}/{name}" + (f"?{q}" if q else "")
+
+
+def retrieval_set(limit: int | None, queries: str = "summary") -> list[tuple[str, str, str]]:
+    """(member id, query, document text) triples; ``queries``: "summary" (the docstring's first sentence,
+    a paraphrase-like question) or "name" (the member's name as words, e.g. "cgi parse header": what a
+    user who knows the identifier types)."""
+    from integration.sources import open_source
+
+    out = []
+    for d in open_source("pydoc:?per=member"):
+        head, _, body = d.text.partition("\n\n")
+        sents = re.split(r"(?<=[.!?])\s+", body.strip())
+        if len(sents) >= 2 and len(sents[0]) > 25 and len(" ".join(sents[1:])) > 40:
+            query = sents[0] if queries == "summary" else re.sub(r"[._]+", " ", d.id).strip()
+            out.append((d.id, query, f"{head}\n\n{' '.join(sents[1:])}"))
+    return out[:limit] if limit else out
+
+
+def scores(ranked: list[list[str]], gold: list[str]) -> tuple[float, float]:
+    mrr = hit = 0.0
+    for ids, g in zip(ranked, gold, strict=True):
+        if g in ids[:10]:
+            hit += 1
+            mrr += 1.0 / (ids.index(g) + 1)
+    return mrr / len(gold), hit / len(gold)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stores", default="es,opensearch,weaviate,pgvector")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--queries", choices=["summary", "name"], default="summary")
+    args = ap.parse_args()
+    from connectors import IndexSpec, Record, connect
+    from embed_core import Embedder
+
+    triples = retrieval_set(args.limit, args.queries)
+    emb = Embedder.load("minilm", device="cpu")
+    t = time.perf_counter()
+    dvecs = emb.embed_documents([doc for _, _, doc in triples])
+    qvecs = emb.embed_queries([q for _, q, _ in triples])
+    print(f"{len(triples)} queries ({args.queries}) / documents from the stdlib docs; embedded in {time.perf_counter() - t:.1f}s (MiniLM)")
+    spec = IndexSpec(dims=emb.dims, metric="cosine", fingerprint=emb.fingerprint, embedding={"model": emb.model_id})
+    urls = env_urls()
+    gold = [mid for mid, _, _ in triples]
+    rows = []
+    for kind in args.stores.split(","):
+        if kind not in urls:
+            print(f"{kind}: not running, skipped")
+            continue
+        store = connect(with_name(urls[kind], f"bench_quality_{uuid.uuid4().hex[:8]}"))
+        try:
+            store.ensure_index(spec)
+            res = store.upsert([Record(id=mid, vector=v, text=doc) for (mid, _, doc), v in zip(triples, dvecs, strict=True)])
+            assert res.ok, list(res.failed.items())[:3]
+            store.flush()
+            for mode, alpha, fusion in (("kNN", None, ""), ("hybrid a=0.5", 0.5, "relative"), ("hybrid a=0.7", 0.7, "relative"),
+                                        ("hybrid rrf a=0.7", 0.7, "rrf"), ("keywords", 0.0, "relative")):  # fmt: skip
+                t = time.perf_counter()
+                ranked = [[h.id for h in (store.search(v, k=10) if alpha is None else
+                                          store.hybrid_search(q, v, k=10, alpha=alpha, fusion=fusion))]
+                          for (_, q, _), v in zip(triples, qvecs, strict=True)]  # fmt: skip
+                ms = 1000 * (time.perf_counter() - t) / len(triples)
+                mrr, hit = scores(ranked, gold)
+                rows.append((kind, mode, mrr, hit, ms))
+        finally:
+            store.drop()
+            store.close()
+    print(f"\n{'store':<12}{'mode':<19}{'MRR@10':>8}{'recall@10':>11}{'vs kNN':>8}{'ms/query':>10}")
+    base = {k: m for k, mode, m, _, _ in rows if mode == "kNN"}
+    for kind, mode, mrr, hit, ms in rows:
+        print(f"{kind:<12}{mode:<19}{mrr:>8.3f}{hit:>11.3f}{mrr / base[kind]:>8.2f}{ms:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
