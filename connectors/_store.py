@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -51,6 +51,7 @@ log = logging.getLogger("connectors")
 
 #: (id, store-native payload) pairs: one batch of writes or deletes
 Batch = list[tuple[str, Any]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +197,28 @@ class BaseStore:
         atomically), or the physical index of a rebuild this store writes."""
         return self._physical_fixed or self.name
 
-    def _current_physical(self) -> str | None:  # native
+    def _current_physical(self) -> str | None:  # native, or this default for stores that keep their own pointer
         """The physical index behind the name now (the rebuild's own, if this store writes one);
         None: no index exists."""
+        physical = self.resolve()
+        return physical if physical is not None and self._exists(physical) else None
+
+    # Stores without server-side aliases (Chroma, pgvector) keep a name -> physical pointer themselves;
+    # Qdrant reads its aliases the same way. They implement _pointer and _exists; ES/Weaviate override
+    # _current_physical instead.
+    def _pointer(self) -> str | None:  # native (pointer stores)
+        """The physical index the name's pointer (or alias) names, None if there is none."""
+        return None
+
+    def _exists(self, physical: str) -> bool:  # native (pointer stores)
         raise NotImplementedError
+
+    def resolve(self) -> str | None:
+        """The physical index the name points at (None: no such index): the rebuild's own, the pointer's
+        target, or an index that simply has the name (one made before embedrail, used as is)."""
+        if self._physical_fixed:
+            return self._physical_fixed
+        return self._pointer() or (self.name if self._exists(self.name) else None)
 
     def _spec_of(self, physical: str) -> IndexSpec | None:  # native
         raise NotImplementedError
@@ -229,6 +248,28 @@ class BaseStore:
 
     def _invalidate(self) -> None:
         self._read_cache = None
+
+    def _forget(self, physical: str) -> None:
+        """Drop what is cached about ``physical`` (a store with per-index handles extends this)."""
+
+    def _on_read_target(self, what: str, fn: Callable[[ReadTarget], T]) -> T:
+        """``fn(target)`` on the read target. A read that fails because a rebuild swapped the name to
+        another index and dropped the old one meanwhile is run again on the new target (up to 3 tries);
+        any other failure is raised as this store's error."""
+        last: BaseException | None = None
+        for attempt in range(3):
+            target = self._read_target() if attempt == 0 else self._require(what)
+            try:
+                return fn(target)
+            except (StoreUnavailableError, ConfigError, IndexMismatchError):
+                raise
+            except Exception as e:  # noqa: BLE001 - maybe the index was swapped away under us
+                last = e
+                self._invalidate()
+                self._forget(target.physical)
+                if self._physical_fixed or (self.resolve() == target.physical and self._exists(target.physical)):
+                    raise self._error(e, what) from None
+        raise self._error(last or RuntimeError("the index kept changing"), what)
 
     def _query_vector(self, vector: Any, spec: IndexSpec | None) -> np.ndarray:
         return check_query(self.url, vector, spec)

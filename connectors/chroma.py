@@ -241,16 +241,6 @@ class ChromaStore(BaseStore):
             return str(target) if target else None
         return None
 
-    def resolve(self) -> str | None:
-        """The physical collection the logical name points at now (None: no such index)."""
-        if self._physical_fixed:
-            return self._physical_fixed
-        return self._pointer() or (self.name if self._exists(self.name) else None)
-
-    def _current_physical(self) -> str | None:
-        physical = self.resolve()
-        return physical if physical is not None and self._exists(physical) else None
-
     def _set_pointer(self, target: str, *, only_if_absent: bool = False) -> str:
         reg = self._registry(create=True)
         rec: dict[str, Any] = {"ids": [self.name], "embeddings": np.ones((1, 1), dtype=np.float32), "documents": [target],
@@ -394,27 +384,20 @@ class ChromaStore(BaseStore):
     # ------------------------------------------------------------------------------ reading
     def search(self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
         where = _where(parse_filter(filter))
-        last: BaseException | None = None
-        for attempt in range(3):
-            target = self._read_target() if attempt == 0 else self._require("search")
+
+        def run(target: ReadTarget) -> list[Hit]:
             vec = self._query_vector(vector, target.spec)
-            try:
-                res = self._call(lambda c=target.handle, v=vec: c.query(query_embeddings=v.reshape(1, -1), n_results=max(1, int(k)),
-                                 where=where, include=["documents", "metadatas", "distances"]), "search")  # fmt: skip
-            except StoreUnavailableError:
-                raise
-            except Exception as e:  # noqa: BLE001 - maybe the collection was swapped away under us
-                last = e
-                self._invalidate()
-                self._cols.pop(target.physical, None)
-                if self._physical_fixed or self.resolve() == target.physical and self._exists(target.physical):
-                    raise self._error(e, "search") from None
-                continue
+            res = self._call(lambda: target.handle.query(query_embeddings=vec.reshape(1, -1), n_results=max(1, int(k)), where=where,
+                                                         include=["documents", "metadatas", "distances"]), "search")  # fmt: skip
             space = self._space_of(target.handle)
             rows = zip(res["ids"][0], res["distances"][0], res["documents"][0], res["metadatas"][0], strict=False)
             return [Hit(id=i, score=_score(space, float(d)), text=doc or "", metadata=decode_scalar_metadata(md))
                     for i, d, doc, md in rows]  # fmt: skip
-        raise self._error(last or RuntimeError("collection kept changing"), "search")
+
+        return self._on_read_target("search", run)
+
+    def _forget(self, physical: str) -> None:
+        self._cols.pop(physical, None)
 
     def count(self) -> int:
         physical = self._current_physical()

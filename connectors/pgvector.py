@@ -39,7 +39,7 @@ from connectors._records import batched, spec_from_dict, spec_to_dict
 from connectors._store import BaseStore, Batch, ReadTarget
 from connectors._urls import StoreURL
 from connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
-from embedrail.errors import ConfigError, DimensionLimitError, StoreUnavailableError
+from embedrail.errors import ConfigError, DimensionLimitError
 
 __all__ = ["PgvectorStore"]
 
@@ -192,7 +192,7 @@ class PgvectorStore(BaseStore):
         return HALFVEC_MAX if self.pgvector_version() >= (0, 7) else VECTOR_MAX
 
     # ------------------------------------------------------------------------------ names -> tables
-    def _table_exists(self, physical: str) -> bool:
+    def _exists(self, physical: str) -> bool:
         rows = self._sql("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                          "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'", (self.schema, physical), "lookup")  # fmt: skip
         return bool(rows)
@@ -200,15 +200,6 @@ class PgvectorStore(BaseStore):
     def _pointer(self) -> str | None:
         rows = self._sql(f"SELECT target FROM {_q(self.schema)}.{REGISTRY} WHERE name = %s", (self.name,), "resolve alias")
         return str(rows[0][0]) if rows else None
-
-    def resolve(self) -> str | None:
-        if self._physical_fixed:
-            return self._physical_fixed
-        return self._pointer() or (self.name if self._table_exists(self.name) else None)
-
-    def _current_physical(self) -> str | None:
-        physical = self.resolve()
-        return physical if physical is not None and self._table_exists(physical) else None
 
     def _spec_of(self, physical: str) -> IndexSpec | None:
         rows = self._sql("SELECT obj_description(%s::regclass, 'pg_class')", (self._t(physical),), "read spec")
@@ -335,36 +326,25 @@ class PgvectorStore(BaseStore):
     def search(self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
         where, params = _where(parse_filter(filter))
         k = max(1, int(k))
-        last: BaseException | None = None
-        for attempt in range(3):
-            target = self._read_target() if attempt == 0 else self._require("search")
-            spec = target.spec
-            vec = self._query_vector(vector, spec)
-            metric = spec.metric if spec else "cosine"
+
+        def run(target: ReadTarget) -> list[Hit]:
+            vec = self._query_vector(vector, target.spec)
+            metric = target.spec.metric if target.spec else "cosine"
             op, vtype = _OPS[metric][1], target.handle or "vector"
             sql = (f"SELECT id, text, metadata, embedding {op} %s::{vtype} AS d FROM {self._t(target.physical)}"
                    f"{' WHERE ' + where if where else ''} ORDER BY embedding {op} %s::{vtype} LIMIT {k}")  # fmt: skip
 
-            def run(conn: Any, sql: str = sql, vec: np.ndarray = vec) -> list[tuple]:
+            def query(conn: Any) -> list[tuple]:
                 conn.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
                 if self.pgvector_version() >= (0, 8):
                     conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
                 return conn.execute(sql, (vec, *params, vec)).fetchall()
 
-            try:
-                rows = self._tx(run, "search")
-            except StoreUnavailableError:
-                raise
-            except Exception as e:  # noqa: BLE001 - maybe the table was swapped away under us
-                last = e
-                self._invalidate()
-                if self._physical_fixed or (self.resolve() == target.physical and self._table_exists(target.physical)):
-                    raise self._error(e, "search") from None
-                continue
-            hits = [Hit(id=i, score=_score(metric, float(d)), text=txt or "", metadata=md or {}) for i, txt, md, d in rows]
+            hits = [Hit(id=i, score=_score(metric, float(d)), text=txt or "", metadata=md or {}) for i, txt, md, d in self._tx(query, "search")]
             hits.sort(key=lambda h: -h.score)  # relaxed_order may return neighbours slightly out of order
             return hits
-        raise self._error(last or RuntimeError("table kept changing"), "search")
+
+        return self._on_read_target("search", run)
 
     supports_hybrid = True
 
@@ -438,7 +418,7 @@ class PgvectorStore(BaseStore):
         self._tx(unpoint, "delete alias")
         if target:
             self._drop_physical(target)
-        if self._table_exists(self.name):
+        if self._exists(self.name):
             self._drop_physical(self.name)
 
     def _switch(self, physical: str) -> list[str]:

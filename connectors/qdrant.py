@@ -159,15 +159,8 @@ class QdrantStore(BaseStore):
     def _exists(self, physical: str) -> bool:
         return bool(self._call(lambda: self.client.collection_exists(physical), "check collection"))
 
-    def resolve(self) -> str | None:
-        if self._physical_fixed:
-            return self._physical_fixed
-        target = self._aliases().get(self.name)
-        return target or (self.name if self._exists(self.name) else None)
-
-    def _current_physical(self) -> str | None:
-        physical = self.resolve()
-        return physical if physical is not None and self._exists(physical) else None
+    def _pointer(self) -> str | None:
+        return self._aliases().get(self.name)
 
     def _info(self, physical: str) -> Any:
         return self._call(lambda: self.client.get_collection(physical), "read collection")
@@ -275,26 +268,17 @@ class QdrantStore(BaseStore):
     def search(self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
         flt = _filter(parse_filter(filter))
         k = max(1, int(k))
-        last: BaseException | None = None
-        for attempt in range(3):
-            target = self._read_target() if attempt == 0 else self._require("search")
-            vec = self._query_vector(vector, target.spec)
-            try:
-                res = self._call(lambda t=target, v=vec: self.client.query_points(t.physical, query=v.astype(np.float32).tolist(),
-                                 limit=k, query_filter=flt, with_payload=True), "search")  # fmt: skip
-            except StoreUnavailableError:
-                raise
-            except Exception as e:  # noqa: BLE001 - maybe the collection was swapped away under us
-                last = e
-                self._invalidate()
-                if self._physical_fixed or (self.resolve() == target.physical and self._exists(target.physical)):
-                    raise self._error(e, "search") from None
-                continue
+
+        def run(target: ReadTarget) -> list[Hit]:
+            vec = self._query_vector(vector, target.spec).astype(np.float32).tolist()
+            res = self._call(lambda: self.client.query_points(target.physical, query=vec, limit=k, query_filter=flt,
+                                                              with_payload=True), "search")  # fmt: skip
             metric = target.spec.metric if target.spec else "cosine"
             return [Hit(id=str(p.payload["_id"]), score=-float(p.score) if metric == "l2" else float(p.score),
                         text=str(p.payload.get("text") or ""), metadata=dict(p.payload.get("metadata") or {}))
                     for p in res.points]  # fmt: skip
-        raise self._error(last or RuntimeError("collection kept changing"), "search")
+
+        return self._on_read_target("search", run)
 
     def _count(self, physical: str) -> int:
         return int(self._call(lambda: self.client.count(physical, exact=True), "count").count)
