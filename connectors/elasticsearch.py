@@ -229,7 +229,8 @@ class ElasticsearchStore(BaseStore):
     def _similarity(self, spec: IndexSpec) -> str:
         return "l2_norm" if spec.metric == "l2" else self.similarity or "dot_product"
 
-    def _create_index(self, physical: str, spec: IndexSpec, alias: bool) -> None:
+    def _index_body(self, spec: IndexSpec) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """(mappings, settings, similarity) of a new physical index (the store-native part of creating one)."""
         limit = self.max_dims()
         if limit is not None and spec.dims > limit:
             raise DimensionLimitError(
@@ -239,9 +240,11 @@ class ElasticsearchStore(BaseStore):
             )
         version = self.server_version()
         sim, index_options = self._similarity(spec), resolve_index_options(self.index_options, version, spec, self.url)
+        return index_mapping(self.name, spec, sim, index_options), {"number_of_shards": 1, **self.settings}, sim
 
-        mappings = index_mapping(self.name, spec, sim, index_options)
-        kw: dict[str, Any] = {"index": physical, "mappings": mappings, "settings": {"number_of_shards": 1, **self.settings}}
+    def _create_index(self, physical: str, spec: IndexSpec, alias: bool) -> None:
+        mappings, settings, sim = self._index_body(spec)
+        kw: dict[str, Any] = {"index": physical, "mappings": mappings, "settings": settings}
         if alias:
             kw["aliases"] = {self.name: {}}
         try:
@@ -251,7 +254,7 @@ class ElasticsearchStore(BaseStore):
         except Exception as e:  # noqa: BLE001
             raise self._error(e, f"create index {physical}") from None
         self._specs[physical], self._sims[physical] = spec, sim
-        log.info("%s: created %s (dims=%d, %s, %s)", self.url, physical, spec.dims, sim, index_options)
+        log.info("%s: created %s (dims=%d, %s)", self.url, physical, spec.dims, sim)
 
     def _create_physical(self, physical: str, spec: IndexSpec) -> None:
         self._create_index(physical, spec, alias=False)

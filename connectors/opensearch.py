@@ -35,7 +35,7 @@ from connectors._store import ReadTarget
 from connectors._urls import StoreURL, flag
 from connectors.base import IndexSpec
 from connectors.elasticsearch import _TRANSIENT_STATUS, ElasticsearchStore, _status
-from embedrail.errors import ConfigError, DimensionLimitError, StoreUnavailableError
+from embedrail.errors import ConfigError, DimensionLimitError
 from embedrail.secrets import short_error
 
 __all__ = ["OpenSearchStore"]
@@ -187,7 +187,7 @@ class OpenSearchStore(ElasticsearchStore):
         self._sims[physical] = _SIM_OF_SPACE.get(space, "cosine")
         return spec
 
-    def _create_index(self, physical: str, spec: IndexSpec, alias: bool) -> None:
+    def _index_body(self, spec: IndexSpec) -> tuple[dict[str, Any], dict[str, Any], str]:
         if spec.dims > LUCENE_MAX_DIMS:
             raise DimensionLimitError(f"{self.url}: OpenSearch's Lucene k-NN engine indexes at most {LUCENE_MAX_DIMS} dims, "
                                       f"{spec.dims} were requested; nothing was written. Use a smaller dimension (MRL truncation).")  # fmt: skip
@@ -199,17 +199,7 @@ class OpenSearchStore(ElasticsearchStore):
             "method": {"name": "hnsw", "engine": "lucene", "space_type": space,
                        "parameters": {"m": self.m, "ef_construction": self.ef_construction}},
         }  # fmt: skip
-        kw: dict[str, Any] = {"index": physical, "mappings": mappings,
-                              "settings": {"number_of_shards": 1, "index.knn": True, **self.settings}}  # fmt: skip
-        if alias:
-            kw["aliases"] = {self.name: {}}
-        try:
-            self._call(lambda: self.client.indices.create(**kw), "create index")
-        except StoreUnavailableError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise self._error(e, f"create index {physical}") from None
-        self._specs[physical], self._sims[physical] = spec, _SIM_OF_SPACE[space]
+        return mappings, {"number_of_shards": 1, "index.knn": True, **self.settings}, _SIM_OF_SPACE[space]
 
     def describe(self) -> Any:
         info = super().describe()
