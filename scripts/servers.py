@@ -355,76 +355,96 @@ def _spawn(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None
     )
 
 
+def _unpack_search_zip(zip_path: Path, top: str, base: Path) -> tuple[Path, Path]:
+    """Unzip an Elasticsearch/OpenSearch distribution under a temporary dir in ``base``; returns (tmp, unpacked home).
+
+    Zip files carry no Unix modes, so launchers (any bin/ dir) and native helpers are made executable here.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=base, prefix=".unpack-"))
+    with zipfile.ZipFile(zip_path) as z:
+        z.extractall(tmp)
+    src = tmp / top
+    for p in (src / "bin").iterdir():
+        p.chmod(0o755)
+    for p in src.rglob("*"):
+        if p.is_file() and (p.parent.name == "bin" or "native" in p.parts):
+            p.chmod(p.stat().st_mode | 0o755)
+    return tmp, src
+
+
+def _install_search_home(tmp: Path, src: Path, home: Path) -> None:
+    """Move an unpacked (and completed) distribution to its final home, owned by the service user when root."""
+    if home.exists():
+        shutil.rmtree(home)
+    src.rename(home)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if is_root():
+        ensure_es_user()
+        chown_tree(home, ES_USER)
+
+
+def _search_base() -> Path:
+    return Path("/var/cache/embedrail") if is_root() else CACHE
+
+
 def provision_es() -> Path:
     zip_path = CACHE / f"elasticsearch-{ES_VERSION}.zip"
     download(ES_URL_TMPL.format(v=ES_VERSION), zip_path)
-    base = Path("/var/cache/embedrail") if is_root() else CACHE
-    home = base / f"elasticsearch-{ES_VERSION}"
+    home = _search_base() / f"elasticsearch-{ES_VERSION}"
     if not (home / "bin" / "elasticsearch").exists():
         log(f"unpacking Elasticsearch {ES_VERSION} into {home}")
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".unpack-"))
-        with zipfile.ZipFile(zip_path) as z:
-            z.extractall(tmp)
-        src = tmp / f"elasticsearch-{ES_VERSION}"
-        for p in (src / "bin").iterdir():
-            p.chmod(0o755)
-        for p in src.rglob("*"):
-            if p.is_file() and (p.parent.name == "bin" or "native" in p.parts):
-                p.chmod(p.stat().st_mode | 0o755)
-        if home.exists():
-            shutil.rmtree(home)
-        src.rename(home)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_root():
-            ensure_es_user()
-            chown_tree(home, ES_USER)
+        _install_search_home(*_unpack_search_zip(zip_path, f"elasticsearch-{ES_VERSION}", _search_base()), home)
     elif is_root():
         ensure_es_user()
     return home
 
 
-def start_es() -> Server:
-    home = provision_es()
+def _start_search_node(kind: str, label: str, version: str, home: Path, launcher: str, env_prefix: str,
+                       extra_settings: Iterable[str] = ()) -> Server:
+    """Start one single-node Elasticsearch-family server on free loopback ports with a throwaway data dir.
+
+    ``env_prefix`` is ES or OPENSEARCH: the launcher reads <prefix>_JAVA_HOME and <prefix>_JAVA_OPTS (and
+    EMBEDRAIL_<kind>_JAVA_OPTS overrides the heap); as root the node runs as the unprivileged service user.
+    """
     java_home = find_java(17)
     http_port, transport_port = free_ports(2)
-    data = Path(tempfile.mkdtemp(prefix="embedrail-es-"))
+    data = Path(tempfile.mkdtemp(prefix=f"embedrail-{kind}-"))
     (data / "data").mkdir()
     (data / "logs").mkdir()
-    log_path = STATE_DIR / "elasticsearch.log"
+    log_path = STATE_DIR / f"{launcher}.log"
+    java_vars = (f"{env_prefix}_JAVA_HOME", f"{env_prefix}_JAVA_OPTS")
     env = dict(os.environ)
-    env.update(
-        ES_JAVA_HOME=str(java_home),
-        ES_JAVA_OPTS=os.environ.get("EMBEDRAIL_ES_JAVA_OPTS", "-Xms512m -Xmx1g"),
-    )
     env.pop("JAVA_HOME", None)
+    env[java_vars[0]] = str(java_home)
+    env[java_vars[1]] = os.environ.get(f"EMBEDRAIL_{kind.upper()}_JAVA_OPTS", "-Xms512m -Xmx1g")
     cmd = [
-        str(home / "bin" / "elasticsearch"),
+        str(home / "bin" / launcher),
         "-E", "discovery.type=single-node",
         "-E", "network.host=127.0.0.1",
         "-E", f"http.port={http_port}",
         "-E", f"transport.port={transport_port}",
         "-E", f"path.data={data / 'data'}",
         "-E", f"path.logs={data / 'logs'}",
-        "-E", "xpack.security.enabled=false",
-        "-E", "cluster.name=embedrail-test",
+        "-E", f"cluster.name=embedrail-test-{kind}",
         "-E", "cluster.routing.allocation.disk.threshold_enabled=false",
         "-E", "action.destructive_requires_name=false",
     ]  # fmt: skip
+    for setting in extra_settings:
+        cmd += ["-E", setting]
     if is_root():
         chown_tree(data, ES_USER)
-        cmd = ["runuser", "-u", ES_USER, "--", "env", *[f"{k}={env[k]}" for k in ("ES_JAVA_HOME", "ES_JAVA_OPTS")], *cmd]
-    log(f"starting Elasticsearch {ES_VERSION} (JDK {java_home}) on 127.0.0.1:{http_port}")
+        cmd = as_service_user(cmd, java_vars, env)
+    log(f"starting {label} {version} (JDK {java_home}) on 127.0.0.1:{http_port}")
     p = _spawn(cmd, env, log_path, cwd=home)
-    return Server(
-        kind="es",
-        url=f"es://127.0.0.1:{http_port}",
-        pid=p.pid,
-        log=str(log_path),
-        data_dir=str(data),
-        health_url=f"http://127.0.0.1:{http_port}/_cluster/health?wait_for_status=yellow&timeout=1s",
-        extra={"version": ES_VERSION, "java_home": str(java_home)},
-    )
+    return Server(kind=kind, url=f"{kind}://127.0.0.1:{http_port}", pid=p.pid, log=str(log_path), data_dir=str(data),
+                  health_url=f"http://127.0.0.1:{http_port}/_cluster/health?wait_for_status=yellow&timeout=1s",
+                  extra={"version": version, "java_home": str(java_home)})  # fmt: skip
+
+
+def start_es() -> Server:
+    return _start_search_node("es", "Elasticsearch", ES_VERSION, provision_es(), "elasticsearch", "ES",
+                              ["xpack.security.enabled=false"])  # fmt: skip
 
 
 def provision_opensearch() -> Path:
@@ -440,8 +460,7 @@ def provision_opensearch() -> Path:
     }  # fmt: skip
     for i, dep in enumerate(_PAINLESS_DEPS):
         files[f"dep{i}"] = (f"{MAVEN}/{dep}", cache / Path(dep).name)
-    base = Path("/var/cache/embedrail") if is_root() else CACHE
-    home = base / f"opensearch-{v}"
+    home = _search_base() / f"opensearch-{v}"
     if (home / "bin" / "opensearch").exists() and (home / "plugins" / "opensearch-knn").is_dir():
         if is_root():
             ensure_es_user()
@@ -449,13 +468,7 @@ def provision_opensearch() -> Path:
     for url, dest in files.values():
         download(url, dest)
     log(f"assembling OpenSearch {v} + k-NN + lang-painless into {home}")
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=base, prefix=".unpack-"))
-    with zipfile.ZipFile(files["dist"][1]) as z:
-        z.extractall(tmp)
-    src = tmp / f"opensearch-{v}"
-    for p in (src / "bin").iterdir():
-        p.chmod(0o755)
+    tmp, src = _unpack_search_zip(files["dist"][1], f"opensearch-{v}", _search_base())
     painless = src / "modules" / "lang-painless"
     painless.mkdir(parents=True, exist_ok=True)
     for key, (_, path) in files.items():
@@ -472,48 +485,13 @@ def provision_opensearch() -> Path:
     )
     with zipfile.ZipFile(files["knn"][1]) as z:
         z.extractall(src / "plugins" / "opensearch-knn")
-    if home.exists():
-        shutil.rmtree(home)
-    src.rename(home)
-    shutil.rmtree(tmp, ignore_errors=True)
-    if is_root():
-        ensure_es_user()
-        chown_tree(home, ES_USER)
+    _install_search_home(tmp, src, home)
     return home
 
 
 def start_opensearch() -> Server:
-    home = provision_opensearch()
-    java_home = find_java(17)
-    http_port, transport_port = free_ports(2)
-    data = Path(tempfile.mkdtemp(prefix="embedrail-opensearch-"))
-    (data / "data").mkdir()
-    (data / "logs").mkdir()
-    log_path = STATE_DIR / "opensearch.log"
-    env = dict(os.environ)
-    env.update(OPENSEARCH_JAVA_HOME=str(java_home),
-               OPENSEARCH_JAVA_OPTS=os.environ.get("EMBEDRAIL_OPENSEARCH_JAVA_OPTS", "-Xms512m -Xmx1g"))  # fmt: skip
-    env.pop("JAVA_HOME", None)
-    cmd = [
-        str(home / "bin" / "opensearch"),
-        "-E", "discovery.type=single-node",
-        "-E", "network.host=127.0.0.1",
-        "-E", f"http.port={http_port}",
-        "-E", f"transport.port={transport_port}",
-        "-E", f"path.data={data / 'data'}",
-        "-E", f"path.logs={data / 'logs'}",
-        "-E", "cluster.name=embedrail-test-os",
-        "-E", "cluster.routing.allocation.disk.threshold_enabled=false",
-        "-E", "action.destructive_requires_name=false",
-    ]  # fmt: skip
-    if is_root():
-        chown_tree(data, ES_USER)
-        cmd = as_service_user(cmd, ("OPENSEARCH_JAVA_HOME", "OPENSEARCH_JAVA_OPTS"), env)
-    log(f"starting OpenSearch {OPENSEARCH_VERSION} + k-NN (JDK {java_home}) on 127.0.0.1:{http_port}")
-    p = _spawn(cmd, env, log_path, cwd=home)
-    return Server(kind="opensearch", url=f"opensearch://127.0.0.1:{http_port}", pid=p.pid, log=str(log_path),
-                  data_dir=str(data), health_url=f"http://127.0.0.1:{http_port}/_cluster/health?wait_for_status=yellow&timeout=1s",
-                  extra={"version": OPENSEARCH_VERSION, "java_home": str(java_home)})  # fmt: skip
+    return _start_search_node("opensearch", "OpenSearch + k-NN", OPENSEARCH_VERSION, provision_opensearch(),
+                              "opensearch", "OPENSEARCH")  # fmt: skip
 
 
 def provision_weaviate() -> Path:
