@@ -28,18 +28,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _servers import server_url  # noqa: E402  (benchmarks/ is on sys.path when a benchmark runs)
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def es_base() -> str | None:
-    if os.environ.get("EMBEDRAIL_ES_URL"):
-        return os.environ["EMBEDRAIL_ES_URL"]
-    env = ROOT / ".servers.env"
-    if env.exists():
-        for line in env.read_text().splitlines():
-            if line.startswith("EMBEDRAIL_ES_URL="):
-                return line.split("=", 1)[1].strip()
-    return None
+    return server_url("EMBEDRAIL_ES_URL")
 
 
 def main() -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import tempfile
@@ -32,17 +31,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _servers import server_url  # noqa: E402  (benchmarks/ is on sys.path when a benchmark runs)
 
 
 def pg_server() -> str | None:
-    if os.environ.get("EMBEDRAIL_PG_URL"):
-        return os.environ["EMBEDRAIL_PG_URL"]
-    env = ROOT / ".servers.env"
-    if env.exists():
-        for line in env.read_text().splitlines():
-            if line.startswith("EMBEDRAIL_PG_URL="):
-                return line.split("=", 1)[1].strip()
-    return None
+    return server_url("EMBEDRAIL_PG_URL")
 
 
 def fresh_pg_db(server: str) -> str:

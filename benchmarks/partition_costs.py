@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _servers import server_url  # noqa: E402  (benchmarks/ is on sys.path when a benchmark runs)
 
 TASK = r"""
 import json, sys, time
@@ -64,16 +65,6 @@ print("DONE", json.dumps({"load_s": imported - t0 + load[0], "total_s": time.tim
 THREADS = 0
 
 
-def env_urls() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k.startswith("EMBEDRAIL_")}
-    f = ROOT / ".servers.env"
-    if f.exists():
-        for line in f.read_text().splitlines():
-            if "=" in line:
-                k, v = line.split("=", 1)
-                out.setdefault(k.strip(), v.strip())
-    return out
-
 
 def spawn(cfg: dict) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
@@ -100,8 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     global THREADS
     THREADS = args.threads
-    urls = env_urls()
-    es, pg = urls.get("EMBEDRAIL_ES_URL"), urls.get("EMBEDRAIL_PG_URL")
+    es, pg = server_url("EMBEDRAIL_ES_URL"), server_url("EMBEDRAIL_PG_URL")
     if not (es and pg):
         sys.exit("needs Elasticsearch and PostgreSQL: run `make servers` first")
     from ledger_concurrency import fresh_pg_db

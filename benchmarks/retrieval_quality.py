@@ -16,7 +16,6 @@ Servers from ``make servers`` (.servers.env) or EMBEDRAIL_*_URL.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -25,23 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def env_urls() -> dict[str, str]:
-    env = dict(os.environ)
-    f = ROOT / ".servers.env"
-    if f.exists():
-        for line in f.read_text().splitlines():
-            if "=" in line:
-                k, v = line.split("=", 1)
-                env.setdefault(k.strip(), v.strip())
-    out = {}
-    for kind, var in (("es", "EMBEDRAIL_ES_URL"), ("opensearch", "EMBEDRAIL_OPENSEARCH_URL"), ("weaviate", "EMBEDRAIL_WEAVIATE_URL")):
-        if env.get(var):
-            out[kind] = env[var]
-    if env.get("EMBEDRAIL_PG_URL"):
-        out["pgvector"] = "pgvector://" + env["EMBEDRAIL_PG_URL"].split("://", 1)[1]
-    return out
+from _servers import store_urls  # noqa: E402  (benchmarks/ is on sys.path when a benchmark runs)
 
 
 def with_name(base: str, name: str) -> str:
@@ -92,7 +75,7 @@ def main() -> None:
     qvecs = emb.embed_queries([q for _, q, _ in triples])
     print(f"{len(triples)} queries ({args.queries}) / documents from the stdlib docs; embedded in {time.perf_counter() - t:.1f}s (MiniLM)")
     spec = IndexSpec(dims=emb.dims, metric="cosine", fingerprint=emb.fingerprint, embedding={"model": emb.model_id})
-    urls = env_urls()
+    urls = store_urls(("es", "opensearch", "weaviate", "pgvector"))
     gold = [mid for mid, _, _ in triples]
     rows = []
     for kind in args.stores.split(","):

@@ -19,7 +19,6 @@ and print vectors/s and the ratio ours/client (target >= 0.9). Not a test.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
+from _servers import store_urls  # noqa: E402  (benchmarks/ is on sys.path when a benchmark runs)
 from test_connectors_dataset import dataset  # noqa: E402
 
 from connectors import IndexSpec, Record, VectorStore, connect  # noqa: E402
@@ -44,21 +43,9 @@ LANGS = ("en", "de", "fr")
 
 
 def _urls() -> dict[str, str]:
-    env = dict(os.environ)
-    f = ROOT / ".servers.env"
-    if f.exists():
-        for line in f.read_text().splitlines():
-            if "=" in line:
-                k, v = line.split("=", 1)
-                env.setdefault(k.strip(), v.strip())
     out = {"chroma": f"chroma://{tempfile.mkdtemp(prefix='bench-chroma-')}",
-           "qdrant": env.get("EMBEDRAIL_QDRANT_URL") or f"qdrant://{tempfile.mkdtemp(prefix='bench-qdrant-')}"}
-    for kind, var in (("es", "EMBEDRAIL_ES_URL"), ("chroma_http", "EMBEDRAIL_CHROMA_URL"), ("weaviate", "EMBEDRAIL_WEAVIATE_URL"),
-                      ("opensearch", "EMBEDRAIL_OPENSEARCH_URL")):
-        if env.get(var):
-            out[kind] = env[var]
-    if env.get("EMBEDRAIL_PG_URL"):  # postgresql://u:p@h:port/postgres -> pgvector://u:p@h:port/postgres
-        out["pgvector"] = "pgvector://" + env["EMBEDRAIL_PG_URL"].split("://", 1)[1]
+           "qdrant": f"qdrant://{tempfile.mkdtemp(prefix='bench-qdrant-')}"}  # fmt: skip
+    out.update(store_urls())  # a server wins over the embedded defaults
     return out
 
 
@@ -89,22 +76,16 @@ def ours(store: VectorStore, recs: list[Record]) -> float:
     return dt
 
 
-def client_es(store: Any, recs: list[Record]) -> float:
-    from elasticsearch import helpers
-
+def _bulk_helper(helpers: Any, client: Any, store: Any, recs: list[Record]) -> float:
+    """The client's own ``helpers.bulk`` (+ one refresh), the same for elasticsearch-py and opensearch-py."""
     from connectors._es_schema import filterable as _filterable
 
     physical = store.describe().physical_name
-    client = store.client
 
     def actions() -> Any:
         for r in recs:
-            yield {
-                "_index": physical,
-                "_id": r.id,
-                "_source": {"id": r.id, "text": r.text, "metadata": r.metadata, "m": _filterable(r.metadata),
-                            "vector": np.asarray(r.vector).tolist()},
-            }
+            yield {"_index": physical, "_id": r.id, "_source": {"id": r.id, "text": r.text, "metadata": r.metadata,
+                                                              "m": _filterable(r.metadata), "vector": np.asarray(r.vector).tolist()}}  # fmt: skip
 
     t = time.perf_counter()
     ok, errors = helpers.bulk(client, actions(), chunk_size=500, raise_on_error=False, refresh=False)
@@ -112,6 +93,12 @@ def client_es(store: Any, recs: list[Record]) -> float:
     dt = time.perf_counter() - t
     assert ok == len(recs) and not errors, errors[:3]
     return dt
+
+
+def client_es(store: Any, recs: list[Record]) -> float:
+    from elasticsearch import helpers
+
+    return _bulk_helper(helpers, store.client, store, recs)
 
 
 def client_chroma(store: Any, recs: list[Record]) -> float:
@@ -153,22 +140,7 @@ def client_weaviate(store: Any, recs: list[Record]) -> float:
 def client_opensearch(store: Any, recs: list[Record]) -> float:
     from opensearchpy import helpers
 
-    from connectors._es_schema import filterable as _filterable
-
-    physical = store.describe().physical_name
-    client = store.client.raw
-
-    def actions() -> Any:
-        for r in recs:
-            yield {"_index": physical, "_id": r.id, "_source": {"id": r.id, "text": r.text, "metadata": r.metadata,
-                                                              "m": _filterable(r.metadata), "vector": np.asarray(r.vector).tolist()}}  # fmt: skip
-
-    t = time.perf_counter()
-    ok, errors = helpers.bulk(client, actions(), chunk_size=500, raise_on_error=False, refresh=False)
-    client.indices.refresh(index=physical)
-    dt = time.perf_counter() - t
-    assert ok == len(recs) and not errors, errors[:3]
-    return dt
+    return _bulk_helper(helpers, store.client.raw, store, recs)  # .raw: the OpenSearch client under our adapter
 
 
 def client_qdrant(store: Any, recs: list[Record]) -> float:

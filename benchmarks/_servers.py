@@ -1,0 +1,42 @@
+"""Where the benchmarks find the servers: ``EMBEDRAIL_*_URL`` from the environment first, else the
+``.servers.env`` that ``make servers`` writes (one reader for every benchmark)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# store kind -> the variable that holds its server's URL (pgvector's is PostgreSQL's, re-schemed below)
+_VARS = {"es": "EMBEDRAIL_ES_URL", "opensearch": "EMBEDRAIL_OPENSEARCH_URL", "weaviate": "EMBEDRAIL_WEAVIATE_URL",
+         "chroma_http": "EMBEDRAIL_CHROMA_URL", "qdrant": "EMBEDRAIL_QDRANT_URL", "pgvector": "EMBEDRAIL_PG_URL"}  # fmt: skip
+
+
+def server_env() -> dict[str, str]:
+    """Every ``EMBEDRAIL_*`` variable: the process environment over ``.servers.env``."""
+    out: dict[str, str] = {}
+    f = ROOT / ".servers.env"
+    if f.exists():
+        for line in f.read_text().splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                out[k.strip()] = v.strip()
+    out.update({k: v for k, v in os.environ.items() if k.startswith("EMBEDRAIL_") and v})
+    return out
+
+
+def server_url(var: str) -> str | None:
+    """One server's URL (``EMBEDRAIL_ES_URL``, ``EMBEDRAIL_PG_URL``, ...) or None when none runs."""
+    return server_env().get(var) or None
+
+
+def store_urls(kinds: tuple[str, ...] = tuple(_VARS)) -> dict[str, str]:
+    """Store URLs of the running servers among ``kinds``; pgvector's is the PostgreSQL server's with the
+    ``pgvector://`` scheme (postgresql://u:p@h:port/db -> pgvector://u:p@h:port/db)."""
+    env, out = server_env(), {}
+    for kind in kinds:
+        url = env.get(_VARS[kind])
+        if url:
+            out[kind] = "pgvector://" + url.split("://", 1)[1] if kind == "pgvector" else url
+    return out
