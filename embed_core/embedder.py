@@ -17,8 +17,9 @@ import torch
 from embedrail.errors import ConfigError, InputError, ModelError
 
 from .base import BaseEmbedder, EmbedStats
+from .batching import TokenBudgetBatching
 from .config import DEFAULT_MODEL, EmbedderConfig
-from .device import Placement, available_cpus, choose_placement, free_device_memory, is_oom
+from .device import Placement, available_cpus, choose_placement, free_device_memory
 from .loading import load_dense_head, load_fast_tokenizer, load_transformer
 from .packing import PackedBatch, packer_for
 from .pooling import pool, pool_packed, truncate_and_normalize
@@ -36,7 +37,7 @@ PAD_TOLERANCE = 0.08
 MIN_BATCH_TOKENS = 1024
 
 
-class Embedder(BaseEmbedder):
+class Embedder(TokenBudgetBatching, BaseEmbedder):
     """Embeds texts with a local transformers model. Build it with :meth:`Embedder.load`.
 
     Vectors are ``float32`` with unit L2 norm, so ``metric == "cosine"`` and cosine == dot product.
@@ -171,6 +172,7 @@ class Embedder(BaseEmbedder):
         packed, device_type = self._packed is not None, self.placement.device.type
         self._pad_tolerance = 1.0 if packed else PAD_TOLERANCE
         self._min_batch_tokens = 4096 if packed else MIN_BATCH_TOKENS
+        self._max_batch_size = config.max_batch_size
         # a packed CPU batch of 4,096 tokens keeps a BERT layer's activations in cache: measured ~6 %
         # faster on MiniLM than 16,384 (benchmarks/embed_throughput.py)
         default = PACKED_CPU_BATCH_TOKENS if packed and device_type == "cpu" else DEFAULT_BATCH_TOKENS.get(device_type, 16384)
@@ -390,55 +392,9 @@ class Embedder(BaseEmbedder):
             self.stats.truncated += truncated
             return vectors
 
-    def _plan(self, lengths: np.ndarray, order: np.ndarray, budget: int) -> list[np.ndarray]:
-        """Cut length-sorted (descending) indices into batches of at most ``budget`` padded tokens.
-
-        A batch also ends early when the next text is much shorter than the batch's longest one
-        (more than ``PAD_TOLERANCE`` of it would be padding) once the batch already holds
-        ``MIN_BATCH_TOKENS``, so padding waste stays small without tiny forward passes.
-        """
-        batches: list[np.ndarray] = []
-        i, n = 0, len(order)
-        cap = self.config.max_batch_size
-        sorted_lengths = lengths[order]
-        while i < n:
-            longest = max(int(sorted_lengths[i]), 1)
-            size = max(1, min(cap, budget // longest, n - i))
-            floor = longest * (1.0 - self._pad_tolerance)
-            min_count = max(1, self._min_batch_tokens // longest)
-            if size > min_count:
-                short = np.nonzero(sorted_lengths[i + min_count : i + size] < floor)[0]
-                if short.size:
-                    size = min_count + int(short[0])
-            batches.append(order[i : i + size])
-            i += size
-        return batches
-
     def _run(self, ids_list: list[list[int]]) -> np.ndarray:
         lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))
-        order = np.argsort(-lengths, kind="stable")
-        out = np.empty((len(ids_list), self._spec.output_dims), dtype=np.float32)
-        pending = self._plan(lengths, order, self._budget)
-        pending.reverse()
-        while pending:
-            batch = pending.pop()
-            try:
-                out[batch] = self._forward([ids_list[j] for j in batch])
-            except Exception as exc:
-                if not is_oom(exc):
-                    raise
-                free_device_memory(self.placement.device)
-                self.stats.oom_retries += 1
-                longest = int(lengths[batch[0]])
-                if len(batch) == 1 or self._budget <= longest:
-                    raise ModelError(
-                        f"out of memory embedding one text of {longest} tokens on {self.placement.device}; "
-                        "lower max_tokens, use a smaller model, or free GPU memory"
-                    ) from exc
-                self._budget = max(longest, self._budget // 2)
-                log.warning("out of memory on %s: batch token budget halved to %d", self.placement.device, self._budget)
-                pending.extend(reversed(self._plan(lengths, batch, self._budget)))
-        return out
+        return self._run_batches(lengths, self._spec.output_dims, lambda idx: self._forward([ids_list[j] for j in idx]))
 
     def _forward(self, batch: list[list[int]]) -> np.ndarray:
         if self._packed is not None:

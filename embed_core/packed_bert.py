@@ -111,7 +111,8 @@ class PackedBert:
 
         self.word = w("embeddings.word_embeddings.weight", f32)
         self.pos = w("embeddings.position_embeddings.weight", f32)
-        self.type0 = w("embeddings.token_type_embeddings.weight", f32)[0]
+        self.types = w("embeddings.token_type_embeddings.weight", f32)
+        self.type0 = self.types[0]
         self.emb_ln = ln("embeddings.LayerNorm")
         self.layers = []
         for i in range(int(cfg["num_hidden_layers"])):
@@ -163,7 +164,8 @@ class PackedBert:
         (``PackedBatch.buckets``), each on its own right-padded block with a key mask, so it computes
         about as many scores as the texts really have."""
         cd, h, d, hidden = self.compute_dtype, self.heads, self.head_dim, self.hidden
-        x = F.embedding(pb.ids, self.word) + F.embedding(pb.positions, self.pos) + self.type0
+        types = self.type0 if pb.token_types is None else F.embedding(pb.token_types, self.types)  # pairs: segment A/B
+        x = F.embedding(pb.ids, self.word) + F.embedding(pb.positions, self.pos) + types
         x = F.layer_norm(x, (hidden,), *self.emb_ln)  # the residual stream: float32 throughout
         buckets = pb.buckets()
         for qkv_w, qkv_b, o_w, o_b, o_ln, i_w, i_b, out_w, out_b, out_ln in self.layers:

@@ -50,13 +50,14 @@ class PackedBatch:
     batch: int
     width: int  # the longest text
     host_lengths: np.ndarray  # ``lengths`` on the host
+    token_types: torch.Tensor | None = None  # (T,) segment ids of sentence pairs (BERT cross-encoders); None: all 0
 
     @property
     def total(self) -> int:
         return int(self.ids.shape[0])
 
     @classmethod
-    def build(cls, texts: list[list[int]], device: torch.device) -> PackedBatch:
+    def build(cls, texts: list[list[int]], device: torch.device, token_types: list[list[int]] | None = None) -> PackedBatch:
         n = len(texts)
         lengths = np.fromiter((len(x) for x in texts), dtype=np.int64, count=n)
         width, total = int(lengths.max()), int(lengths.sum())
@@ -65,7 +66,10 @@ class PackedBatch:
         positions = torch.from_numpy(np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)).to(device)
         segment = torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), lengths)).to(device)
         ids = torch.from_numpy(flat).to(device)
-        return cls(ids, positions, segment, torch.from_numpy(lengths).to(device), n, width, lengths)
+        types = None
+        if token_types is not None:
+            types = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(token_types), dtype=np.int64, count=total)).to(device)
+        return cls(ids, positions, segment, torch.from_numpy(lengths).to(device), n, width, lengths, types)
 
     def buckets(self, waste: float = 0.15, slack: int = 8) -> list[Bucket]:
         """Split the texts, in their order, into runs of similar length, so that an attention kernel

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import random
-import time
 from typing import Any
 
 import numpy as np
@@ -26,12 +24,12 @@ from embedrail.errors import ConfigError, InputError, ModelError, RemoteEmbeddin
 from .base import BaseEmbedder, EmbedStats
 from .config import QWEN3_DEFAULT_TASK
 from .fingerprint import FINGERPRINT_KEYS
+from .http import RETRY_STATUS, request_json
 from .pooling import truncate_and_normalize
 from .text import approx_count, approx_token_spans, check_texts, split_by_offsets
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 DEFAULT_REMOTE_MAX_TOKENS = 512
 _PROBE_TEXT = "embedrail dimension probe"
 
@@ -213,45 +211,12 @@ class RemoteEmbedder(BaseEmbedder):
         self, method: str, path: str, payload: dict[str, Any] | None, *, retry: bool = True,
         retry_status: frozenset[int] = RETRY_STATUS,
     ) -> Any:  # fmt: skip
-        import httpx
+        return request_json(self._client, method, self.base_url + path, payload, retry_status=retry_status,
+                            attempts=(self.max_retries + 1) if retry else 1, backoff=self.backoff,
+                            max_backoff=self.max_backoff, on_retry=self._count_retry)  # fmt: skip
 
-        url = self.base_url + path
-        attempts = (self.max_retries + 1) if retry else 1
-        last = ""
-        for attempt in range(attempts):
-            wait = min(self.max_backoff, self.backoff * (2**attempt)) * (0.5 + random.random() / 2)
-            try:
-                resp = self._client.request(method, url, json=payload)
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                status = None
-            else:
-                status = resp.status_code
-                if status < 400:
-                    try:
-                        return resp.json()
-                    except ValueError as exc:
-                        raise RemoteEmbeddingError(f"{url} answered {status} with non-JSON content") from exc
-                last = f"HTTP {status}: {_error_message(resp)}"
-                if status not in retry_status:
-                    err = RemoteEmbeddingError(f"{method} {url} failed with {last}")
-                    err.status = status  # type: ignore[attr-defined]
-                    raise err
-                retry_after = resp.headers.get("retry-after")
-                if retry_after:
-                    try:
-                        wait = min(self.max_backoff, max(0.0, float(retry_after)))
-                    except ValueError:
-                        pass
-            if attempt + 1 < attempts:
-                self.stats.http_retries += 1
-                log.warning("%s %s: %s; retry %d/%d in %.1fs", method, url, last, attempt + 1, attempts - 1, wait)
-                time.sleep(wait)
-        err = RemoteEmbeddingError(
-            f"{method} {url} failed after {attempts} attempt(s): {last}; check that the server is up and reachable"
-        )
-        err.status = status  # type: ignore[attr-defined]
-        raise err
+    def _count_retry(self) -> None:
+        self.stats.http_retries += 1
 
     def _post_embeddings(self, texts: list[str], dimensions: int | None, *, retry: bool = True) -> np.ndarray:
         payload: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": self.encoding_format}
@@ -364,21 +329,3 @@ class RemoteEmbedder(BaseEmbedder):
         if self._client is not None:
             self._client.close()
             self._client = None  # type: ignore[assignment]
-
-
-def _error_message(resp: Any) -> str:
-    try:
-        body = resp.json()
-    except ValueError:
-        return (resp.text or "")[:300]
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:500]
-        if isinstance(err, str):
-            return err[:500]
-        if body.get("detail"):
-            return str(body["detail"])[:500]
-        if body.get("message"):
-            return str(body["message"])[:500]
-    return str(body)[:300]
