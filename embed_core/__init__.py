@@ -8,6 +8,9 @@ server), and turns texts into L2-normalised float32 vectors, fast and reproducib
     emb = open_embedder("minilm")            # or a model dir, a hub id, or http://host:8000/v1#model
     vectors = emb.embed_documents(["some text", "more text"])   # (2, 384) float32, unit norm
 
+    from embed_core import open_reranker      # the second stage of a search (embed_core.rerank)
+    scores = open_reranker("/models/Qwen3-Reranker-0.6B").rerank("a query", ["doc one", "doc two"])
+
 Importing this package touches no network, loads no model and does not import torch (the local
 backend does, on first use).
 """
@@ -28,20 +31,25 @@ __all__ = [
     "EmbedStats",
     "Embedder",
     "EmbedderConfig",
+    "BaseReranker",
     "MINILM_ID",
     "QWEN3_DEFAULT_TASK",
     "QWEN3_QUERY_TEMPLATE",
     "RemoteEmbedder",
+    "RemoteReranker",
+    "Reranker",
     "compute_fingerprint",
     "embedder_from_info",
     "is_remote_model",
     "open_embedder",
+    "open_reranker",
     "packaged_minilm_dir",
     "truncate_and_normalize",
 ]
 
 # imported on first use: the local backend pulls in torch and transformers, the remote one httpx
-_LAZY = {"Embedder": ".embedder", "RemoteEmbedder": ".remote", "truncate_and_normalize": ".pooling"}
+_LAZY = {"Embedder": ".embedder", "RemoteEmbedder": ".remote", "truncate_and_normalize": ".pooling",
+         "BaseReranker": ".rerank", "Reranker": ".rerank", "open_reranker": ".rerank", "RemoteReranker": ".remote_rerank"}
 
 
 def __getattr__(name: str) -> Any:

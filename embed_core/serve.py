@@ -19,7 +19,13 @@ Endpoints
 - ``GET /v1/models`` — the served model; its ``"embedrail"`` member is the model's
   ``embedding_info()``, which :class:`~embed_core.remote.RemoteEmbedder` reads so that its
   fingerprint matches a local load of the same model.
-- ``GET /health`` — ``{"status": "ok", "model": ..., "dims": ...}``.
+- ``POST /v1/rerank`` (with a reranker, ``serve(..., reranker=...)`` / ``embedrail serve --reranker M``) —
+  the Jina/Cohere/vLLM shape: ``{"model"?, "query", "documents": [str | {"text": str}], "top_n"?,
+  "return_documents"?, "instruction"?}`` -> ``{"model", "results": [{"index", "relevance_score",
+  "document"?}], "usage": {"total_tokens"}}``, best first. ``POST /rerank`` takes TEI's shape
+  (``{"query", "texts", "return_text"?}`` -> ``[{"index", "score", "text"?}]``). Scores are the
+  reranker's own (P(yes) for Qwen3-Reranker, the saved activation for cross-encoders).
+- ``GET /health`` — ``{"status": "ok", "model": ..., "dims": ..., "reranker": ...}``.
 
 Errors are OpenAI-shaped: ``{"error": {"message", "type", "param", "code"}}``.
 
@@ -180,6 +186,32 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
+class RerankRequest(BaseModel):
+    """The ``/v1/rerank`` body (Jina / Cohere / vLLM); ``instruction`` is an embedrail extension."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: str
+    documents: list[str | dict[str, Any]]
+    model: str | None = None
+    top_n: int | None = None
+    return_documents: bool = False
+    instruction: str | None = None
+
+
+class TeiRerankRequest(BaseModel):
+    """TEI's ``/rerank`` body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: str
+    texts: list[str]
+    return_text: bool = False
+    raw_scores: bool = False
+    truncate: bool | None = None
+    instruction: str | None = None
+
+
 class _ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -206,8 +238,9 @@ def _inputs(value: Any) -> tuple[list[Any], bool]:
 
 
 def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait: float = MAX_WAIT,
-               merge_inputs: int | None = None) -> FastAPI:  # fmt: skip
-    """A FastAPI app serving ``embedder`` (see the module docstring for the API). Concurrent
+               merge_inputs: int | None = None, reranker: Any = None) -> FastAPI:  # fmt: skip
+    """A FastAPI app serving ``embedder`` and, given a ``reranker`` (an ``embed_core.rerank.BaseReranker``),
+    the rerank endpoints (see the module docstring for the API). Concurrent
     requests are merged into shared embedder calls (:class:`Batcher`, ``max_wait`` seconds and ``merge_inputs`` inputs at most);
     ``app.state.batcher`` is that batcher; whoever runs the app closes it (``serve`` and
     ``BackgroundServer`` do)."""
@@ -218,6 +251,23 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
     if embedder.model == "minilm":
         names |= {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
     info = embedder.embedding_info()
+    rerank_names = {n for n in (getattr(reranker, "model", None), getattr(reranker, "model_id", None)) if n}
+    rerank_lock = threading.Lock()  # one reranker call at a time (each is already token-budget batched)
+
+    def rerank_scores(query: str, texts: list[str], instruction: str | None) -> tuple[Any, int]:
+        if reranker is None:
+            raise _ApiError(404, "this server has no reranker; start it with --reranker MODEL", None, "not_found")
+        if len(texts) > max_inputs:
+            raise _ApiError(400, f"at most {max_inputs} documents per request; got {len(texts)}", "documents", "too_many_inputs")
+        try:
+            with rerank_lock:
+                before = reranker.stats.tokens
+                scores = reranker.rerank(query, texts, instruction=instruction)
+                return scores, reranker.stats.tokens - before
+        except (InputError, ConfigError) as exc:
+            raise _ApiError(400, str(exc), "query", "invalid_value") from exc
+        except EmbedrailError as exc:
+            raise _ApiError(500, str(exc), None, "model_error") from exc
 
     @app.exception_handler(_ApiError)
     async def _api_error(_: Request, exc: _ApiError) -> JSONResponse:
@@ -231,12 +281,48 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "model": embedder.model_id, "dims": embedder.dims, "fingerprint": embedder.fingerprint}
+        return {"status": "ok", "model": embedder.model_id, "dims": embedder.dims, "fingerprint": embedder.fingerprint,
+                "reranker": reranker.describe() if reranker is not None else None}  # fmt: skip
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
         entry = {"id": embedder.model_id, "object": "model", "created": created, "owned_by": "embedrail", "embedrail": info}
-        return {"object": "list", "data": [entry]}
+        data = [entry]
+        if reranker is not None:
+            data.append({"id": reranker.model_id, "object": "model", "created": created, "owned_by": "embedrail",
+                         "embedrail_reranker": reranker.describe()})  # fmt: skip
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/rerank")
+    def rerank_v1(req: RerankRequest) -> Any:
+        if req.model and rerank_names and req.model not in rerank_names:
+            raise _ApiError(404, f"model {req.model!r} is not served here; the reranker is {reranker.model_id!r}",
+                            "model", "model_not_found")  # fmt: skip
+        texts = []
+        for i, doc in enumerate(req.documents):
+            text = doc.get("text") if isinstance(doc, dict) else doc
+            if not isinstance(text, str):
+                raise _ApiError(400, f"documents[{i}] must be a string or {{'text': str}}", "documents", "invalid_value")
+            texts.append(text)
+        if req.top_n is not None and req.top_n < 1:
+            raise _ApiError(400, "top_n must be at least 1", "top_n", "invalid_value")
+        scores, tokens = rerank_scores(req.query, texts, req.instruction)
+        order = sorted(range(len(texts)), key=lambda i: -float(scores[i]))[: req.top_n or len(texts)]
+        results = []
+        for i in order:
+            item: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
+            if req.return_documents:
+                item["document"] = {"text": texts[i]}
+            results.append(item)
+        return JSONResponse({"id": f"rerank-{time.time_ns()}", "model": reranker.model_id, "results": results,
+                             "usage": {"total_tokens": int(tokens)}})  # fmt: skip
+
+    @app.post("/rerank")
+    def rerank_tei(req: TeiRerankRequest) -> Any:
+        scores, _ = rerank_scores(req.query, list(req.texts), req.instruction)
+        order = sorted(range(len(req.texts)), key=lambda i: -float(scores[i]))
+        return JSONResponse([{"index": i, "score": float(scores[i]), **({"text": req.texts[i]} if req.return_text else {})}
+                             for i in order])  # fmt: skip
 
     @app.post("/v1/embeddings")
     def embeddings(req: EmbeddingRequest) -> Any:
@@ -303,6 +389,7 @@ def serve(
     log_level: str = "info",
     max_wait: float = MAX_WAIT,
     merge_inputs: int = MAX_INPUTS,
+    reranker: Any = None,
     **load_kwargs: Any,
 ) -> None:
     """Load ``model`` (or take a ready embedder) and serve it until interrupted (blocking).
@@ -311,6 +398,8 @@ def serve(
     :meth:`Embedder.load` (e.g. ``max_tokens``, ``query_instruction``, ``document_prefix``).
     Bind to ``0.0.0.0`` only on a trusted network: there is no authentication. ``max_wait``
     (seconds) and ``merge_inputs`` bound how long and how far concurrent requests are merged.
+    ``reranker``: a model name for :func:`embed_core.open_reranker` (on the same ``device``) or a loaded
+    reranker; it adds ``/v1/rerank`` and ``/rerank``.
     """
     import uvicorn
 
@@ -320,13 +409,21 @@ def serve(
         from .embedder import Embedder
 
         embedder = Embedder.load(model, dims=dims, device=device, **load_kwargs)
-    app = create_app(embedder, max_wait=max_wait, merge_inputs=merge_inputs)
+    if isinstance(reranker, str):
+        from .rerank import open_reranker
+
+        reranker = open_reranker(reranker, device=device)
+    app = create_app(embedder, max_wait=max_wait, merge_inputs=merge_inputs, reranker=reranker)
     log.info("serving %s (dims=%d) on http://%s:%d/v1/embeddings", embedder.model_id, embedder.dims, host, port)
+    if reranker is not None:
+        log.info("serving reranker %s on http://%s:%d/v1/rerank (and TEI's /rerank)", reranker.model_id, host, port)
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
         app.state.batcher.close()
         embedder.close()
+        if reranker is not None:
+            reranker.close()
 
 
 class BackgroundServer:
@@ -336,11 +433,12 @@ class BackgroundServer:
             remote = Embedder.remote(url, embedder.model)
     """
 
-    def __init__(self, embedder: BaseEmbedder, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+    def __init__(self, embedder: BaseEmbedder, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 reranker: Any = None) -> None:  # fmt: skip
         import uvicorn
 
         self.embedder = embedder
-        self.app = create_app(embedder)
+        self.app = create_app(embedder, reranker=reranker)
         config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="embedrail-serve", daemon=True)
@@ -378,6 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dims", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument("--reranker", default=None, help="also serve this reranker on /v1/rerank and /rerank")
     parser.add_argument("--merge-wait-ms", type=float, default=MAX_WAIT * 1000,
                         help="how long a request waits for concurrent ones to share its forward pass")  # fmt: skip
     parser.add_argument("--merge-max", type=int, default=MAX_INPUTS, help="most inputs in one merged call (1: no merging)")
@@ -385,11 +484,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     kwargs = {"max_tokens": args.max_tokens} if args.max_tokens else {}
     serve(args.model, args.host, args.port, args.dims, args.device, log_level="warning",
-          max_wait=args.merge_wait_ms / 1000, merge_inputs=max(1, args.merge_max), **kwargs)  # fmt: skip
+          max_wait=args.merge_wait_ms / 1000, merge_inputs=max(1, args.merge_max), reranker=args.reranker, **kwargs)  # fmt: skip
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = ["BackgroundServer", "Batcher", "EmbeddingRequest", "create_app", "main", "serve"]
+__all__ = ["BackgroundServer", "Batcher", "EmbeddingRequest", "RerankRequest", "TeiRerankRequest", "create_app", "main", "serve"]

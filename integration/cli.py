@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hybrid", action="store_true",
                    help="keyword search on the text fused with kNN (Elasticsearch, OpenSearch, Weaviate, pgvector)")
     s.add_argument("--alpha", type=float, default=0.5, help="hybrid: weight of the vector side, 0 (keywords) to 1 (kNN)")
+    s.add_argument("--rerank", metavar="MODEL",
+                   help="rerank the candidates: a Qwen3-Reranker or cross-encoder directory, a hub id, or a URL "
+                        "(http://host/v1#model for /v1/rerank, http://host/rerank for TEI)")  # fmt: skip
+    s.add_argument("--candidates", type=positive_int, help="first-stage hits the reranker rescores (default: max(100, k))")
+    s.add_argument("--rerank-instruction", help="the task of an instruction-aware reranker (Qwen3-Reranker)")
     s.add_argument("--json", action="store_true", help="print the hits as a JSON list")
     s.add_argument("query", nargs="+", help="query text")
 
@@ -74,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model precision (default: see reindex --dtype)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--reranker", metavar="MODEL", help="also serve this reranker on /v1/rerank (and TEI's /rerank)")
     return p
 
 
@@ -112,9 +118,12 @@ def _parse_filters(items: Sequence[str]) -> dict[str, Any] | None:
 def cmd_search(a: argparse.Namespace) -> int:
     from .search import Searcher
 
-    with Searcher(a.target, model=a.model, dims=a.dims, device=a.device) as searcher:
+    if (a.candidates or a.rerank_instruction) and not a.rerank:
+        raise ConfigError("--candidates and --rerank-instruction apply to two-stage search: add --rerank MODEL")
+    with Searcher(a.target, model=a.model, dims=a.dims, device=a.device, reranker=a.rerank) as searcher:
         result = searcher.search(" ".join(a.query), a.k, filter=_parse_filters(a.filter), instruction=a.instruction,
-                                 hybrid=a.hybrid, alpha=a.alpha)  # fmt: skip
+                                 hybrid=a.hybrid, alpha=a.alpha, candidates=a.candidates,
+                                 rerank_instruction=a.rerank_instruction)  # fmt: skip
     if a.json:
         print(json.dumps(result.to_dict()["hits"]))
         return 0
@@ -123,6 +132,9 @@ def cmd_search(a: argparse.Namespace) -> int:
         print(f"{i:2d}. {h.score:.3f}  {h.metadata.get('_doc', h.id)}  [{h.id}]\n      {snippet}")
     if not result.hits:
         print("no hits")
+    ran = ", ".join(f"{st} {result.timings[st]:.3f}s" for st in result.stages if st in result.timings)
+    extra = f"; reranked {len(result.first_stage or [])} candidates with {result.reranker}" if result.reranker else ""
+    print(f"({ran}{extra})")
     return 0
 
 
@@ -193,7 +205,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         from embed_core.serve import serve
     except ImportError as e:
         raise ConfigError(f"the embedding server is not available ({e}); install embedrail[serve]") from None
-    serve(a.model, host=a.host, port=a.port, dims=a.dims, device=a.device, **({"dtype": a.dtype} if a.dtype else {}))
+    serve(a.model, host=a.host, port=a.port, dims=a.dims, device=a.device, reranker=a.reranker,
+          **({"dtype": a.dtype} if a.dtype else {}))  # fmt: skip
     return 0
 
 

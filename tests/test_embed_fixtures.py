@@ -17,6 +17,66 @@ TRAIN_TEXT = [
 ]
 
 
+def _qwen_tokenizer(extra_text: list[str] = ()) -> object:  # type: ignore[assignment]
+    """A byte-level BPE with Qwen's special tokens, trained on ``TRAIN_TEXT`` (+ ``extra_text``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=420, special_tokens=QWEN_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator((TRAIN_TEXT + list(extra_text)) * 10, trainer)
+    return tok
+
+
+def build_tiny_qwen3_reranker(out: Path, *, seed: int = 0) -> Path:
+    """Save a 2-layer random ``Qwen3ForCausalLM`` + a Qwen-like tokenizer in which "yes" and "no" are single
+    tokens (as in Qwen3-Reranker), trained on the reranker's prompt so it tokenizes like a real vocabulary.
+    The LM head is scaled up so P(yes) spreads over (0, 1) instead of sitting at 0.5."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    from embed_core.rerank import QWEN3_RERANK_PREFIX, QWEN3_RERANK_SUFFIX, qwen3_rerank_prompt
+
+    tok = _qwen_tokenizer([QWEN3_RERANK_PREFIX, QWEN3_RERANK_SUFFIX, qwen3_rerank_prompt("what is it", "a fox"),
+                           *(["yes", "no"] * 20)])  # fmt: skip
+    assert tok.token_to_id("yes") is not None and tok.token_to_id("no") is not None
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                            padding_side="left").save_pretrained(out)  # fmt: skip
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                         tie_word_embeddings=False)  # fmt: skip
+    model = Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+    model.save_pretrained(out)
+    return out
+
+
+def build_tiny_cross_encoder(out: Path, *, seed: int = 0, max_length: int = 128) -> Path:
+    """Save a 2-layer random ``BertForSequenceClassification`` (one label) with the packaged MiniLM's
+    WordPiece tokenizer: a plain transformers directory, which sentence-transformers' ``CrossEncoder`` loads."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from embed_core import packaged_minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
+    torch.manual_seed(seed)
+    # initializer_range 0.3 (not BERT's 0.02): the [CLS] state then depends on the pair and the scores
+    # spread over (0, 1) instead of all sitting at 0.501
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=max_length, num_labels=1,
+                        initializer_range=0.3)  # fmt: skip
+    BertForSequenceClassification(config).eval().save_pretrained(out)
+    tok.model_max_length = max_length
+    tok.save_pretrained(out)
+    return out
+
+
 def build_tiny_qwen3(out: Path, *, eos_post_processor: bool = False, seed: int = 0) -> Path:
     """Save a 2-layer random Qwen3Model + a Qwen-like tokenizer to ``out``.
 
@@ -25,16 +85,10 @@ def build_tiny_qwen3(out: Path, *, eos_post_processor: bool = False, seed: int =
     updated Qwen3-Embedding tokenizers do.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=420, special_tokens=QWEN_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(TRAIN_TEXT * 10, trainer)
+    tok = _qwen_tokenizer()
     if eos_post_processor:
         eot = tok.token_to_id("<|endoftext|>")
         tok.post_processor = processors.TemplateProcessing(
