@@ -7,6 +7,7 @@ summary removed, so the query's exact words are not simply copied from the docum
 that member. ``--queries name``: the query is the member's name as words instead ("cgi parse header"). All documents are indexed (one chunk each, the packaged MiniLM) into every store that runs,
 and each query is answered three ways — ``search`` (kNN), ``hybrid_search`` (alpha 0.5 and 0.7) and
 keyword-only (alpha 0), relative-score fusion unless the mode says rrf — reporting MRR@10 and recall@10 (``hit``: the gold member in the top 10).
+With ``--rerank MODEL`` also kNN+rerank and hybrid+rerank: ``--candidates`` first-stage hits rescored by the reranker.
 
     .venv/bin/python benchmarks/retrieval_quality.py [--stores es,opensearch,weaviate,pgvector] [--limit N]
 
@@ -64,6 +65,9 @@ def main() -> None:
     ap.add_argument("--stores", default="es,opensearch,weaviate,pgvector")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--queries", choices=["summary", "name"], default="summary")
+    ap.add_argument("--rerank", metavar="MODEL", help="also kNN+rerank and hybrid+rerank with this reranker "
+                    "(a Qwen3-Reranker or cross-encoder directory, or a URL; real weights only: a random model ranks randomly)")
+    ap.add_argument("--candidates", type=int, default=100, help="first-stage hits the reranker rescores")
     args = ap.parse_args()
     from connectors import IndexSpec, Record, connect
     from embed_core import Embedder
@@ -74,6 +78,18 @@ def main() -> None:
     dvecs = emb.embed_documents([doc for _, _, doc in triples])
     qvecs = emb.embed_queries([q for _, q, _ in triples])
     print(f"{len(triples)} queries ({args.queries}) / documents from the stdlib docs; embedded in {time.perf_counter() - t:.1f}s (MiniLM)")
+    # how deep the first stage must go for a reranker to see the answer: exact kNN on the same vectors
+    import numpy as np
+
+    order = np.argsort(-(np.asarray(qvecs) @ np.asarray(dvecs).T), axis=1)
+    rank_of_gold = (order == np.arange(len(triples))[:, None]).argmax(axis=1)  # document i answers query i
+    print("first-stage recall (exact kNN): " + ", ".join(f"@{n} {np.mean(rank_of_gold < n):.3f}" for n in (10, 20, 50, 100)))
+    reranker = None
+    if args.rerank:
+        from embed_core import open_reranker
+
+        reranker = open_reranker(args.rerank, device="auto")
+        print(f"reranker {reranker.model_id} ({reranker.kind}), {args.candidates} candidates per query")
     spec = IndexSpec(dims=emb.dims, metric="cosine", fingerprint=emb.fingerprint, embedding={"model": emb.model_id})
     urls = store_urls(("es", "opensearch", "weaviate", "pgvector"))
     gold = [mid for mid, _, _ in triples]
@@ -97,6 +113,16 @@ def main() -> None:
                 ms = 1000 * (time.perf_counter() - t) / len(triples)
                 mrr, hit = scores(ranked, gold)
                 rows.append((kind, mode, mrr, hit, ms))
+            if reranker is not None:
+                for mode, alpha in (("kNN+rerank", None), ("hybrid a=0.7+rerank", 0.7)):
+                    t, ranked = time.perf_counter(), []
+                    for (_, q, _), v in zip(triples, qvecs, strict=True):
+                        cands = (store.search(v, k=args.candidates) if alpha is None else
+                                 store.hybrid_search(q, v, k=args.candidates, alpha=alpha))  # fmt: skip
+                        ranked.append([cands[i].id for i, _ in reranker.rank(q, [h.text for h in cands], top_k=10)])
+                    ms = 1000 * (time.perf_counter() - t) / len(triples)
+                    mrr, hit = scores(ranked, gold)
+                    rows.append((kind, mode, mrr, hit, ms))
         finally:
             store.drop()
             store.close()
