@@ -213,6 +213,24 @@ class BaseStore:
     def _exists(self, physical: str) -> bool:  # native (pointer stores)
         raise NotImplementedError
 
+    def _unpoint(self, target: str | None) -> None:  # native (pointer stores)
+        """Remove the name's pointer (alias, registry row, view); ``target``: what it pointed at, if anything."""
+        raise NotImplementedError
+
+    def drop(self) -> None:
+        """Drop the index behind the name, the name's pointer, and an index that has the plain name (no error
+        if absent). A rebuild's store drops only its own physical index. ES and Weaviate override this."""
+        self._invalidate()
+        if self._physical_fixed:
+            self._drop_physical(self._physical_fixed)
+            return
+        target = self._pointer()
+        self._unpoint(target)
+        if target:
+            self._drop_physical(target)
+        if self._exists(self.name):
+            self._drop_physical(self.name)
+
     def resolve(self) -> str | None:
         """The physical index the name points at (None: no such index): the rebuild's own, the pointer's
         target, or an index that simply has the name (one made before embedrail, used as is)."""

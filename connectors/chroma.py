@@ -440,20 +440,10 @@ class ChromaStore(BaseStore):
         self._cols.pop(physical, None)
         self._specs.pop(physical, None)
 
-    def drop(self) -> None:
-        """Delete the collection behind the name and the name's pointer (no error if absent)."""
-        self._invalidate()
-        if self._physical_fixed:
-            self._drop_physical(self._physical_fixed)
-            return
-        target = self._pointer()
+    def _unpoint(self, target: str | None) -> None:
         reg = self._registry()
         if reg is not None and target:
             self._call(lambda: reg.delete(ids=[self.name]), "delete alias")
-        if target:
-            self._drop_physical(target)
-        if self._exists(self.name):
-            self._drop_physical(self.name)
 
     def _switch(self, physical: str) -> list[str]:
         old = None if self._physical_fixed else self.resolve()

@@ -403,23 +403,12 @@ class PgvectorStore(BaseStore):
     def _drop_physical(self, physical: str) -> None:
         self._sql(f"DROP TABLE IF EXISTS {self._t(physical)} CASCADE", None, "drop table")
 
-    def drop(self) -> None:
-        """Drop the table behind the name, the name's view and pointer (no error if absent)."""
-        self._invalidate()
-        if self._physical_fixed:
-            self._drop_physical(self._physical_fixed)
-            return
-        target = self._pointer()
-
-        def unpoint(conn: Any) -> None:
+    def _unpoint(self, target: str | None) -> None:
+        def unpoint(conn: Any) -> None:  # the pointer row and the name's view, whatever they pointed at
             conn.execute(f"DELETE FROM {_q(self.schema)}.{REGISTRY} WHERE name = %s", (self.name,))
             conn.execute(f"DROP VIEW IF EXISTS {self._t(self.name)}")
 
         self._tx(unpoint, "delete alias")
-        if target:
-            self._drop_physical(target)
-        if self._exists(self.name):
-            self._drop_physical(self.name)
 
     def _switch(self, physical: str) -> list[str]:
         def switch(conn: Any) -> str | None:

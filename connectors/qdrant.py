@@ -318,20 +318,12 @@ class QdrantStore(BaseStore):
             if not self._is_not_found(e):
                 raise self._error(e, "delete collection") from None
 
-    def drop(self) -> None:
+    def _unpoint(self, target: str | None) -> None:
         from qdrant_client import models
 
-        self._invalidate()
-        if self._physical_fixed:
-            self._drop_physical(self._physical_fixed)
-            return
-        target = self._aliases().get(self.name)
         if target:
             self._call(lambda: self.client.update_collection_aliases(change_aliases_operations=[
                 models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.name))]), "delete alias")  # fmt: skip
-            self._drop_physical(target)
-        if self._exists(self.name):
-            self._drop_physical(self.name)
 
     def _switch(self, physical: str) -> list[str]:
         from qdrant_client import models
