@@ -153,13 +153,19 @@ class ElasticsearchStore(BaseStore):
             raise ConfigError(f"{self.url}: cannot create the Elasticsearch client: {short_error(e, *self._secrets)}") from None
 
     @staticmethod
-    def _is_transient(e: BaseException) -> bool:
-        try:
-            import elastic_transport as et
+    def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+        """(never transient, transient) error classes of the client's transport (TLS vs connection)."""
+        import elastic_transport as et
 
-            if isinstance(e, et.TlsError):
+        return (et.TlsError,), (et.ConnectionError, et.ConnectionTimeout)
+
+    @classmethod
+    def _is_transient(cls, e: BaseException) -> bool:
+        try:
+            never, transient = cls._transport_errors()
+            if isinstance(e, never):
                 return False
-            if isinstance(e, et.ConnectionError | et.ConnectionTimeout):
+            if isinstance(e, transient):
                 return True
         except ImportError:  # pragma: no cover
             pass

@@ -34,7 +34,7 @@ from connectors._es_schema import index_mapping
 from connectors._store import ReadTarget
 from connectors._urls import StoreURL, flag
 from connectors.base import IndexSpec
-from connectors.elasticsearch import _TRANSIENT_STATUS, ElasticsearchStore, _status
+from connectors.elasticsearch import ElasticsearchStore
 from embedrail.errors import ConfigError, DimensionLimitError
 from embedrail.secrets import short_error
 
@@ -155,17 +155,10 @@ class OpenSearchStore(ElasticsearchStore):
         client.close()
 
     @staticmethod
-    def _is_transient(e: BaseException) -> bool:
-        try:
-            import opensearchpy
+    def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+        import opensearchpy
 
-            if isinstance(e, opensearchpy.SSLError):
-                return False
-            if isinstance(e, opensearchpy.ConnectionError | opensearchpy.ConnectionTimeout):
-                return True
-        except ImportError:  # pragma: no cover
-            pass
-        return isinstance(e, ConnectionError | TimeoutError) or _status(e) in _TRANSIENT_STATUS
+        return (opensearchpy.SSLError,), (opensearchpy.ConnectionError, opensearchpy.ConnectionTimeout)
 
     @staticmethod
     def _describe_client(client: Any, name: str | None) -> str:
