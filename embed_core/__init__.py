@@ -44,11 +44,12 @@ __all__ = [
     "open_embedder",
     "open_reranker",
     "packaged_minilm_dir",
+    "info_at_dims",
     "truncate_and_normalize",
 ]
 
 # imported on first use: the local backend pulls in torch and transformers, the remote one httpx
-_LAZY = {"Embedder": ".embedder", "RemoteEmbedder": ".remote", "truncate_and_normalize": ".pooling",
+_LAZY = {"Embedder": ".embedder", "RemoteEmbedder": ".remote", "truncate_and_normalize": ".mrl", "info_at_dims": ".mrl",
          "BaseReranker": ".rerank", "Reranker": ".rerank", "open_reranker": ".rerank", "RemoteReranker": ".remote_rerank"}
 
 

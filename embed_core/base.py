@@ -122,6 +122,14 @@ class BaseEmbedder:
             "fingerprint_components": self.fingerprint_components(),
         }
 
+    def embedding_info_at(self, dims: int) -> dict[str, Any]:
+        """:meth:`embedding_info` of this model at ``dims`` (a Matryoshka truncation of its vectors, made by
+        ``embed_core.truncate_and_normalize``), exactly as the model loaded at ``dims`` describes itself.
+        ``ModelError`` when the model is not MRL, or ``dims`` is above :attr:`dims` or below its MRL minimum."""
+        from .mrl import info_at_dims
+
+        return info_at_dims(self.embedding_info(), dims)
+
     def __enter__(self) -> BaseEmbedder:
         return self
 

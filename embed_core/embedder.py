@@ -21,8 +21,9 @@ from .batching import TokenBudgetBatching
 from .config import DEFAULT_MODEL, EmbedderConfig
 from .device import Placement, available_cpus, choose_placement, free_device_memory
 from .loading import load_dense_head, load_fast_tokenizer, load_transformer
+from .mrl import truncate_and_normalize
 from .packing import PackedBatch, packer_for
-from .pooling import pool, pool_packed, truncate_and_normalize
+from .pooling import pool, pool_packed
 from .spec import ModelSpec, ResolvedModel, check_config, choose_dims, read_spec, resolve_model
 from .text import check_texts, split_by_offsets
 
@@ -260,7 +261,8 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
         }
 
     def _info_extra(self) -> dict[str, Any]:
-        return {"source": self._resolved.source, "content_hash": self._resolved.content_hash, "append_eos": self.append_eos}
+        return {"source": self._resolved.source, "content_hash": self._resolved.content_hash, "append_eos": self.append_eos,
+                "mrl_min_dims": self._spec.mrl_min_dims if self.matryoshka else None}
 
     # ------------------------------------------------------------------------------------------
     # tokens

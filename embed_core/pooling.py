@@ -1,11 +1,10 @@
-"""Pooling of token states into one vector per text, and MRL truncation + renormalisation.
+"""Pooling of token states into one vector per text (MRL truncation lives in ``embed_core.mrl``).
 
 Every function takes the attention mask into account and works for left *and* right padding.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
@@ -42,18 +41,6 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
         w = weights.unsqueeze(-1)
         return (hidden * w).sum(dim=1) / w.sum(dim=1).clamp(min=1e-9)
     raise ValueError(f"unknown pooling mode {mode!r}")
-
-
-def truncate_and_normalize(vectors: np.ndarray, dims: int) -> np.ndarray:
-    """Keep the first ``dims`` components (Matryoshka) and L2-normalise each row again (float32)."""
-    out = np.asarray(vectors, dtype=np.float32)
-    if out.ndim != 2:
-        raise ValueError(f"expected a 2-d array of vectors, got shape {out.shape}")
-    if dims < out.shape[1]:
-        out = out[:, :dims]
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return np.ascontiguousarray(out / norms, dtype=np.float32)
 
 
 def pool_packed(

@@ -25,7 +25,7 @@ from .base import BaseEmbedder, EmbedStats
 from .config import QWEN3_DEFAULT_TASK
 from .fingerprint import FINGERPRINT_KEYS
 from .http import RETRY_STATUS, request_json
-from .pooling import truncate_and_normalize
+from .mrl import truncate_and_normalize
 from .text import approx_count, approx_token_spans, check_texts, split_by_offsets
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,8 @@ class RemoteEmbedder(BaseEmbedder):
         }
 
     def _info_extra(self) -> dict[str, Any]:
-        return {"base_url": self.base_url}
+        low = (self.server_info or {}).get("mrl_min_dims")  # what `embedrail serve` says of its model
+        return {"base_url": self.base_url, "mrl_min_dims": low if self.matryoshka else None}
 
     @classmethod
     def from_info(cls, info: dict[str, Any], **overrides: Any) -> RemoteEmbedder:

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict
 from embedrail.errors import ConfigError, EmbedrailError, InputError, ModelError
 
 from .base import BaseEmbedder
-from .pooling import truncate_and_normalize
+from .mrl import truncate_and_normalize
 from .text import check_texts
 
 log = logging.getLogger(__name__)

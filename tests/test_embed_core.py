@@ -400,6 +400,26 @@ def test_qwen3_mrl_and_fingerprint(qwen: Embedder, tiny_qwen3_dir: Path) -> None
     assert again.fingerprint == small.fingerprint and again.dims == 32
 
 
+def test_embedding_info_at_is_the_model_loaded_at_those_dims(qwen: Embedder, tiny_qwen3_dir: Path, minilm: Embedder) -> None:  # noqa: F811
+    """One pass at the widest dims serves every narrower index: the truncated vectors and the description
+    (fingerprint included) equal those of the model loaded at the narrower dims."""
+    from embed_core import info_at_dims, truncate_and_normalize
+
+    mid = Embedder.load(str(tiny_qwen3_dir), dims=48, device="cpu")
+    small = Embedder.load(str(tiny_qwen3_dir), dims=32, device="cpu")
+    assert qwen.embedding_info_at(32) == small.embedding_info() == mid.embedding_info_at(32)
+    assert qwen.embedding_info_at(48) == mid.embedding_info() and qwen.embedding_info_at(64) == qwen.embedding_info()
+    assert info_at_dims(json.loads(json.dumps(qwen.embedding_info())), 32)["fingerprint"] == small.fingerprint
+    cut = truncate_and_normalize(mid.embed_documents(QTEXTS), 32)
+    assert np.allclose(cut, small.embed_documents(QTEXTS), atol=1e-6)
+    with pytest.raises(ModelError, match="smallest Matryoshka dimension 32"):
+        qwen.embedding_info_at(16)
+    with pytest.raises(ModelError, match="cannot be made"):
+        mid.embedding_info_at(64)
+    with pytest.raises(ModelError, match="not known to be Matryoshka"):
+        minilm.embedding_info_at(128)
+
+
 def test_qwen3_truncation_counter(tiny_qwen3_dir: Path) -> None:  # noqa: F811
     short = Embedder.load(str(tiny_qwen3_dir), device="cpu", max_tokens=16)
     long_text = "The quick brown fox jumps over the lazy dog. " * 10
