@@ -23,6 +23,7 @@ __all__ = [
     "RunContext",
     "SyncEngine",
     "SyncOptions",
+    "Target",
     "open_source",
     "partition_of",
     "sync",
@@ -39,6 +40,7 @@ _LAZY = {
     "SyncEngine": "integration.engine",
     "SyncOptions": "integration.options",
     "sync": "integration.engine",
+    "Target": "integration.targets",
     "open_source": "integration.sources",
 }
 

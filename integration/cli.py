@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--source", required=True, help="file.jsonl, file.csv, a directory, pydoc:, sql+URL?query=...")
     r.add_argument("--target", action="append", required=True, metavar="URL",
                    help="es://host:9200/index, chroma:///abs/path?collection=name, chroma+http://host:8000/name, "
-                        "weaviate://host:8080/Name?grpc_port=50051 (repeatable)")  # fmt: skip
+                        "weaviate://host:8080/Name?grpc_port=50051, qdrant://, pgvector://, opensearch:// (repeatable; "
+                        "URL#dims=N gives one target its own dims: a Matryoshka model is run once, at the largest)")  # fmt: skip
     r.add_argument("--ledger", help="SQLAlchemy URL of the sync ledger (default: $EMBEDRAIL_LEDGER, else "
                                     "sqlite:///.embedrail/ledger.sqlite)")  # fmt: skip
     SyncOptions.add_arguments(r)  # --model, --dims, --mode, --deletes, --dry-run, --chunk-tokens, ...

@@ -18,7 +18,7 @@ from .chunking import Chunker
 from .options import Mode
 from .report import Report
 
-__all__ = ["RunContext", "TargetRun", "Watermark"]
+__all__ = ["RunContext", "TargetRun", "Watermark", "spec_dict"]
 
 DeleteMode = Literal["snapshot", "tombstone", "none"]
 
@@ -32,6 +32,7 @@ class TargetRun:
     generation: str | None = None  # the physical index the run writes (None: none yet, e.g. a dry run on a new index)
     rebuild: bool = False  # the run writes a full rebuild into `generation`, switched to by finalize()
     error: str | None = None  # why the target is out of this run (down, refused); None: it takes part
+    spec: IndexSpec | None = None  # what its index records: its own dims and fingerprint (None: the run's)
 
     @property
     def ok(self) -> bool:
@@ -50,7 +51,7 @@ class Watermark:
 class RunContext:
     """Everything the steps after ``prepare()`` need, JSON round-trippable."""
 
-    VERSION = 2
+    VERSION = 3  # 3: each target has its own spec (dims, fingerprint)
 
     mode: Mode
     dry_run: bool
@@ -58,7 +59,7 @@ class RunContext:
     model: str  # the name the embedder is loaded by (minilm, a dir, a hub id, http://host/v1#name)
     load_dims: int | None  # dims to load it at (None: native)
     model_id: str
-    spec: IndexSpec  # dims, metric, fingerprint and the embedding description every target records
+    spec: IndexSpec  # the embedding the model runs at: the widest target's (each target records its own)
     chunk_tokens: int | None
     chunk_overlap: int
     targets: list[TargetRun] = field(default_factory=list)
@@ -69,28 +70,35 @@ class RunContext:
 
     @property
     def dims(self) -> int:
+        """The dims the model runs at (the widest target's)."""
         return self.spec.dims
 
     @property
     def fingerprint(self) -> str:
+        """The fingerprint of the vectors the model gives (the widest target's)."""
         return self.spec.fingerprint
 
-    @property
-    def doc_config(self) -> str:
-        """What, besides a document's own text and metadata, decides its chunks and vectors."""
-        return f"{self.spec.fingerprint}|{Chunker.config_string(self.chunk_tokens, self.chunk_overlap)}"
+    def spec_of(self, run: TargetRun) -> IndexSpec:
+        """What ``run``'s index records: its own dims and fingerprint."""
+        return run.spec or self.spec
+
+    def doc_config(self, run: TargetRun | None = None) -> str:
+        """What, besides a document's own text and metadata, decides its chunks and the vectors ``run``'s
+        target holds (its fingerprint covers its dims)."""
+        fp = self.spec_of(run).fingerprint if run is not None else self.spec.fingerprint
+        return f"{fp}|{Chunker.config_string(self.chunk_tokens, self.chunk_overlap)}"
 
     def new_report(self, **kw: Any) -> Report:
         rep = Report(mode=self.mode, dry_run=self.dry_run, model=self.model_id, dims=self.dims, fingerprint=self.fingerprint, **kw)
         for t in self.targets:
-            rep.add_target(t.key)
+            rep.add_target(t.key, self.spec_of(t).dims)
         return rep
 
     # --------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["spec"] = {"dims": self.spec.dims, "metric": self.spec.metric, "fingerprint": self.spec.fingerprint,
-                     "embedding": dict(self.spec.embedding)}  # fmt: skip
+        d["spec"] = spec_dict(self.spec)
+        d["targets"] = [{**asdict(t), "spec": spec_dict(t.spec) if t.spec is not None else None} for t in self.targets]
         return {"version": self.VERSION, **d}
 
     @classmethod
@@ -100,7 +108,7 @@ class RunContext:
         d = dict(d)
         d.pop("version")
         d["spec"] = IndexSpec(**d["spec"])
-        d["targets"] = [TargetRun(**t) for t in d["targets"]]
+        d["targets"] = [TargetRun(**{**t, "spec": IndexSpec(**t["spec"]) if t.get("spec") else None}) for t in d["targets"]]
         d["watermark"] = Watermark(**d["watermark"]) if d.get("watermark") else None
         return cls(**d)
 
@@ -108,3 +116,8 @@ class RunContext:
     def of(cls, ctx: RunContext | dict[str, Any]) -> RunContext:
         """A ``RunContext`` from itself or its ``to_dict()`` (e.g. an Airflow XCom)."""
         return ctx if isinstance(ctx, RunContext) else cls.from_dict(ctx)
+
+
+def spec_dict(spec: IndexSpec) -> dict[str, Any]:
+    """An ``IndexSpec`` as JSON (the context's XComs, the ledger's target rows)."""
+    return {"dims": spec.dims, "metric": spec.metric, "fingerprint": spec.fingerprint, "embedding": dict(spec.embedding)}

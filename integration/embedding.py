@@ -1,15 +1,18 @@
 """Which embedding a run uses, and the embedder itself, loaded only when a chunk must be cut or embedded.
 
-The model and its dimension are chosen from the options, what the targets' indexes record and what
-their servers accept (DESIGN.md, "Dimension choice"). A model's description (fingerprint, dims, token
-limit) is cached in the ledger, so a run that finds nothing to embed never loads the model.
+The model and each target's dimension are chosen from the options, what the targets' indexes record and
+what their servers accept (DESIGN.md, "Dimension choice"). The model runs once, at the largest dimension
+a target needs; a Matryoshka model's narrower targets get the truncation to their own dims, described
+(fingerprint included) as the model loaded at those dims (``embed_core.mrl``). A model's description
+(fingerprint, dims, token limit) is cached in the ledger, so a run that finds nothing to embed never
+loads the model.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from connectors.base import IndexSpec
@@ -18,7 +21,7 @@ from embedrail.errors import DimensionLimitError, ModelError
 from .context import RunContext
 from .ledger import Ledger
 
-__all__ = ["EmbeddingChoice", "ModelInfo", "ModelResolver"]
+__all__ = ["EmbeddingChoice", "ModelInfo", "ModelResolver", "TargetNeed"]
 
 log = logging.getLogger("embedrail.sync")
 
@@ -48,22 +51,48 @@ class ModelInfo:
             embedding=dict(info),
         )
 
+    def at(self, dims: int) -> ModelInfo:
+        """This model at ``dims`` (a Matryoshka truncation): what loading it at ``dims`` would describe."""
+        if dims == self.dims:
+            return self
+        from embed_core.mrl import info_at_dims
+
+        emb = info_at_dims({"model_id": self.model_id, **self.embedding, "dims": self.dims}, dims)
+        return replace(self, dims=dims, fingerprint=str(emb["fingerprint"]), embedding=emb)
+
+
+@dataclass(frozen=True)
+class TargetNeed:
+    """What ``ModelResolver.choose`` needs to know of one target."""
+
+    key: str
+    dims: int | None  # asked for it (its own, else the run's option); None: recorded, else native
+    limit: int | None  # the most its store accepts (None: no limit, or the store is down)
+
 
 @dataclass(frozen=True)
 class EmbeddingChoice:
-    """The embedding of a run: load ``name`` at ``load_dims``; every target's index records ``spec``."""
+    """The embedding of a run: load ``name`` at ``load_dims`` (its vectors are described by ``spec``);
+    target ``key``'s index records ``specs[key]`` and gets the vectors cut to its dims."""
 
     name: str
     load_dims: int | None
     info: ModelInfo
     spec: IndexSpec
+    specs: Mapping[str, IndexSpec]
     notes: tuple[str, ...] = ()
+
+
+def _spec(info: ModelInfo, name: str) -> IndexSpec:
+    embedding = {"model": info.model_id, **info.embedding, "dims": info.dims, "load_name": name}
+    return IndexSpec(dims=info.dims, metric=info.metric, fingerprint=info.fingerprint, embedding=embedding)
 
 
 class ModelResolver:
     """Chooses the run's embedding and hands out its embedder (loaded once, on first need).
 
-    ``embedder``: an already loaded embedder to use as is (its model and dims win). ``factory``:
+    ``embedder``: an already loaded embedder to use as is (its model wins; targets at lower dims get
+    Matryoshka truncations of its vectors). ``factory``:
     ``factory(name, dims=..., device=...)`` loads one (e.g. a per-process cache in Airflow workers);
     default ``embed_core.open_embedder``. Embedders this resolver opened itself are closed by ``close()``.
     """
@@ -84,7 +113,7 @@ class ModelResolver:
         return self._given if self._given is not None else self._loaded
 
     def _cache_key(self, name: str, dims: int | None) -> str:
-        return f"model:{name}:{dims or 'native'}:{self.device}"
+        return f"model2:{name}:{dims or 'native'}:{self.device}"  # 2: descriptions carry mrl_min_dims
 
     def load(self, name: str, dims: int | None) -> Any:
         if self._given is not None:
@@ -112,43 +141,66 @@ class ModelResolver:
         self.ledger.set_meta(self._cache_key(name, dims), asdict(info))
         return info
 
-    def choose(self, model: str | None, dims: int | None, *, incremental: bool, recorded: Callable[[], Mapping[str, Any] | None],
-               limits: Mapping[str, int | None]) -> EmbeddingChoice:  # fmt: skip
-        """Model: the option, else what the first reachable index records, else the packaged default.
-        Dims: the option, else (incremental, same model) what the index records, else the model's
-        native size; lowered to the smallest store limit (Matryoshka models) with a note. An explicit
-        ``dims`` above a store's limit is an error before anything is written."""
+    def choose(self, model: str | None, needs: Sequence[TargetNeed], *, incremental: bool,
+               recorded: Callable[[str], Mapping[str, Any] | None]) -> EmbeddingChoice:  # fmt: skip
+        """The run's model and every target's dims.
+
+        Model: the option, else what the first reachable index records (``recorded(key)``), else the
+        packaged default. A target's dims: its own or the run's ``dims``, else (incremental, same model)
+        what its index records, else the model's native size; lowered to the target's store limit with
+        a note. The model is run once, at the largest of them, and each target gets the Matryoshka
+        truncation to its own (its ``IndexSpec`` and fingerprint are those of the model loaded at its
+        dims). Raised before anything is written: ``DimensionLimitError`` for dims asked above a store's
+        limit; ``ModelError`` for dims a non-Matryoshka model cannot give (it has one size for every target).
+        """
         from embed_core import DEFAULT_MODEL
 
-        rec: Mapping[str, Any] = (recorded() if model is None or (dims is None and incremental) else None) or {}
-        name = model or rec.get("load_name") or rec.get("model") or DEFAULT_MODEL
-        requested = dims
-        if requested is None and incremental and model in (None, rec.get("load_name"), rec.get("model")):
-            requested = rec["dims"] if isinstance(rec.get("dims"), int) else None
-        for key, lim in limits.items():
-            if dims is not None and lim is not None and dims > lim:
-                raise DimensionLimitError(f"{key} accepts at most {lim} dimensions but --dims {dims} was requested; "
-                                          f"use --dims {lim} or less")  # fmt: skip
+        seen: dict[str, Mapping[str, Any] | None] = {}
+
+        def rec(key: str) -> Mapping[str, Any]:
+            if key not in seen:
+                seen[key] = recorded(key)
+            return seen[key] or {}
+
+        name = model
+        if name is None:
+            name = next((r.get("load_name") or r.get("model") for n in needs if (r := rec(n.key)) and (r.get("load_name") or r.get("model"))),
+                        None) or DEFAULT_MODEL  # fmt: skip
+        for n in needs:
+            if n.dims is not None and n.limit is not None and n.dims > n.limit:
+                raise DimensionLimitError(f"{n.key} accepts at most {n.limit} dimensions but dims {n.dims} was requested; "
+                                          f"use dims {n.limit} or less for it (--dims, or URL#dims=N for one target)")  # fmt: skip
+        base = ModelInfo.of(self._given) if self._given is not None else self.info(name, None)
         notes: list[str] = []
-        if self._given is not None:
-            info, load_dims = ModelInfo.of(self._given), None
-            for key, lim in limits.items():
-                if lim is not None and info.dims > lim:
-                    raise DimensionLimitError(f"{key} accepts at most {lim} dimensions; the embedder gives {info.dims}")
+        wanted: dict[str, tuple[int, str]] = {}  # key -> (dims, why)
+        for n in needs:
+            d, why = n.dims, "asked for"
+            if d is None and incremental:
+                r = rec(n.key)
+                if model in (None, r.get("load_name"), r.get("model")) and isinstance(r.get("dims"), int):
+                    d, why = int(r["dims"]), "recorded in its index"
+            if d is None:
+                d, why = base.dims, "the model's size"
+            if n.limit is not None and d > n.limit:
+                notes.append(f"{n.key}: dims {d} lowered to {n.limit}, the most it accepts")
+                d, why = n.limit, "the most its store accepts"
+            wanted[n.key] = (d, why)
+        width = max(d for d, _ in wanted.values())
+        if self._given is not None:  # its own vectors; each target cuts its own
+            wide, load_dims = base, None
         else:
-            native = self.info(name, None)
-            chosen = requested or native.native_dims or native.dims
-            caps = [lim for lim in limits.values() if lim is not None]
-            if caps and min(caps) < chosen:
-                notes.append(f"dims {chosen} lowered to {min(caps)}: the most a target accepts")
-                chosen = min(caps)
-            info = native if chosen == native.dims else self.info(name, chosen)
-            if info.dims != chosen:
-                raise ModelError(f"model {name} gave {info.dims} dims where {chosen} were asked")
-            load_dims = None if chosen == native.dims else chosen
-        embedding = {"model": info.model_id, **info.embedding, "dims": info.dims, "load_name": name}
-        spec = IndexSpec(dims=info.dims, metric=info.metric, fingerprint=info.fingerprint, embedding=embedding)
-        return EmbeddingChoice(name, load_dims, info, spec, tuple(notes))
+            wide, load_dims = self._at(base, width, name, "the widest target"), (None if width == base.dims else width)
+        specs = {key: _spec(self._at(wide, d, name, f"{key} ({why})"), name) for key, (d, why) in wanted.items()}
+        if len({s.dims for s in specs.values()}) > 1:
+            notes.append(f"embedded once at {wide.dims} dims; " + ", ".join(f"{k}: {s.dims}" for k, s in specs.items()))
+        return EmbeddingChoice(name, load_dims, wide, _spec(wide, name), specs, tuple(notes))
+
+    @staticmethod
+    def _at(info: ModelInfo, dims: int, name: str, who: str) -> ModelInfo:
+        try:
+            return info.at(dims)
+        except ModelError as e:
+            raise ModelError(f"{who} needs {dims} dims of {name}: {e}") from None
 
     def for_run(self, ctx: RunContext) -> Any:
         """The embedder of a prepared run; it must still be the model ``prepare()`` described."""

@@ -40,17 +40,17 @@ from embedrail.errors import ConfigError, IndexMismatchError, is_retryable
 from embedrail.secrets import one_line
 
 from . import rebuilds
-from .context import RunContext, TargetRun, Watermark
+from .context import RunContext, TargetRun, Watermark, spec_dict
 from .documents import Document, partition_of
-from .embedding import ModelResolver
+from .embedding import ModelResolver, TargetNeed
 from .ledger import Ledger, TargetState
 from .options import SyncOptions
 from .pipeline import Lane, PartitionRun
 from .report import Report
 from .sources import Source, decode_watermark, encode_watermark, open_source
-from .targets import Target, TargetSet, target_key
+from .targets import Target, TargetSet, TargetSlot, target_key
 
-__all__ = ["SyncEngine", "SyncOptions", "redact_url", "sync"]
+__all__ = ["SyncEngine", "SyncOptions", "Target", "redact_url", "sync"]
 
 log = logging.getLogger("embedrail.sync")
 
@@ -62,8 +62,11 @@ class SyncEngine:
     """Keep one or more vector-store targets in step with a source.
 
     ``source``: a spec string for ``open_source`` or a ``Source``/iterable. ``targets``: URLs (for
-    ``connectors.connect``) or ``VectorStore`` objects (the caller closes those). ``options``: a
-    ``SyncOptions``; its fields may also be given as keywords (``mode="full"``, ``dims=256``, ...).
+    ``connectors.connect``; ``URL#dims=N`` gives that target its own dims), ``VectorStore`` objects (the
+    caller closes those), or ``Target(url_or_store, dims=N)``. ``options``: a ``SyncOptions``; its fields
+    may also be given as keywords (``mode="full"``, ``dims=256``, ...); ``dims`` is the default of the
+    targets without their own. With a Matryoshka model the run embeds once, at the largest dims a target
+    needs, and writes each target the truncation to its own dims, renormalised.
     ``ledger``: a SQLAlchemy URL or a ``Ledger`` (default: ``$EMBEDRAIL_LEDGER``, else SQLite under
     ``.embedrail/``). ``embedder``: an already loaded embedder to use; ``embedder_factory(name, dims=,
     device=)`` loads one (e.g. a per-process cache); ``connect(url)`` opens a store. ``run_owner``: who
@@ -77,7 +80,7 @@ class SyncEngine:
     def __init__(
         self,
         source: Any,
-        targets: Sequence[str | VectorStore],
+        targets: Sequence[str | VectorStore | Target],
         *,
         options: SyncOptions | None = None,
         ledger: str | Ledger | None = None,
@@ -111,13 +114,11 @@ class SyncEngine:
         the context instead, and the others go on.
         """
         opts = self.options
-        limits: dict[str, int | None] = {}  # the largest dims each reachable target accepts (None: no limit)
+        needs = []  # per target: the dims asked for it and the most its store accepts (None: no limit, or down)
         for t in self.targets:
             lim = self._max_dims(t)
-            if t.error is None:
-                limits[t.key] = lim
-        choice = self.models.choose(opts.model, opts.dims, incremental=opts.mode == "incremental",
-                                    recorded=self._recorded_embedding, limits=limits)  # fmt: skip
+            needs.append(TargetNeed(t.key, t.dims or opts.dims, lim if t.error is None else None))
+        choice = self.models.choose(opts.model, needs, incremental=opts.mode == "incremental", recorded=self._recorded_embedding)
         deletes = opts.deletes if opts.deletes != "auto" else ("tombstone" if self.source.is_feed else "snapshot")
         if deletes == "snapshot" and self.source.is_feed:
             raise ConfigError("a watermark feed yields only changed rows: use --deletes tombstone (or none), not snapshot")
@@ -128,7 +129,7 @@ class SyncEngine:
                          model_id=choice.info.model_id, spec=choice.spec, chunk_tokens=opts.chunk_tokens,
                          chunk_overlap=opts.chunk_overlap, notes=list(choice.notes))  # fmt: skip
         for i, t in enumerate(self.targets):
-            run = TargetRun(index=i, key=t.key, error=t.error)
+            run = TargetRun(index=i, key=t.key, error=t.error, spec=choice.specs[t.key])
             ctx.targets.append(run)
             if run.ok:
                 self._prepare_target(t, run, ctx)
@@ -152,7 +153,7 @@ class SyncEngine:
         if not ctx.dry_run:
             self.ledger.hold(ctx.run_id, self.lease_ttl)
 
-    def _max_dims(self, t: Target) -> int | None:
+    def _max_dims(self, t: TargetSlot) -> int | None:
         try:
             return self.targets.store(t).max_dims()
         except Exception as e:
@@ -161,27 +162,26 @@ class SyncEngine:
             t.error = one_line(e)
             return None
 
-    def _recorded_embedding(self) -> Mapping[str, Any] | None:
-        """The embedding the first reachable existing index records."""
-        for t in self.targets:
-            if t.error:
-                continue
-            try:
-                info = self.targets.store(t).describe()
-            except Exception as e:
-                if not is_retryable(e):
-                    raise
-                t.error = one_line(e)  # a down target is reported, not retried again
-                continue
-            if info.exists and info.spec is not None and info.spec.embedding:
-                return info.spec.embedding
-        return None
+    def _recorded_embedding(self, key: str) -> Mapping[str, Any] | None:
+        """The embedding target ``key``'s existing index records (None: no index, or the target is down)."""
+        t = next(t for t in self.targets if t.key == key)
+        if t.error:
+            return None
+        try:
+            info = self.targets.store(t).describe()
+        except Exception as e:
+            if not is_retryable(e):
+                raise
+            t.error = one_line(e)  # a down target is reported, not retried again
+            return None
+        return info.spec.embedding if info.exists and info.spec is not None and info.spec.embedding else None
 
-    def _prepare_target(self, t: Target, run: TargetRun, ctx: RunContext) -> None:
+    def _prepare_target(self, t: TargetSlot, run: TargetRun, ctx: RunContext) -> None:
+        spec = ctx.spec_of(run)
         try:
             state = self.ledger.target(t.key)
             if state and state.pending_generation:
-                if rebuilds.recover(self.ledger, self.targets, t, run, state, ctx.spec, full=ctx.mode == "full",
+                if rebuilds.recover(self.ledger, self.targets, t, run, state, spec, full=ctx.mode == "full",
                                     dry_run=ctx.dry_run, notes=ctx.notes):  # fmt: skip
                     return
                 state = self.ledger.target(t.key)
@@ -189,22 +189,22 @@ class SyncEngine:
                 if ctx.dry_run:
                     run.rebuild = True  # nothing begun: every chunk is planned as new
                 else:
-                    rebuilds.begin(self.ledger, self.targets, t, run, ctx.spec)
+                    rebuilds.begin(self.ledger, self.targets, t, run, spec)
                 return
             store = self.targets.store(t)
             if ctx.dry_run:
                 info = store.describe()
-                if info.exists and info.spec is not None and info.spec.fingerprint and info.spec.fingerprint != ctx.fingerprint:
-                    raise IndexMismatchError(f"{t.key}: index fingerprint {info.spec.fingerprint} != {ctx.fingerprint}")
+                if info.exists and info.spec is not None and info.spec.fingerprint and info.spec.fingerprint != spec.fingerprint:
+                    raise IndexMismatchError(f"{t.key}: index fingerprint {info.spec.fingerprint} != {spec.fingerprint}")
                 run.generation = (info.physical_name or info.name) if info.exists else None
             else:
-                info = store.ensure_index(ctx.spec)
+                info = store.ensure_index(spec)
                 run.generation = info.physical_name or info.name
-                self._align_ledger(t.key, state, info, run.generation, ctx.spec, store)
+                self._align_ledger(t.key, state, info, run.generation, spec, store)
         except IndexMismatchError as e:
             if ctx.mode == "incremental":
                 raise IndexMismatchError(f"{one_line(e)} — the index holds vectors of another embedding (model/dims); "
-                                         f"run with --mode full to rebuild it with {ctx.model} at {ctx.dims} dims") from None  # fmt: skip
+                                         f"run with --mode full to rebuild it with {ctx.model} at {spec.dims} dims") from None  # fmt: skip
             raise
         except Exception as e:
             if not is_retryable(e):
@@ -227,7 +227,7 @@ class SyncEngine:
                 log.warning("%s: the index is empty but the ledger remembers %s chunks: forgetting them", key, counts["chunks"])
                 self.ledger.reset(key, generation)
         if state is None or state.generation != generation or state.fingerprint != spec.fingerprint:
-            self.ledger.set_target(key, generation=generation, fingerprint=spec.fingerprint, spec=rebuilds.spec_dict(spec))
+            self.ledger.set_target(key, generation=generation, fingerprint=spec.fingerprint, spec=spec_dict(spec))
 
     # ------------------------------------------------------------------------------------ partition
     def sync_partition(self, index: int, count: int, ctx: RunContext | dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +252,7 @@ class SyncEngine:
                 rep.fail(t.key, one_line(e))
                 continue
             hashes = self.ledger.doc_hashes(t.key, run.generation) if run.generation is not None else {}
-            lanes[t.key] = Lane(run, store, hashes)
+            lanes[t.key] = Lane(run, store, hashes, ctx.spec_of(run), ctx.doc_config(run))
         if ctx.watermark:
             self.source.set_watermark(decode_watermark(ctx.watermark.since))
         pipe = PartitionRun(ctx=ctx, ledger=self.ledger, report=rep, lanes=lanes, embedder=lambda: self.models.for_run(ctx),
@@ -316,7 +316,7 @@ class SyncEngine:
                     rep.fail(t.key, one_line(e))
         return rep.to_dict()
 
-    def _delete_documents(self, t: Target, run: TargetRun, docs: list[str], chunks_of: dict[str, dict[str, Any]], rep: Report) -> None:
+    def _delete_documents(self, t: TargetSlot, run: TargetRun, docs: list[str], chunks_of: dict[str, dict[str, Any]], rep: Report) -> None:
         store, gen = self.targets.writer(t, run), run.generation
         assert gen is not None
         for i in range(0, len(docs), 200):
@@ -356,7 +356,7 @@ class SyncEngine:
                         if rep.failed.get(t.key):
                             rep.notes.append(f"{t.key}: rebuild not switched ({rep.failed[t.key]} failures); re-run --mode full")
                             continue
-                        rebuilds.commit(self.ledger, self.targets, t, run, ctx.spec)
+                        rebuilds.commit(self.ledger, self.targets, t, run, ctx.spec_of(run))
                 except Exception as e:
                     if not is_retryable(e):
                         raise
@@ -414,7 +414,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sync(source: Any, targets: Sequence[str | VectorStore], **kwargs: Any) -> Report:
+def sync(source: Any, targets: Sequence[str | VectorStore | Target], **kwargs: Any) -> Report:
     """One call: ``SyncEngine(source, targets, **kwargs).run()``, closed afterwards."""
     with SyncEngine(source, targets, **kwargs) as engine:
         return engine.run()

@@ -46,7 +46,8 @@ class SyncOptions:
 
     model: str | None = _opt("embedding model: minilm, a model dir, a hub id or http(s)://host/v1#name "
                              "(default: what the target records, else the packaged minilm)", default=None)  # fmt: skip
-    dims: int | None = _opt("output dimension (default: recorded, else native, capped by the stores)", default=None)
+    dims: int | None = _opt("output dimension of the targets without their own URL#dims=N (default: what each index "
+                            "records, else native, capped by each store's limit)", default=None)  # fmt: skip
     device: str = _opt("auto | cpu | cuda | cuda:N", default="auto")
     dtype: Precision | None = _opt("model precision (default: bf16 on CUDA; on CPU bf16 matrix products where the CPU "
                                    "has native bf16, else fp32)", default=None)  # fmt: skip

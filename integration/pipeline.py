@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from connectors.base import Record, VectorStore
+from connectors.base import IndexSpec, Record, VectorStore
+from embed_core.mrl import truncate_and_normalize
 from embedrail.errors import ModelError, is_retryable
 from embedrail.secrets import one_line
 
@@ -33,7 +34,16 @@ from .chunking import Chunker
 from .context import RunContext, TargetRun
 from .documents import Chunk, Document, canonical_json
 from .ledger import Ledger
-from .plan import TEXT_FP, Triage, plan_chunks, plan_document, plan_removal, triage
+from .plan import (
+    TEXT_FP,
+    PlannedChunk,
+    Triage,
+    plan_chunks,
+    plan_document,
+    plan_removal,
+    text_fingerprint,
+    triage,
+)
 from .report import Report
 
 __all__ = ["Lane", "PartitionRun"]
@@ -48,6 +58,8 @@ class Lane:
     run: TargetRun
     store: VectorStore | None  # None in a dry run
     doc_hashes: dict[str, tuple[str, int]]  # doc id -> (doc hash, chunk count) recorded for the target
+    spec: IndexSpec  # what its index records: its dims (vectors are cut to them) and fingerprint
+    doc_config: str  # RunContext.doc_config(run): what its document hashes cover
     failed_docs: set[str] = field(default_factory=set)  # documents with a rejected write: not committed as done
     dead: str | None = None  # the error that took the target out of the rest of this partition
 
@@ -62,15 +74,14 @@ class _Entry:
     vector already and only need the new metadata."""
 
     chunk: Chunk
-    fingerprint: str
-    metadata: dict[str, Any]
+    text_fp: str  # its text under the run's embedding (the widest dims): equal texts share one vector
+    metadata: dict[str, Any]  # the record's metadata, but for "_fp" (the target's fingerprint)
+    fingerprints: dict[str, str]  # target -> the chunk fingerprint its ledger and record carry (its dims)
     targets: list[str]  # write the record (vector, text, metadata)
     retag: list[str] = field(default_factory=list)  # update the stored record's metadata only
 
-    @property
-    def text_fp(self) -> str:
-        """The fingerprint's text part: equal for equal texts under one embedding, whatever the document."""
-        return self.fingerprint[:TEXT_FP]
+    def metadata_for(self, key: str) -> dict[str, Any]:
+        return {**self.metadata, "_fp": self.fingerprints[key]}
 
 
 @dataclass
@@ -107,6 +118,7 @@ class PartitionRun:
         self._chunker: Chunker | None = None
         self._vectors: OrderedDict[str, np.ndarray | None] = OrderedDict()  # text fingerprint -> vector (LRU)
         self._cache_size = max(1, self.VECTOR_CACHE_BYTES // (4 * max(1, ctx.dims or 1)))
+        self._doc_configs = {key: lane.doc_config for key, lane in lanes.items()}
         # one writer thread per target, each with its own bounded queue: the targets are written in
         # parallel (a slow store never holds up a fast one by more than the queue depth) while the
         # calling thread embeds the next batch
@@ -128,7 +140,7 @@ class PartitionRun:
             self.rep.tombstones += 1
             if self.ctx.deletes == "none":
                 return
-        tri = triage(doc, self.ctx.doc_config, {k: lane.doc_hashes.get(doc.id) for k, lane in self.lanes.items()})
+        tri = triage(doc, self._doc_configs, {k: lane.doc_hashes.get(doc.id) for k, lane in self.lanes.items()})
         if not tri.need:  # every target holds this very document: not even chunked
             self.rep.chunks += tri.known_chunks
             self.rep.unchanged += tri.known_chunks
@@ -163,33 +175,43 @@ class PartitionRun:
                 self.batch.docs_removed.setdefault(key, []).append(doc.id)
 
     def _plan_document(self, doc: Document, tri: Triage, held: dict[str, dict[str, dict[str, str | None]]]) -> None:
-        chunks = plan_chunks(self.chunker().chunk(doc), self.ctx.fingerprint, canonical_json(doc.metadata))
+        chunks = self.chunker().chunk(doc)
+        meta_json = canonical_json(doc.metadata)
+        planned: dict[str, list[PlannedChunk]] = {}  # embedding fingerprint -> the chunks with their fingerprints
         self.rep.chunks += len(chunks)
         writers: dict[str, list[str]] = {}  # chunk id -> targets that need it written
         retags: dict[str, list[str]] = {}  # chunk id -> targets that need its metadata updated only
-        for key in self.lanes:
+        fps: dict[str, dict[str, str]] = {}  # chunk id -> target -> its fingerprint there
+        for key, lane in self.lanes.items():
             if key not in tri.need:
                 self.rep.count_plan(key, {}, unchanged=len(chunks))
                 continue
-            plan = plan_document(doc.id, chunks, held[key].get(doc.id, {}))
+            efp = lane.spec.fingerprint  # targets at other dims hold other vectors: their own fingerprints
+            pcs = planned.get(efp) or planned.setdefault(efp, plan_chunks(chunks, efp, meta_json))
+            plan = plan_document(doc.id, pcs, held[key].get(doc.id, {}))
             self.rep.count_plan(key, plan.counts())
             for cid in plan.writes:
                 writers.setdefault(cid, []).append(key)
             for cid in plan.retagged:
                 retags.setdefault(cid, []).append(key)
+            if plan.writes or plan.retagged:
+                for pc in pcs:
+                    fps.setdefault(pc.chunk.id, {})[key] = pc.fingerprint
             if plan.stale:
                 self.batch.deletes.setdefault(key, []).extend((cid, doc.id) for cid in plan.stale)
-        self.rep.unchanged += sum(1 for pc in chunks if pc.chunk.id not in writers and pc.chunk.id not in retags)
-        for pc in chunks:
-            keys, meta_keys = writers.get(pc.chunk.id, []), retags.get(pc.chunk.id, [])
+        self.rep.unchanged += sum(1 for c in chunks if c.id not in writers and c.id not in retags)
+        wide = planned.get(self.ctx.fingerprint)  # the vectors' own fingerprint: the text part keys the vector cache
+        for n, c in enumerate(chunks):
+            keys, meta_keys = writers.get(c.id, []), retags.get(c.id, [])
             if keys or meta_keys:
-                md = {**doc.metadata, "_doc": doc.id, "_n": pc.chunk.n, "_fp": pc.fingerprint}
-                self.batch.entries.append(_Entry(pc.chunk, pc.fingerprint, md, keys, meta_keys))
+                tfp = wide[n].fingerprint[:TEXT_FP] if wide is not None else text_fingerprint(c.text, self.ctx.fingerprint)
+                md = {**doc.metadata, "_doc": doc.id, "_n": c.n}
+                self.batch.entries.append(_Entry(c, tfp, md, fps[c.id], keys, meta_keys))
                 if len(self.batch.entries) >= self.batch_size:
                     self._flush()
         for key in tri.need:  # committed as done only once every chunk above was written
-            assert tri.doc_hash is not None
-            self.batch.docs_done.setdefault(key, []).append((doc.id, tri.doc_hash, len(chunks)))
+            assert tri.hashes is not None
+            self.batch.docs_done.setdefault(key, []).append((doc.id, tri.hashes[key], len(chunks)))
 
     def chunker(self) -> Chunker:
         if self._chunker is None:
@@ -314,12 +336,15 @@ class PartitionRun:
                 # 2. The write. Rejected records come back by id; the rest is acknowledged.
                 assert batch.vectors is not None
                 vecs = batch.vectors[[i for i, _ in entries]]
-                res = lane.store.upsert([Record(e.chunk.id, vecs[j], e.chunk.text, e.metadata) for j, (_, e) in enumerate(entries)])
+                if lane.spec.dims < vecs.shape[1]:  # a narrower target: its Matryoshka truncation, renormalised
+                    vecs = truncate_and_normalize(vecs, lane.spec.dims)
+                res = lane.store.upsert([Record(e.chunk.id, vecs[j], e.chunk.text, e.metadata_for(key))
+                                         for j, (_, e) in enumerate(entries)])  # fmt: skip
                 for _, e in entries:
                     if e.chunk.id in res.failed:
                         lane.failed_docs.add(e.chunk.doc_id)
                     else:
-                        written.append((e.chunk.id, e.chunk.doc_id, e.fingerprint))
+                        written.append((e.chunk.id, e.chunk.doc_id, e.fingerprints[key]))
                 if res.failed:
                     self.rep.fail(key, f"{len(res.failed)} records rejected: {next(iter(res.failed.values()))}", len(res.failed))
                 self.rep.upserted[key] += len(written)
@@ -329,12 +354,12 @@ class PartitionRun:
                 # fingerprint there, so the next run plans the same (idempotent) update again. A record the
                 # store no longer holds, or one it refused, gets an intent row (NULL fingerprint) instead: the
                 # next run plans it as changed and writes it whole.
-                rres = lane.store.update_metadata([(e.chunk.id, e.metadata) for e in retags])
+                rres = lane.store.update_metadata([(e.chunk.id, e.metadata_for(key)) for e in retags])
                 for e in retags:
                     if e.chunk.id in rres.failed:
                         lane.failed_docs.add(e.chunk.doc_id)
                     else:
-                        written.append((e.chunk.id, e.chunk.doc_id, e.fingerprint))
+                        written.append((e.chunk.id, e.chunk.doc_id, e.fingerprints[key]))
                 if rres.failed:
                     self.ledger.forget_fingerprints(key, gen, list(rres.failed))
                     self.rep.fail(key, f"{len(rres.failed)} metadata updates rejected: {next(iter(rres.failed.values()))}",

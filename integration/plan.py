@@ -62,7 +62,7 @@ class PlannedChunk:
 class Triage:
     """Stage 1 for one document: which targets need it."""
 
-    doc_hash: str | None  # None for a tombstone
+    hashes: Mapping[str, str] | None  # target -> the document's hash under its configuration (None: a tombstone)
     need: tuple[str, ...]  # targets whose record of the document differs (or that hold a tombstoned one)
     known_chunks: int = 0  # when no target needs it: how many chunks the targets hold for it
 
@@ -89,14 +89,22 @@ class DocPlan:
                 "unchanged": len(self.unchanged), "deleted": len(self.stale)}  # fmt: skip
 
 
-def triage(doc: Document, doc_config: str, recorded: Mapping[str, tuple[str, int] | None]) -> Triage:
-    """``recorded``: per target, the (doc hash, chunk count) its ledger holds for ``doc.id`` (None: nothing)."""
+def triage(doc: Document, doc_config: str | Mapping[str, str], recorded: Mapping[str, tuple[str, int] | None]) -> Triage:
+    """``recorded``: per target, the (doc hash, chunk count) its ledger holds for ``doc.id`` (None: nothing).
+    ``doc_config``: the chunking/embedding configuration, one for all targets or one per target (targets
+    at different dims hold different vectors); the document is hashed once per distinct configuration."""
     if doc.deleted:
         return Triage(None, tuple(recorded))
-    h = doc_hash(doc, doc_config)
-    need = tuple(key for key, rec in recorded.items() if rec is None or rec[0] != h)
+    by_config: dict[str, str] = {}
+    hashes: dict[str, str] = {}
+    for key in recorded:
+        config = doc_config if isinstance(doc_config, str) else doc_config[key]
+        if config not in by_config:
+            by_config[config] = doc_hash(doc, config)
+        hashes[key] = by_config[config]
+    need = tuple(key for key, rec in recorded.items() if rec is None or rec[0] != hashes[key])
     known = 0 if need else max((rec[1] for rec in recorded.values() if rec is not None), default=0)
-    return Triage(h, need, known)
+    return Triage(hashes, need, known)
 
 
 def plan_chunks(chunks: Iterable[Chunk], embedding_fingerprint: str, metadata_json: str) -> list[PlannedChunk]:

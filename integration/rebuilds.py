@@ -14,27 +14,21 @@ the new generation are kept apart from the live one's. A run that finds a pendin
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from connectors.base import IndexSpec, VectorStore
 from embedrail.errors import ConfigError
 from embedrail.secrets import one_line
 
-from .context import TargetRun
+from .context import TargetRun, spec_dict
 from .ledger import Ledger, TargetState
-from .targets import Target, TargetSet
+from .targets import TargetSet, TargetSlot
 
 __all__ = ["begin", "commit", "recover", "spec_dict"]
 
 log = logging.getLogger("embedrail.sync")
 
 
-def spec_dict(spec: IndexSpec) -> dict[str, Any]:
-    """An ``IndexSpec`` as the ledger stores it."""
-    return {"dims": spec.dims, "metric": spec.metric, "fingerprint": spec.fingerprint, "embedding": dict(spec.embedding)}
-
-
-def recover(ledger: Ledger, targets: TargetSet, t: Target, run: TargetRun, state: TargetState, spec: IndexSpec, *,
+def recover(ledger: Ledger, targets: TargetSet, t: TargetSlot, run: TargetRun, state: TargetState, spec: IndexSpec, *,
             full: bool, dry_run: bool, notes: list[str]) -> bool:  # fmt: skip
     """Deal with the interrupted rebuild ``state`` records. Returns True when this run resumes it
     (``run`` then writes into it), False when the target is free for a new rebuild or an incremental run."""
@@ -73,7 +67,7 @@ def recover(ledger: Ledger, targets: TargetSet, t: Target, run: TargetRun, state
     return False
 
 
-def begin(ledger: Ledger, targets: TargetSet, t: Target, run: TargetRun, spec: IndexSpec) -> None:
+def begin(ledger: Ledger, targets: TargetSet, t: TargetSlot, run: TargetRun, spec: IndexSpec) -> None:
     """Create the new physical index and record it as pending before anything is written to it."""
     rebuild = targets.store(t).begin_rebuild(spec)
     info = rebuild.describe()
@@ -84,7 +78,7 @@ def begin(ledger: Ledger, targets: TargetSet, t: Target, run: TargetRun, spec: I
     run.generation, run.rebuild = generation, True
 
 
-def commit(ledger: Ledger, targets: TargetSet, t: Target, run: TargetRun, spec: IndexSpec) -> None:
+def commit(ledger: Ledger, targets: TargetSet, t: TargetSlot, run: TargetRun, spec: IndexSpec) -> None:
     """Switch the name to the rebuilt index (the store first, then the ledger: a crash in between is
     finished by ``recover``), and let go of the rebuild's store."""
     assert run.generation is not None

@@ -27,6 +27,7 @@ class Report:
     failed: dict[str, int] = field(default_factory=dict)  # chunks/ids not written, per target
     errors: dict[str, str] = field(default_factory=dict)  # target -> first error (one line)
     plan: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> new/changed/unchanged/deleted
+    target_dims: dict[str, int] = field(default_factory=dict)  # target -> the dims its index holds
     skipped_bad_rows: int = 0
     bad_rows: list[dict[str, Any]] = field(default_factory=list)  # first few, with location
     model: str | None = None
@@ -39,7 +40,9 @@ class Report:
 
     MAX_BAD_ROWS = 20
 
-    def add_target(self, target: str) -> None:
+    def add_target(self, target: str, dims: int | None = None) -> None:
+        if dims is not None:
+            self.target_dims[target] = dims
         self.upserted.setdefault(target, 0)
         self.deleted.setdefault(target, 0)
         self.retagged.setdefault(target, 0)
@@ -82,6 +85,7 @@ class Report:
             "failed": dict(self.failed),
             "errors": dict(self.errors),
             "plan": {k: dict(v) for k, v in self.plan.items()},
+            "target_dims": dict(self.target_dims),
             "skipped_bad_rows": self.skipped_bad_rows,
             "bad_rows": list(self.bad_rows),
             "model": self.model,
@@ -108,6 +112,7 @@ class Report:
         r.failed = dict(d.get("failed", {}))
         r.errors = dict(d.get("errors", {}))
         r.plan = {k: dict(v) for k, v in d.get("plan", {}).items()}
+        r.target_dims = dict(d.get("target_dims", {}))
         r.bad_rows = list(d.get("bad_rows", []))
         r.notes = list(d.get("notes", []))
         return r
@@ -123,6 +128,8 @@ class Report:
                 mine[t] = mine.get(t, 0) + n
         for t, e in other.errors.items():
             self.errors.setdefault(t, e)
+        for t, n in other.target_dims.items():
+            self.target_dims.setdefault(t, n)
         for t, p in other.plan.items():
             mp = self.plan.setdefault(t, dict(PLAN_KEYS))
             for k, n in p.items():
@@ -143,19 +150,21 @@ class Report:
             f"{self.documents} documents, {self.chunks} chunks: {verb} {self.embedded}, unchanged {self.unchanged}"
             + (f", {self.reused} reused (same text)" if self.reused else "")
             + (f", {self.skipped_bad_rows} bad rows skipped" if self.skipped_bad_rows else "")
-            + f" ({self.model}, {self.dims} dims, {self.seconds:.1f}s)"
+            + f" ({self.model}, {self.dims} dims{' embedded' if len(set(self.target_dims.values())) > 1 else ''}, {self.seconds:.1f}s)"
         ]
+        per_target = len(set(self.target_dims.values())) > 1  # then each target says its dims
         for t in self.upserted:
             p = self.plan.get(t, {})
             state = "FAILED: " + self.errors[t] if t in self.errors else ("FAILED" if self.failed.get(t) else "ok")
+            name = f"{t} ({self.target_dims[t]} dims)" if per_target and t in self.target_dims else t
             if self.dry_run:
                 lines.append(
-                    f"  {t}: plan new={p.get('new', 0)} changed={p.get('changed', 0)} retagged={p.get('retagged', 0)} "
+                    f"  {name}: plan new={p.get('new', 0)} changed={p.get('changed', 0)} retagged={p.get('retagged', 0)} "
                     f"unchanged={p.get('unchanged', 0)} delete={p.get('deleted', 0)} [{state}]"
                 )
             else:
                 lines.append(
-                    f"  {t}: upserted {self.upserted[t]}, metadata updated {self.retagged.get(t, 0)}, "
+                    f"  {name}: upserted {self.upserted[t]}, metadata updated {self.retagged.get(t, 0)}, "
                     f"deleted {self.deleted.get(t, 0)}, failed {self.failed.get(t, 0)} [{state}]"
                 )
         lines.extend(f"  note: {n}" for n in self.notes)

@@ -1,11 +1,14 @@
-"""The targets of a run: their ledger keys, their stores (connected on first use, closed with the
-engine), and the store each run writes to (the user-facing index, or a full rebuild's new one)."""
+"""The targets of a run: what the user names (``Target``: a store URL or object, and its own dims), their
+ledger keys, their stores (connected on first use, closed with the engine), and the store each run
+writes to (the user-facing index, or a full rebuild's new one)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
 
 from connectors.base import VectorStore
 from embedrail.errors import ConfigError
@@ -13,7 +16,7 @@ from embedrail.secrets import one_line, redact_url
 
 from .context import RunContext, TargetRun
 
-__all__ = ["Target", "TargetSet", "target_key"]
+__all__ = ["Target", "TargetSet", "TargetSlot", "split_target", "target_key"]
 
 log = logging.getLogger("embedrail.sync")
 
@@ -29,9 +32,69 @@ def target_key(url: str) -> str:
         return redact_url(url)
 
 
-@dataclass
+def split_target(spec: str) -> tuple[str, int | None]:
+    """``URL#dims=N`` -> (URL, N); a URL without a fragment -> (URL, None). The fragment is embedrail's
+    (store URLs never carry one) and never reaches the store or the ledger key."""
+    url, sep, fragment = spec.partition("#")
+    if not sep:
+        return spec, None
+    opts = dict(parse_qsl(fragment, keep_blank_values=True))
+    unknown = set(opts) - {"dims"}
+    if unknown or not opts:
+        raise ConfigError(f"target {target_key(url)}#{fragment}: the only target option is #dims=N")
+    return url, _dims(opts["dims"], target_key(url))
+
+
+def _dims(value: Any, where: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{where}: dims must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
 class Target:
+    """A target as the user names it: a store URL (``URL#dims=N`` also gives its dims) or a ``VectorStore``,
+    and the dimension its index gets (None: the run's ``dims`` option, else what the index records, else
+    the model's native size, capped by the store's limit).
+
+    With a Matryoshka model every target may have its own dims: the run embeds once, at the largest one,
+    and writes each target the truncation to its own, renormalised (``embed_core.mrl``)."""
+
+    target: str | VectorStore
+    dims: int | None = None
+
+    @classmethod
+    def of(cls, t: str | VectorStore | Target | Mapping[str, Any]) -> Target:
+        """From a URL string (``#dims=N`` allowed), a store, a ``Target`` or ``{"url": ..., "dims": N}``."""
+        if isinstance(t, Target):
+            return t
+        if isinstance(t, str):
+            url, dims = split_target(t.strip())
+            if not url:
+                raise ConfigError("empty target URL")
+            return cls(url, dims)
+        if isinstance(t, Mapping):
+            unknown = set(t) - {"url", "dims"}
+            if unknown or "url" not in t:
+                raise ConfigError(f"a target mapping takes url: and dims:, got {sorted(t)}")
+            base = cls.of(str(t["url"]))
+            dims = t.get("dims")
+            if dims is not None and base.dims is not None and _dims(dims, "dims") != base.dims:
+                raise ConfigError(f"{target_key(str(base.target))}: dims given twice ({base.dims} in the URL, {dims})")
+            return cls(base.target, base.dims if dims is None else _dims(dims, target_key(str(base.target))))
+        return cls(t)
+
+    def __post_init__(self) -> None:
+        if self.dims is not None:
+            object.__setattr__(self, "dims", _dims(self.dims, "target dims"))
+
+
+@dataclass
+class TargetSlot:
     key: str  # redacted URL: ledger key, report key
+    dims: int | None = None  # what the user asked for this target (None: the run's default)
     url: str | None = None  # what the user gave (may hold credentials: never logged or put in a context)
     store: VectorStore | None = None  # the user-facing store (ours to close when we connected it)
     owned: bool = False  # we connected the store (from the URL), so we close it
@@ -41,25 +104,25 @@ class Target:
 class TargetSet:
     """The run's targets, in order, with their stores and the rebuild stores this process holds."""
 
-    def __init__(self, targets: Sequence[str | VectorStore], connect: Callable[[str], VectorStore] | None = None) -> None:
+    def __init__(self, targets: Sequence[str | VectorStore | Target], connect: Callable[[str], VectorStore] | None = None) -> None:
         if not targets:
             raise ConfigError("at least one target is needed (--target URL)")
         self._connect = connect
-        self.items: list[Target] = []
-        for t in targets:
-            if isinstance(t, str):
-                self.items.append(Target(key=target_key(t), url=t))
+        self.items: list[TargetSlot] = []
+        for t in map(Target.of, targets):
+            if isinstance(t.target, str):
+                self.items.append(TargetSlot(key=target_key(t.target), dims=t.dims, url=t.target))
             else:
-                self.items.append(Target(key=target_key(getattr(t, "url", repr(t))), store=t))
+                self.items.append(TargetSlot(key=target_key(getattr(t.target, "url", repr(t.target))), dims=t.dims, store=t.target))
         keys = [t.key for t in self.items]
         if len(set(keys)) != len(keys):
             raise ConfigError("the same target is given twice")
         self._rebuilds: dict[str, VectorStore] = {}  # target key -> store writing its rebuild
 
-    def __iter__(self) -> Iterator[Target]:
+    def __iter__(self) -> Iterator[TargetSlot]:
         return iter(self.items)
 
-    def store(self, t: Target) -> VectorStore:
+    def store(self, t: TargetSlot) -> VectorStore:
         """The target's user-facing store (connected now if it was given as a URL)."""
         if t.store is None:
             assert t.url is not None
@@ -72,22 +135,22 @@ class TargetSet:
             t.owned = True
         return t.store
 
-    def bind(self, ctx: RunContext) -> list[tuple[Target, TargetRun]]:
+    def bind(self, ctx: RunContext) -> list[tuple[TargetSlot, TargetRun]]:
         """Pair each target with its state in ``ctx`` (which must have been prepared for these targets)."""
         if len(ctx.targets) != len(self.items) or any(r.key != self.items[r.index].key for r in ctx.targets):
             raise ConfigError("the run context was prepared for other targets")
         return [(self.items[r.index], r) for r in ctx.targets]
 
     # --------------------------------------------------------------------------- rebuild stores
-    def hold_rebuild(self, t: Target, store: VectorStore) -> None:
+    def hold_rebuild(self, t: TargetSlot, store: VectorStore) -> None:
         self._rebuilds[t.key] = store
 
-    def release_rebuild(self, t: Target) -> None:
+    def release_rebuild(self, t: TargetSlot) -> None:
         store = self._rebuilds.pop(t.key, None)
         if store is not None:
             _close(store)
 
-    def writer(self, t: Target, run: TargetRun) -> VectorStore:
+    def writer(self, t: TargetSlot, run: TargetRun) -> VectorStore:
         """Where this run writes for ``t``: its rebuild's store (reopened by the physical name when
         another process began it) or the user-facing store."""
         if not run.rebuild:

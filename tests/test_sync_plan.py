@@ -36,12 +36,25 @@ def test_triage_skips_documents_every_target_holds_before_chunking() -> None:
     t = triage(doc, CONFIG, {"es": (h, 3), "chroma": (h, 3)})
     assert t.need == () and t.known_chunks == 3
     t = triage(doc, CONFIG, {"es": (h, 3), "chroma": None})  # a new target
-    assert t.need == ("chroma",) and t.doc_hash == h
+    assert t.need == ("chroma",) and t.hashes == {"es": h, "chroma": h}
     t = triage(doc, CONFIG, {"es": ("other-hash", 3)})  # text, metadata or configuration changed
     assert t.need == ("es",)
     assert triage(doc, "fp-model-b|chunk:model:0", {"es": (h, 3)}).need == ("es",)  # another embedding
     tomb = triage(Document("a", "", deleted=True), CONFIG, {"es": (h, 3), "chroma": None})
-    assert tomb.doc_hash is None and tomb.need == ("es", "chroma")
+    assert tomb.hashes is None and tomb.need == ("es", "chroma")
+
+
+def test_triage_hashes_each_target_under_its_own_embedding() -> None:
+    """Targets at other dims hold other vectors: a document's hash covers each target's own fingerprint,
+    so widening one target re-plans that target only."""
+    doc = Document("a", "one|two|three", {"lang": "en"})
+    narrow, wide = "fp-at-256|chunk:model:0", "fp-at-1024|chunk:model:0"
+    hn, hw = doc_hash(doc, narrow), doc_hash(doc, wide)
+    assert hn != hw
+    t = triage(doc, {"chroma": narrow, "qdrant": wide}, {"chroma": (hn, 3), "qdrant": (hw, 3)})
+    assert t.need == () and t.hashes == {"chroma": hn, "qdrant": hw}
+    t = triage(doc, {"chroma": narrow, "qdrant": "fp-at-2048|chunk:model:0"}, {"chroma": (hn, 3), "qdrant": (hw, 3)})
+    assert t.need == ("qdrant",)
 
 
 def test_plan_new_unchanged_changed_and_stale_chunks() -> None:
@@ -104,10 +117,13 @@ def test_run_context_round_trips_through_json() -> None:
     spec = IndexSpec(dims=384, metric="cosine", fingerprint="abc", embedding={"model": "m", "dims": 384})
     ctx = RunContext(mode="full", dry_run=False, deletes="snapshot", model="minilm", load_dims=None, model_id="m", spec=spec,
                      chunk_tokens=64, chunk_overlap=8, notes=["n"],
-                     targets=[TargetRun(0, "es://h:9200/docs", "docs__v1", rebuild=True), TargetRun(1, "chroma:///x?collection=c", error="down")],
+                     targets=[TargetRun(0, "es://h:9200/docs", "docs__v1", rebuild=True), TargetRun(1, "chroma:///x?collection=c", error="down"),
+                              TargetRun(2, "qdrant:///q?collection=c", spec=IndexSpec(dims=128, fingerprint="def", embedding={"dims": 128}))],
                      watermark=Watermark("sql|q|updated", None))  # fmt: skip
     again = RunContext.from_dict(json.loads(json.dumps(ctx.to_dict())))
-    assert again == ctx and again.doc_config == ctx.doc_config and again.dims == 384
+    assert again == ctx and again.doc_config() == ctx.doc_config() and again.dims == 384
+    assert [again.spec_of(t).dims for t in again.targets] == [384, 384, 128]
+    assert again.doc_config(again.targets[2]) != again.doc_config(again.targets[0]) == again.doc_config()
     assert RunContext.of(ctx.to_dict()) == ctx and RunContext.of(ctx) is ctx
     with pytest.raises(ConfigError, match="another embedrail version"):
         RunContext.from_dict({**ctx.to_dict(), "version": 1})

@@ -31,6 +31,7 @@ from embedrail.errors import ConfigError
 from embedrail.secrets import url_secrets
 
 from ..options import truthy
+from ..targets import Target
 
 __all__ = ["CONNECTION_TYPES", "CONN_PREFIX", "TargetSpec", "connection_to_url", "expand_env", "mask_secrets",
            "resolve_ledger", "resolve_target", "with_index"]  # fmt: skip
@@ -61,13 +62,15 @@ class TargetSpec:
     """One target of a DAG as written by its author (no secrets are resolved at parse time).
 
     ``target``: a store URL (``es://h:9200/docs``, may hold ``${ENV}`` placeholders) or ``conn:ID`` /
-    ``conn:ID/INDEX`` (an Airflow connection). ``index``: the index/collection name, inserted into the
-    URL (or overriding the connection's). ``asset``: the URI of the Asset marked updated after a run.
+    ``conn:ID/INDEX`` (an Airflow connection); ``…#dims=N`` gives its dims. ``index``: the index/collection
+    name, inserted into the URL (or overriding the connection's). ``asset``: the URI of the Asset marked
+    updated after a run. ``dims``: this target's own dimension (Matryoshka models; default: the run's).
     """
 
     target: str
     index: str | None = None
     asset: str | None = None
+    dims: int | None = None
 
     @classmethod
     def of(cls, t: str | Mapping[str, Any] | TargetSpec) -> TargetSpec:
@@ -76,16 +79,18 @@ class TargetSpec:
         if isinstance(t, str):
             if not t.strip():
                 raise ConfigError("empty target")
-            return cls(t.strip())
+            target = Target.of(t.strip())
+            return cls(str(target.target), dims=target.dims)
         if isinstance(t, Mapping):
-            unknown = set(t) - {"url", "conn", "index", "collection", "asset"}
+            unknown = set(t) - {"url", "conn", "index", "collection", "asset", "dims"}
             if unknown:
-                raise ConfigError(f"unknown target key(s) {sorted(unknown)}: use url or conn, index, asset")
+                raise ConfigError(f"unknown target key(s) {sorted(unknown)}: use url or conn, index, asset, dims")
             if ("url" in t) == ("conn" in t):
                 raise ConfigError(f"a target needs exactly one of url: or conn:, got {sorted(t)}")
             raw = str(t["url"]) if "url" in t else CONN_PREFIX + str(t["conn"]).removeprefix(CONN_PREFIX)
+            target = Target.of({"url": raw, "dims": t.get("dims")})
             index = t.get("index", t.get("collection"))
-            return cls(raw, str(index) if index else None, str(t["asset"]) if t.get("asset") else None)
+            return cls(str(target.target), str(index) if index else None, str(t["asset"]) if t.get("asset") else None, target.dims)
         raise ConfigError(f"a target is a URL string, conn:ID or a mapping, got {type(t).__name__}")
 
     @property

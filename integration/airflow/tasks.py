@@ -23,6 +23,7 @@ from embedrail.secrets import scrub_value
 
 from ..options import SyncOptions
 from ..report import Report
+from ..targets import Target
 from .connections import TargetSpec, expand_env, resolve_ledger, resolve_target
 
 __all__ = ["EmbedrailReindexOperator", "ReindexConfig", "ReindexJob", "cached_embedder", "fail_fast_on_user_errors"]
@@ -76,7 +77,7 @@ class ReindexJob:
         urls, secrets = [], []
         for t in self.targets:
             url, s = resolve_target(t)
-            urls.append(url)
+            urls.append(Target(url, dims=t.dims))
             secrets += s
         ledger, s = resolve_ledger(self.ledger)
         source = expand_env(self.source) if isinstance(self.source, str) else self.source
