@@ -6,19 +6,30 @@ same texts (stdlib docstrings) embedded two ways:
 - baseline "one client, one request": all texts in one ``/v1/embeddings`` request;
 - "16 clients, one text each": 16 threads, each posting one text per request until all are done.
 
-Reported: texts/s of each and the ratio (16 clients / one request; target >= 0.8). The server merges
-concurrent requests into shared forward passes (``embed_core.serve.Batcher``); ``--no-merge`` starts
-it with ``--merge-wait-ms 0 --merge-max 1`` (one request per forward pass, as before merging).
+Reported: texts/s of each and the ratio (16 clients / one request; target >= 0.8), the CPU seconds the
+server process and the client threads spent, and how many merged forward passes the server ran. The
+server merges concurrent requests into shared forward passes (``embed_core.serve.Batcher``);
+``--no-merge`` starts it with ``--merge-wait-ms 0 --merge-max 1`` (one request per forward pass).
 
-    .venv/bin/python benchmarks/serve_concurrency.py [--texts 1024] [--clients 16]
+The clients run on the same machine as the server, so their own CPU time is taken from the model's
+(on 2 cores it decides the ratio): ``--client httpx`` (default) posts with one shared ``httpx.Client``,
+``--client stdlib`` with one keep-alive ``http.client`` connection per thread (about a third of
+httpx's CPU per request), closer to clients that run elsewhere.
+
+    .venv/bin/python benchmarks/serve_concurrency.py [--texts 1024] [--clients 16] [--client stdlib]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
+import os
+import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +55,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--no-merge", action="store_true")
     ap.add_argument("--merge-wait-ms", type=float, default=None, help="the server's merge window (default: its own)")
+    ap.add_argument("--client", choices=["httpx", "stdlib"], default="httpx", help="what the client threads post with")
     args = ap.parse_args()
 
     texts = stdlib_docstrings(args.texts)
@@ -71,19 +83,54 @@ def main() -> None:
             client.post("/v1/embeddings", json={"input": texts}).raise_for_status()
             one = len(texts) / (time.perf_counter() - t)
 
-            def post(text: str) -> None:
-                client.post("/v1/embeddings", json={"input": text}).raise_for_status()
+            local = threading.local()
 
-            t = time.perf_counter()
+            def post_stdlib(text: str) -> None:
+                conn = getattr(local, "conn", None)
+                if conn is None:
+                    conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+                conn.request("POST", "/v1/embeddings", json.dumps({"input": text}), {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}: {body[:200]!r}")
+                json.loads(body)
+
+            def post_httpx(text: str) -> None:
+                client.post("/v1/embeddings", json={"input": text}).raise_for_status().json()
+
+            before = client.get("/health").json().get("batches") or {}
+            cpu0, srv0, t = _cpu(), _proc_cpu(server.pid), time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
-                list(pool.map(post, texts))
+                list(pool.map(post_stdlib if args.client == "stdlib" else post_httpx, texts))
             many = len(texts) / (time.perf_counter() - t)
+            client_cpu, server_cpu = _cpu() - cpu0, _proc_cpu(server.pid) - srv0
+            after = client.get("/health").json().get("batches") or {}
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"{len(texts)} texts, packaged model served by a separate process, {'no merging' if args.no_merge else 'merging on'}")
+    calls = after.get("calls", 0) - before.get("calls", 0)
+    print(f"{len(texts)} texts, packaged model served by a separate process, {'no merging' if args.no_merge else 'merging on'}, "
+          f"{os.cpu_count()} CPUs shared by server and clients")  # fmt: skip
     print(f"one client, one request:        {one:8.1f} texts/s (baseline)")
-    print(f"{args.clients} clients, one text each:     {many:8.1f} texts/s -> {many / one:.2f}x")
+    print(f"{args.clients} clients, one text each:     {many:8.1f} texts/s -> {many / one:.2f}x "
+          f"({calls} forward passes, {len(texts) / max(calls, 1):.1f} texts each; CPU: server {server_cpu:.1f} s, "
+          f"{args.client} clients {client_cpu:.1f} s)")  # fmt: skip
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of another process (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
 
 
 if __name__ == "__main__":

@@ -34,15 +34,19 @@ this) or ``python -m embed_core.serve --model minilm --port 8000``.
 """
 
 import argparse
+import asyncio
 import base64
+import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from embedrail.errors import ConfigError, EmbedrailError, InputError, ModelError
@@ -60,14 +64,32 @@ MAX_WAIT = 0.004
 
 
 class _Job:
-    __slots__ = ("key", "inputs", "done", "vectors", "tokens", "error")
+    __slots__ = ("key", "inputs", "done", "notify", "vectors", "tokens", "error")
 
-    def __init__(self, key: tuple[Any, ...], inputs: list[Any]) -> None:
+    def __init__(self, key: tuple[Any, ...], inputs: list[Any], notify: Callable[[], None] | None = None) -> None:
         self.key, self.inputs = key, inputs
         self.done = threading.Event()
+        self.notify = notify  # called from the batcher thread when the job is done (the async path)
         self.vectors: Any = None
         self.tokens = 0
         self.error: BaseException | None = None
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.notify is not None:
+            self.notify()
+
+
+try:  # orjson writes numpy rows directly (float32: the shortest text that reads back the same float32)
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+except ImportError:  # pragma: no cover - the serve extra installs orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, default=lambda a: a.tolist() if isinstance(a, np.ndarray) else str(a)).encode()
 
 
 class Batcher:
@@ -92,16 +114,31 @@ class Batcher:
         self._thread.start()
 
     def submit(self, key: tuple[Any, ...], inputs: list[Any]) -> tuple[Any, int]:
-        job = _Job(key, inputs)
+        """Queue ``inputs`` and block until their rows are ready: (vectors, tokens)."""
+        job = self._queue(_Job(key, inputs))
+        job.done.wait()
+        return _result(job)
+
+    async def embed(self, key: tuple[Any, ...], inputs: list[Any]) -> tuple[Any, int]:
+        """``submit`` for the event loop: no thread waits per request; the batcher thread wakes the
+        request's coroutine when its rows are ready."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+
+        job = self._queue(_Job(key, inputs, wake))
+        await fut
+        return _result(job)
+
+    def _queue(self, job: _Job) -> _Job:
         with self._cond:
             if self._closed:
                 raise ModelError("the embedding server is shutting down")
             self._pending.append(job)
             self._cond.notify()
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.vectors, job.tokens
+        return job
 
     def close(self) -> None:
         with self._cond:
@@ -147,7 +184,7 @@ class Batcher:
                         job.error = exc
             finally:
                 for job in group:
-                    job.done.set()
+                    job.finish()
 
     def _run(self, group: list[_Job]) -> None:
         kind, instruction, ids = group[0].key
@@ -172,6 +209,12 @@ class Batcher:
             start += len(job.inputs)
             job.tokens = tokens - given if n == len(group) - 1 else tokens * w // total_w
             given += job.tokens
+
+
+def _result(job: _Job) -> tuple[Any, int]:
+    if job.error is not None:
+        raise job.error
+    return job.vectors, job.tokens
 
 
 class EmbeddingRequest(BaseModel):
@@ -282,7 +325,8 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": embedder.model_id, "dims": embedder.dims, "fingerprint": embedder.fingerprint,
-                "reranker": reranker.describe() if reranker is not None else None}  # fmt: skip
+                "reranker": reranker.describe() if reranker is not None else None,
+                "batches": {"calls": batcher.calls, "requests": batcher.requests}}  # fmt: skip
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -325,7 +369,9 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
                              for i in order])  # fmt: skip
 
     @app.post("/v1/embeddings")
-    def embeddings(req: EmbeddingRequest) -> Any:
+    async def embeddings(req: EmbeddingRequest) -> Any:
+        # On the event loop: checks, then the batcher (whose thread runs the model) is awaited, so a
+        # request costs no worker thread while it waits; many single-text requests stay cheap.
         if req.model and req.model not in names:
             raise _ApiError(404, f"model {req.model!r} is not served here; this server serves {embedder.model_id!r}",
                             "model", "model_not_found")  # fmt: skip
@@ -351,7 +397,7 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
         try:
             if not token_ids:  # a bad input is refused here, before it can share a call with others
                 check_texts(texts, what="queries" if req.input_type == "query" else "texts")
-            vectors, tokens = batcher.submit((req.input_type, req.instruction, token_ids), texts)
+            vectors, tokens = await batcher.embed((req.input_type, req.instruction, token_ids), texts)
         except (InputError, ConfigError) as exc:
             raise _ApiError(400, str(exc), "input", "invalid_value") from exc
         except ModelError as exc:
@@ -360,21 +406,14 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
             raise _ApiError(500, str(exc), None, "error") from exc
         if dims != vectors.shape[1]:
             vectors = truncate_and_normalize(vectors, dims)
-        data = []
-        for i, row in enumerate(vectors):
-            value: Any = (
-                base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
-                if req.encoding_format == "base64"
-                else row.tolist()
-            )
-            data.append({"object": "embedding", "index": i, "embedding": value})
-        # a JSONResponse skips FastAPI's per-value jsonable_encoder walk over every float
-        return JSONResponse({
-            "object": "list",
-            "data": data,
-            "model": embedder.model_id,
-            "usage": {"prompt_tokens": int(tokens), "total_tokens": int(tokens)},
-        })  # fmt: skip
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        b64 = req.encoding_format == "base64"
+        data = [{"object": "embedding", "index": i, "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") if b64 else row}
+                for i, row in enumerate(vectors)]  # fmt: skip
+        # serialised here (numpy rows as they are), not walked value by value by FastAPI's encoder
+        body = _dumps({"object": "list", "data": data, "model": embedder.model_id,
+                       "usage": {"prompt_tokens": int(tokens), "total_tokens": int(tokens)}})  # fmt: skip
+        return Response(body, media_type="application/json")
 
     return app
 

@@ -238,6 +238,11 @@ def test_serve_merges_concurrent_requests_and_returns_each_its_own_rows(minilm_l
             assert r.json()["usage"]["prompt_tokens"] > 0
         assert batcher.requests >= 15 and calls < 15  # merged: fewer embedder calls than requests
         assert [r.status_code for r in again] == [200, 200]
+        health = client.get("/health").json()["batches"]
+        assert health == {"calls": batcher.calls, "requests": batcher.requests}
+        # the rows are written as float32 text: exactly the server's float32 values after parsing
+        one = client.post("/v1/embeddings", json={"input": texts[0]}).json()["data"][0]["embedding"]
+        assert np.array_equal(np.asarray(one, dtype=np.float32), expected[0])
 
 
 def test_serve_takes_token_ids(minilm_local: Embedder, minilm_url: str) -> None:
