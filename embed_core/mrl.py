@@ -21,7 +21,7 @@ from embedrail.errors import ConfigError, ModelError
 
 from .fingerprint import compute_fingerprint
 
-__all__ = ["check_truncation", "info_at_dims", "truncate_and_normalize"]
+__all__ = ["info_at_dims", "truncate_and_normalize"]
 
 
 def truncate_and_normalize(vectors: np.ndarray, dims: int) -> np.ndarray:
@@ -36,7 +36,7 @@ def truncate_and_normalize(vectors: np.ndarray, dims: int) -> np.ndarray:
     return np.ascontiguousarray(out / norms, dtype=np.float32)
 
 
-def check_truncation(info: Mapping[str, Any], dims: int) -> None:
+def _check_truncation(info: Mapping[str, Any], dims: int) -> None:
     """Raise unless the embedding ``info`` describes can give ``dims``-dimensional vectors by truncation."""
     if not isinstance(dims, int) or isinstance(dims, bool) or dims < 1:
         raise ConfigError(f"dims must be a positive integer, got {dims!r}")
@@ -58,7 +58,7 @@ def info_at_dims(info: Mapping[str, Any], dims: int) -> dict[str, Any]:
     """The ``embedding_info()`` of the same model truncated to ``dims`` (fingerprint recomputed), as an
     embedder loaded at ``dims`` reports it. Raises ``ModelError`` for a non-MRL model, a larger
     ``dims``, or one below the model's smallest Matryoshka dimension."""
-    check_truncation(info, dims)
+    _check_truncation(info, dims)
     if dims == int(info["dims"]):
         return dict(info)
     comps = info.get("fingerprint_components")

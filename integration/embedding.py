@@ -112,8 +112,8 @@ class ModelResolver:
         """The embedder in use (None while no chunk needed the model)."""
         return self._given if self._given is not None else self._loaded
 
-    def _cache_key(self, name: str, dims: int | None) -> str:
-        return f"model2:{name}:{dims or 'native'}:{self.device}"  # 2: descriptions carry mrl_min_dims
+    def _cache_key(self, name: str) -> str:
+        return f"model2:{name}:native:{self.device}"  # 2: descriptions carry mrl_min_dims
 
     def load(self, name: str, dims: int | None) -> Any:
         if self._given is not None:
@@ -130,15 +130,16 @@ class ModelResolver:
         self._loaded, self._loaded_key, self._owned = emb, (name, dims), owned
         return emb
 
-    def info(self, name: str, dims: int | None) -> ModelInfo:
-        """The model's description, from the ledger cache when possible (no model load)."""
+    def info(self, name: str) -> ModelInfo:
+        """The model's description at its native dims, from the ledger cache when possible (no model
+        load); every other size is derived from it (``ModelInfo.at``)."""
         if self._given is not None:
             return ModelInfo.of(self._given)
-        cached = self.ledger.meta(self._cache_key(name, dims))
+        cached = self.ledger.meta(self._cache_key(name))
         if cached:
             return ModelInfo(**cached)
-        info = ModelInfo.of(self.load(name, dims))
-        self.ledger.set_meta(self._cache_key(name, dims), asdict(info))
+        info = ModelInfo.of(self.load(name, None))
+        self.ledger.set_meta(self._cache_key(name), asdict(info))
         return info
 
     def choose(self, model: str | None, needs: Sequence[TargetNeed], *, incremental: bool,
@@ -170,7 +171,7 @@ class ModelResolver:
             if n.dims is not None and n.limit is not None and n.dims > n.limit:
                 raise DimensionLimitError(f"{n.key} accepts at most {n.limit} dimensions but dims {n.dims} was requested; "
                                           f"use dims {n.limit} or less for it (--dims, or URL#dims=N for one target)")  # fmt: skip
-        base = ModelInfo.of(self._given) if self._given is not None else self.info(name, None)
+        base = ModelInfo.of(self._given) if self._given is not None else self.info(name)
         notes: list[str] = []
         wanted: dict[str, tuple[int, str]] = {}  # key -> (dims, why)
         for n in needs:
@@ -208,8 +209,8 @@ class ModelResolver:
         fp = getattr(emb, "fingerprint", "")
         if fp == ctx.fingerprint:
             return emb
-        if self._given is None:  # our cached description is stale: refresh it for the next run
-            self.ledger.set_meta(self._cache_key(ctx.model, ctx.load_dims), asdict(ModelInfo.of(emb)))
+        if self._given is None:  # our cached description is stale: forget it; the next run describes the model anew
+            self.ledger.set_meta(self._cache_key(ctx.model), None)
             raise ModelError(f"model {ctx.model} changed since the last run (fingerprint {ctx.fingerprint} -> {fp}); "
                              "run again (an index holding the old vectors will then ask for --mode full)")  # fmt: skip
         raise ModelError(f"model {ctx.model} here has fingerprint {fp}, the run was prepared with {ctx.fingerprint}: "

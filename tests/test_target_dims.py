@@ -201,3 +201,30 @@ def test_cli_target_dims(capsys: pytest.CaptureFixture[str], tmp_path: Path, uni
     out = capsys.readouterr().out
     assert f"{target_key(small)} (32 dims): upserted 0" in out and f"{target_key(big)} (64 dims)" in out
     assert describe(small).spec.dims == 32 and describe(big).spec.dims == 64
+
+
+def test_a_stale_model_description_is_forgotten_not_kept(tmp_path: Path, tiny_qwen3_dir: Path) -> None:  # noqa: F811
+    """The ledger caches the model's native description; when the model on disk no longer matches it
+    (here: a cached fingerprint of another version), the run stops with a clear error and the next one
+    describes the model anew, also when the run loaded it at a narrower size than native."""
+    from dataclasses import asdict, replace
+
+    from integration.context import RunContext
+
+    model = str(tiny_qwen3_dir)
+    with closing(Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")) as ledger:
+        r = ModelResolver(ledger, device="cpu", dtype="float32")
+        native = r.info(model)
+        ledger.set_meta(r._cache_key(model), asdict(replace(native, fingerprint="old-version", embedding={
+            **native.embedding, "fingerprint_components": {**native.embedding["fingerprint_components"], "revision": "old"}})))  # fmt: skip
+        needs = [TargetNeed("a", 48, None)]
+        stale = r.choose(model, needs, incremental=True, recorded=lambda key: None)
+        ctx = RunContext(mode="incremental", dry_run=False, deletes="snapshot", model=model, load_dims=stale.load_dims,
+                         model_id=stale.info.model_id, spec=stale.spec, chunk_tokens=None, chunk_overlap=0)  # fmt: skip
+        with pytest.raises(ModelError, match="changed since the last run"):
+            r.for_run(ctx)
+        fresh = r.choose(model, needs, incremental=True, recorded=lambda key: None)
+        assert fresh.load_dims == 48 and fresh.spec.fingerprint == Embedder.load(model, dims=48, device="cpu").fingerprint
+        ctx = replace(ctx, spec=fresh.spec)
+        assert r.for_run(ctx).fingerprint == fresh.spec.fingerprint
+        r.close()
