@@ -252,7 +252,7 @@ class SyncEngine:
                 rep.fail(t.key, one_line(e))
                 continue
             hashes = self.ledger.doc_hashes(t.key, run.generation) if run.generation is not None else {}
-            lanes[t.key] = Lane(run, store, hashes, ctx.spec_of(run), ctx.doc_config(run))
+            lanes[t.key] = Lane(run, store, hashes)
         if ctx.watermark:
             self.source.set_watermark(decode_watermark(ctx.watermark.since))
         pipe = PartitionRun(ctx=ctx, ledger=self.ledger, report=rep, lanes=lanes, embedder=lambda: self.models.for_run(ctx),

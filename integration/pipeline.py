@@ -58,8 +58,6 @@ class Lane:
     run: TargetRun
     store: VectorStore | None  # None in a dry run
     doc_hashes: dict[str, tuple[str, int]]  # doc id -> (doc hash, chunk count) recorded for the target
-    spec: IndexSpec  # what its index records: its dims (vectors are cut to them) and fingerprint
-    doc_config: str  # RunContext.doc_config(run): what its document hashes cover
     failed_docs: set[str] = field(default_factory=set)  # documents with a rejected write: not committed as done
     dead: str | None = None  # the error that took the target out of the rest of this partition
 
@@ -118,7 +116,9 @@ class PartitionRun:
         self._chunker: Chunker | None = None
         self._vectors: OrderedDict[str, np.ndarray | None] = OrderedDict()  # text fingerprint -> vector (LRU)
         self._cache_size = max(1, self.VECTOR_CACHE_BYTES // (4 * max(1, ctx.dims or 1)))
-        self._doc_configs = {key: lane.doc_config for key, lane in lanes.items()}
+        # each target at its own dims holds its own vectors: its own fingerprint and document hashes
+        self._specs: dict[str, IndexSpec] = {key: ctx.spec_of(lane.run) for key, lane in lanes.items()}
+        self._doc_configs = {key: ctx.doc_config(lane.run) for key, lane in lanes.items()}
         # one writer thread per target, each with its own bounded queue: the targets are written in
         # parallel (a slow store never holds up a fast one by more than the queue depth) while the
         # calling thread embeds the next batch
@@ -182,12 +182,14 @@ class PartitionRun:
         writers: dict[str, list[str]] = {}  # chunk id -> targets that need it written
         retags: dict[str, list[str]] = {}  # chunk id -> targets that need its metadata updated only
         fps: dict[str, dict[str, str]] = {}  # chunk id -> target -> its fingerprint there
-        for key, lane in self.lanes.items():
+        for key in self.lanes:
             if key not in tri.need:
                 self.rep.count_plan(key, {}, unchanged=len(chunks))
                 continue
-            efp = lane.spec.fingerprint  # targets at other dims hold other vectors: their own fingerprints
-            pcs = planned.get(efp) or planned.setdefault(efp, plan_chunks(chunks, efp, meta_json))
+            efp = self._specs[key].fingerprint
+            if efp not in planned:
+                planned[efp] = plan_chunks(chunks, efp, meta_json)
+            pcs = planned[efp]
             plan = plan_document(doc.id, pcs, held[key].get(doc.id, {}))
             self.rep.count_plan(key, plan.counts())
             for cid in plan.writes:
@@ -336,8 +338,9 @@ class PartitionRun:
                 # 2. The write. Rejected records come back by id; the rest is acknowledged.
                 assert batch.vectors is not None
                 vecs = batch.vectors[[i for i, _ in entries]]
-                if lane.spec.dims < vecs.shape[1]:  # a narrower target: its Matryoshka truncation, renormalised
-                    vecs = truncate_and_normalize(vecs, lane.spec.dims)
+                dims = self._specs[key].dims
+                if dims < vecs.shape[1]:  # a narrower target: its Matryoshka truncation, renormalised
+                    vecs = truncate_and_normalize(vecs, dims)
                 res = lane.store.upsert([Record(e.chunk.id, vecs[j], e.chunk.text, e.metadata_for(key))
                                          for j, (_, e) in enumerate(entries)])  # fmt: skip
                 for _, e in entries:
