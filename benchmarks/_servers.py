@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,15 +17,18 @@ _VARS = {"es": "EMBEDRAIL_ES_URL", "opensearch": "EMBEDRAIL_OPENSEARCH_URL", "we
 
 def server_env() -> dict[str, str]:
     """Every ``EMBEDRAIL_*`` variable: the process environment over ``.servers.env``."""
-    out: dict[str, str] = {}
-    f = ROOT / ".servers.env"
-    if f.exists():
-        for line in f.read_text().splitlines():
-            if "=" in line:
-                k, v = line.split("=", 1)
-                out[k.strip()] = v.strip()
+    out = _servers_script().read_env()
     out.update({k: v for k, v in os.environ.items() if k.startswith("EMBEDRAIL_") and v})
     return out
+
+
+def _servers_script() -> Any:
+    """``scripts/servers.py`` (stdlib only), which writes ``.servers.env`` and reads it back."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    import servers
+
+    return servers
 
 
 def server_url(var: str) -> str | None:

@@ -826,6 +826,17 @@ def write_env(urls: dict[str, str]) -> None:
     ENV_FILE.write_text("".join(f"{ENV_NAMES[k]}={v}\n" for k, v in urls.items()))
 
 
+def read_env() -> dict[str, str]:
+    """What ``write_env`` wrote (``EMBEDRAIL_*_URL`` -> URL); empty when no servers were started."""
+    env: dict[str, str] = {}
+    if ENV_FILE.exists():
+        for line in ENV_FILE.read_text().splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                env[k.strip()] = v.strip()
+    return env
+
+
 def parse_only(only: str | None) -> list[str]:
     if not only:
         return list(KINDS)

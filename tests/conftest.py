@@ -41,15 +41,6 @@ _started: list = []
 _failed: dict[str, str] = {}
 
 
-def _read_env_file() -> dict[str, str]:
-    env: dict[str, str] = {}
-    f = ROOT / ".servers.env"
-    if f.exists():
-        for line in f.read_text().splitlines():
-            if "=" in line:
-                k, v = line.split("=", 1)
-                env[k.strip()] = v.strip()
-    return env
 
 
 def _health_url(kind: str, url: str) -> str:
@@ -81,7 +72,7 @@ def _server_url(kind: str) -> str:
     name = servers.ENV_NAMES[kind]
     if os.environ.get(name):
         return os.environ[name]
-    from_file = _read_env_file().get(name)
+    from_file = servers.read_env().get(name)
     if from_file and _answers(_health_url(kind, from_file)):
         os.environ[name] = from_file
         return from_file
