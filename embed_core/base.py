@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,9 @@ DEFAULT_STREAM_CHUNK = 2048
 
 @dataclass
 class EmbedStats:
-    """Running counters of one embedder (read them, or ``reset()`` them)."""
+    """Running counters of one embedder (read them, or ``reset()`` them). Counted with :meth:`add`, so
+    an embedder called from several threads at once (``embedrail serve``'s workers) keeps exact totals;
+    :meth:`tally` counts what one thread's calls added."""
 
     texts: int = 0  # texts embedded (after de-duplication within a call)
     duplicates: int = 0  # texts served from an identical text in the same call
@@ -34,12 +38,38 @@ class EmbedStats:
     http_retries: int = 0  # remote backend: retried requests
     seconds: float = 0.0  # wall time spent embedding
 
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()  # not fields: as_dict / reset / == leave them alone
+        self._local = threading.local()
+
+    def add(self, **counts: float) -> None:
+        """Add to counters (``stats.add(tokens=n, batches=1)``), here and in this thread's open tallies."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+        for tally in getattr(self._local, "tallies", ()):
+            tally.add(**counts)
+
+    @contextmanager
+    def tally(self) -> Iterator[EmbedStats]:
+        """``with stats.tally() as mine:`` — counters of what this thread's calls add inside the block,
+        while other threads keep counting into the same embedder."""
+        mine = EmbedStats()
+        tallies = self._local.__dict__.setdefault("tallies", [])
+        tallies.append(mine)
+        try:
+            yield mine
+        finally:
+            tallies[:] = [t for t in tallies if t is not mine]  # by identity: equal counters are not the same tally
+
     def reset(self) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, type(getattr(self, name))())
+        with self._lock:
+            for f in fields(self):
+                setattr(self, f.name, type(getattr(self, f.name))())
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class BaseEmbedder:
@@ -83,6 +113,10 @@ class BaseEmbedder:
     def close(self) -> None:
         """Release the model / HTTP client. The object is unusable afterwards."""
 
+    def set_thread_budget(self, threads: int) -> None:
+        """CPU threads a call made from the calling thread may use (local models; nothing to set for a
+        remote one). Embedders may be called from several threads at once."""
+
     # ---- shared: the embedding call --------------------------------------------------------------
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         """Embed formatted, validated texts: each distinct text once, results in input order."""
@@ -94,9 +128,7 @@ class BaseEmbedder:
         unique: dict[str, int] = {}
         inverse = np.fromiter((unique.setdefault(t, len(unique)) for t in texts), dtype=np.int64, count=len(texts))
         vectors = self._embed_unique(list(unique))
-        self.stats.texts += len(unique)
-        self.stats.duplicates += len(texts) - len(unique)
-        self.stats.seconds += time.perf_counter() - started
+        self.stats.add(texts=len(unique), duplicates=len(texts) - len(unique), seconds=time.perf_counter() - started)
         return vectors if len(unique) == len(texts) else vectors[inverse]
 
     def embedding_info(self) -> dict[str, Any]:

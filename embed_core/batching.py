@@ -75,7 +75,7 @@ class TokenBudgetBatching:
                 if not is_oom(exc):
                     raise
                 free_device_memory(self.placement.device)
-                self.stats.oom_retries += 1
+                self.stats.add(oom_retries=1)
                 longest = int(lengths[batch[0]])
                 if len(batch) == 1 or self._budget <= longest:
                     raise ModelError(

@@ -115,7 +115,9 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
         check_config(config)
         self.config = config
         self.stats = EmbedStats()
-        self._lock = threading.RLock()
+        # calls run concurrently (serve's workers); close() waits for the ones in flight
+        self._gate = threading.Condition()
+        self._inflight = 0
         started = time.perf_counter()
 
         resolved: ResolvedModel = resolve_model(config.model, config.revision)
@@ -233,11 +235,12 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
         return tok.eos_token_id
 
     def close(self) -> None:
-        with self._lock:
+        with self._gate:
+            self._closed = True
+            self._gate.wait_for(lambda: not self._inflight)
             device = self.placement.device
             self._net = None
             self._packed = None
-            self._closed = True
             self._dense = []
             free_device_memory(device)
 
@@ -327,8 +330,7 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
             ids_list.append(self._with_specials(ids))
         started = time.perf_counter()
         vectors = self._embed_ids(ids_list, truncated)
-        self.stats.texts += len(ids_list)
-        self.stats.seconds += time.perf_counter() - started
+        self.stats.add(texts=len(ids_list), seconds=time.perf_counter() - started)
         return vectors
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -387,12 +389,28 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
 
     def _embed_ids(self, ids_list: list[list[int]], truncated: int) -> np.ndarray:
         """Model inputs (special tokens and EOS in place) -> normalised vectors at ``dims``."""
-        with self._lock:
+        with self._gate:
             if self._closed:
                 raise ModelError("this Embedder was closed; load the model again")
+            self._inflight += 1
+        try:
             vectors = truncate_and_normalize(self._run(ids_list), self.dims)
-            self.stats.truncated += truncated
-            return vectors
+        finally:
+            with self._gate:
+                self._inflight -= 1
+                self._gate.notify_all()
+        self.stats.add(truncated=truncated)
+        return vectors
+
+    def set_thread_budget(self, threads: int) -> None:
+        """CPU threads one forward pass may use when called from *this* thread (torch's intra-op
+        threads are per calling thread). The embedder may be called from several threads at once:
+        ``embedrail serve`` runs one worker per core with a budget of 1 each on CPU, so the cores
+        work on different requests instead of synchronising on every operator of one."""
+        if threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {threads!r}")
+        if self.placement.device.type == "cpu":
+            torch.set_num_threads(threads)
 
     def _run(self, ids_list: list[list[int]]) -> np.ndarray:
         lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))
@@ -444,8 +462,5 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
         """Dense head (if any) on pooled vectors, to numpy, and the batch's counters (inference mode)."""
         for layer in self._dense:
             pooled = layer(pooled)
-        st = self.stats
-        st.batches += 1
-        st.tokens += tokens
-        st.padded_tokens += padded_tokens
+        self.stats.add(batches=1, tokens=tokens, padded_tokens=padded_tokens)
         return pooled.cpu().numpy()

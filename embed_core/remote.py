@@ -216,7 +216,7 @@ class RemoteEmbedder(BaseEmbedder):
                             max_backoff=self.max_backoff, on_retry=self._count_retry)  # fmt: skip
 
     def _count_retry(self) -> None:
-        self.stats.http_retries += 1
+        self.stats.add(http_retries=1)
 
     def _post_embeddings(self, texts: list[str], dimensions: int | None, *, retry: bool = True) -> np.ndarray:
         payload: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": self.encoding_format}
@@ -240,9 +240,7 @@ class RemoteEmbedder(BaseEmbedder):
             raise RemoteEmbeddingError(f"{self.base_url} returned embeddings of inconsistent shapes")
         usage = body.get("usage") or {}
         tokens = usage.get("prompt_tokens") or usage.get("total_tokens")
-        if isinstance(tokens, int):
-            self.stats.tokens += tokens
-        self.stats.batches += 1
+        self.stats.add(batches=1, tokens=tokens if isinstance(tokens, int) else 0)
         return np.stack(rows)
 
     # ------------------------------------------------------------------------------------------

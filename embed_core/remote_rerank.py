@@ -74,7 +74,7 @@ class RemoteReranker(BaseReranker):
             raise ModelError("this RemoteReranker was closed; create it again")
 
         def count() -> None:
-            self.stats.http_retries += 1
+            self.stats.add(http_retries=1)
 
         return request_json(self._client, "POST", self.endpoint, payload, attempts=self.max_retries + 1,
                             backoff=self.backoff, max_backoff=self.max_backoff, on_retry=count)  # fmt: skip
@@ -109,9 +109,7 @@ class RemoteReranker(BaseReranker):
             raise RemoteEmbeddingError(f"{self.endpoint} scored {int((~np.isnan(scores)).sum())} of {len(texts)} documents")
         usage = body.get("usage") if isinstance(body, dict) else None
         tokens = (usage or {}).get("total_tokens") if isinstance(usage, dict) else None
-        if isinstance(tokens, int):
-            self.stats.tokens += tokens
-        self.stats.batches += 1
+        self.stats.add(batches=1, tokens=tokens if isinstance(tokens, int) else 0)
         return scores
 
     def describe(self) -> dict[str, Any]:

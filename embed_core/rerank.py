@@ -116,8 +116,7 @@ class BaseReranker:
             return np.zeros(0, dtype=np.float32)
         started = time.perf_counter()
         scores = np.asarray(self._score(query, items, instruction), dtype=np.float32)
-        self.stats.texts += len(items)
-        self.stats.seconds += time.perf_counter() - started
+        self.stats.add(texts=len(items), seconds=time.perf_counter() - started)
         return scores
 
     def rank(self, query: str, texts: Sequence[str], top_k: int | None = None,
@@ -239,8 +238,9 @@ class _LocalReranker(TokenBudgetBatching, BaseReranker):
         self._lock = threading.RLock()
         self._closed = False
         self.placement = choose_placement(device, dtype, attn_implementation)
-        if self.placement.device.type == "cpu":
-            torch.set_num_threads(num_threads or available_cpus())
+        self._threads = (num_threads or available_cpus()) if self.placement.device.type == "cpu" else None
+        if self._threads:
+            torch.set_num_threads(self._threads)
         self._config = _read_json(resolved.path / "config.json")
         self.tokenizer = load_fast_tokenizer(resolved.path, self.model_id, trust_remote_code=trust_remote_code)
         limit = self._token_limit()
@@ -282,12 +282,14 @@ class _LocalReranker(TokenBudgetBatching, BaseReranker):
         with self._lock:
             if self._closed:
                 raise ModelError(f"this reranker ({self.model_id}) was closed; load it again")
+            if self._threads:  # torch's thread count is per calling thread: this one may have had another
+                import torch
+
+                torch.set_num_threads(self._threads)
             return self._run_batches(lengths, 1, forward)[:, 0]
 
     def _account(self, tokens: int, padded: int) -> None:
-        self.stats.batches += 1
-        self.stats.tokens += tokens
-        self.stats.padded_tokens += padded
+        self.stats.add(batches=1, tokens=tokens, padded_tokens=padded)
 
     def close(self) -> None:
         from .device import free_device_memory
@@ -358,7 +360,7 @@ class Qwen3Reranker(_LocalReranker):
 
     def _score(self, query: str, texts: list[str], instruction: str | None) -> np.ndarray:
         ids, truncated = self._encode(query, texts, instruction)
-        self.stats.truncated += truncated
+        self.stats.add(truncated=truncated)
         return self._score_ids(ids)
 
     def _forward(self, batch: list[list[int]], types: list[list[int]] | None) -> np.ndarray:
@@ -450,7 +452,7 @@ class CrossEncoderReranker(_LocalReranker):
 
     def _score(self, query: str, texts: list[str], instruction: str | None) -> np.ndarray:
         encs = self._tok.encode_batch([(query, t) for t in texts], add_special_tokens=True)
-        self.stats.truncated += sum(1 for e in encs if e.overflowing)
+        self.stats.add(truncated=sum(1 for e in encs if e.overflowing))
         return self._score_ids([e.ids for e in encs], [e.type_ids for e in encs])
 
     def _forward(self, batch: list[list[int]], types: list[list[int]] | None) -> np.ndarray:

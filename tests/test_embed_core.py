@@ -145,6 +145,33 @@ def test_batching_order_and_oom_retry(minilm: Embedder) -> None:
         small.embed_documents(texts[:3])
 
 
+def test_concurrent_calls_from_threads_equal_serial_ones(minilm: Embedder) -> None:
+    """An Embedder called from several threads at once (serve's workers, each on a budget of one core)
+    gives the vectors of serial calls, and its counters add up exactly; each thread's tally is its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"thread test {i}: " + "word " * (i % 13) for i in range(64)]
+    serial = minilm.embed_raw(texts)
+    before = minilm.stats.tokens
+    serial_tokens = minilm.embed_raw(texts) is not None and minilm.stats.tokens - before
+
+    def part(k: int) -> tuple[np.ndarray, int]:
+        minilm.set_thread_budget(1)
+        with minilm.stats.tally() as mine:
+            out = minilm.embed_raw(texts[k::4])
+        return out, mine.tokens
+
+    before = minilm.stats.tokens
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(part, range(4)))
+    for k, (out, _) in enumerate(parts):
+        assert np.abs(out - serial[k::4]).max() <= 1e-5
+    assert sum(t for _, t in parts) == minilm.stats.tokens - before == serial_tokens
+    assert len({t for _, t in parts}) > 1  # per-thread tallies, not one shared count
+    with pytest.raises(ConfigError, match="at least 1"):
+        minilm.set_thread_budget(0)
+
+
 def test_packed_bert_path_equals_transformers_forward(minilm: Embedder) -> None:
     """The packed BERT path reads the safetensors itself (no transformers model is built): equal to
     the transformers forward pass on padded batches, and to a PackedBert built from that model."""
