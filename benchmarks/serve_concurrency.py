@@ -79,9 +79,11 @@ def main() -> None:
                         raise SystemExit("the server did not start: " + server.stderr.read().decode()[-2000:]) from None
                     time.sleep(0.2)
             client.post("/v1/embeddings", json={"input": texts[:64]}).raise_for_status()  # warm up
-            t = time.perf_counter()
+            h0, srv_one, t = client.get("/health").json()["batches"], _proc_cpu(server.pid), time.perf_counter()
             client.post("/v1/embeddings", json={"input": texts}).raise_for_status()
             one = len(texts) / (time.perf_counter() - t)
+            srv_one = _proc_cpu(server.pid) - srv_one
+            busy_one = client.get("/health").json()["batches"]["busy_s"] - h0["busy_s"]
 
             local = threading.local()
 
@@ -112,10 +114,10 @@ def main() -> None:
     calls = after.get("calls", 0) - before.get("calls", 0)
     print(f"{len(texts)} texts, packaged model served by a separate process, {'no merging' if args.no_merge else 'merging on'}, "
           f"{os.cpu_count()} CPUs shared by server and clients")  # fmt: skip
-    print(f"one client, one request:        {one:8.1f} texts/s (baseline)")
+    print(f"one client, one request:        {one:8.1f} texts/s (baseline; server CPU {srv_one:.1f} s, model busy {busy_one:.1f} s)")
     print(f"{args.clients} clients, one text each:     {many:8.1f} texts/s -> {many / one:.2f}x "
           f"({calls} forward passes, {len(texts) / max(calls, 1):.1f} texts each; CPU: server {server_cpu:.1f} s, "
-          f"{args.client} clients {client_cpu:.1f} s)")  # fmt: skip
+          f"{args.client} clients {client_cpu:.1f} s; model busy {after.get('busy_s', 0) - before.get('busy_s', 0):.1f} s)")  # fmt: skip
 
 
 def _cpu() -> float:

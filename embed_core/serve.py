@@ -64,12 +64,16 @@ MAX_WAIT = 0.004
 
 
 class _Job:
-    __slots__ = ("key", "inputs", "done", "notify", "vectors", "tokens", "error")
+    """One request: its inputs, cut into pieces that the workers run (each merged with other requests')."""
+
+    __slots__ = ("key", "inputs", "left", "parts", "done", "notify", "vectors", "tokens", "error")
 
     def __init__(self, key: tuple[Any, ...], inputs: list[Any], notify: Callable[[], None] | None = None) -> None:
         self.key, self.inputs = key, inputs
+        self.left = 0  # pieces not finished yet
+        self.parts: list[tuple[int, Any]] = []  # (first input, rows) per finished piece
         self.done = threading.Event()
-        self.notify = notify  # called from the batcher thread when the job is done (the async path)
+        self.notify = notify  # called from a worker thread when the job is done (the async path)
         self.vectors: Any = None
         self.tokens = 0
         self.error: BaseException | None = None
@@ -78,6 +82,13 @@ class _Job:
         self.done.set()
         if self.notify is not None:
             self.notify()
+
+
+class _Piece:
+    __slots__ = ("job", "start", "inputs")
+
+    def __init__(self, job: _Job, start: int, inputs: list[Any]) -> None:
+        self.job, self.start, self.inputs = job, start, inputs
 
 
 try:  # orjson writes numpy rows directly (float32: the shortest text that reads back the same float32)
@@ -92,26 +103,60 @@ except ImportError:  # pragma: no cover - the serve extra installs orjson
         return json.dumps(obj, default=lambda a: a.tolist() if isinstance(a, np.ndarray) else str(a)).encode()
 
 
-class Batcher:
-    """Merges concurrent requests into one embedder call (as TEI and Infinity do).
+def default_workers(embedder: BaseEmbedder) -> tuple[int, int | None]:
+    """(workers, CPU threads per worker) for serving ``embedder``: on CPU one worker per core (at most 4),
+    the cores shared out among them; one worker on a GPU, or for an embedder with no local model."""
+    device = getattr(getattr(embedder, "placement", None), "device", None)
+    if getattr(device, "type", None) != "cpu":
+        return 1, None
+    from .device import available_cpus
 
-    Requests queue up; one worker thread takes the oldest, gathers every queued request of the same
-    kind (``input_type``, instruction, text or token ids) up to ``max_inputs`` inputs, waiting at most
-    ``max_wait`` seconds for more to arrive, embeds them in one call (the embedder's own token-budget
-    batching, sorted by length, then applies), and hands each request its own rows in order. A merged
-    call that fails on bad input is retried request by request, so one bad request fails alone.
-    ``usage`` of a merged call is apportioned to its requests by input length.
+    cpus = available_cpus()
+    workers = min(cpus, 4)
+    return workers, max(1, cpus // workers)
+
+
+class Batcher:
+    """Merges concurrent requests into shared embedder calls (as TEI and Infinity do), run by a few
+    worker threads.
+
+    A request is cut into one piece per worker (a lone large request keeps every worker busy). An
+    idle worker takes the oldest piece and gathers queued pieces of other requests of the same kind
+    (``input_type``, instruction, text or token ids) up to ``max_inputs`` inputs, waiting at most
+    ``max_wait`` seconds for more to arrive — and not at all once every input seen in flight lately
+    (the most in the last one to two seconds: the clients that keep it busy) is queued or running,
+    or once it holds its workers' share of them (the next idle worker gathers the rest). So a lone
+    client never waits, and a fixed set of busy clients is answered in calls as large as they allow.
+    It embeds them in one call (the embedder's own token-budget batching, sorted by length, then
+    applies) and hands each request its own rows in order. A merged call that fails on bad input is
+    retried piece by piece, so one bad request fails alone. ``usage`` of a merged call is
+    apportioned to its pieces by input length; it adds up to exactly the tokens the model ran.
+
+    On CPU each worker runs its forward passes on ``threads`` cores (default: one worker per core,
+    one core each): the cores work on different calls instead of splitting every small operator
+    of one call and meeting at a barrier after each, which small merged batches and a busy event
+    loop make slow (``benchmarks/serve_concurrency.py`` measures both).
     """
 
-    def __init__(self, embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait: float = MAX_WAIT) -> None:
+    def __init__(self, embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait: float = MAX_WAIT,
+                 workers: int | None = None, threads: int | None = None) -> None:  # fmt: skip
+        auto_workers, auto_threads = default_workers(embedder)
         self.embedder, self.max_inputs, self.max_wait = embedder, max_inputs, max_wait
+        self.workers = workers or auto_workers
+        self.threads = threads or (auto_threads and max(1, auto_threads * auto_workers // self.workers))
         self.calls = 0  # embedder calls made (a merged batch is one)
-        self.requests = 0
-        self._pending: list[_Job] = []
+        self.requests = 0  # requests answered
+        self.busy = 0.0  # seconds spent in embedder calls, summed over workers
+        self._pending: list[_Piece] = []
+        self._inflight = 0  # inputs queued and not answered yet
+        self._peak = [0, 0]  # most inputs in flight in this and the previous second
+        self._peak_at = time.monotonic()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="embedrail-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"embedrail-batcher-{n}", daemon=True)
+                         for n in range(self.workers)]  # fmt: skip
+        for t in self._threads:
+            t.start()
 
     def submit(self, key: tuple[Any, ...], inputs: list[Any]) -> tuple[Any, int]:
         """Queue ``inputs`` and block until their rows are ready: (vectors, tokens)."""
@@ -120,8 +165,8 @@ class Batcher:
         return _result(job)
 
     async def embed(self, key: tuple[Any, ...], inputs: list[Any]) -> tuple[Any, int]:
-        """``submit`` for the event loop: no thread waits per request; the batcher thread wakes the
-        request's coroutine when its rows are ready."""
+        """``submit`` for the event loop: no thread waits per request; a worker wakes the request's
+        coroutine when its rows are ready."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
 
@@ -133,82 +178,125 @@ class Batcher:
         return _result(job)
 
     def _queue(self, job: _Job) -> _Job:
+        n = len(job.inputs)
+        size = max(1, -(-n // self.workers))
+        pieces = [_Piece(job, i, job.inputs[i : i + size]) for i in range(0, n, size)]
         with self._cond:
             if self._closed:
                 raise ModelError("the embedding server is shutting down")
-            self._pending.append(job)
-            self._cond.notify()
+            job.left = len(pieces)
+            self._inflight += n
+            now = time.monotonic()
+            if now - self._peak_at >= 1.0:
+                self._peak = [0, self._peak[0]] if now - self._peak_at < 2.0 else [0, 0]
+                self._peak_at = now
+            self._peak[0] = max(self._peak[0], self._inflight)
+            self._pending.extend(pieces)
+            self._cond.notify(len(pieces))
         return job
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=10)
 
-    def _take(self) -> list[_Job] | None:
+    def _take(self) -> list[_Piece] | None:
+        """The next call's pieces: the oldest queued piece and others of its kind (one piece per request),
+        claimed as they are gathered so that no other worker takes them."""
         with self._cond:
             while not self._pending and not self._closed:
                 self._cond.wait()
             if not self._pending:
                 return None
-            first = self._pending[0]
+            group = [self._pending.pop(0)]
+            key, jobs, size = group[0].job.key, {id(group[0].job)}, len(group[0].inputs)
             deadline = time.monotonic() + self.max_wait
             while True:
-                group, size = [], 0
-                for job in self._pending:
-                    if job.key == first.key and (not group or size + len(job.inputs) <= self.max_inputs):
-                        group.append(job)
-                        size += len(job.inputs)
+                i = 0
+                while i < len(self._pending) and size < self.max_inputs:
+                    p = self._pending[i]
+                    if p.job.key == key and id(p.job) not in jobs and size + len(p.inputs) <= self.max_inputs:
+                        group.append(self._pending.pop(i))
+                        jobs.add(id(p.job))
+                        size += len(p.inputs)
+                    else:
+                        i += 1
                 left = deadline - time.monotonic()
-                if size >= self.max_inputs or left <= 0 or self._closed:
-                    break
+                # every client seen lately has a request in (a fixed set of busy clients): no one left to wait
+                # for; and a worker's share of the load is enough: the next worker gathers the rest
+                peak = max(self._peak)
+                enough = self._inflight >= peak or size >= -(-peak // self.workers)
+                if size >= self.max_inputs or left <= 0 or enough or self._closed:
+                    return group
                 self._cond.wait(left)  # more requests may join while the first one waits
-            taken = set(map(id, group))
-            self._pending = [j for j in self._pending if id(j) not in taken]
-            return group
 
     def _loop(self) -> None:
+        if self.threads:
+            self.embedder.set_thread_budget(self.threads)
         while (group := self._take()) is not None:
+            live = [p for p in group if p.job.error is None]  # a request that already failed runs no further
+            start = time.perf_counter()
             try:
-                self._run(group)
+                if live:
+                    self._run(live)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting requests
-                if len(group) > 1 and isinstance(exc, (InputError, ConfigError)):
-                    for job in group:  # one bad request must not fail the others
+                if len(live) > 1 and isinstance(exc, (InputError, ConfigError)):
+                    for p in live:  # one bad request must not fail the others
                         try:
-                            self._run([job])
+                            self._run([p])
                         except BaseException as one:  # noqa: BLE001
-                            job.error = one
+                            self._fail(p, one)
                 else:
-                    for job in group:
-                        job.error = exc
+                    for p in live:
+                        self._fail(p, exc)
             finally:
-                for job in group:
+                finished = []
+                with self._cond:
+                    self.busy += time.perf_counter() - start
+                    for p in group:
+                        job = p.job
+                        job.left -= 1
+                        if job.left == 0:
+                            if job.error is None:
+                                parts = sorted(job.parts, key=lambda part: part[0])
+                                job.vectors = parts[0][1] if len(parts) == 1 else np.concatenate([v for _, v in parts])
+                            self.requests += 1
+                            self._inflight -= len(job.inputs)
+                            finished.append(job)
+                for job in finished:
                     job.finish()
 
-    def _run(self, group: list[_Job]) -> None:
-        kind, instruction, ids = group[0].key
-        inputs = [x for job in group for x in job.inputs]
+    def _fail(self, piece: _Piece, exc: BaseException) -> None:
+        with self._cond:
+            if piece.job.error is None:
+                piece.job.error = exc
+
+    def _run(self, group: list[_Piece]) -> None:
+        kind, instruction, ids = group[0].job.key
+        inputs = [x for p in group for x in p.inputs]
         emb = self.embedder
-        before = emb.stats.tokens
-        if ids:
-            vectors = emb.embed_token_ids(inputs)  # type: ignore[attr-defined]
-        elif kind == "query":
-            vectors = emb.embed_queries(inputs, instruction=instruction)
-        elif kind == "document":
-            vectors = emb.embed_documents(inputs)
-        else:
-            vectors = emb.embed_raw(inputs)
-        tokens = emb.stats.tokens - before
-        self.calls += 1
-        self.requests += len(group)
-        weights = [sum(len(x) for x in job.inputs) for job in group]
+        with emb.stats.tally() as mine:  # this worker's tokens, while the others count too
+            if ids:
+                vectors = emb.embed_token_ids(inputs)  # type: ignore[attr-defined]
+            elif kind == "query":
+                vectors = emb.embed_queries(inputs, instruction=instruction)
+            elif kind == "document":
+                vectors = emb.embed_documents(inputs)
+            else:
+                vectors = emb.embed_raw(inputs)
+        tokens = mine.tokens
+        weights = [sum(len(x) for x in p.inputs) for p in group]
         total_w, given, start = max(sum(weights), 1), 0, 0
-        for n, (job, w) in enumerate(zip(group, weights, strict=True)):
-            job.vectors = vectors[start : start + len(job.inputs)]
-            start += len(job.inputs)
-            job.tokens = tokens - given if n == len(group) - 1 else tokens * w // total_w
-            given += job.tokens
+        with self._cond:
+            self.calls += 1
+            for n, (p, w) in enumerate(zip(group, weights, strict=True)):
+                p.job.parts.append((p.start, vectors[start : start + len(p.inputs)]))
+                start += len(p.inputs)
+                share = tokens - given if n == len(group) - 1 else tokens * w // total_w
+                p.job.tokens += share
+                given += share
 
 
 def _result(job: _Job) -> tuple[Any, int]:
@@ -281,14 +369,14 @@ def _inputs(value: Any) -> tuple[list[Any], bool]:
 
 
 def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait: float = MAX_WAIT,
-               merge_inputs: int | None = None, reranker: Any = None) -> FastAPI:  # fmt: skip
+               merge_inputs: int | None = None, reranker: Any = None, workers: int | None = None) -> FastAPI:  # fmt: skip
     """A FastAPI app serving ``embedder`` and, given a ``reranker`` (an ``embed_core.rerank.BaseReranker``),
-    the rerank endpoints (see the module docstring for the API). Concurrent
-    requests are merged into shared embedder calls (:class:`Batcher`, ``max_wait`` seconds and ``merge_inputs`` inputs at most);
-    ``app.state.batcher`` is that batcher; whoever runs the app closes it (``serve`` and
-    ``BackgroundServer`` do)."""
+    the rerank endpoints (see the module docstring for the API). Concurrent requests are merged into
+    shared embedder calls run by ``workers`` threads (:class:`Batcher`: ``max_wait`` seconds and
+    ``merge_inputs`` inputs at most; default workers: :func:`default_workers`); ``app.state.batcher``
+    is that batcher; whoever runs the app closes it (``serve`` and ``BackgroundServer`` do)."""
     app = FastAPI(title="embedrail embeddings", version="1")
-    batcher = app.state.batcher = Batcher(embedder, max_inputs=merge_inputs or max_inputs, max_wait=max_wait)
+    batcher = app.state.batcher = Batcher(embedder, max_inputs=merge_inputs or max_inputs, max_wait=max_wait, workers=workers)
     created = int(time.time())
     names = {n for n in (embedder.model, embedder.model_id) if n}
     if embedder.model == "minilm":
@@ -326,7 +414,8 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": embedder.model_id, "dims": embedder.dims, "fingerprint": embedder.fingerprint,
                 "reranker": reranker.describe() if reranker is not None else None,
-                "batches": {"calls": batcher.calls, "requests": batcher.requests}}  # fmt: skip
+                "batches": {"workers": batcher.workers, "calls": batcher.calls, "requests": batcher.requests,
+                            "busy_s": round(batcher.busy, 3)}}  # fmt: skip
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -429,6 +518,7 @@ def serve(
     max_wait: float = MAX_WAIT,
     merge_inputs: int = MAX_INPUTS,
     reranker: Any = None,
+    workers: int | None = None,
     **load_kwargs: Any,
 ) -> None:
     """Load ``model`` (or take a ready embedder) and serve it until interrupted (blocking).
@@ -436,7 +526,8 @@ def serve(
     This is what the ``embedrail serve`` CLI subcommand calls. ``load_kwargs`` go to
     :meth:`Embedder.load` (e.g. ``max_tokens``, ``query_instruction``, ``document_prefix``).
     Bind to ``0.0.0.0`` only on a trusted network: there is no authentication. ``max_wait``
-    (seconds) and ``merge_inputs`` bound how long and how far concurrent requests are merged.
+    (seconds) and ``merge_inputs`` bound how long and how far concurrent requests are merged; ``workers``
+    threads run the merged calls (default: one per CPU core up to 4 on CPU, one on a GPU).
     ``reranker``: a model name for :func:`embed_core.open_reranker` (on the same ``device``) or a loaded
     reranker; it adds ``/v1/rerank`` and ``/rerank``.
     """
@@ -452,7 +543,7 @@ def serve(
         from .rerank import open_reranker
 
         reranker = open_reranker(reranker, device=device)
-    app = create_app(embedder, max_wait=max_wait, merge_inputs=merge_inputs, reranker=reranker)
+    app = create_app(embedder, max_wait=max_wait, merge_inputs=merge_inputs, reranker=reranker, workers=workers)
     log.info("serving %s (dims=%d) on http://%s:%d/v1/embeddings", embedder.model_id, embedder.dims, host, port)
     if reranker is not None:
         log.info("serving reranker %s on http://%s:%d/v1/rerank (and TEI's /rerank)", reranker.model_id, host, port)
@@ -473,11 +564,11 @@ class BackgroundServer:
     """
 
     def __init__(self, embedder: BaseEmbedder, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 reranker: Any = None) -> None:  # fmt: skip
+                 reranker: Any = None, workers: int | None = None) -> None:  # fmt: skip
         import uvicorn
 
         self.embedder = embedder
-        self.app = create_app(embedder, reranker=reranker)
+        self.app = create_app(embedder, reranker=reranker, workers=workers)
         config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="embedrail-serve", daemon=True)
@@ -519,15 +610,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge-wait-ms", type=float, default=MAX_WAIT * 1000,
                         help="how long a request waits for concurrent ones to share its forward pass")  # fmt: skip
     parser.add_argument("--merge-max", type=int, default=MAX_INPUTS, help="most inputs in one merged call (1: no merging)")
+    parser.add_argument("--workers", type=int, default=None, help="threads running embedder calls (default: one per core up to 4 on CPU, 1 on GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     kwargs = {"max_tokens": args.max_tokens} if args.max_tokens else {}
     serve(args.model, args.host, args.port, args.dims, args.device, log_level="warning",
-          max_wait=args.merge_wait_ms / 1000, merge_inputs=max(1, args.merge_max), reranker=args.reranker, **kwargs)  # fmt: skip
+          max_wait=args.merge_wait_ms / 1000, merge_inputs=max(1, args.merge_max), reranker=args.reranker,
+          workers=args.workers, **kwargs)  # fmt: skip
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = ["BackgroundServer", "Batcher", "EmbeddingRequest", "RerankRequest", "TeiRerankRequest", "create_app", "main", "serve"]
+__all__ = ["BackgroundServer", "Batcher", "default_workers", "EmbeddingRequest", "RerankRequest", "TeiRerankRequest", "create_app", "main", "serve"]

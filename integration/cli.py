@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--reranker", metavar="MODEL", help="also serve this reranker on /v1/rerank (and TEI's /rerank)")
+    sv.add_argument("--workers", type=positive_int,
+                    help="threads running the model on merged requests (default: one per CPU core up to 4 on CPU, 1 on GPU)")  # fmt: skip
     return p
 
 
@@ -206,7 +208,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         from embed_core.serve import serve
     except ImportError as e:
         raise ConfigError(f"the embedding server is not available ({e}); install embedrail[serve]") from None
-    serve(a.model, host=a.host, port=a.port, dims=a.dims, device=a.device, reranker=a.reranker,
+    serve(a.model, host=a.host, port=a.port, dims=a.dims, device=a.device, reranker=a.reranker, workers=a.workers,
           **({"dtype": a.dtype} if a.dtype else {}))  # fmt: skip
     return 0
 

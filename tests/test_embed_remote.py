@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from test_embed_fixtures import tiny_qwen3_dir  # noqa: F401
 
 from embed_core import QWEN3_DEFAULT_TASK, Embedder
+from embed_core.device import available_cpus
 from embed_core.remote import RemoteEmbedder
 from embed_core.serve import BackgroundServer
 from embedrail.errors import InputError, ModelError, RemoteEmbeddingError
@@ -239,10 +241,57 @@ def test_serve_merges_concurrent_requests_and_returns_each_its_own_rows(minilm_l
         assert batcher.requests >= 15 and calls < 15  # merged: fewer embedder calls than requests
         assert [r.status_code for r in again] == [200, 200]
         health = client.get("/health").json()["batches"]
-        assert health == {"calls": batcher.calls, "requests": batcher.requests}
+        assert health["calls"] == batcher.calls and health["requests"] == batcher.requests
         # the rows are written as float32 text: exactly the server's float32 values after parsing
         one = client.post("/v1/embeddings", json={"input": texts[0]}).json()["data"][0]["embedding"]
         assert np.array_equal(np.asarray(one, dtype=np.float32), expected[0])
+
+
+def test_serve_workers_cut_requests_and_count_usage_exactly(minilm_local: Embedder) -> None:
+    """Two workers: a large request is cut into a piece per worker and comes back whole and in order;
+    the usage of concurrent requests (counted per worker while the other counts too) adds up to
+    exactly the tokens the model ran; close() waits for a call in flight."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"text {i}: " + "many words " * (i % 9) for i in range(40)]
+    expected = minilm_local.embed_raw(texts)
+    server = BackgroundServer(minilm_local, workers=2)
+    batcher = server.app.state.batcher
+    assert batcher.workers == 2 and batcher.threads == max(1, available_cpus() // 2)  # the cores shared out
+    with server as url, httpx.Client(base_url=url, timeout=60) as client:
+        calls, tokens = batcher.calls, minilm_local.stats.tokens
+        body = client.post("/v1/embeddings", json={"input": texts}).json()
+        got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+        assert [d["index"] for d in body["data"]] == list(range(40))
+        assert np.abs(got - expected).max() <= 1e-5
+        assert batcher.calls - calls == 2  # one piece per worker; pieces of one request never merge
+        assert body["usage"]["prompt_tokens"] == minilm_local.stats.tokens - tokens
+
+        tokens = minilm_local.stats.tokens
+        with ThreadPoolExecutor(12) as pool:
+            usage = list(pool.map(lambda i: client.post("/v1/embeddings", json={"input": texts[i : i + 5]}).json()["usage"],
+                                  range(30)))  # fmt: skip
+        assert sum(u["prompt_tokens"] for u in usage) == minilm_local.stats.tokens - tokens
+
+    # the embedder is thread-safe and close() waits for calls in flight
+    other = Embedder.load("minilm", device="cpu")
+    results: list[object] = []
+    started = threading.Event()
+
+    def long_call() -> None:
+        started.set()
+        results.append(other.embed_raw([f"{k} {t}" for k in range(8) for t in texts]))  # several forward passes
+
+    t = threading.Thread(target=long_call)
+    t.start()
+    started.wait()
+    time.sleep(0.05)
+    other.close()
+    t.join()
+    assert len(results) == 1 and getattr(results[0], "shape", None) == (320, 384)
+    with pytest.raises(ModelError, match="closed"):
+        other.embed_raw(["after close"])
 
 
 def test_serve_takes_token_ids(minilm_local: Embedder, minilm_url: str) -> None:
