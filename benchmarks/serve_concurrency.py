@@ -9,7 +9,8 @@ same texts (stdlib docstrings) embedded two ways:
 Reported: texts/s of each and the ratio (16 clients / one request; target >= 0.8), the CPU seconds the
 server process and the client threads spent, and how many merged forward passes the server ran. The
 server merges concurrent requests into shared forward passes (``embed_core.serve.Batcher``);
-``--no-merge`` starts it with ``--merge-wait-ms 0 --merge-max 1`` (one request per forward pass).
+``--no-merge`` starts it with ``--merge-wait-ms 0 --merge-max 1`` (one request per forward pass);
+``--workers 1`` runs every call on one worker that uses all cores (the design before the workers).
 
 The clients run on the same machine as the server, so their own CPU time is taken from the model's
 (on 2 cores it decides the ratio): ``--client httpx`` (default) posts with one shared ``httpx.Client``,
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--no-merge", action="store_true")
     ap.add_argument("--merge-wait-ms", type=float, default=None, help="the server's merge window (default: its own)")
     ap.add_argument("--client", choices=["httpx", "stdlib"], default="httpx", help="what the client threads post with")
+    ap.add_argument("--workers", type=int, default=None, help="the server's --workers (default: its own, one per core up to 4)")
     args = ap.parse_args()
 
     texts = stdlib_docstrings(args.texts)
@@ -65,6 +67,8 @@ def main() -> None:
         cmd += ["--merge-wait-ms", "0", "--merge-max", "1"]
     elif args.merge_wait_ms is not None:
         cmd += ["--merge-wait-ms", str(args.merge_wait_ms)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -113,6 +117,7 @@ def main() -> None:
         server.wait(timeout=30)
     calls = after.get("calls", 0) - before.get("calls", 0)
     print(f"{len(texts)} texts, packaged model served by a separate process, {'no merging' if args.no_merge else 'merging on'}, "
+          f"{after.get('workers', '?')} worker(s), "
           f"{os.cpu_count()} CPUs shared by server and clients")  # fmt: skip
     print(f"one client, one request:        {one:8.1f} texts/s (baseline; server CPU {srv_one:.1f} s, model busy {busy_one:.1f} s)")
     print(f"{args.clients} clients, one text each:     {many:8.1f} texts/s -> {many / one:.2f}x "
