@@ -412,12 +412,19 @@ def _start_search_node(kind: str, label: str, version: str, home: Path, launcher
     data = Path(tempfile.mkdtemp(prefix=f"embedrail-{kind}-"))
     (data / "data").mkdir()
     (data / "logs").mkdir()
+    (data / "tmp").mkdir()
     log_path = STATE_DIR / f"{launcher}.log"
-    java_vars = (f"{env_prefix}_JAVA_HOME", f"{env_prefix}_JAVA_OPTS")
+    # the node's temp dir and the launcher's JVM probes ("final-flags*") live in the throwaway data dir,
+    # removed on stop, instead of piling up in /tmp run after run. Both launchers drop JAVA_TOOL_OPTIONS;
+    # Elasticsearch's launcher JVM takes CLI_JAVA_OPTS, OpenSearch's helper JVMs only HotSpot's _JAVA_OPTIONS.
+    tmp_opts = "CLI_JAVA_OPTS" if env_prefix == "ES" else "_JAVA_OPTIONS"
+    java_vars = (f"{env_prefix}_JAVA_HOME", f"{env_prefix}_JAVA_OPTS", f"{env_prefix}_TMPDIR", tmp_opts)
     env = dict(os.environ)
     env.pop("JAVA_HOME", None)
     env[java_vars[0]] = str(java_home)
     env[java_vars[1]] = os.environ.get(f"EMBEDRAIL_{kind.upper()}_JAVA_OPTS", "-Xms512m -Xmx1g")
+    env[java_vars[2]] = str(data / "tmp")
+    env[java_vars[3]] = f"-Djava.io.tmpdir={data / 'tmp'}"
     cmd = [
         str(home / "bin" / launcher),
         "-E", "discovery.type=single-node",
