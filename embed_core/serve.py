@@ -180,6 +180,8 @@ class Batcher:
 
     def _queue(self, job: _Job) -> _Job:
         n = len(job.inputs)
+        if not n:
+            raise InputError("nothing to embed: the request has no inputs")
         size = max(1, -(-n // self.workers))
         pieces = [_Piece(job, i, job.inputs[i : i + size]) for i in range(0, n, size)]
         with self._cond:

@@ -273,6 +273,8 @@ def test_serve_workers_cut_requests_and_count_usage_exactly(minilm_local: Embedd
             usage = list(pool.map(lambda i: client.post("/v1/embeddings", json={"input": texts[i : i + 5]}).json()["usage"],
                                   range(30)))  # fmt: skip
         assert sum(u["prompt_tokens"] for u in usage) == minilm_local.stats.tokens - tokens
+        with pytest.raises(InputError, match="no inputs"):
+            batcher.submit((None, None, False), [])  # refused, not queued as a request that never ends
 
     # the embedder is thread-safe and close() waits for calls in flight
     other = Embedder.load("minilm", device="cpu")
