@@ -69,6 +69,8 @@ def choose_placement(device: str = "auto", dtype: str | None = None, attn: str |
     dev = torch.device(device)
     compute = None
     if dtype is not None:
+        if dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16; got {dtype!r}")
         torch_dtype = _DTYPES[dtype]
     elif dev.type == "cuda":
         torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -227,8 +227,6 @@ class _LocalReranker(TokenBudgetBatching, BaseReranker):
         from .embedder import DEFAULT_BATCH_TOKENS, PACKED_CPU_BATCH_TOKENS
         from .loading import load_fast_tokenizer
 
-        if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 8):
             raise ConfigError(f"max_tokens must be an integer >= 8, got {max_tokens!r}")
         started = time.perf_counter()

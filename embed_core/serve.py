@@ -104,16 +104,17 @@ except ImportError:  # pragma: no cover - the serve extra installs orjson
         return json.dumps(obj, default=lambda a: a.tolist() if isinstance(a, np.ndarray) else str(a)).encode()
 
 
-def default_workers(embedder: BaseEmbedder) -> tuple[int, int | None]:
-    """(workers, CPU threads per worker) for serving ``embedder``: on CPU one worker per core (at most 4),
-    the cores shared out among them; one worker on a GPU, or for an embedder with no local model."""
+def default_workers(embedder: BaseEmbedder, workers: int | None = None) -> tuple[int, int | None]:
+    """(workers, CPU threads per worker) for serving ``embedder``: on CPU ``workers`` (default one per
+    core, at most 4) with the cores shared out among them; on a GPU, or for an embedder with no local
+    model, ``workers`` (default 1) and no thread budget."""
     device = getattr(getattr(embedder, "placement", None), "device", None)
     if getattr(device, "type", None) != "cpu":
-        return 1, None
+        return workers or 1, None
     from .device import available_cpus
 
     cpus = available_cpus()
-    workers = min(cpus, 4)
+    workers = workers or min(cpus, 4)
     return workers, max(1, cpus // workers)
 
 
@@ -141,10 +142,9 @@ class Batcher:
 
     def __init__(self, embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait: float = MAX_WAIT,
                  workers: int | None = None, threads: int | None = None) -> None:  # fmt: skip
-        auto_workers, auto_threads = default_workers(embedder)
         self.embedder, self.max_inputs, self.max_wait = embedder, max_inputs, max_wait
-        self.workers = workers or auto_workers
-        self.threads = threads or (auto_threads and max(1, auto_threads * auto_workers // self.workers))
+        self.workers, auto_threads = default_workers(embedder, workers)
+        self.threads = threads or auto_threads
         self.calls = 0  # embedder calls made (a merged batch is one)
         self.requests = 0  # requests answered
         self.busy = 0.0  # seconds spent in embedder calls, summed over workers
@@ -386,18 +386,15 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
         names |= {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
     info = embedder.embedding_info()
     rerank_names = {n for n in (getattr(reranker, "model", None), getattr(reranker, "model_id", None)) if n}
-    rerank_lock = threading.Lock()  # one reranker call at a time (each is already token-budget batched)
-
-    def rerank_scores(query: str, texts: list[str], instruction: str | None) -> tuple[Any, int]:
+    def ranked(query: str, texts: list[str], instruction: str | None, top_n: int | None = None) -> tuple[list[tuple[int, float]], int]:
+        """``(index, score)`` best first, and the tokens this call ran (counted per thread: calls may overlap)."""
         if reranker is None:
             raise _ApiError(404, "this server has no reranker; start it with --reranker MODEL", None, "not_found")
         if len(texts) > max_inputs:
             raise _ApiError(400, f"at most {max_inputs} documents per request; got {len(texts)}", "documents", "too_many_inputs")
         try:
-            with rerank_lock:
-                before = reranker.stats.tokens
-                scores = reranker.rerank(query, texts, instruction=instruction)
-                return scores, reranker.stats.tokens - before
+            with reranker.stats.tally() as mine:
+                return reranker.rank(query, texts, top_n, instruction=instruction), mine.tokens
         except (InputError, ConfigError) as exc:
             raise _ApiError(400, str(exc), "query", "invalid_value") from exc
         except EmbedrailError as exc:
@@ -442,11 +439,10 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
             texts.append(text)
         if req.top_n is not None and req.top_n < 1:
             raise _ApiError(400, "top_n must be at least 1", "top_n", "invalid_value")
-        scores, tokens = rerank_scores(req.query, texts, req.instruction)
-        order = sorted(range(len(texts)), key=lambda i: -float(scores[i]))[: req.top_n or len(texts)]
+        order, tokens = ranked(req.query, texts, req.instruction, req.top_n)
         results = []
-        for i in order:
-            item: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
+        for i, score in order:
+            item: dict[str, Any] = {"index": i, "relevance_score": score}
             if req.return_documents:
                 item["document"] = {"text": texts[i]}
             results.append(item)
@@ -455,10 +451,9 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
 
     @app.post("/rerank")
     def rerank_tei(req: TeiRerankRequest) -> Any:
-        scores, _ = rerank_scores(req.query, list(req.texts), req.instruction)
-        order = sorted(range(len(req.texts)), key=lambda i: -float(scores[i]))
-        return JSONResponse([{"index": i, "score": float(scores[i]), **({"text": req.texts[i]} if req.return_text else {})}
-                             for i in order])  # fmt: skip
+        order, _ = ranked(req.query, list(req.texts), req.instruction)
+        return JSONResponse([{"index": i, "score": score, **({"text": req.texts[i]} if req.return_text else {})}
+                             for i, score in order])  # fmt: skip
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> Any:
