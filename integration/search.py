@@ -173,9 +173,8 @@ class Searcher:
             if t4 - t3 > 0.001:
                 timings["load_reranker"] = t4 - t3
             first_stage, reranker_id = list(hits), str(rr.model_id)
-            scores = rr.rerank(query, [h.text or "" for h in hits], instruction=rerank_instruction)
-            order = sorted(range(len(hits)), key=lambda i: -float(scores[i]))  # stable: ties keep the first stage's order
-            hits = [dataclasses.replace(hits[i], score=float(scores[i])) for i in order]
+            ranked = rr.rank(query, [h.text or "" for h in hits], instruction=rerank_instruction)  # ties: first-stage order
+            hits = [dataclasses.replace(hits[i], score=score) for i, score in ranked]
             timings["rerank"] = time.perf_counter() - t4
             stages.append("rerank")
         if distinct_docs:
