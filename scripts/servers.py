@@ -401,11 +401,13 @@ def provision_es() -> Path:
 
 
 def _start_search_node(kind: str, label: str, version: str, home: Path, launcher: str, env_prefix: str,
-                       extra_settings: Iterable[str] = ()) -> Server:
+                       helper_jvm_var: str, extra_settings: Iterable[str] = ()) -> Server:
     """Start one single-node Elasticsearch-family server on free loopback ports with a throwaway data dir.
 
-    ``env_prefix`` is ES or OPENSEARCH: the launcher reads <prefix>_JAVA_HOME and <prefix>_JAVA_OPTS (and
-    EMBEDRAIL_<kind>_JAVA_OPTS overrides the heap); as root the node runs as the unprivileged service user.
+    ``env_prefix`` is ES or OPENSEARCH: the launcher reads <prefix>_JAVA_HOME, <prefix>_JAVA_OPTS (and
+    EMBEDRAIL_<kind>_JAVA_OPTS overrides the heap) and <prefix>_TMPDIR; ``helper_jvm_var`` is the variable
+    whose JVM options reach the launcher's own helper JVMs (both launchers drop JAVA_TOOL_OPTIONS). As
+    root the node runs as the unprivileged service user.
     """
     java_home = find_java(17)
     http_port, transport_port = free_ports(2)
@@ -414,17 +416,15 @@ def _start_search_node(kind: str, label: str, version: str, home: Path, launcher
     (data / "logs").mkdir()
     (data / "tmp").mkdir()
     log_path = STATE_DIR / f"{launcher}.log"
-    # the node's temp dir and the launcher's JVM probes ("final-flags*") live in the throwaway data dir,
-    # removed on stop, instead of piling up in /tmp run after run. Both launchers drop JAVA_TOOL_OPTIONS;
-    # Elasticsearch's launcher JVM takes CLI_JAVA_OPTS, OpenSearch's helper JVMs only HotSpot's _JAVA_OPTIONS.
-    tmp_opts = "CLI_JAVA_OPTS" if env_prefix == "ES" else "_JAVA_OPTIONS"
-    java_vars = (f"{env_prefix}_JAVA_HOME", f"{env_prefix}_JAVA_OPTS", f"{env_prefix}_TMPDIR", tmp_opts)
-    env = dict(os.environ)
-    env.pop("JAVA_HOME", None)
-    env[java_vars[0]] = str(java_home)
-    env[java_vars[1]] = os.environ.get(f"EMBEDRAIL_{kind.upper()}_JAVA_OPTS", "-Xms512m -Xmx1g")
-    env[java_vars[2]] = str(data / "tmp")
-    env[java_vars[3]] = f"-Djava.io.tmpdir={data / 'tmp'}"
+    # the node's temp dir and the helper JVMs' probes ("final-flags*") live in the throwaway data dir,
+    # removed on stop, instead of piling up in /tmp run after run
+    java_env = {
+        f"{env_prefix}_JAVA_HOME": str(java_home),
+        f"{env_prefix}_JAVA_OPTS": os.environ.get(f"EMBEDRAIL_{kind.upper()}_JAVA_OPTS", "-Xms512m -Xmx1g"),
+        f"{env_prefix}_TMPDIR": str(data / "tmp"),
+        helper_jvm_var: f"-Djava.io.tmpdir={data / 'tmp'}",
+    }
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"} | java_env
     cmd = [
         str(home / "bin" / launcher),
         "-E", "discovery.type=single-node",
@@ -441,7 +441,7 @@ def _start_search_node(kind: str, label: str, version: str, home: Path, launcher
         cmd += ["-E", setting]
     if is_root():
         chown_tree(data, ES_USER)
-        cmd = as_service_user(cmd, java_vars, env)
+        cmd = as_service_user(cmd, java_env, env)
     log(f"starting {label} {version} (JDK {java_home}) on 127.0.0.1:{http_port}")
     p = _spawn(cmd, env, log_path, cwd=home)
     return Server(kind=kind, url=f"{kind}://127.0.0.1:{http_port}", pid=p.pid, log=str(log_path), data_dir=str(data),
@@ -450,7 +450,7 @@ def _start_search_node(kind: str, label: str, version: str, home: Path, launcher
 
 
 def start_es() -> Server:
-    return _start_search_node("es", "Elasticsearch", ES_VERSION, provision_es(), "elasticsearch", "ES",
+    return _start_search_node("es", "Elasticsearch", ES_VERSION, provision_es(), "elasticsearch", "ES", "CLI_JAVA_OPTS",
                               ["xpack.security.enabled=false"])  # fmt: skip
 
 
@@ -498,7 +498,7 @@ def provision_opensearch() -> Path:
 
 def start_opensearch() -> Server:
     return _start_search_node("opensearch", "OpenSearch + k-NN", OPENSEARCH_VERSION, provision_opensearch(),
-                              "opensearch", "OPENSEARCH")  # fmt: skip
+                              "opensearch", "OPENSEARCH", "_JAVA_OPTIONS")  # HotSpot's: its helper JVMs take no other  # fmt: skip
 
 
 def provision_weaviate() -> Path:
