@@ -8,7 +8,7 @@ same texts (stdlib docstrings) embedded two ways:
 
 Reported: texts/s of each and the ratio (16 clients / one request; target >= 0.8), the CPU seconds the
 server process and the client threads spent, and how many merged forward passes the server ran. The
-server merges concurrent requests into shared forward passes (``embed_core.serve.Batcher``);
+server merges concurrent requests into shared forward passes (``embed_core.request_batcher.Batcher``);
 ``--no-merge`` starts it with ``--merge-wait-ms 0 --merge-max 1`` (one request per forward pass);
 ``--workers 1`` runs every call on one worker that uses all cores (the design before the workers).
 
