@@ -13,7 +13,12 @@ twice into fresh, identically configured indices:
 
 and print vectors/s and the ratio ours/client (target >= 0.9). Not a test.
 
-    .venv/bin/python benchmarks/upsert_throughput.py [--n 20000] [--repeat 1] [--stores es,opensearch,chroma,chroma_http,weaviate,pgvector,qdrant]
+``--rebuild``: ours is a full rebuild's load instead (``begin_rebuild``, ``upsert``, ``flush``,
+``commit_rebuild``, timed whole); pgvector's client path is then its bulk-loading recipe in full: COPY
+into the table without its HNSW index, then ``CREATE INDEX``. ``--in-place`` adds our plain upsert
+as a second baseline.
+
+    .venv/bin/python benchmarks/upsert_throughput.py [--n 20000] [--repeat 1] [--rebuild [--in-place]] [--stores es,opensearch,chroma,chroma_http,weaviate,pgvector,qdrant]
 """
 
 from __future__ import annotations
@@ -155,18 +160,39 @@ def client_qdrant(store: Any, recs: list[Record]) -> float:
     return time.perf_counter() - t
 
 
-def client_pgvector(store: Any, recs: list[Record]) -> float:
+def client_pgvector(store: Any, recs: list[Record], index_after: bool = False) -> float:
+    """COPY into the table (``index_after``: into the table without its HNSW index, then build it)."""
     import json
 
     conn = store.client
-    table = store._t(store.describe().physical_name)  # noqa: SLF001 - the same table our path writes
+    physical = store.describe().physical_name
+    table = store._t(physical)  # noqa: SLF001 - the same table our path writes
+    if index_after:  # not timed: the table as a rebuild's load finds it
+        (name,) = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%USING hnsw%%'",
+                               (physical,)).fetchone()  # fmt: skip
+        conn.execute(f"DROP INDEX {store._t(name)}")  # noqa: SLF001
     t = time.perf_counter()
     with conn.transaction(), conn.cursor().copy(f"COPY {table} (id, embedding, text, metadata) FROM STDIN WITH (FORMAT BINARY)") as copy:
         copy.set_types(["text", "vector", "text", "jsonb"])
         for r in recs:
             copy.write_row((r.id, np.asarray(r.vector, dtype=np.float32), r.text, json.dumps(r.metadata)))
+    if index_after:
+        conn.execute(store._hnsw_sql(physical, SPEC))  # noqa: SLF001 - the same m / ef_construction as ours
     dt = time.perf_counter() - t
     return dt
+
+
+def ours_rebuild(store: Any, recs: list[Record]) -> float:
+    """A full rebuild's load: into a new physical index, switched to at the end."""
+    store.drop_grace = 0  # no grace period for readers of the old index here
+    t = time.perf_counter()
+    new = store.begin_rebuild(SPEC)
+    try:
+        ours(new, recs)
+        store.commit_rebuild(new)
+    finally:
+        new.close()
+    return time.perf_counter() - t
 
 
 CLIENT_PATHS: dict[str, tuple[str, Callable[[Any, list[Record]], float]]] = {
@@ -180,11 +206,15 @@ CLIENT_PATHS: dict[str, tuple[str, Callable[[Any, list[Record]], float]]] = {
 }
 
 
-def run(kind: str, base: str, recs: list[Record], repeat: int) -> tuple[float, float]:
+def run(kind: str, base: str, recs: list[Record], repeat: int, rebuild: bool = False,
+        in_place: bool = False) -> tuple[float, float, float | None]:  # fmt: skip
     ours_t: list[float] = []
     client_t: list[float] = []
+    plain_t: list[float] = []
     for rep in range(repeat):
-        order = ("client", "ours") if rep % 2 == 0 else ("ours", "client")
+        order = ["client", "ours"] if rep % 2 == 0 else ["ours", "client"]
+        if rebuild and in_place:
+            order.append("plain")
         for which in order:
             store = connect(_with_name(base, f"bench_{which}_{uuid.uuid4().hex[:8]}"))
             try:
@@ -192,13 +222,20 @@ def run(kind: str, base: str, recs: list[Record], repeat: int) -> tuple[float, f
                 if kind == "weaviate" and which == "client":  # give the client path the same schema
                     store.upsert(recs[:1])
                     store.delete([recs[0].id])
-                dt = ours(store, recs) if which == "ours" else CLIENT_PATHS[kind][1](store, recs)
+                if which == "ours":
+                    dt = ours_rebuild(store, recs) if rebuild else ours(store, recs)
+                elif which == "plain":
+                    dt = ours(store, recs)
+                elif rebuild and kind == "pgvector":
+                    dt = client_pgvector(store, recs, index_after=True)
+                else:
+                    dt = CLIENT_PATHS[kind][1](store, recs)
                 assert store.count() == len(recs)
-                (ours_t if which == "ours" else client_t).append(dt)
+                {"ours": ours_t, "client": client_t, "plain": plain_t}[which].append(dt)
             finally:
                 store.drop()
                 store.close()
-    return statistics.median(ours_t), statistics.median(client_t)
+    return statistics.median(ours_t), statistics.median(client_t), (statistics.median(plain_t) if plain_t else None)
 
 
 def main() -> None:
@@ -206,6 +243,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--stores", default="es,opensearch,chroma,chroma_http,weaviate,pgvector,qdrant")
+    ap.add_argument("--rebuild", action="store_true", help="ours = a full rebuild's load (begin/upsert/commit_rebuild)")
+    ap.add_argument("--in-place", action="store_true", help="with --rebuild: also time our plain upsert")
     args = ap.parse_args()
     t = time.perf_counter()
     texts, vecs = dataset(args.n)
@@ -218,12 +257,17 @@ def main() -> None:
             print(f"{kind}: not running (no URL), skipped")
             continue
         print(f"{kind}: {parse_url(urls[kind]).safe} ...", flush=True)
-        o, c = run(kind, urls[kind], recs, args.repeat)
-        rows.append((kind, CLIENT_PATHS[kind][0], len(recs) / o, len(recs) / c))
+        o, c, p = run(kind, urls[kind], recs, args.repeat, args.rebuild, args.in_place)
+        path = "COPY, then CREATE INDEX" if args.rebuild and kind == "pgvector" else CLIENT_PATHS[kind][0]
+        rows.append((kind, path, len(recs) / o, len(recs) / c, len(recs) / p if p else None))
     print()
-    print(f"{'store':<12} {'client path':<28} {'ours vec/s':>11} {'client vec/s':>13} {'ratio':>6}")
-    for kind, path, o, c in rows:
-        print(f"{kind:<12} {path:<28} {o:>11,.0f} {c:>13,.0f} {o / c:>6.2f}")
+    what = "ours = rebuild load" if args.rebuild else "ours = upsert"
+    print(f"{what}; ratio = ours / client" + ("; in-place = our upsert into the live index" if args.in_place else ""))
+    print(f"{'store':<12} {'client path':<28} {'ours vec/s':>11} {'client vec/s':>13} {'ratio':>6}"
+          + (f" {'in-place vec/s':>15} {'ours/in-place':>14}" if args.in_place else ""))  # fmt: skip
+    for kind, path, o, c, p in rows:
+        extra = f" {p:>15,.0f} {o / p:>14.2f}" if p else ""
+        print(f"{kind:<12} {path:<28} {o:>11,.0f} {c:>13,.0f} {o / c:>6.2f}{extra}")
 
 
 if __name__ == "__main__":

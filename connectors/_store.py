@@ -537,6 +537,7 @@ class BaseStore:
         if not isinstance(new, type(self)) or not new._physical_fixed:
             raise ConfigError("commit_rebuild needs the store returned by begin_rebuild()/open_rebuild()")
         target = new._physical_fixed
+        self._finish_physical(target)
         self._invalidate()
         old = self._switch(target)
         log.info("%s: %s now points at %s", self.url, self.name, target)
@@ -545,6 +546,10 @@ class BaseStore:
             time.sleep(self.drop_grace)
         for p in old:
             self._drop_physical(p)
+
+    def _finish_physical(self, physical: str) -> None:  # native, optional
+        """Complete a loaded rebuild before readers are switched to it (pgvector builds its HNSW index
+        here); idempotent, since a commit may be retried after a crash."""
 
     def _switch(self, physical: str) -> Sequence[str]:  # native
         """Point the name at ``physical`` atomically; return the physical indices it pointed at before."""

@@ -19,13 +19,17 @@ connection you already have (autocommit; never closed by us).
   selective filter still returns ``k`` hits; hits are re-sorted by score.
 - Rebuilds: the name is a pointer in a small table (``embedrail_aliases``: name -> physical table) and a
   view of that name for SQL readers; a switch updates both in one transaction (PostgreSQL DDL is
-  transactional), so readers see the complete old or the complete new table.
+  transactional), so readers see the complete old or the complete new table. A rebuild's table is
+  loaded without its HNSW index, which ``commit_rebuild`` builds over the loaded rows before the switch
+  (pgvector builds an index over existing rows several times faster than it inserts rows into one;
+  ``maintenance_work_mem=`` sets the memory that build may use, see the README).
 - The sync ledger may live in the same database (its tables are ``er_*``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,10 +47,13 @@ from embedrail.errors import ConfigError, DimensionLimitError
 
 __all__ = ["PgvectorStore"]
 
+log = logging.getLogger(__name__)
+
 REGISTRY = "embedrail_aliases"
 VECTOR_MAX, HALFVEC_MAX = 2000, 4000  # pgvector's HNSW limits (vector, halfvec)
 _OPS = {"cosine": ("cosine", "<=>"), "dot": ("ip", "<#>"), "l2": ("l2", "<->")}
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")  # + "__v<21>" stays inside PostgreSQL's 63-byte identifiers
+_MEMORY_RE = re.compile(r"^\d+\s*(kB|MB|GB|TB)?$")
 
 
 def _q(ident: str) -> str:
@@ -61,10 +68,16 @@ class PgvectorStore(BaseStore):
 
     def __init__(self, client_or_url: Any, table: str | None = None, *, m: int = 16, ef_construction: int = 64,
                  ef_search: int = 100, batch_size: int = 500, schema: str | None = None, text_config: str = "simple",
-                 **base: Any) -> None:  # fmt: skip
+                 maintenance_work_mem: str | None = None, **base: Any) -> None:  # fmt: skip
         super().__init__(client_or_url, table, **base)
         self.m, self.ef_construction, self.ef_search, self.batch_size = int(m), int(ef_construction), int(ef_search), int(batch_size)
         self.schema = schema or (self._u.param("schema") if self._u else None) or "public"
+        # memory for building a rebuild's HNSW index (None: the server's setting); pgvector builds much
+        # faster while the graph fits in it
+        memory = maintenance_work_mem or (self._u.param("maintenance_work_mem") if self._u else None)
+        if memory is not None and not _MEMORY_RE.match(str(memory)):
+            raise ConfigError(f"maintenance_work_mem={memory!r}: expected a PostgreSQL memory size such as '2GB' or '512MB'")
+        self.maintenance_work_mem = memory
         self._lock = threading.RLock()
         self._version: tuple[int, ...] | None = None
         self.text_config = text_config  # the full-text search configuration of keyword/hybrid search
@@ -232,20 +245,52 @@ class PgvectorStore(BaseStore):
 
     def _create_physical(self, physical: str, spec: IndexSpec) -> None:
         vtype = self._column_type(spec.dims)
-        ops = f"{vtype}_{_OPS[spec.metric][0]}_ops"
         comment = json.dumps({"embedrail": spec_to_dict(spec), "logical": self.name}, sort_keys=True)
+        # a rebuild's table (this store is bound to it) is loaded first and gets its HNSW index at commit
+        # (_finish_physical): inserting row by row into an HNSW index is several times slower than one build
+        defer = self._physical_fixed == physical
 
         def create(conn: Any) -> None:
             t = self._t(physical)
             conn.execute(f"CREATE TABLE {t} (id text PRIMARY KEY, embedding {vtype}({int(spec.dims)}) NOT NULL, "
                          "text text NOT NULL DEFAULT '', metadata jsonb NOT NULL DEFAULT '{}')")  # fmt: skip
             # unnamed indexes: PostgreSQL picks unique names (physical + a suffix would pass 63 bytes)
-            conn.execute(f"CREATE INDEX ON {t} USING hnsw (embedding {ops}) WITH (m = {self.m}, ef_construction = {self.ef_construction})")
+            if not defer:
+                conn.execute(self._hnsw_sql(physical, spec))
             conn.execute(f"CREATE INDEX ON {t} USING gin (metadata jsonb_path_ops)")
             conn.execute(f"CREATE INDEX ON {t} USING gin (to_tsvector({_literal(self.text_config)}::regconfig, text))")
             conn.execute(f"COMMENT ON TABLE {t} IS {_literal(comment)}")
 
         self._tx(create, "create table")
+
+    def _hnsw_sql(self, physical: str, spec: IndexSpec) -> str:
+        ops = f"{self._column_type(spec.dims)}_{_OPS[spec.metric][0]}_ops"
+        return f"CREATE INDEX ON {self._t(physical)} USING hnsw (embedding {ops}) WITH (m = {self.m}, ef_construction = {self.ef_construction})"
+
+    def has_vector_index(self, physical: str | None = None) -> bool:
+        """Whether ``physical`` (default: the table this store reads) has its HNSW index (a rebuild's
+        table gets it at ``commit_rebuild``)."""
+        rows = self._sql("SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                         "WHERE i.indrelid = %s::regclass AND a.amname = 'hnsw'",
+                         (self._t(physical or self.resolve() or self.name),), "read indexes")  # fmt: skip
+        return bool(rows)
+
+    def _finish_physical(self, physical: str) -> None:
+        """Build the HNSW index of a loaded rebuild table (once: a commit retried after a crash finds it).
+        One transaction: a build that dies leaves no half index, and the next commit builds it again."""
+        if self.has_vector_index(physical):
+            return
+        spec = self._spec_of(physical)
+        if spec is None:
+            raise ConfigError(f"{self.url}: {physical!r} records no embedrail spec; cannot index it")
+
+        def build(conn: Any) -> None:
+            if self.maintenance_work_mem:
+                conn.execute(f"SET LOCAL maintenance_work_mem = {_literal(str(self.maintenance_work_mem))}")
+            conn.execute(self._hnsw_sql(physical, spec))
+
+        log.info("%s: building the HNSW index of %s", self.url, physical)
+        self._tx(build, "build vector index")
 
     def _create_named(self, spec: IndexSpec) -> str:
         physical = self._new_physical_name()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import psycopg
@@ -17,7 +18,7 @@ from util import with_name
 
 from connectors import IndexSpec, Record, connect
 from connectors.pgvector import PgvectorStore
-from embedrail.errors import ConfigError, DimensionLimitError, StoreUnavailableError
+from embedrail.errors import ConfigError, DimensionLimitError, StoreError, StoreUnavailableError
 from integration.engine import SyncEngine
 
 
@@ -122,9 +123,17 @@ def test_sync_into_pgvector_with_the_ledger_in_the_same_database(tmp_path: Path,
         r = e.run()
     assert r.ok and r.embedded == 0 and sum(r.retagged.values()) > 0 and sum(r.deleted.values()) > 0
     assert_in_step(target, emb, docs, 24)
+    with connect(target) as s:
+        before = s.describe().physical_name
     with _conn(pgvector_url) as c:  # one database holds both
         tables = {t for (t,) in c.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"er_chunks", "er_docs", "embedrail_aliases"} <= tables
+    with SyncEngine(str(src), [target], ledger=ledger, embedder=emb, chunk_tokens=24, mode="full", progress=False) as e:
+        r = e.run()  # a full rebuild: loaded into a plain table, HNSW-indexed before the switch
+    assert r.ok and r.embedded + r.reused == r.chunks
+    assert_in_step(target, emb, docs, 24)
+    with connect(target) as s:
+        assert s.has_vector_index() and s.describe().physical_name != before
 
 
 def test_the_longest_name_works(pgvector_url: str) -> None:
@@ -136,4 +145,51 @@ def test_the_longest_name_works(pgvector_url: str) -> None:
         assert new.upsert([Record(id="a", vector=_unit(1, 8)[0])]).ok
         s.commit_rebuild(new)
         assert s.count() == 1
+        s.drop()
+
+
+def test_a_rebuild_is_loaded_without_its_hnsw_index_and_indexed_before_the_switch(pgvector_url: str) -> None:
+    vecs = _unit(300, 16, seed=3)
+    recs = [Record(id=f"r{i}", vector=v, text=f"t{i}") for i, v in enumerate(vecs)]
+    with connect(with_name(pgvector_url, _name())) as s:
+        s.ensure_index(IndexSpec(dims=16, metric="cosine", fingerprint="a"))
+        assert s.has_vector_index()  # an index created in place has it from the start
+        assert s.upsert(recs[:5]).ok
+        new = s.begin_rebuild(IndexSpec(dims=16, metric="cosine", fingerprint="b"))
+        physical = new.describe().physical_name
+        assert not new.has_vector_index()  # the load goes into a plain table
+        assert new.upsert(recs).ok
+        assert [h.id for h in new.search(vecs[42], k=3)][0] == "r42"  # searchable (exactly) while loading
+
+        def broken(physical: str, spec: IndexSpec) -> str:  # fault: the build fails
+            return f"CREATE INDEX ON {s._t(physical)} USING hnsw (no_such_column vector_cosine_ops)"
+
+        with mock.patch.object(PgvectorStore, "_hnsw_sql", side_effect=broken, autospec=False), pytest.raises(StoreError):
+            s.commit_rebuild(new)
+        assert s.count() == 5 and s.describe().physical_name != physical  # readers still see the old table
+        assert not s.has_vector_index(physical)  # the failed build left no half index
+
+        s.commit_rebuild(new)  # the retried commit builds it, then switches
+        assert s.describe().physical_name == physical and s.count() == 300
+        assert s.has_vector_index()
+        s._finish_physical(physical)  # idempotent: a commit retried after a crash finds the index
+        with _conn(pgvector_url) as c:
+            n = c.execute("SELECT count(*) FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%USING hnsw%%'",
+                          (physical,)).fetchone()[0]  # fmt: skip
+        assert n == 1
+        hits = s.search(vecs[7], k=5)
+        assert hits[0].id == "r7" and hits[0].score > 0.999
+        s.drop()
+
+
+def test_maintenance_work_mem_is_checked_and_used(pgvector_url: str) -> None:
+    with pytest.raises(ConfigError, match="maintenance_work_mem"):
+        PgvectorStore(with_name(pgvector_url, _name()), maintenance_work_mem="1GB; DROP TABLE x")
+    with connect(with_name(pgvector_url, _name()) + "&maintenance_work_mem=256MB") as s:
+        assert s.maintenance_work_mem == "256MB"
+        s.ensure_index(IndexSpec(dims=8, metric="l2", fingerprint="a"))
+        new = s.begin_rebuild(IndexSpec(dims=8, metric="l2", fingerprint="b"))
+        assert new.upsert([Record(id=f"r{i}", vector=v) for i, v in enumerate(_unit(20, 8))]).ok
+        s.commit_rebuild(new)
+        assert s.has_vector_index() and s.count() == 20
         s.drop()
