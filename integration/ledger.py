@@ -19,6 +19,8 @@ describe) it records
   (see ``acquire``); renewed by every intent and commit of the holding run.
 - ``er_meta``: a small cache (e.g. a model's fingerprint/dims) so an unchanged run needs no model.
 
+The tables themselves are declared in :mod:`integration.ledger_schema`.
+
 The rule of DESIGN.md holds by construction: the engine calls ``commit_*`` only after the target
 acknowledged, so the ledger is never ahead of the store.
 """
@@ -38,13 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Column,
-    Index,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
     and_,
     create_engine,
     delete,
@@ -60,66 +56,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from embedrail.errors import ConfigError, LedgerError, RunConflictError
 from embedrail.secrets import redact_url
 
+from .ledger_schema import chunks_t, docs_t, leases_t, meta_t, metadata, targets_t, watermarks_t
+
 __all__ = ["DEFAULT_LEDGER_URL", "Ledger", "TargetState"]
 
 DEFAULT_LEDGER_URL = "sqlite:///.embedrail/ledger.sqlite"
 T = TypeVar("T")
 _IN_BATCH = 400
-
-metadata = MetaData()
-targets_t = Table(
-    "er_targets",
-    metadata,
-    Column("target", String(512), primary_key=True),
-    Column("generation", String(512), nullable=False, default=""),
-    Column("fingerprint", String(128), nullable=False, default=""),
-    Column("spec", Text, nullable=False, default="{}"),
-    Column("pending_generation", String(512), nullable=True),
-    Column("pending_fingerprint", Text, nullable=True),
-    Column("updated_at", Integer, nullable=False, default=0),
-)
-docs_t = Table(
-    "er_docs",
-    metadata,
-    Column("target", String(512), primary_key=True),
-    Column("generation", String(512), primary_key=True),
-    Column("doc_id", String(1024), primary_key=True),
-    Column("doc_hash", String(64), nullable=False),
-    Column("n_chunks", Integer, nullable=False),
-)
-chunks_t = Table(
-    "er_chunks",
-    metadata,
-    Column("target", String(512), primary_key=True),
-    Column("generation", String(512), primary_key=True),
-    Column("chunk_id", String(1100), primary_key=True),
-    Column("doc_id", String(1024), nullable=False),
-    Column("fingerprint", String(64), nullable=True),
-    Index("er_chunks_doc", "target", "generation", "doc_id"),
-)
-watermarks_t = Table(
-    "er_watermarks",
-    metadata,
-    Column("target", String(512), primary_key=True),
-    Column("source", String(1024), primary_key=True),
-    Column("value", Text, nullable=True),
-)
-leases_t = Table(
-    "er_leases",
-    metadata,
-    Column("target", String(512), primary_key=True),
-    Column("run_id", String(64), nullable=False),
-    Column("owner", String(512), nullable=False),
-    Column("started_at", Integer, nullable=False),
-    Column("expires_at", Integer, nullable=False),
-)
-meta_t = Table(
-    "er_meta",
-    metadata,
-    Column("key", String(512), primary_key=True),
-    Column("value", Text, nullable=False),
-)
-
 
 @dataclass(slots=True)
 class TargetState:
