@@ -21,8 +21,6 @@
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,31 +32,24 @@ from connectors._records import batched, parse_version, spec_from_dict, spec_to_
 from connectors._retry import log
 from connectors._store import BaseStore, Batch, ReadTarget
 from connectors._urls import StoreURL
+from connectors._weaviate_schema import (
+    META_PREFIX,
+    PROP_RE,
+    RETURN_PROPS,
+    condition,
+    normalize_name,
+    object_properties,
+    object_uuid,
+    to_hit,
+    to_score,
+)
 from connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
 from embedrail.errors import ConfigError, StoreError, StoreUnavailableError
 from embedrail.secrets import short_error
 
 __all__ = ["WeaviateStore", "normalize_name"]
 
-_PROP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
-META_PREFIX = "m_"
 DEFAULT_HNSW = {"ef_construction": 128, "max_connections": 32, "ef": -1, "dynamic_ef_min": 100, "dynamic_ef_max": 500}
-_RETURN = ["doc_id", "text", "meta_json"]
-
-
-def normalize_name(name: str) -> str:
-    """Map any index name to a valid Weaviate collection name: ``[A-Z][A-Za-z0-9_]*``."""
-    n = re.sub(r"[^A-Za-z0-9_]", "_", name.strip())
-    if not n:
-        raise ConfigError("empty Weaviate collection name")
-    if not n[0].isalpha():
-        n = "C" + n
-    return n[0].upper() + n[1:]
-
-
-def _uuid(doc_id: str) -> str:
-    # same as weaviate.util.generate_uuid5(doc_id): uuid5 of the id in the DNS namespace
-    return str(uuid.uuid5(uuid.NAMESPACE_DNS, doc_id))
 
 
 class WeaviateStore(BaseStore):
@@ -278,7 +269,7 @@ class WeaviateStore(BaseStore):
         new_props: dict[str, str] = {}
         for r, vec in items:
             try:
-                props, types = _properties(r)
+                props, types = object_properties(r)
             except (TypeError, ValueError) as e:
                 result.failed[r.id] = f"metadata is not JSON-serialisable: {e}"
                 continue
@@ -289,7 +280,7 @@ class WeaviateStore(BaseStore):
                 continue
             for k, t in types.items():
                 new_props.setdefault(k, t)
-            objs.append((r.id, DataObject(properties=props, uuid=_uuid(r.id), vector=vec.tolist())))
+            objs.append((r.id, DataObject(properties=props, uuid=object_uuid(r.id), vector=vec.tolist())))
         if new_props:
             self._ensure_props(target.physical, new_props)
         col = self._col(target.physical)
@@ -318,7 +309,7 @@ class WeaviateStore(BaseStore):
         out: dict[str, tuple[np.ndarray, str]] = {}
         col = self._col(target.physical)
         for batch in batched(ids, 1000):
-            uuids = [_uuid(i) for i in batch]
+            uuids = [object_uuid(i) for i in batch]
             res = self._call(lambda u=uuids: col.query.fetch_objects(filters=Filter.by_id().contains_any(u), limit=len(u),
                                                                      return_properties=["doc_id", "text"], include_vector=True),
                              "read vectors")  # fmt: skip
@@ -332,7 +323,7 @@ class WeaviateStore(BaseStore):
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
         from weaviate.classes.query import Filter
 
-        uuids = [_uuid(i) for i in ids]
+        uuids = [object_uuid(i) for i in ids]
         out = self._call(lambda: self._col(physical).data.delete_many(where=Filter.by_id().contains_any(uuids)), "delete")
         if not getattr(out, "failed", 0):
             return {}
@@ -355,7 +346,7 @@ class WeaviateStore(BaseStore):
         try:
             res = self._call(lambda: self._col(name).query.near_vector(
                 near_vector=vec.tolist(), limit=max(1, int(k)), filters=flt, return_metadata=MetadataQuery(distance=True),
-                return_properties=_RETURN), "search")  # fmt: skip
+                return_properties=RETURN_PROPS), "search")  # fmt: skip
         except StoreUnavailableError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -364,7 +355,7 @@ class WeaviateStore(BaseStore):
                 return self.search(vector, k, filter, _again=False)
             raise self._error(e, "search") from None
         metric = target.spec.metric if target.spec else "cosine"
-        return [_hit(o, _score(metric, float(o.metadata.distance))) for o in res.objects]
+        return [to_hit(o, to_score(metric, float(o.metadata.distance))) for o in res.objects]
 
     supports_hybrid = True
 
@@ -385,7 +376,7 @@ class WeaviateStore(BaseStore):
             res = self._call(lambda: self._col(name).query.hybrid(
                 query=query, vector=vec.tolist(), alpha=float(alpha), limit=k, filters=flt, query_properties=["text"],
                 fusion_type=HybridFusion.RANKED if fusion == "rrf" else HybridFusion.RELATIVE_SCORE, return_metadata=MetadataQuery(score=True),
-                return_properties=_RETURN), "hybrid search")  # fmt: skip
+                return_properties=RETURN_PROPS), "hybrid search")  # fmt: skip
         except StoreUnavailableError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -393,7 +384,7 @@ class WeaviateStore(BaseStore):
                 self._invalidate()
                 return self.hybrid_search(query, vector, k, filter, alpha=alpha, candidates=candidates, fusion=fusion, _again=False)
             raise self._error(e, "hybrid search") from None
-        return [_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
+        return [to_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
 
     def _filter(self, physical: str, conds: list[Cond]) -> tuple[Any, bool]:
         """(weaviate filter or None, True if no object can match)."""
@@ -405,7 +396,7 @@ class WeaviateStore(BaseStore):
         parts = []
         for c in conds:
             name = META_PREFIX + c.field
-            if not _PROP_RE.match(c.field) or name not in props:
+            if not PROP_RE.match(c.field) or name not in props:
                 if name not in props:  # maybe added by another writer: re-read the schema once
                     self._specs.pop(physical, None)
                     self._spec_of(physical)
@@ -417,7 +408,7 @@ class WeaviateStore(BaseStore):
             typ, val = props[name], c.value
             if typ.startswith("number"):
                 val = [float(v) for v in val] if isinstance(val, list) else float(val)
-            parts.append(_condition(Filter.by_property(name), c.op, val, many=typ.endswith("[]")))
+            parts.append(condition(Filter.by_property(name), c.op, val, many=typ.endswith("[]")))
         if not parts:
             return None, False
         return (parts[0] if len(parts) == 1 else Filter.all_of(parts)), False
@@ -446,10 +437,10 @@ class WeaviateStore(BaseStore):
         out: dict[str, Hit] = {}
         col = self._col(physical)
         for batch in batched(ids, 1000):
-            uuids = [_uuid(i) for i in batch]
+            uuids = [object_uuid(i) for i in batch]
             res = self._call(lambda u=uuids: col.query.fetch_objects(filters=Filter.by_id().contains_any(u), limit=len(u),
-                                                                     return_properties=_RETURN), "get")  # fmt: skip
-            out.update((h.id, h) for h in (_hit(o, 1.0) for o in res.objects))
+                                                                     return_properties=RETURN_PROPS), "get")  # fmt: skip
+            out.update((h.id, h) for h in (to_hit(o, 1.0) for o in res.objects))
         return out
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -482,64 +473,3 @@ class WeaviateStore(BaseStore):
         else:
             self._call(lambda: self.client.alias.update(alias_name=self.name, new_target_collection=physical), "switch alias")
         return [old] if old else []
-
-
-def _condition(p: Any, op: str, val: Any, many: bool) -> Any:
-    """One portable filter condition on a Weaviate property (``many``: an array property)."""
-    if op == "$eq":
-        return p.contains_any([val]) if many else p.equal(val)
-    if op == "$ne":
-        return p.contains_none([val]) if many else p.not_equal(val)
-    if op == "$in":
-        return p.contains_any(val)
-    if op == "$nin":
-        return p.contains_none(val)
-    return {"$gt": p.greater_than, "$gte": p.greater_or_equal, "$lt": p.less_than, "$lte": p.less_or_equal}[op](val)
-
-
-def _properties(r: Record) -> tuple[dict[str, Any], dict[str, str]]:
-    md = dict(r.metadata or {})
-    props: dict[str, Any] = {"doc_id": r.id, "text": r.text or "",
-                             "meta_json": json.dumps(md, ensure_ascii=False, separators=(",", ":"), allow_nan=False)}  # fmt: skip
-    types: dict[str, str] = {}
-    for k, v in md.items():
-        t = _type_of(v) if isinstance(k, str) and _PROP_RE.match(k) else None
-        if t is not None:
-            name = META_PREFIX + k
-            props[name] = [float(x) for x in v] if t == "number[]" else float(v) if t == "number" else v
-            types[name] = t
-    return props, types
-
-
-def _type_of(v: Any) -> str | None:
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int | float):
-        return "number"
-    if isinstance(v, str):
-        return "text"
-    if isinstance(v, list) and v:
-        if all(isinstance(x, bool) for x in v):
-            return "boolean[]"
-        if all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
-            return "number[]"
-        if all(isinstance(x, str) for x in v):
-            return "text[]"
-    return None
-
-
-def _hit(o: Any, score: float) -> Hit:
-    p = o.properties or {}
-    try:
-        md = json.loads(p.get("meta_json") or "{}")
-    except ValueError:
-        md = {}
-    return Hit(id=str(p.get("doc_id") or o.uuid), score=score, text=str(p.get("text") or ""), metadata=md)
-
-
-def _score(metric: str, d: float) -> float:
-    if metric == "cosine":
-        return 1.0 - d  # Weaviate cosine distance = 1 - cos
-    if metric == "dot":
-        return -d  # Weaviate dot distance = -dot
-    return -float(np.sqrt(max(d, 0.0)))  # l2-squared -> minus the euclidean distance

@@ -420,7 +420,7 @@ def test_weaviate_server_side_rejections_are_reported_by_id(weaviate_url: str, v
     """Bypass our own validation so the server itself rejects objects: they come back by id."""
     from weaviate.classes.data import DataObject
 
-    from connectors.weaviate import _uuid
+    from connectors._weaviate_schema import object_uuid as _uuid
 
     s = connect(with_name(weaviate_url, _name()))
     assert isinstance(s, WeaviateStore)
