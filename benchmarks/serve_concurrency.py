@@ -17,7 +17,12 @@ The clients run on the same machine as the server, so their own CPU time is take
 ``--client stdlib`` with one keep-alive ``http.client`` connection per thread (about a third of
 httpx's CPU per request), closer to clients that run elsewhere.
 
+``--model-only``: no server and no clients — the model alone, in this process, on one core (what each
+worker of the default server has): one call of all the texts vs calls of 6, 8, 16 and 32 texts (16
+clients over 2 workers give calls of about 6-8). It shows what a small merged call costs by itself.
+
     .venv/bin/python benchmarks/serve_concurrency.py [--texts 1024] [--clients 16] [--client stdlib]
+    .venv/bin/python benchmarks/serve_concurrency.py --model-only
 """
 
 from __future__ import annotations
@@ -58,9 +63,12 @@ def main() -> None:
     ap.add_argument("--merge-wait-ms", type=float, default=None, help="the server's merge window (default: its own)")
     ap.add_argument("--client", choices=["httpx", "stdlib"], default="httpx", help="what the client threads post with")
     ap.add_argument("--workers", type=int, default=None, help="the server's --workers (default: its own, one per core up to 4)")
+    ap.add_argument("--model-only", action="store_true", help="the model alone: one large call vs small calls")
     args = ap.parse_args()
 
     texts = stdlib_docstrings(args.texts)
+    if args.model_only:
+        return model_only(texts)
     port = free_port()
     cmd = [sys.executable, "-m", "embed_core.serve", "--model", "minilm", "--port", str(port)]
     if args.no_merge:
@@ -123,6 +131,25 @@ def main() -> None:
     print(f"{args.clients} clients, one text each:     {many:8.1f} texts/s -> {many / one:.2f}x "
           f"({calls} forward passes, {len(texts) / max(calls, 1):.1f} texts each; CPU: server {server_cpu:.1f} s, "
           f"{args.client} clients {client_cpu:.1f} s; model busy {after.get('busy_s', 0) - before.get('busy_s', 0):.1f} s)")  # fmt: skip
+
+
+def model_only(texts: list[str]) -> None:
+    from embed_core import open_embedder
+
+    with open_embedder("minilm") as emb:
+        emb.set_thread_budget(1)  # one worker's share of the default server on 2 cores
+        emb.embed_raw(texts[:64])  # warm up
+        t = time.perf_counter()
+        emb.embed_raw(texts)
+        one = len(texts) / (time.perf_counter() - t)
+        print(f"the model alone, one thread, {len(texts)} texts")
+        print(f"one call of {len(texts)}:  {one:8.1f} texts/s (baseline)")
+        for n in (6, 8, 16, 32):
+            t = time.perf_counter()
+            for i in range(0, len(texts), n):
+                emb.embed_raw(texts[i : i + n])
+            rate = len(texts) / (time.perf_counter() - t)
+            print(f"calls of {n:>4}:  {rate:8.1f} texts/s -> {rate / one:.2f}x")
 
 
 def _cpu() -> float:
