@@ -492,6 +492,26 @@ def test_packed_batch_attention_buckets_cover_every_token_once() -> None:
             assert torch.equal(b.scatter % b.width, local) and int(b.key_mask.sum()) == b.end - b.start
 
 
+def test_explicit_cpu_attention_equals_sdpa_on_padded_blocks() -> None:
+    """Narrow blocks on CPU skip SDPA's fused kernel (two batched products and an fp32 softmax instead):
+    the real query rows equal SDPA's with the same key mask, in fp32 and within bf16 rounding."""
+    from embed_core.packed_bert import _additive, _explicit_attention
+
+    g = torch.Generator().manual_seed(0)
+    rows, heads, width, d = 5, 4, 9, 8
+    q, k, v = (torch.randn(rows, heads, width, d, generator=g) for _ in range(3))
+    lengths = torch.tensor([9, 7, 9, 3, 8])
+    key_mask = (torch.arange(width)[None, :] < lengths[:, None]).view(rows, 1, 1, width)
+    real = key_mask.view(rows, width)  # query rows of real tokens (padded rows are dropped after attention)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask).transpose(1, 2)[real]
+    got = _explicit_attention(q, k, v, _additive(key_mask), d**-0.5).transpose(1, 2)[real]
+    assert torch.allclose(got, ref, atol=1e-5)
+    half = _explicit_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), _additive(key_mask), d**-0.5)
+    assert half.dtype == torch.bfloat16 and (half.float().transpose(1, 2)[real] - ref).abs().max() < 0.05
+    assert torch.allclose(_explicit_attention(q, k, v, None, d**-0.5),
+                          torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5)  # fmt: skip
+
+
 def test_split_chunks_are_tokenised_once_qwen3(qwen: Embedder) -> None:
     """Byte-level BPE: a chunk's own encoding differs from the document's tokens at its edges; the ids
     kept are the chunk's own, so the model input is the same as tokenising the chunk text."""
