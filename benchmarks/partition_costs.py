@@ -20,8 +20,10 @@ Needs ``make servers`` (Elasticsearch + PostgreSQL; .servers.env) or EMBEDRAIL_E
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +104,7 @@ def main() -> None:
     from integration.sources import open_source
 
     tmp = Path(tempfile.mkdtemp(prefix="embedrail-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)
     src = tmp / "docs.jsonl"
     with src.open("w") as f:
         for i, d in enumerate(open_source("pydoc:?per=member")):

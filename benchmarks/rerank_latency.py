@@ -19,6 +19,8 @@ latency does not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -101,6 +103,7 @@ def main() -> None:
 
     texts = candidates(args.candidates, args.pick)
     tmp = Path(tempfile.mkdtemp(prefix="bench-rerank-"))
+    atexit.register(shutil.rmtree, tmp, True)  # the random checkpoints (over 1 GB with --qwen3)
     ce_dir = build_minilm_cross_encoder(tmp / "ce")
     print(f"{len(texts)} {args.pick} candidates (stdlib member docs, {statistics.mean(map(len, texts)):.0f} chars on average); "
           f"device {args.device}; torch {torch.__version__}; CPU native bf16: {cpu_fast_bf16()}")  # fmt: skip

@@ -24,6 +24,8 @@ as a second baseline.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -48,8 +50,10 @@ LANGS = ("en", "de", "fr")
 
 
 def _urls() -> dict[str, str]:
-    out = {"chroma": f"chroma://{tempfile.mkdtemp(prefix='bench-chroma-')}",
-           "qdrant": f"qdrant://{tempfile.mkdtemp(prefix='bench-qdrant-')}"}  # fmt: skip
+    dirs = [tempfile.mkdtemp(prefix="bench-chroma-"), tempfile.mkdtemp(prefix="bench-qdrant-")]
+    for d in dirs:
+        atexit.register(shutil.rmtree, d, True)  # the embedded stores' files go when the run ends
+    out = {"chroma": f"chroma://{dirs[0]}", "qdrant": f"qdrant://{dirs[1]}"}
     out.update(store_urls())  # a server wins over the embedded defaults
     return out
 
