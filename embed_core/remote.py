@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -213,10 +214,7 @@ class RemoteEmbedder(BaseEmbedder):
     ) -> Any:  # fmt: skip
         return request_json(self._client, method, self.base_url + path, payload, retry_status=retry_status,
                             attempts=(self.max_retries + 1) if retry else 1, backoff=self.backoff,
-                            max_backoff=self.max_backoff, on_retry=self._count_retry)  # fmt: skip
-
-    def _count_retry(self) -> None:
-        self.stats.add(http_retries=1)
+                            max_backoff=self.max_backoff, on_retry=partial(self.stats.add, http_retries=1))  # fmt: skip
 
     def _post_embeddings(self, texts: list[str], dimensions: int | None, *, retry: bool = True) -> np.ndarray:
         payload: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": self.encoding_format}

@@ -17,6 +17,7 @@ requested (``top_n`` = all), and the scores come back in input order. Retries as
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -73,11 +74,8 @@ class RemoteReranker(BaseReranker):
         if self._client is None:
             raise ModelError("this RemoteReranker was closed; create it again")
 
-        def count() -> None:
-            self.stats.add(http_retries=1)
-
         return request_json(self._client, "POST", self.endpoint, payload, attempts=self.max_retries + 1,
-                            backoff=self.backoff, max_backoff=self.max_backoff, on_retry=count)  # fmt: skip
+                            backoff=self.backoff, max_backoff=self.max_backoff, on_retry=partial(self.stats.add, http_retries=1))  # fmt: skip
 
     def _score(self, query: str, texts: list[str], instruction: str | None) -> np.ndarray:
         out = np.empty(len(texts), dtype=np.float32)
