@@ -146,13 +146,13 @@ class Report:
     def summary(self) -> str:
         """A few human lines (the non-JSON CLI output)."""
         verb = "would embed" if self.dry_run else "embedded"
+        per_target = len(set(self.target_dims.values())) > 1  # targets at different dims: each says its own
         lines = [
             f"{self.documents} documents, {self.chunks} chunks: {verb} {self.embedded}, unchanged {self.unchanged}"
             + (f", {self.reused} reused (same text)" if self.reused else "")
             + (f", {self.skipped_bad_rows} bad rows skipped" if self.skipped_bad_rows else "")
-            + f" ({self.model}, {self.dims} dims{' embedded' if len(set(self.target_dims.values())) > 1 else ''}, {self.seconds:.1f}s)"
+            + f" ({self.model}, {self.dims} dims{' embedded' if per_target else ''}, {self.seconds:.1f}s)"
         ]
-        per_target = len(set(self.target_dims.values())) > 1  # then each target says its dims
         for t in self.upserted:
             p = self.plan.get(t, {})
             state = "FAILED: " + self.errors[t] if t in self.errors else ("FAILED" if self.failed.get(t) else "ok")
