@@ -41,8 +41,6 @@ _started: list = []
 _failed: dict[str, str] = {}
 
 
-
-
 def _health_url(kind: str, url: str) -> str:
     from util import http_base
 
