@@ -31,6 +31,11 @@ def _servers_script() -> Any:
     return servers
 
 
+def free_port() -> int:
+    """A free loopback port (``scripts/servers.py``'s ``free_ports``)."""
+    return _servers_script().free_ports(1)[0]
+
+
 def server_url(var: str) -> str | None:
     """One server's URL (``EMBEDRAIL_ES_URL``, ``EMBEDRAIL_PG_URL``, ...) or None when none runs."""
     return server_env().get(var) or None

@@ -32,7 +32,6 @@ import http.client
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import threading
@@ -46,13 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _servers import free_port  # noqa: E402
 from embed_throughput import stdlib_docstrings  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
