@@ -51,14 +51,14 @@ def fresh_pg_db(server: str) -> str:
 
 
 def worker(url: str, wid: int, batches: int, batch: int, docs_per_batch: int, run_id: str, start: mp.Event, out: mp.Queue) -> None:
-    from integration.ledger import Ledger
+    from integration.ledger import Lease, Ledger
 
     led = Ledger(url)
-    led.hold(run_id, 900)
+    lease = Lease(run_id, 900)  # the run's lease, as every partition of a run writes under it
     retries = [0]
     orig = led._retry
 
-    def counting(fn, attempts=8):  # count the retried transactions
+    def counting(fn, attempts=8, integrity=False):  # count the retried transactions
         def once():
             try:
                 return fn()
@@ -66,7 +66,7 @@ def worker(url: str, wid: int, batches: int, batch: int, docs_per_batch: int, ru
                 retries[0] += 1
                 raise
 
-        return orig(once, attempts)
+        return orig(once, attempts, integrity)
 
     led._retry = counting  # type: ignore[method-assign]
     target, gen = "bench-target", "gen1"
@@ -78,9 +78,9 @@ def worker(url: str, wid: int, batches: int, batch: int, docs_per_batch: int, ru
         docs = [f"w{wid}-b{b}-d{d}" for d in range(docs_per_batch)]
         chunks = [(f"{doc}#{i}", doc) for doc in docs for i in range(per_doc)]
         s = time.perf_counter()
-        led.mark_intent(target, gen, chunks)
+        led.mark_intent(target, gen, chunks, lease=lease)
         led.commit(target, gen, written=[(c, d, uuid.uuid4().hex[:48]) for c, d in chunks],
-                   docs_done=[(d, uuid.uuid4().hex, per_doc) for d in docs])  # fmt: skip
+                   docs_done=[(d, uuid.uuid4().hex, per_doc) for d in docs], lease=lease)  # fmt: skip
         lat.append(time.perf_counter() - s)
     out.put({"wid": wid, "seconds": time.perf_counter() - t0, "lat": lat, "retries": retries[0]})
     led.close()

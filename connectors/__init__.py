@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from connectors._filters import parse_filter
 from connectors._retry import RetryPolicy
-from connectors._urls import StoreKind, parse_url, register_store, registered_stores, store_class
+from connectors._urls import StoreKind, is_embedded, parse_url, register_store, registered_stores, store_class
 from connectors.base import (
     NOT_STORED,
     DeleteResult,
@@ -78,6 +78,7 @@ __all__ = [
     "WeaviateStore",
     "WriteError",
     "connect",
+    "is_embedded_url",
     "parse_filter",
     "register_store",
     "registered_stores",
@@ -88,12 +89,12 @@ __all__ = [
 register_store(StoreKind("es", "connectors.elasticsearch:ElasticsearchStore", aliases=("elasticsearch",),
                          examples=("es://host:9200/index", "es+https://user:pass@host:9200/index")))  # fmt: skip
 register_store(StoreKind("chroma", "connectors.chroma:ChromaStore", transports=("file", "http", "https"),
-                         default_transport="file",
+                         default_transport="file", embedded_without_host=True,
                          examples=("chroma:///abs/path?collection=name", "chroma+http://host:8000/name")))  # fmt: skip
 register_store(StoreKind("weaviate", "connectors.weaviate:WeaviateStore", examples=("weaviate://host:8080/Name?grpc_port=50051",)))
 register_store(StoreKind("opensearch", "connectors.opensearch:OpenSearchStore",
                          examples=("opensearch://host:9200/index", "opensearch+https://user:pass@host:9200/index")))  # fmt: skip
-register_store(StoreKind("qdrant", "connectors.qdrant:QdrantStore",
+register_store(StoreKind("qdrant", "connectors.qdrant:QdrantStore", embedded_without_host=True,
                          examples=("qdrant://host:6333/name?grpc_port=6334", "qdrant:///abs/path?collection=name")))  # fmt: skip
 register_store(StoreKind("pgvector", "connectors.pgvector:PgvectorStore", aliases=("postgresql", "postgres"),
                          transports=("tcp", "psycopg"), default_transport="tcp",
@@ -106,6 +107,12 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return store_class(_LAZY[name])
     raise AttributeError(f"module 'connectors' has no attribute {name!r}")
+
+
+def is_embedded_url(url: str) -> bool:
+    """Whether ``url`` opens a store inside the process on local files (``chroma:///path``, ``qdrant:///path``):
+    such a store takes one writing process at a time."""
+    return is_embedded(parse_url(url))
 
 
 def safe_url(url: str) -> str:

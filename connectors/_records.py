@@ -24,6 +24,8 @@ __all__ = [
     "decode_scalar_metadata",
     "dedupe_last",
     "encode_scalar_metadata",
+    "OWNER_KEY",
+    "owner_from",
     "parse_version",
     "spec_from_dict",
     "spec_to_dict",
@@ -105,6 +107,21 @@ def spec_from_dict(d: Mapping[str, Any] | None) -> IndexSpec | None:
         )
     except Exception:  # noqa: BLE001 - foreign or corrupt metadata reads as "no spec"
         return None
+
+
+OWNER_KEY = "embedrail_owner"  # where an index's metadata records its owner (beside the spec)
+
+
+def owner_from(raw: Any) -> dict[str, str] | None:
+    """An owner record as ``set_owner`` stores it (a mapping, or its JSON), or None if absent or malformed."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    if isinstance(raw, Mapping) and isinstance(raw.get("ledger"), str) and isinstance(raw.get("key"), str):
+        return {"ledger": raw["ledger"], "key": raw["key"]}
+    return None
 
 
 def check_spec(name: str, recorded: IndexSpec | None, wanted: IndexSpec, where: str) -> None:

@@ -8,7 +8,9 @@ name switch of a rebuild, and search. ``BaseStore`` owns the rest:
 - the URL (parsed, credentials kept out of ``url`` and out of every message) or a client the caller
   already has (never closed by us);
 - the lazy client and ``close()`` / context-manager support;
-- ``_call``: bounded retries, and client errors mapped onto ``StoreError`` / ``StoreUnavailableError``;
+- ``_call``: bounded retries of the errors the store's ``ERRORS`` table calls transient, and client errors
+  mapped onto ``StoreUnavailableError`` / ``StoreRejectedError`` / ``StoreError`` (``connectors._retry``);
+  an exception the table does not know is a bug and reaches the caller as itself;
 - the read-target cache (which physical index a search goes to, and its spec) with a TTL;
 - the query-dims check;
 - ``upsert`` / ``delete``: dedupe, per-record validation, batching, and bisection of a rejected batch so
@@ -28,13 +30,21 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import numpy as np
 
 from connectors._records import batched, check_query, check_record, check_spec, dedupe_last
-from connectors._retry import RetryPolicy, retry_call
-from connectors._urls import StoreURL, parse_url
+from connectors._retry import (
+    BASE_ERRORS,
+    ErrorKind,
+    ErrorTable,
+    RetryPolicy,
+    as_store_error,
+    classify,
+    retry_call,
+)
+from connectors._urls import StoreURL, is_embedded, parse_url
 from connectors.base import NOT_STORED, DeleteResult, Hit, IndexInfo, IndexSpec, Record, UpsertResult
 from embedrail.errors import (
     ConfigError,
@@ -76,6 +86,8 @@ class BaseStore:
     STORE: ClassVar[str] = ""
     #: how a user names the index in a URL, for the "no name" error
     NAME_HINT: ClassVar[str] = "…/NAME"
+    #: which errors of the store's client library are transient, rejections or server failures
+    ERRORS: ClassVar[ErrorTable] = BASE_ERRORS
 
     url: str
     name: str
@@ -114,6 +126,16 @@ class BaseStore:
         self._physical_fixed = _physical  # set on the store that writes a rebuild's physical index
         self._reset_caches()
 
+    @property
+    def embedded(self) -> bool:
+        """Whether the store runs inside this process on local files (embedded Chroma, Qdrant local mode):
+        one process at a time may write it. A store given a client object says so itself (``_embedded_client``)."""
+        return is_embedded(self._u) if self._u is not None else self._embedded_client(self._client)
+
+    @staticmethod
+    def _embedded_client(client: Any) -> bool:  # native (stores with an in-process mode)
+        return False
+
     # ------------------------------------------------------------------------- URL and name (native)
     def _name_from_url(self, u: StoreURL) -> str | None:
         return u.name
@@ -147,12 +169,9 @@ class BaseStore:
         if callable(closer):
             closer()
 
-    @staticmethod
-    def _is_transient(e: BaseException) -> bool:  # native (extend it): worth retrying with backoff?
-        """Connection problems and timeouts (socket level and httpx, which several clients use)."""
-        import httpx
-
-        return isinstance(e, ConnectionError | TimeoutError | httpx.TransportError)
+    def _classify(self, e: BaseException) -> ErrorKind:
+        """What a client library's exception is (``ERRORS``; a store may refine it, e.g. by SQLSTATE)."""
+        return classify(e, self.ERRORS)
 
     @staticmethod
     def _is_not_found(e: BaseException) -> bool:  # native: "no such index" (handled by callers)
@@ -161,16 +180,27 @@ class BaseStore:
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         """``fn()`` with bounded retries; failures become ``StoreError`` / ``StoreUnavailableError``
         (credentials scrubbed), except "not found", which is raised as is for the caller to handle."""
-        return retry_call(fn, is_transient=self._is_transient, policy=self.retry, what=what, url=self.url,
+        return retry_call(fn, classify=self._classify, policy=self.retry, what=what, url=self.url,
                           secrets=self._secrets, passthrough=self._is_not_found)  # fmt: skip
 
-    def _error(self, e: BaseException, what: str) -> StoreError:
+    def _error(self, e: BaseException, what: str) -> BaseException:
         """``e`` as our error, named after the store and the operation (an error of ours is kept as is:
-        ``_call`` already named it)."""
+        ``_call`` already named it; a bug stays itself). Raise it ``from e``."""
         if isinstance(e, StoreError):
             return e
-        cls = StoreUnavailableError if self._is_transient(e) else StoreError
-        return cls(f"{self.url}: {what} failed: {short_error(e, *self._secrets)}")
+        return as_store_error(e, self._classify(e), f"{self.url}: {what} failed: {short_error(e, *self._secrets)}")
+
+    def _fail(self, e: BaseException, what: str) -> NoReturn:
+        """Raise ``e`` as our error (``_error``), the client's exception kept as its cause."""
+        err = self._error(e, what)
+        if err is e:
+            raise e
+        raise err from e
+
+    def _store_failure(self, e: BaseException) -> bool:
+        """Whether ``e`` (caught around ``_call``) is the store's answer: our error, or "not found" (which
+        ``_call`` passes through); anything else is a bug, to be raised as it is."""
+        return isinstance(e, StoreError) or self._is_not_found(e)
 
     def close(self) -> None:
         """Release what this store opened (its client, if it made one). A client passed in by the
@@ -281,13 +311,17 @@ class BaseStore:
                 return fn(target)
             except (StoreUnavailableError, ConfigError, IndexMismatchError):
                 raise
-            except Exception as e:  # noqa: BLE001 - maybe the index was swapped away under us
+            except Exception as e:  # maybe the index was swapped away under us
+                if not self._store_failure(e):
+                    raise  # a bug
                 last = e
                 self._invalidate()
                 self._forget(target.physical)
                 if self._physical_fixed or (self.resolve() == target.physical and self._exists(target.physical)):
-                    raise self._error(e, what) from None
-        raise self._error(last or RuntimeError("the index kept changing"), what)
+                    self._fail(e, what)
+        if last is not None:
+            self._fail(last, what)
+        raise StoreError(f"{self.url}: {what} failed: the index kept changing")
 
     def _query_vector(self, vector: Any, spec: IndexSpec | None) -> np.ndarray:
         return check_query(self.url, vector, spec)
@@ -381,19 +415,20 @@ class BaseStore:
     def _batch_size(self) -> int:
         return 1000
 
-    def _splittable(self, e: BaseException) -> bool:
+    def _splittable(self, e: StoreError) -> bool:
         """Whether a batch the store refused as a whole is bisected to find the bad records."""
         return True
 
     def _send(self, batch: Batch, send: Callable[[Batch], dict[str, str]], result: UpsertResult | DeleteResult,
               split: bool = True) -> None:  # fmt: skip
         """Send a batch; per-id failures go to ``result``. A batch refused as a whole is bisected (when
-        ``split`` and the store says the error allows it), so one bad record fails alone."""
+        ``split`` and the store says the error allows it), so one bad record fails alone. A store that is
+        down, and a bug, are raised."""
         try:
             failed = send(batch)
         except StoreUnavailableError:
             raise
-        except Exception as e:  # noqa: BLE001 - refused as a whole
+        except StoreError as e:  # refused as a whole
             if split and len(batch) > 1 and self._splittable(e):
                 mid = len(batch) // 2
                 self._send(batch[:mid], send, result, split)
@@ -463,6 +498,19 @@ class BaseStore:
 
     def flush(self) -> None:
         """Make the writes so far visible to search (a no-op where acknowledged writes are visible)."""
+
+    def set_owner(self, owner: Mapping[str, str]) -> None:
+        """Record in the index's own metadata who keeps it in step (``{"ledger": ..., "key": ...}``, no
+        secrets); ``describe().owner`` reads it back. A rebuild's store records it on the rebuild."""
+        record = {"ledger": str(owner["ledger"]), "key": str(owner["key"])}
+        self._invalidate()
+        physical = self._current_physical()
+        if physical is None:
+            raise StoreError(f"{self.url}: index {self.name!r} does not exist; call ensure_index(spec) first (set owner)")
+        self._set_owner(physical, record)
+
+    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:  # native
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------ hybrid
     #: whether ``hybrid_search`` works on this store (keyword search over ``text`` fused with kNN)

@@ -28,6 +28,9 @@ class StoreKind:
     transports: tuple[str, ...] = ("http", "https")  # allowed "+transport" suffixes
     default_transport: str = "http"  # when the URL has no "+transport"
     examples: tuple[str, ...] = ()  # shown in error messages
+    #: a URL without a host opens the store inside this process, on local files (embedded Chroma, Qdrant
+    #: local mode): one process at a time may write it
+    embedded_without_host: bool = False
 
 
 _REGISTRY: dict[str, StoreKind] = {}  # every scheme and alias -> its kind
@@ -45,6 +48,12 @@ def register_store(kind: StoreKind) -> None:
 def registered_stores() -> list[StoreKind]:
     """Each registered store once, in registration order."""
     return list({k.name: k for k in _REGISTRY.values()}.values())
+
+
+def is_embedded(u: StoreURL) -> bool:
+    """Whether the store ``u`` names runs inside this process on local files (one writing process at a time)."""
+    kind = _REGISTRY.get(u.store)
+    return kind is not None and kind.embedded_without_host and not u.host
 
 
 def store_class(kind: str) -> type:

@@ -65,6 +65,9 @@ class IndexInfo:
     spec: IndexSpec | None = None  # as recorded in the index's own metadata
     count: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # server version, index options, ...
+    #: who keeps the index in step, as recorded in its own metadata by ``set_owner`` (for embedrail: the
+    #: sync ledger's id and the key it knows the index by, ``{"ledger": ..., "key": ...}``); None: nobody
+    owner: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -130,6 +133,8 @@ class VectorStore(Protocol):
       pairs), keeping their vector and text: nothing is embedded. An id the store does not hold fails
       with ``NOT_STORED`` in ``failed``; like ``upsert`` it reports per-id failures instead of raising.
     - ``flush()`` makes writes so far visible to search (ES refresh); call once per write session.
+    - ``set_owner({"ledger": ID, "key": KEY})`` records in the index's own metadata (next to its spec) who
+      keeps it in step; ``describe().owner`` reads it back. A rebuild's store records it on the rebuild.
     - Rebuilds: ``begin_rebuild(spec)`` creates a new versioned physical index and returns a
       connector writing to it; ``open_rebuild(physical)`` returns such a connector for a rebuild begun
       elsewhere (another process) by the physical name ``describe()`` reported for it;
@@ -171,6 +176,8 @@ class VectorStore(Protocol):
     def get(self, ids: Sequence[str]) -> dict[str, Hit]: ...
 
     def flush(self) -> None: ...
+
+    def set_owner(self, owner: Mapping[str, str]) -> None: ...
 
     def drop(self) -> None: ...
 

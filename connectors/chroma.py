@@ -36,13 +36,16 @@ import numpy as np
 
 from connectors._filters import Cond, parse_filter
 from connectors._records import (
+    OWNER_KEY,
     batched,
     check_spec,
     decode_scalar_metadata,
     encode_scalar_metadata,
+    owner_from,
     spec_from_dict,
     spec_to_dict,
 )
+from connectors._retry import BASE_ERRORS
 from connectors._store import BaseStore, Batch, ReadTarget
 from connectors._urls import StoreURL
 from connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
@@ -68,6 +71,13 @@ class ChromaStore(BaseStore):
 
     STORE = "chroma"
     NAME_HINT = "chroma:///abs/path?collection=NAME, chroma+http://host:8000/NAME or collection=..."
+    ERRORS = BASE_ERRORS.extend(
+        # chromadb's errors carry an HTTP status (code()): RateLimitError 429 is transient, 4xx rejected, 500 failed;
+        # the HTTP client's "Could not connect" ValueError wraps httpx's ConnectError, which is transient
+        status=("chromadb.errors.ChromaError",),
+        # chromadb validates arguments (ids, embeddings, metadata values) with ValueError
+        rejected=("builtins.ValueError",),
+    )
 
     def __init__(
         self,
@@ -115,6 +125,14 @@ class ChromaStore(BaseStore):
             pass
         return f"chroma+client://{name}"
 
+    @staticmethod
+    def _embedded_client(client: Any) -> bool:
+        try:
+            s = client.get_settings()
+        except Exception:  # noqa: BLE001 - not a chromadb client we know: assume a server
+            return False
+        return bool(getattr(s, "is_persistent", False)) and not getattr(s, "chroma_server_host", None)
+
     def _reset_caches(self) -> None:
         super()._reset_caches()
         self._cols: dict[str, Any] = {}
@@ -161,21 +179,6 @@ class ChromaStore(BaseStore):
             pass
 
     @staticmethod
-    def _is_transient(e: BaseException) -> bool:
-        """Connection problems, timeouts and rate limiting: worth retrying with backoff."""
-        if BaseStore._is_transient(e):
-            return True
-        try:
-            from chromadb.errors import RateLimitError
-
-            if isinstance(e, RateLimitError):
-                return True
-        except ImportError:  # pragma: no cover
-            pass
-        msg = str(e)
-        return "Could not connect" in msg or "Connection refused" in msg or "timed out" in msg.lower()
-
-    @staticmethod
     def _is_not_found(e: BaseException) -> bool:
         try:
             from chromadb.errors import NotFoundError
@@ -212,9 +215,11 @@ class ChromaStore(BaseStore):
         except StoreUnavailableError:
             raise
         except Exception as e:
+            if not self._store_failure(e):
+                raise  # a bug
             if self._is_not_found(e):
                 return False
-            raise self._error(e, "get_collection") from None
+            self._fail(e, "get_collection")
 
     def _registry(self, create: bool = False) -> Any | None:
         if create:
@@ -327,7 +332,14 @@ class ChromaStore(BaseStore):
         col = self._get_col(physical)
         return IndexInfo(name=self.name, exists=True, physical_name=physical,
                          spec=self._spec_of(physical) or self._infer_spec(physical), count=int(self._call(col.count, "count")),
-                         extra={"store": "chroma", "space": self._space_of(col), "url": self.url})  # fmt: skip
+                         extra={"store": "chroma", "space": self._space_of(col), "url": self.url},
+                         owner=owner_from((col.metadata or {}).get(OWNER_KEY)))  # fmt: skip
+
+    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
+        col = self._get_col(physical)
+        md = {k: v for k, v in (col.metadata or {}).items() if not str(k).startswith("hnsw:")}  # modify replaces the metadata
+        md[OWNER_KEY] = json.dumps(owner, sort_keys=True)
+        self._call(lambda: col.modify(metadata=md), "record owner")
 
     # ------------------------------------------------------------------------------ writing
     def _encode(self, target: ReadTarget, record: Record, vector: np.ndarray) -> Any:
@@ -337,7 +349,9 @@ class ChromaStore(BaseStore):
         col, ids = target.handle, [i for i, _ in batch]
         metadatas = [md for _, (_, _, md) in batch]
         self._clear_stale_keys(col, ids, metadatas)
-        emb = np.stack([v for _, (v, _, _) in batch])
+        vecs = [v for _, (v, _, _) in batch]
+        # one array when the rows agree (the normal case); else the list, for Chroma to refuse the odd one
+        emb = np.stack(vecs) if len({v.shape for v in vecs}) == 1 else vecs
         docs = [t for _, (_, t, _) in batch]
         self._call(lambda: col.upsert(ids=ids, embeddings=emb, documents=docs, metadatas=metadatas), "upsert")
         return {}
@@ -434,9 +448,11 @@ class ChromaStore(BaseStore):
             self._call(lambda: self.client.delete_collection(physical), "delete collection")
         except StoreUnavailableError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
+            if not self._store_failure(e):
+                raise  # a bug
             if not self._is_not_found(e):
-                raise self._error(e, "delete collection") from None
+                self._fail(e, "delete collection")
         self._cols.pop(physical, None)
         self._specs.pop(physical, None)
 

@@ -47,12 +47,18 @@ from connectors._es_schema import (
     score,
 )
 from connectors._filters import parse_filter
-from connectors._records import batched, parse_version, spec_from_dict
-from connectors._retry import log
+from connectors._records import OWNER_KEY, batched, owner_from, parse_version, spec_from_dict
+from connectors._retry import BASE_ERRORS, TRANSIENT_STATUS, log
 from connectors._store import BaseStore, Batch, ReadTarget
 from connectors._urls import StoreURL, flag
 from connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
-from embedrail.errors import ConfigError, DimensionLimitError, StoreError, StoreUnavailableError
+from embedrail.errors import (
+    ConfigError,
+    DimensionLimitError,
+    StoreError,
+    StoreRejectedError,
+    StoreUnavailableError,
+)
 from embedrail.secrets import short_error
 
 try:  # optional, faster and more compact (float32 shortest repr) serialisation of vectors
@@ -63,7 +69,6 @@ except ImportError:  # pragma: no cover
 __all__ = ["ElasticsearchStore", "default_index_options", "dims_limit"]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 _SOURCE = ["id", "text", "metadata"]
 
 
@@ -86,6 +91,11 @@ class ElasticsearchStore(BaseStore):
 
     STORE = "es"
     NAME_HINT = "es://host:9200/INDEX or index=..."
+    ERRORS = BASE_ERRORS.extend(
+        never=("elastic_transport.TlsError",),  # a certificate problem: retrying cannot fix it
+        transient=("elastic_transport.ConnectionError", "elastic_transport.ConnectionTimeout"),
+        status=("elasticsearch.ApiError",),  # HTTP status: 429/502/503/504 transient, 4xx rejected, 5xx failed
+    )
 
     def __init__(
         self,
@@ -153,25 +163,6 @@ class ElasticsearchStore(BaseStore):
             raise ConfigError(f"{self.url}: cannot create the Elasticsearch client: {short_error(e, *self._secrets)}") from None
 
     @staticmethod
-    def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-        """(never transient, transient) error classes of the client's transport (TLS vs connection)."""
-        import elastic_transport as et
-
-        return (et.TlsError,), (et.ConnectionError, et.ConnectionTimeout)
-
-    @classmethod
-    def _is_transient(cls, e: BaseException) -> bool:
-        try:
-            never, transient = cls._transport_errors()
-            if isinstance(e, never):
-                return False
-            if isinstance(e, transient):
-                return True
-        except ImportError:  # pragma: no cover
-            pass
-        return isinstance(e, ConnectionError | TimeoutError) or _status(e) in _TRANSIENT_STATUS
-
-    @staticmethod
     def _is_not_found(e: BaseException) -> bool:
         return _status(e) == 404
 
@@ -190,7 +181,11 @@ class ElasticsearchStore(BaseStore):
                 self._version = str(self._call(lambda: self.client.info(), "read server version")["version"]["number"])
             except StoreUnavailableError:
                 raise
-            except Exception:  # noqa: BLE001 - GET / is absent on minimal distributions (integ-test-zip)
+            except Exception as e:  # GET / is absent on minimal distributions (integ-test-zip)
+                if not self._store_failure(e):
+                    raise  # a bug
+                if not self._store_failure(e):
+                    raise
                 nodes = self._call(lambda: self.client.nodes.info(node_id="_local", filter_path="nodes.*.version"),
                                    "read server version")  # fmt: skip
                 self._version = min((str(n["version"]) for n in nodes["nodes"].values()), key=parse_version)
@@ -206,11 +201,9 @@ class ElasticsearchStore(BaseStore):
             return [self._physical_fixed] if self._index_exists(self._physical_fixed) else []
         try:
             return sorted(_body(self._call(lambda: self.client.indices.get_alias(name=self.name), "resolve alias")))
-        except StoreUnavailableError:
-            raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if not self._is_not_found(e):
-                raise self._error(e, "resolve alias") from None
+                raise
         return [self.name] if self._index_exists(self.name) else []
 
     def _current_physical(self) -> str | None:
@@ -253,12 +246,7 @@ class ElasticsearchStore(BaseStore):
         kw: dict[str, Any] = {"index": physical, "mappings": mappings, "settings": settings}
         if alias:
             kw["aliases"] = {self.name: {}}
-        try:
-            self._call(lambda: self.client.indices.create(**kw), "create index")
-        except StoreUnavailableError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise self._error(e, f"create index {physical}") from None
+        self._call(lambda: self.client.indices.create(**kw), f"create index {physical}")
         self._specs[physical], self._sims[physical] = spec, sim
         log.info("%s: created %s (dims=%d, %s)", self.url, physical, spec.dims, sim)
 
@@ -275,7 +263,7 @@ class ElasticsearchStore(BaseStore):
     def _verify(self, physical: str, recorded: IndexSpec) -> None:
         phys = self._physicals()
         if len(phys) > 1:
-            raise StoreError(f"{self.url}: alias {self.name!r} points at several indices {phys}; point it at one "
+            raise StoreRejectedError(f"{self.url}: alias {self.name!r} points at several indices {phys}; point it at one "
                              "(POST _aliases) before writing")  # fmt: skip
 
     def describe(self) -> IndexInfo:
@@ -286,8 +274,13 @@ class ElasticsearchStore(BaseStore):
         m = self._mapping(physical)
         vec = (m.get("properties") or {}).get("vector") or {}
         extra.update(similarity=vec.get("similarity"), index_options=vec.get("index_options"), url=self.url)
-        spec = spec_from_dict((m.get("_meta") or {}).get("embedrail"))
-        return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec, count=self.count(), extra=extra)
+        meta = m.get("_meta") or {}
+        return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec_from_dict(meta.get("embedrail")),
+                         count=self.count(), extra=extra, owner=owner_from(meta.get(OWNER_KEY)))  # fmt: skip
+
+    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
+        meta = {**(self._mapping(physical).get("_meta") or {}), OWNER_KEY: owner}  # _meta is replaced as a whole
+        self._call(lambda: self.client.indices.put_mapping(index=physical, meta=meta), "record owner")
 
     # ------------------------------------------------------------------------------ writing
     def _dumps(self, obj: Any) -> bytes:
@@ -338,9 +331,9 @@ class ElasticsearchStore(BaseStore):
                 out[str(d["_id"])] = (np.asarray(vec[0], dtype=np.float32), str((d.get("_source") or {}).get("text") or ""))
         return out
 
-    def _splittable(self, e: BaseException) -> bool:
-        msg = str(e)
-        return "413" in msg or "too large" in msg.lower() or "too_long" in msg
+    def _splittable(self, e: StoreError) -> bool:
+        """A request over the server's size limit (HTTP 413) is split; other whole-request refusals are not."""
+        return _status(e.__cause__) == 413 if e.__cause__ is not None else False
 
     def _bulk(self, batch: Batch) -> dict[str, str]:
         """One ``_bulk`` request; items rejected with 429/5xx are re-sent with backoff, other item errors
@@ -353,7 +346,7 @@ class ElasticsearchStore(BaseStore):
                 resp = _body(self._call(lambda b=body: self.client.bulk(operations=b, refresh=False), "bulk write"))
             except StoreUnavailableError:
                 raise
-            except Exception as e:
+            except StoreError as e:
                 if pending is batch:
                     raise
                 failed.update((i, short_error(e, *self._secrets)) for i, _ in pending)  # a re-send was refused
@@ -366,7 +359,7 @@ class ElasticsearchStore(BaseStore):
                     failed.pop(doc_id, None)
                     continue
                 failed[doc_id] = _item_error(res)
-                if status in _TRANSIENT_STATUS:
+                if status in TRANSIENT_STATUS:
                     retry_later.append((doc_id, line))
             pending = retry_later
             if pending:
@@ -411,12 +404,16 @@ class ElasticsearchStore(BaseStore):
                 resp = self._call(lambda: self.client.search(index=self._address, knn=knn, size=k, source=_SOURCE), "search")
             except StoreUnavailableError:
                 raise
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
+                if not self._store_failure(e):
+                    raise  # a bug
+                if not self._store_failure(e):
+                    raise
                 if attempt == 0 and self._read_cache is not None:  # maybe stale after a rebuild: re-resolve
                     self._invalidate()
                     target = self._read_target()
                     continue
-                raise self._error(e, "search") from None
+                self._fail(e, "search")
             # a shard failure (e.g. the old index of a rebuild deleted mid-query) gives partial results
             # with HTTP 200: never return those silently
             if not (resp.get("_shards") or {}).get("failed"):
@@ -481,12 +478,10 @@ class ElasticsearchStore(BaseStore):
     # ------------------------------------------------------------------------------ lifecycle
     def _delete_index(self, index: str) -> None:
         try:
-            self._call(lambda: self.client.indices.delete(index=index), "delete index")
-        except StoreUnavailableError:
-            raise
-        except Exception as e:  # noqa: BLE001
+            self._call(lambda: self.client.indices.delete(index=index), f"delete index {index}")
+        except Exception as e:
             if not self._is_not_found(e):
-                raise self._error(e, f"delete index {index}") from None
+                raise
         self._specs.pop(index, None)
 
     _drop_physical = _delete_index
@@ -504,10 +499,10 @@ class ElasticsearchStore(BaseStore):
             actions.append({"remove_index": {"index": p}} if p == self.name else {"remove": {"index": p, "alias": self.name}})
         try:
             self._call(lambda: self.client.indices.update_aliases(actions=actions), "swap alias")
-        except StoreUnavailableError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise self._error(e, "swap alias") from None
+        except Exception as e:
+            if not self._is_not_found(e):
+                raise
+            self._fail(e, "swap alias")
         return [p for p in old if p != self.name]
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from connectors._es_schema import index_mapping
+from connectors._retry import BASE_ERRORS
 from connectors._store import ReadTarget
 from connectors._urls import StoreURL, flag
 from connectors.base import IndexSpec
@@ -81,6 +82,8 @@ class _Client:
             return create
         if name == "update_aliases":
             return lambda actions: ind.update_aliases(body={"actions": actions})
+        if name == "put_mapping":
+            return lambda index, meta: ind.put_mapping(index=index, body={"_meta": meta})
         return getattr(ind, name)
 
     def bulk(self, operations: bytes, refresh: bool = False) -> Any:
@@ -123,6 +126,11 @@ class OpenSearchStore(ElasticsearchStore):
 
     STORE = "opensearch"
     NAME_HINT = "opensearch://host:9200/INDEX or index=..."
+    ERRORS = BASE_ERRORS.extend(
+        never=("opensearchpy.SSLError",),
+        transient=("opensearchpy.ConnectionError", "opensearchpy.ConnectionTimeout"),
+        status=("opensearchpy.TransportError",),  # status_code: 429/502/503/504 transient, 4xx rejected, 5xx failed
+    )
 
     def __init__(self, client_or_url: Any, index: str | None = None, *, m: int = 16, ef_construction: int = 100, **kw: Any) -> None:
         if not isinstance(client_or_url, str) and not isinstance(client_or_url, _Client):
@@ -153,12 +161,6 @@ class OpenSearchStore(ElasticsearchStore):
 
     def _close_client(self, client: Any) -> None:
         client.close()
-
-    @staticmethod
-    def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-        import opensearchpy
-
-        return (opensearchpy.SSLError,), (opensearchpy.ConnectionError, opensearchpy.ConnectionTimeout)
 
     @staticmethod
     def _describe_client(client: Any, name: str | None) -> str:

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from connectors._filters import Cond, parse_filter
-from connectors._records import batched, spec_from_dict, spec_to_dict
+from connectors._records import batched, owner_from, spec_from_dict, spec_to_dict
+from connectors._retry import BASE_ERRORS, ErrorKind, sqlstate_kind
 from connectors._store import BaseStore, Batch, ReadTarget
 from connectors._urls import StoreURL
 from connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
@@ -65,6 +66,9 @@ class PgvectorStore(BaseStore):
 
     STORE = "pgvector"
     NAME_HINT = "pgvector://user:pass@host:5432/db?table=NAME"
+    # errors without a SQLSTATE: the connection failed, was lost or closed under us; or a value the driver refused
+    ERRORS = BASE_ERRORS.extend(transient=("psycopg.OperationalError", "psycopg.InterfaceError"),
+                                rejected=("psycopg.DataError",))  # a value the driver cannot send (a NUL in text)
 
     def __init__(self, client_or_url: Any, table: str | None = None, *, m: int = 16, ef_construction: int = 64,
                  ef_search: int = 100, batch_size: int = 500, schema: str | None = None, text_config: str = "simple",
@@ -147,18 +151,13 @@ class PgvectorStore(BaseStore):
     def _close_client(self, client: Any) -> None:
         client.close()
 
-    @staticmethod
-    def _is_transient(e: BaseException) -> bool:
-        if BaseStore._is_transient(e):
-            return True
-        try:
-            import psycopg
-        except ImportError:  # pragma: no cover
-            return False
-        if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.DataError | psycopg.errors.IntegrityError):
-            return False
-        return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError) and not isinstance(
-            e, psycopg.errors.InsufficientPrivilege | psycopg.errors.ProgramLimitExceeded)
+    def _classify(self, e: BaseException) -> ErrorKind:
+        """A server error by its SQLSTATE (``connectors._retry.SQLSTATE_KINDS``); a lost or refused
+        connection (no SQLSTATE) by the table."""
+        state = getattr(e, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return sqlstate_kind(state)
+        return super()._classify(e)
 
     @staticmethod
     def _is_not_found(e: BaseException) -> bool:
@@ -214,13 +213,22 @@ class PgvectorStore(BaseStore):
         rows = self._sql(f"SELECT target FROM {_q(self.schema)}.{REGISTRY} WHERE name = %s", (self.name,), "resolve alias")
         return str(rows[0][0]) if rows else None
 
-    def _spec_of(self, physical: str) -> IndexSpec | None:
+    def _comment(self, physical: str) -> dict[str, Any]:
+        """The JSON of the table's comment (embedrail's spec, logical name and owner); {} if none."""
         rows = self._sql("SELECT obj_description(%s::regclass, 'pg_class')", (self._t(physical),), "read spec")
         raw = rows[0][0] if rows else None
         try:
-            return spec_from_dict((json.loads(raw) or {}).get("embedrail")) if raw else None
-        except (ValueError, AttributeError):
-            return None
+            d = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    def _spec_of(self, physical: str) -> IndexSpec | None:
+        return spec_from_dict(self._comment(physical).get("embedrail"))
+
+    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
+        comment = json.dumps({**self._comment(physical), "owner": owner}, sort_keys=True)
+        self._sql(f"COMMENT ON TABLE {self._t(physical)} IS {_literal(comment)}", what="record owner")
 
     def _vtype(self, physical: str) -> str:
         rows = self._sql("SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = %s::regclass "
@@ -324,8 +332,9 @@ class PgvectorStore(BaseStore):
         if physical is None:
             return IndexInfo(name=self.name, exists=False, extra=extra)
         extra.update(vector_type=self._vtype(physical), url=self.url)
-        return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=self._spec_of(physical),
-                         count=self._count(physical), extra=extra)  # fmt: skip
+        comment = self._comment(physical)
+        return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec_from_dict(comment.get("embedrail")),
+                         count=self._count(physical), extra=extra, owner=owner_from(comment.get("owner")))  # fmt: skip
 
     # ------------------------------------------------------------------------------ writing
     def _batch_size(self) -> int:

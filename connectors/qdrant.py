@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from connectors._filters import Cond, parse_filter
-from connectors._records import batched, spec_from_dict, spec_to_dict
+from connectors._records import OWNER_KEY, batched, owner_from, spec_from_dict, spec_to_dict
+from connectors._retry import BASE_ERRORS
 from connectors._store import BaseStore, Batch, ReadTarget
 from connectors._urls import StoreURL, flag
 from connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
@@ -54,6 +55,15 @@ class QdrantStore(BaseStore):
 
     STORE = "qdrant"
     NAME_HINT = "qdrant://host:6333/NAME or qdrant:///abs/path?collection=NAME"
+    ERRORS = BASE_ERRORS.extend(
+        # REST status or gRPC code: 429/502/503/504, UNAVAILABLE, DEADLINE_EXCEEDED transient; 4xx rejected
+        status=("qdrant_client.http.exceptions.UnexpectedResponse", "grpc.RpcError"),
+        # wraps the transport's error (looked at first: a dropped connection is transient) or an answer it
+        # could not read
+        failed=("qdrant_client.http.exceptions.ResponseHandlingException",),
+        # local mode validates requests (unknown collection, vector size) with ValueError
+        rejected=("builtins.ValueError",),
+    )
 
     def __init__(self, client_or_url: Any, collection: str | None = None, *, m: int = 16, ef_construct: int = 100,
                  quantization: str | None = None, batch_size: int = 256, timeout: float = 30.0, **base: Any) -> None:  # fmt: skip
@@ -92,6 +102,10 @@ class QdrantStore(BaseStore):
             pass
         return f"qdrant+client://{name or ''}"
 
+    @staticmethod
+    def _embedded_client(client: Any) -> bool:
+        return type(getattr(client, "_client", None)).__name__ == "QdrantLocal"
+
     def _make_client(self) -> Any:
         try:
             from qdrant_client import QdrantClient
@@ -123,28 +137,6 @@ class QdrantStore(BaseStore):
                 if entry[1] <= 0:
                     del _LOCAL[self._local_path]
                     entry[0].close()
-
-    @staticmethod
-    def _is_transient(e: BaseException) -> bool:
-        if BaseStore._is_transient(e):
-            return True
-        try:
-            from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-
-            if isinstance(e, ResponseHandlingException):
-                return True
-            if isinstance(e, UnexpectedResponse):
-                return e.status_code in (429, 500, 502, 503, 504)
-        except ImportError:  # pragma: no cover
-            pass
-        try:
-            import grpc
-
-            if isinstance(e, grpc.RpcError):
-                return e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        except ImportError:  # pragma: no cover
-            pass
-        return False
 
     @staticmethod
     def _is_not_found(e: BaseException) -> bool:
@@ -210,8 +202,13 @@ class QdrantStore(BaseStore):
         params = info.config.params.vectors
         extra.update(distance=str(getattr(params, "distance", "")), hnsw={"m": info.config.hnsw_config.m,
                      "ef_construct": info.config.hnsw_config.ef_construct}, url=self.url)  # fmt: skip
+        md = getattr(info.config, "metadata", None) or {}
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=self._spec_of(physical),
-                         count=self._count(physical), extra=extra)  # fmt: skip
+                         count=self._count(physical), extra=extra, owner=owner_from(md.get(OWNER_KEY)))  # fmt: skip
+
+    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
+        # the server (and local mode) merge the given keys into the collection's metadata
+        self._call(lambda: self.client.update_collection(physical, metadata={OWNER_KEY: owner}), "record owner")
 
     # ------------------------------------------------------------------------------ writing
     def _batch_size(self) -> int:
@@ -314,9 +311,11 @@ class QdrantStore(BaseStore):
             self._call(lambda: self.client.delete_collection(physical), "delete collection")
         except StoreUnavailableError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
+            if not self._store_failure(e):
+                raise  # a bug
             if not self._is_not_found(e):
-                raise self._error(e, "delete collection") from None
+                self._fail(e, "delete collection")
 
     def _unpoint(self, target: str | None) -> None:
         from qdrant_client import models

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from connectors._filters import Cond, parse_filter
-from connectors._records import batched, parse_version, spec_from_dict, spec_to_dict
-from connectors._retry import log
+from connectors._records import batched, owner_from, parse_version, spec_from_dict, spec_to_dict
+from connectors._retry import BASE_ERRORS, log
 from connectors._store import BaseStore, Batch, ReadTarget
 from connectors._urls import StoreURL
 from connectors._weaviate_schema import (
@@ -44,11 +44,11 @@ from connectors._weaviate_schema import (
     to_score,
 )
 from connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
-from embedrail.errors import ConfigError, StoreError, StoreUnavailableError
-from embedrail.secrets import short_error
+from embedrail.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 
 __all__ = ["WeaviateStore", "normalize_name"]
 
+_WE = "weaviate.exceptions."
 DEFAULT_HNSW = {"ef_construction": 128, "max_connections": 32, "ef": -1, "dynamic_ef_min": 100, "dynamic_ef_max": 500}
 
 
@@ -61,6 +61,17 @@ class WeaviateStore(BaseStore):
 
     STORE = "weaviate"
     NAME_HINT = "weaviate://host:8080/NAME or collection=..."
+    ERRORS = BASE_ERRORS.extend(
+        transient=tuple(_WE + n for n in ("WeaviateConnectionError", "WeaviateGRPCUnavailableError", "WeaviateTimeoutError",
+                                          "WeaviateRetryError", "WeaviateStartUpError")),  # fmt: skip
+        # HTTP status (REST) or gRPC code: 429/502/503/504, UNAVAILABLE, DEADLINE_EXCEEDED transient; 4xx rejected
+        status=(_WE + "UnexpectedStatusCodeError", "grpc.RpcError"),
+        # the server answered, refusing the request (the gRPC error they wrap, if any, was looked at first)
+        rejected=tuple(_WE + n for n in ("WeaviateInvalidInputError", "WeaviateInsertInvalidPropertyError",
+                                         "WeaviateAddInvalidPropertyError", "ObjectAlreadyExistsError", "AuthenticationFailedError",
+                                         "WeaviateUnsupportedFeatureError", "SchemaValidationError", "WeaviateQueryError",
+                                         "WeaviateInsertManyAllFailedError")),  # fmt: skip
+    )
 
     def __init__(
         self,
@@ -109,33 +120,12 @@ class WeaviateStore(BaseStore):
         secure = u.transport == "https"
         host = u.host or "localhost"
         key = u.param("api_key")
-        try:
-            return weaviate.connect_to_custom(
-                http_host=host, http_port=u.port or (443 if secure else 8080), http_secure=secure,
+        return weaviate.connect_to_custom(
+            http_host=host, http_port=u.port or (443 if secure else 8080), http_secure=secure,
                 grpc_host=u.param("grpc_host") or host, grpc_port=int(u.param("grpc_port") or 50051), grpc_secure=secure,
                 auth_credentials=Auth.api_key(key) if key else None,
-                additional_config=AdditionalConfig(timeout=Timeout(init=5, query=self.timeout, insert=self.timeout * 2)),
-            )  # fmt: skip
-        except Exception as e:  # noqa: BLE001
-            if self._is_transient(e) or "connect" in str(e).lower():
-                raise ConnectionError(short_error(e, *self._secrets)) from None
-            raise
-
-    @staticmethod
-    def _is_transient(e: BaseException) -> bool:
-        try:
-            import weaviate.exceptions as we
-
-            if isinstance(e, we.WeaviateConnectionError | we.WeaviateGRPCUnavailableError | we.WeaviateTimeoutError
-                          | we.WeaviateRetryError | we.WeaviateStartUpError | we.WeaviateClosedClientError):  # fmt: skip
-                return True
-            if isinstance(e, we.UnexpectedStatusCodeError) and e.status_code in (429, 500, 502, 503, 504):
-                return True
-        except ImportError:  # pragma: no cover
-            pass
-        if BaseStore._is_transient(e):
-            return True
-        return any(s in str(e) for s in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Connection refused", "connection refused"))
+            additional_config=AdditionalConfig(timeout=Timeout(init=5, query=self.timeout, insert=self.timeout * 2)),
+        )  # fmt: skip
 
     def server_version(self) -> str:
         if self._version is None:
@@ -170,10 +160,7 @@ class WeaviateStore(BaseStore):
     def _spec_of(self, physical: str) -> IndexSpec | None:
         if physical not in self._specs:
             cfg = self._config(physical)
-            try:
-                spec = spec_from_dict(json.loads(cfg.description or "{}").get("embedrail"))
-            except (ValueError, AttributeError):
-                spec = None
+            spec = spec_from_dict(_description(cfg).get("embedrail"))
             self._specs[physical] = spec
             self._props[physical] = {p.name: str(p.data_type.value) for p in cfg.properties}
         return self._specs[physical]
@@ -199,8 +186,10 @@ class WeaviateStore(BaseStore):
             self._call(lambda: self.client.collections.create(physical, **kw), "create collection")
         except StoreUnavailableError:
             raise
-        except Exception as e:  # noqa: BLE001
-            raise self._error(e, f"create collection {physical}") from None
+        except Exception as e:
+            if not self._store_failure(e):
+                raise  # a bug
+            self._fail(e, f"create collection {physical}")
         self._specs[physical] = spec
         self._props[physical] = {"doc_id": "text", "text": "text", "meta_json": "text"}
         log.info("%s: created collection %s (dims=%d, %s)", self.url, physical, spec.dims, spec.metric)
@@ -215,10 +204,12 @@ class WeaviateStore(BaseStore):
             self._call(lambda: self.client.alias.create(alias_name=self.name, target_collection=physical), "create alias")
         except StoreUnavailableError:
             raise
-        except Exception as e:  # noqa: BLE001 - most likely created concurrently: use theirs
+        except Exception as e:  # most likely created concurrently: use theirs
+            if not self._store_failure(e):
+                raise  # a bug
             winner = self.resolve()
             if winner is None or winner == physical:
-                raise self._error(e, "create alias") from None
+                self._fail(e, "create alias")
             self._drop_physical(physical)
             return winner
         return physical
@@ -234,7 +225,12 @@ class WeaviateStore(BaseStore):
         if vic is None and getattr(cfg, "vector_config", None):
             vic = next(iter(cfg.vector_config.values())).vector_index_config
         extra.update(distance=str(getattr(getattr(vic, "distance_metric", None), "value", "")), url=self.url)
-        return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec, count=self._count(physical), extra=extra)
+        return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec, count=self._count(physical), extra=extra,
+                         owner=owner_from(_description(cfg).get("owner")))  # fmt: skip
+
+    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
+        desc = {**_description(self._config(physical)), "owner": owner}
+        self._call(lambda: self._col(physical).config.update(description=json.dumps(desc, sort_keys=True)), "record owner")
 
     # ------------------------------------------------------------------------------ writing
     def _ensure_props(self, physical: str, needed: Mapping[str, str]) -> None:
@@ -254,11 +250,13 @@ class WeaviateStore(BaseStore):
                 self._call(lambda p=prop: self._col(physical).config.add_property(p), "add property")
             except StoreUnavailableError:
                 raise
-            except Exception as e:  # noqa: BLE001 - created concurrently?
+            except Exception as e:  # created concurrently?
+                if not self._store_failure(e):
+                    raise  # a bug
                 self._specs.pop(physical, None)
                 self._spec_of(physical)
                 if name not in self._props[physical]:
-                    raise self._error(e, f"add property {name}") from None
+                    self._fail(e, f"add property {name}")
             known[name] = typ
 
     def _write(self, target: ReadTarget, items: list[tuple[Record, np.ndarray]], result: UpsertResult) -> None:
@@ -349,11 +347,13 @@ class WeaviateStore(BaseStore):
                 return_properties=RETURN_PROPS), "search")  # fmt: skip
         except StoreUnavailableError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
+            if not self._store_failure(e):
+                raise  # a bug
             if _again and self._read_cache is not None:  # maybe stale after a rebuild: re-resolve once
                 self._invalidate()
                 return self.search(vector, k, filter, _again=False)
-            raise self._error(e, "search") from None
+            self._fail(e, "search")
         metric = target.spec.metric if target.spec else "cosine"
         return [to_hit(o, to_score(metric, float(o.metadata.distance))) for o in res.objects]
 
@@ -379,11 +379,13 @@ class WeaviateStore(BaseStore):
                 return_properties=RETURN_PROPS), "hybrid search")  # fmt: skip
         except StoreUnavailableError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
+            if not self._store_failure(e):
+                raise  # a bug
             if _again and self._read_cache is not None:
                 self._invalidate()
                 return self.hybrid_search(query, vector, k, filter, alpha=alpha, candidates=candidates, fusion=fusion, _again=False)
-            raise self._error(e, "hybrid search") from None
+            self._fail(e, "hybrid search")
         return [to_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
 
     def _filter(self, physical: str, conds: list[Cond]) -> tuple[Any, bool]:
@@ -460,16 +462,25 @@ class WeaviateStore(BaseStore):
 
     def _check_rebuilds(self) -> None:
         if not self.supports_aliases():
-            raise StoreError(f"{self.url}: rebuilds need collection aliases (Weaviate >= 1.32), the server is "
+            raise StoreRejectedError(f"{self.url}: rebuilds need collection aliases (Weaviate >= 1.32), the server is "
                              f"{self.server_version()}")  # fmt: skip
 
     def _switch(self, physical: str) -> list[str]:
         old = self.resolve()
         if old == self.name:  # a plain collection holds the name: it must go before the alias can take it
-            raise StoreError(f"{self.url}: {self.name!r} is a plain collection, not an alias; an atomic swap is "
+            raise StoreRejectedError(f"{self.url}: {self.name!r} is a plain collection, not an alias; an atomic swap is "
                              "impossible. Delete it and create the alias by hand, or use a new name.")  # fmt: skip
         if old is None:
             self._call(lambda: self.client.alias.create(alias_name=self.name, target_collection=physical), "create alias")
         else:
             self._call(lambda: self.client.alias.update(alias_name=self.name, new_target_collection=physical), "switch alias")
         return [old] if old else []
+
+
+def _description(cfg: Any) -> dict[str, Any]:
+    """The JSON a collection's description holds (embedrail's spec, logical name and owner); {} if none."""
+    try:
+        d = json.loads(cfg.description or "{}")
+    except (ValueError, TypeError):
+        return {}
+    return d if isinstance(d, dict) else {}

@@ -7,8 +7,13 @@ non-zero exit, without a traceback. Anything else escaping is a bug.
 
 - ``False``: the user must change something (a bad option, an index of another model, a dims limit,
   bad input). The sync engine stops the run before writing; Airflow fails the task without retries.
-- ``True``: a store or server is down, overloaded or refused a write. The sync engine marks that
+- ``True``: a store, a server or a database is down, overloaded or failed. The sync engine marks that
   target failed and goes on with the others; Airflow retries the task; the next run catches up.
+
+Only known transient errors are retryable. Each store declares which of its client library's errors
+are transient (``connectors._retry.ErrorTable``); any other exception escaping a client library is a
+bug: it is not retried and not wrapped into one of these, it keeps its own traceback
+(``is_retryable`` is ``False`` for it).
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ __all__ = [
     "InputError",
     "ModelError",
     "RemoteEmbeddingError",
+    "IndexOwnershipError",
+    "SourceUnavailableError",
     "StoreError",
+    "StoreRejectedError",
     "StoreUnavailableError",
     "SyncError",
     "WriteError",
@@ -66,9 +74,17 @@ class RemoteEmbeddingError(ModelError):
 
 
 class StoreError(EmbedrailError):
-    """Base for vector-store problems (a refused request, a broken index): retrying may help."""
+    """Base for vector-store problems. This class itself: the store failed to do what was asked (a server
+    error, HTTP 5xx): the request was fine, so a later try may succeed."""
 
     retryable = True
+
+
+class StoreRejectedError(StoreError):
+    """The store refused the request (HTTP 4xx, a constraint, a value it cannot hold, a TLS or
+    authentication failure): the same request will be refused again, so it is not retried."""
+
+    retryable = False
 
 
 class StoreUnavailableError(StoreError):
@@ -101,6 +117,23 @@ class WriteError(StoreError):
         self.failed: dict[str, str] = dict(failed or {})
 
 
+class IndexOwnershipError(EmbedrailError):
+    """A non-empty index that this ledger does not know (written through another ledger, another working
+    directory, or not by embedrail): an incremental run would re-embed everything and leave the documents
+    deleted meanwhile in the index for good, so it stops before writing. The message names the ways out:
+    ``--adopt`` (rebuild this ledger's rows from the index's records) or ``--mode full``."""
+
+    retryable = False
+
+
+class SourceUnavailableError(EmbedrailError):
+    """The source could not be read (its database is down or unreachable): nothing was written for the
+    documents not read, and a later run catches up. Retryable."""
+
+    exit_code = 3
+    retryable = True
+
+
 class LedgerError(EmbedrailError):
     """The sync ledger's database could not be reached or kept refusing a transaction (after retries).
 
@@ -124,9 +157,10 @@ class RunConflictError(SyncError):
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """``exc.retryable`` for our errors. Anything else (a client library's connection reset, a timeout)
-    is treated as a problem of the store it came from: retryable. ``KeyboardInterrupt`` and other
-    ``BaseException`` s are not."""
+    """``exc.retryable`` for our errors; ``False`` for anything else. The stores, the ledger and the
+    sources turn the transient errors they know into ``StoreUnavailableError`` / ``LedgerError`` /
+    ``SourceUnavailableError``; an exception that reaches a caller as itself is a bug (retrying it would
+    only hide it)."""
     if isinstance(exc, EmbedrailError):
         return exc.retryable
-    return isinstance(exc, Exception)
+    return False

@@ -11,15 +11,20 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from embed_core.config import DEFAULT_MODEL
 from embedrail.errors import ConfigError, EmbedrailError, SyncError
 
+from .ledger import default_ledger_url
 from .options import SyncOptions, positive_int
 
-__all__ = ["build_parser", "main"]
+__all__ = ["INTERNAL_ERROR", "build_parser", "main"]
+
+#: the exit code of a bug (EX_SOFTWARE): an exception that is not an ``EmbedrailError``
+INTERNAL_ERROR = 70
 
 log = logging.getLogger("embedrail.cli")
 
@@ -39,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "weaviate://host:8080/Name?grpc_port=50051, qdrant://, pgvector://, opensearch:// (repeatable; "
                         "URL#dims=N gives one target its own dims: a Matryoshka model is run once, at the largest)")  # fmt: skip
     r.add_argument("--ledger", help="SQLAlchemy URL of the sync ledger (default: $EMBEDRAIL_LEDGER, else "
-                                    "sqlite:///.embedrail/ledger.sqlite)")  # fmt: skip
-    SyncOptions.add_arguments(r)  # --model, --dims, --mode, --deletes, --dry-run, --chunk-tokens, ...
+                                    ".embedrail/ledger.sqlite under the working directory; the report names it)")  # fmt: skip
+    # --model, --dims, --mode, --deletes, --dry-run, --chunk-tokens, --adopt, --repair, --max-delete-fraction, ...
+    SyncOptions.add_arguments(r)
     r.add_argument("--id-field", help="source field holding the document id (default: id)")
     r.add_argument("--text-field", help="source field holding the text (default: text)")
     r.add_argument("--deleted-field", help="source field marking a tombstone (default: _deleted)")
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="counts, fingerprint, drift between ledger and store")
     st.add_argument("--target", required=True, metavar="URL")
-    st.add_argument("--ledger")
+    st.add_argument("--ledger", help="the sync ledger (default: as for reindex)")
     st.add_argument("--verify", action="store_true", help="compare every id and fingerprint in the store with the ledger")
     st.add_argument("--json", action="store_true")
 
@@ -93,12 +99,11 @@ def cmd_reindex(a: argparse.Namespace) -> int:
     fields = {"id_field": a.id_field, "text_field": a.text_field, "deleted_field": a.deleted_field}
     options = SyncOptions.from_args(a, source_options={k: v for k, v in fields.items() if v is not None})
     progress = a.progress if a.progress is not None else (sys.stderr.isatty() and not a.json)
-    with SyncEngine(a.source, a.target, options=options, ledger=a.ledger, progress=progress) as engine:
+    with SyncEngine(a.source, a.target, options=options, ledger=a.ledger or default_ledger_url(), progress=progress) as engine:
         report = engine.run()
     print(json.dumps(report.to_dict()) if a.json else report.summary())
     if not report.ok:
-        failed = ", ".join(f"{t} ({report.errors.get(t, str(report.failed.get(t, 0)) + ' failures')})" for t in report.failed_targets())
-        print(f"embedrail: sync incomplete for {failed}; re-run to catch up", file=sys.stderr)
+        print(f"embedrail: {report.failure_message()}", file=sys.stderr)
         return SyncError.exit_code
     return 0
 
@@ -147,15 +152,14 @@ def cmd_status(a: argparse.Namespace) -> int:
     from .ledger import Ledger
     from .targets import target_key
 
-    key = target_key(a.target)
-    with connect(a.target) as store, contextlib.closing(Ledger(a.ledger)) as ledger:
-        out = _status(store, ledger, key, verify=a.verify)
+    with connect(a.target) as store, contextlib.closing(Ledger(a.ledger or default_ledger_url())) as ledger:
+        out = _status(store, ledger, target_key(a.target), verify=a.verify)
         ledger_url = ledger.url
     if a.json:
         print(json.dumps(out))
     else:
         counts, drift = out["ledger"], out["drift"]
-        print(f"{key}: {'exists' if out['exists'] else 'missing'}" + (f" ({out['physical_name']})" if out["physical_name"] else ""))
+        print(f"{out['target']}: {'exists' if out['exists'] else 'missing'}" + (f" ({out['physical_name']})" if out["physical_name"] else ""))
         print(f"  store: {out['store_count']} records; model {out['model']}, {out['dims']} dims, fingerprint {out['index_fingerprint']}")
         print(f"  ledger: {counts['documents']} documents, {counts['chunks']} chunks"
               + (f", {counts['pending_chunks']} in flight" if counts["pending_chunks"] else "") + f" ({ledger_url})")  # fmt: skip
@@ -167,39 +171,38 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def _status(store: Any, ledger: Any, key: str, *, verify: bool) -> dict[str, Any]:
     """Counts and fingerprints of the store and the ledger, and (``verify``) every id compared."""
+    from . import drift
+
     info = store.describe()
+    key = drift.ledger_key(ledger, key, info)
     state = ledger.target(key)
     gen = state.generation if state else ""
     counts = ledger.counts(key, gen) if state else {"documents": 0, "chunks": 0, "pending_chunks": 0}
+    owner = info.owner
     out: dict[str, Any] = {
         "target": key,
         "exists": info.exists,
         "physical_name": info.physical_name,
         "store_count": info.count,
-        "ledger": {"url": ledger.url, "generation": gen, **counts},
+        "ledger": {"url": ledger.url, "id": ledger.id, "generation": gen, **counts},
+        "owner": owner,
         "index_fingerprint": info.spec.fingerprint if info.spec else None,
         "ledger_fingerprint": state.fingerprint if state else None,
         "model": (info.spec.embedding.get("model") if info.spec else None),
         "dims": info.spec.dims if info.spec else None,
         "pending_rebuild": state.pending_generation if state else None,
     }
-    drift: dict[str, Any] = {"count": (info.count or 0) - counts["chunks"]}
-    in_sync = drift["count"] == 0 and out["index_fingerprint"] in (None, out["ledger_fingerprint"]) and not counts["pending_chunks"]
+    drift_out: dict[str, Any] = {"count": (info.count or 0) - counts["chunks"]}
+    in_sync = drift_out["count"] == 0 and out["index_fingerprint"] in (None, out["ledger_fingerprint"]) and not counts["pending_chunks"]
+    if owner is not None and owner.get("ledger") != ledger.id:
+        drift_out["owner"] = f"kept by another ledger ({owner.get('ledger')})"
+        in_sync = False
     if verify and info.exists:
-        ledger_map = ledger.chunk_map(key, gen)
-        store_ids = set(store.iter_ids())
-        known = {c for c, fp in ledger_map.items() if fp is not None}
-        missing, unknown = sorted(known - store_ids), sorted(store_ids - set(ledger_map))
-        stale = []
-        ids = sorted(known & store_ids)
-        for i in range(0, len(ids), 256):
-            part = ids[i : i + 256]
-            got = store.get(part)
-            stale.extend(c for c in part if c in got and got[c].metadata.get("_fp") != ledger_map[c])
-        drift.update(missing_in_store=len(missing), unknown_in_store=len(unknown), stale_fingerprints=len(stale),
-                     examples=(missing + unknown + stale)[:10])  # fmt: skip
-        in_sync = in_sync and not (missing or unknown or stale)
-    out["drift"], out["in_sync"] = drift, in_sync
+        found = drift.diff(ledger, store, key, gen)
+        drift_out.update(missing_in_store=len(found.missing), unknown_in_store=len(found.unknown), stale_fingerprints=len(found.stale),
+                         examples=(found.missing + found.unknown + [c for c, _, _ in found.stale])[:10])  # fmt: skip
+        in_sync = in_sync and not (found.missing or found.unknown or found.stale)
+    out["drift"], out["in_sync"] = drift_out, in_sync
     return out
 
 
@@ -233,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception:  # not an error a user can cause or fix: a bug, reported once, with its traceback
+        traceback.print_exc()
+        print("embedrail: internal error (a bug, not retried): please report it with the traceback above; nothing the "
+              "stores acknowledged is lost", file=sys.stderr)  # fmt: skip
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,8 @@ class TargetRun:
     """One target as this run sees it."""
 
     index: int  # position in the engine's target list
-    key: str  # the target URL without credentials: ledger key, report key
+    key: str  # the key the ledger keeps the target by (its URL without credentials, or the one its index is stamped with); report key
+    given: str | None = None  # the key of the URL as given, when the index is stamped with another (``key``)
     generation: str | None = None  # the physical index the run writes (None: none yet, e.g. a dry run on a new index)
     rebuild: bool = False  # the run writes a full rebuild into `generation`, switched to by finalize()
     error: str | None = None  # why the target is out of this run (down, refused); None: it takes part
@@ -51,7 +52,7 @@ class Watermark:
 class RunContext:
     """Everything the steps after ``prepare()`` need, JSON round-trippable."""
 
-    VERSION = 3  # 3: each target has its own spec (dims, fingerprint)
+    VERSION = 4  # 4: targets keyed by their ledger key (``given``), drift
 
     mode: Mode
     dry_run: bool
@@ -62,9 +63,13 @@ class RunContext:
     spec: IndexSpec  # the embedding the model runs at: the widest target's (each target records its own)
     chunk_tokens: int | None
     chunk_overlap: int
+    #: the delete guard, decided once for every step (an Airflow trigger param reaches the delete task this way)
+    max_delete_fraction: float = 0.5
+    allow_mass_delete: bool = False
     targets: list[TargetRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     watermark: Watermark | None = None
+    drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # target key -> what prepare's drift probe found
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started: float = field(default_factory=time.time)
 
@@ -90,6 +95,7 @@ class RunContext:
 
     def new_report(self, **kw: Any) -> Report:
         rep = Report(mode=self.mode, dry_run=self.dry_run, model=self.model_id, dims=self.dims, fingerprint=self.fingerprint, **kw)
+        rep.drift = {k: dict(v) for k, v in self.drift.items()}
         for t in self.targets:
             rep.add_target(t.key, self.spec_of(t).dims)
         return rep

@@ -98,8 +98,9 @@ class ModelResolver:
     """
 
     def __init__(self, ledger: Ledger, device: str = "auto", embedder: Any = None,
-                 factory: Callable[..., Any] | None = None, dtype: str | None = None) -> None:  # fmt: skip
+                 factory: Callable[..., Any] | None = None, dtype: str | None = None, model: str | None = None) -> None:  # fmt: skip
         self.ledger, self.device = ledger, device
+        self._user_model = model  # the model the user named (its server may get the API key; one an index records may not)
         self._load_options = {"dtype": dtype} if dtype else {}  # precision: not part of the model's identity
         self._given = embedder
         self._factory = factory
@@ -121,12 +122,17 @@ class ModelResolver:
         if self._loaded is not None and self._loaded_key == (name, dims):
             return self._loaded
         self.close()
+        from embed_core.factory import env_api_key, is_remote_model, split_remote_model
+
+        options = dict(self._load_options)
+        if is_remote_model(name) and name != self._user_model:  # read from an index: the key only to a listed server
+            options["api_key"] = env_api_key(split_remote_model(name)[0], trusted=False) or ""
         if self._factory is not None:
-            emb, owned = self._factory(name, dims=dims, device=self.device, **self._load_options), False
+            emb, owned = self._factory(name, dims=dims, device=self.device, **options), False
         else:
             from embed_core import open_embedder
 
-            emb, owned = open_embedder(name, dims=dims, device=self.device, **self._load_options), True
+            emb, owned = open_embedder(name, dims=dims, device=self.device, **options), True
         self._loaded, self._loaded_key, self._owned = emb, (name, dims), owned
         return emb
 

@@ -1,8 +1,9 @@
 """The sync ledger: what each target holds, so a run does the least work and a crash is repairable.
 
-Any SQLAlchemy URL works; the default is SQLite at ``.embedrail/ledger.sqlite`` (WAL mode, so several
-processes — e.g. Airflow mapped tasks on one machine — can write different documents at once). Use
-PostgreSQL (``postgresql+psycopg://...``) when workers are spread over machines.
+Any SQLAlchemy URL works, given explicitly (or as ``$EMBEDRAIL_LEDGER``): SQLite (WAL mode, so several
+processes — e.g. Airflow mapped tasks on one machine — can write different documents at once), or
+PostgreSQL (``postgresql+psycopg://...``) when workers are spread over machines. The CLI's default is
+``.embedrail/ledger.sqlite`` under the working directory, made absolute and reported.
 
 Per target (key = the target URL without credentials) and generation (the physical index the rows
 describe) it records
@@ -17,7 +18,13 @@ describe) it records
 - ``er_watermarks``: per target and feed, the highest watermark whose rows the target fully holds.
 - ``er_leases``: which run is syncing each target (run id, owner, expiry): one run at a time per target
   (see ``acquire``); renewed by every intent and commit of the holding run.
-- ``er_meta``: a small cache (e.g. a model's fingerprint/dims) so an unchanged run needs no model.
+- ``er_meta``: the ledger's own id (``ledger_id``, a UUID made when the ledger is created: every index a
+  run writes is stamped with it and its key, see ``integration.identity``) and a small cache (e.g. a
+  model's fingerprint/dims) so an unchanged run needs no model.
+
+Transactions are retried on a lost connection, a lock or a serialization failure (``OperationalError``,
+an invalidated connection); an integrity error is retried only by the operations where another process
+may insert the same key first (leases, target rows, metadata); anywhere else it is a bug and raised.
 
 The tables themselves are declared in :mod:`integration.ledger_schema`.
 
@@ -33,9 +40,10 @@ import os
 import random
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,9 +66,7 @@ from embedrail.secrets import redact_url
 
 from .ledger_schema import chunks_t, docs_t, leases_t, meta_t, metadata, targets_t, watermarks_t
 
-__all__ = ["DEFAULT_LEDGER_URL", "Ledger", "TargetState"]
-
-DEFAULT_LEDGER_URL = "sqlite:///.embedrail/ledger.sqlite"
+__all__ = ["Lease", "Ledger", "TargetState", "default_ledger_url"]
 T = TypeVar("T")
 _IN_BATCH = 400
 
@@ -72,6 +78,18 @@ class TargetState:
     spec: dict[str, Any]
     pending_generation: str | None
     pending_fingerprint: str | None
+
+
+@dataclass
+class Lease:
+    """One run's hold on its targets, passed to every write the run makes (``mark_intent``, ``commit``):
+    each renews it (at most every ``ttl / 10`` seconds per target) and refuses to write once another run
+    took the target over. Scoped to the run: nothing about it lives on the ``Ledger``, so engines and
+    threads sharing one ``Ledger`` each hold their own."""
+
+    run_id: str
+    ttl: int = 900
+    renewed: dict[str, float] = field(default_factory=dict)  # target -> when this process last pushed its expiry out
 
 
 def _chunks(seq: Sequence[T], n: int = _IN_BATCH) -> Iterable[Sequence[T]]:
@@ -105,9 +123,17 @@ def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     conn.execute(insert(table), rows)
 
 
+def default_ledger_url() -> str:
+    """The CLI's ledger when none is given: ``$EMBEDRAIL_LEDGER``, else ``.embedrail/ledger.sqlite`` under the
+    working directory (absolute, so the report names the file)."""
+    return os.environ.get("EMBEDRAIL_LEDGER") or f"sqlite:///{Path.cwd() / '.embedrail' / 'ledger.sqlite'}"
+
+
 class Ledger:
     def __init__(self, url: str | None = None) -> None:
-        url = url or os.environ.get("EMBEDRAIL_LEDGER") or DEFAULT_LEDGER_URL
+        url = url or os.environ.get("EMBEDRAIL_LEDGER")
+        if not url:
+            raise ConfigError("no ledger URL: give one (e.g. 'sqlite:////var/lib/embedrail/ledger.sqlite') or set EMBEDRAIL_LEDGER")
         parsed = ledger_url(url)
         self.url = parsed.render_as_string(hide_password=True)
         kwargs: dict[str, Any] = {}
@@ -123,7 +149,6 @@ class Ledger:
         self.engine: Engine = create_engine(parsed, **kwargs)
         # a Ledger dropped without close() still hands its pooled connections back to the server
         self._finalizer = weakref.finalize(self, self.engine.dispose)
-        self._renewed: dict[str, float] = {}  # target -> when this process last pushed its lease's expiry out
         # SQLite has one writer at a time. Threads of this process (a run's writer threads, one per
         # target) take turns on a lock, which wakes the next one the moment a transaction ends; left to
         # SQLite, a waiting connection sleeps in its busy handler's growing steps (or gets SQLITE_BUSY on a
@@ -133,28 +158,19 @@ class Ledger:
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             self._tx_lock = threading.Lock()
-        self._retry(lambda: metadata.create_all(self.engine))
+        self._retry(lambda: metadata.create_all(self.engine), integrity=True)  # another process may create them first
+        self.id: str = self._tx(_ledger_id, integrity=True)
 
     def close(self) -> None:
         self._finalizer()
 
     # --- run leases: one run at a time per target -------------------------------------------
-    #: the run whose intents and commits this Ledger makes (``hold``); None: no lease checks (direct use)
-    lease_run: str | None = None
-    lease_ttl: int = 900
-
-    def hold(self, run_id: str | None, ttl: int | None = None) -> None:
-        """Make every later ``mark_intent``/``commit`` renew ``run_id``'s lease on its target and refuse to
-        write once another run took the target over."""
-        self.lease_run = run_id
-        if ttl:
-            self.lease_ttl = int(ttl)
-
     def acquire(self, targets: Sequence[str], run_id: str, owner: str, ttl: int,
-                may_take_over: Callable[[str], bool] = lambda _owner: False) -> None:  # fmt: skip
+                may_take_over: Callable[[str], bool] = lambda _owner: False) -> Lease:  # fmt: skip
         """Lease every target to ``run_id`` (all or none), or raise ``RunConflictError`` naming the run that
         holds one. A lease held by another run is taken over when it expired (its run stopped writing
-        ``ttl`` seconds ago) or ``may_take_over(its owner)`` says its holder is gone."""
+        ``ttl`` seconds ago) or ``may_take_over(its owner)`` says its holder is gone. Returns the run's
+        ``Lease``, for its writes."""
 
         def q(conn: Connection) -> None:
             now = int(time.time())
@@ -170,9 +186,8 @@ class Ledger:
                 conn.execute(delete(leases_t).where(leases_t.c.target == target))
                 conn.execute(insert(leases_t).values(target=target, run_id=run_id, owner=owner, started_at=now, expires_at=now + ttl))
 
-        self._tx(q)
-        self.hold(run_id, ttl)
-        self._renewed.update(dict.fromkeys(targets, time.time()))
+        self._tx(q, integrity=True)  # two runs inserting the same lease row: the loser retries and sees the winner
+        return Lease(run_id, int(ttl), dict.fromkeys(targets, time.time()))
 
     def release(self, targets: Sequence[str], run_id: str) -> None:
         """End ``run_id``'s leases (a lease another run took over stays)."""
@@ -192,42 +207,44 @@ class Ledger:
 
         return self._tx(q)
 
-    def _keep_lease(self, target: str) -> None:
-        """Before a write: push this run's lease expiry out, in a short transaction of its own, at most
+    def _keep_lease(self, target: str, lease: Lease | None) -> None:
+        """Before a write: push the run's lease expiry out, in a short transaction of its own, at most
         every ``ttl / 10`` seconds per process (the partitions of a run share one lease row: updating it
         inside every write transaction would make them wait on each other's row lock)."""
-        run_id, now = self.lease_run, time.time()
-        if run_id is None or now - self._renewed.get(target, 0.0) <= self.lease_ttl / 10:
+        now = time.time()
+        if lease is None or now - lease.renewed.get(target, 0.0) <= lease.ttl / 10:
             return
-        self._renewed[target] = now
-        self._tx(lambda conn: conn.execute(update(leases_t).where(and_(leases_t.c.target == target, leases_t.c.run_id == run_id))
-                                           .values(expires_at=int(now) + self.lease_ttl)))  # fmt: skip
+        lease.renewed[target] = now
+        self._tx(lambda conn: conn.execute(update(leases_t).where(and_(leases_t.c.target == target, leases_t.c.run_id == lease.run_id))
+                                           .values(expires_at=int(now) + lease.ttl)))  # fmt: skip
 
-    def _check_lease(self, conn: Connection, target: str) -> None:
+    @staticmethod
+    def _check_lease(conn: Connection, target: str, lease: Lease | None) -> None:
         """Inside a writing transaction: refuse if another run took the target over (a plain read: no lock)."""
-        run_id = self.lease_run
-        if run_id is None:
+        if lease is None:
             return
         row = conn.execute(select(leases_t.c.run_id, leases_t.c.owner).where(leases_t.c.target == target)).first()
         if row is None:  # nobody holds it (released): hold it again
             now = int(time.time())
-            conn.execute(insert(leases_t).values(target=target, run_id=run_id, owner="(renewed)", started_at=now,
-                                                 expires_at=now + self.lease_ttl))  # fmt: skip
-        elif row[0] != run_id:
-            raise RunConflictError(f"{target}: run {run_id} lost its lease to run {row[0]} ({row[1]}) after "
-                                   f"{self.lease_ttl}s without a write; this run stops writing (what it wrote is "
+            conn.execute(insert(leases_t).values(target=target, run_id=lease.run_id, owner="(renewed)", started_at=now,
+                                                 expires_at=now + lease.ttl))  # fmt: skip
+        elif row[0] != lease.run_id:
+            raise RunConflictError(f"{target}: run {lease.run_id} lost its lease to run {row[0]} ({row[1]}) after "
+                                   f"{lease.ttl}s without a write; this run stops writing (what it wrote is "
                                    "recorded as intents: the next run repairs it)")  # fmt: skip
 
     # --- plumbing -----------------------------------------------------------------------------
-    def _retry(self, fn: Callable[[], T], attempts: int = 8) -> T:
-        """Run a transaction, again on a lost connection, a deadlock, a serialization failure or a key
-        another process inserted first (~6 s of backoff in all); then a ``LedgerError``."""
+    def _retry(self, fn: Callable[[], T], attempts: int = 8, integrity: bool = False) -> T:
+        """Run a transaction, again on a lost connection, a lock, a deadlock or a serialization failure
+        (and, with ``integrity``, on a key another process inserted first): ~6 s of backoff in all, then a
+        ``LedgerError`` (retryable). Any other database error is raised as it is: retrying cannot help."""
         for i in range(attempts):
             try:
                 return fn()
             except DBAPIError as e:
-                if not (isinstance(e, (OperationalError, IntegrityError)) or e.connection_invalidated):
-                    raise  # a programming error: retrying cannot help
+                transient = isinstance(e, OperationalError) or e.connection_invalidated
+                if not (transient or (integrity and isinstance(e, IntegrityError))):
+                    raise  # a programming error or a broken invariant: retrying cannot help
                 if i == attempts - 1:
                     cause = e.orig if e.orig is not None else e
                     first = (str(cause).strip().splitlines() or [""])[0]
@@ -238,12 +255,12 @@ class Ledger:
                 time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
-    def _tx(self, fn: Callable[[Connection], T]) -> T:
+    def _tx(self, fn: Callable[[Connection], T], integrity: bool = False) -> T:
         def run() -> T:
             with self._tx_lock, self.engine.begin() as conn:
                 return fn(conn)
 
-        return self._retry(run)
+        return self._retry(run, integrity=integrity)
 
     # --- targets ------------------------------------------------------------------------------
     def target(self, target: str) -> TargetState | None:
@@ -266,7 +283,7 @@ class Ledger:
             if not n:
                 conn.execute(insert(targets_t).values(target=target, **values))
 
-        self._tx(q)
+        self._tx(q, integrity=True)
 
     def set_pending(self, target: str, generation: str | None, fingerprint: str | None) -> None:
         """Record a full rebuild in progress (its physical index and embedding fingerprint); None clears it."""
@@ -278,7 +295,7 @@ class Ledger:
                 conn.execute(insert(targets_t).values(target=target, generation="", fingerprint="", spec="{}",
                                                       updated_at=int(time.time()), **values))  # fmt: skip
 
-        self._tx(q)
+        self._tx(q, integrity=True)
 
     def switch_generation(self, target: str, generation: str, fingerprint: str, spec: dict[str, Any]) -> None:
         """After a committed rebuild: make ``generation`` active, forget every other generation."""
@@ -379,15 +396,16 @@ class Ledger:
         return self._tx(q)
 
     # --- writing (only after the store acknowledged, except intents) ---------------------------
-    def mark_intent(self, target: str, generation: str, items: Sequence[tuple[str, str]]) -> None:
-        """Record chunk ids (with doc id) that are about to be written and are not in the ledger yet."""
+    def mark_intent(self, target: str, generation: str, items: Sequence[tuple[str, str]], lease: Lease | None = None) -> None:
+        """Record chunk ids (with doc id) that are about to be written and are not in the ledger yet
+        (``lease``: the writing run's, renewed and checked)."""
         if not items:
             return
 
-        self._keep_lease(target)
+        self._keep_lease(target, lease)
 
         def q(conn: Connection) -> None:
-            self._check_lease(conn, target)
+            self._check_lease(conn, target, lease)
             ids = [c for c, _ in items]
             existing: set[str] = set()
             for part in _chunks(ids):
@@ -430,16 +448,17 @@ class Ledger:
         deleted: Sequence[str] = (),
         docs_done: Sequence[tuple[str, str, int]] = (),
         docs_removed: Sequence[str] = (),
+        lease: Lease | None = None,
     ) -> None:
         """One transaction: chunks written (id, doc, fp), chunk ids deleted, documents completed
-        (doc, hash, n_chunks) and documents removed entirely."""
+        (doc, hash, n_chunks) and documents removed entirely (``lease``: the writing run's)."""
         if not (written or deleted or docs_done or docs_removed):
             return
 
-        self._keep_lease(target)
+        self._keep_lease(target, lease)
 
         def q(conn: Connection) -> None:
-            self._check_lease(conn, target)
+            self._check_lease(conn, target, lease)
             base_c = and_(chunks_t.c.target == target, chunks_t.c.generation == generation)
             base_d = and_(docs_t.c.target == target, docs_t.c.generation == generation)
             gone = [c for c, _, _ in written] + list(deleted)
@@ -460,6 +479,60 @@ class Ledger:
 
         self._tx(q)
 
+    # --- drift: probes, repairs, adoption ------------------------------------------------------
+    def sample(self, target: str, generation: str, n: int) -> dict[str, str]:
+        """Up to ``n`` recorded chunks (id -> fingerprint; intents excluded), drawn at random."""
+
+        def q(conn: Connection) -> dict[str, str]:
+            rows = conn.execute(
+                select(chunks_t.c.chunk_id, chunks_t.c.fingerprint).where(
+                    and_(chunks_t.c.target == target, chunks_t.c.generation == generation, chunks_t.c.fingerprint.is_not(None))
+                ).order_by(func.random()).limit(max(0, int(n)))
+            )
+            return {r[0]: r[1] for r in rows}
+
+        return self._tx(q)
+
+    def record_store(self, target: str, generation: str, *, held: Sequence[tuple[str, str, str | None]] = (),
+                     missing: Sequence[str] = ()) -> None:  # fmt: skip
+        """Make the ledger describe what the store really holds, so the next plan repairs the difference:
+        ``held`` (chunk id, doc id, the fingerprint the stored record carries, None: unknown) replaces what
+        the ledger records for those chunks, ``missing`` chunks (not in the store) are forgotten, and the
+        documents of both lose their document row (they are planned chunk by chunk again, not skipped)."""
+        if not (held or missing):
+            return
+
+        def q(conn: Connection) -> None:
+            base_c = and_(chunks_t.c.target == target, chunks_t.c.generation == generation)
+            ids = [c for c, _, _ in held] + list(missing)
+            docs = set(d for _, d, _ in held)
+            for part in _chunks(ids):
+                docs.update(r[0] for r in conn.execute(select(chunks_t.c.doc_id).where(and_(base_c, chunks_t.c.chunk_id.in_(part)))))
+                conn.execute(delete(chunks_t).where(and_(base_c, chunks_t.c.chunk_id.in_(part))))
+            if held:
+                _insert(conn, chunks_t, [{"target": target, "generation": generation, "chunk_id": c, "doc_id": d, "fingerprint": fp}
+                                         for c, d, fp in held])  # fmt: skip
+            base_d = and_(docs_t.c.target == target, docs_t.c.generation == generation)
+            for part in _chunks(sorted(docs)):
+                conn.execute(delete(docs_t).where(and_(base_d, docs_t.c.doc_id.in_(part))))
+
+        self._tx(q)
+
+    def absent_docs(self, target: str, generation: str, other: str) -> tuple[int, int]:
+        """(documents of ``generation`` that ``other`` lacks, documents of ``generation``): what switching
+        from ``generation`` to the rebuilt ``other`` would delete."""
+
+        def q(conn: Connection) -> tuple[int, int]:
+            old = and_(docs_t.c.target == target, docs_t.c.generation == generation)
+            newer = docs_t.alias("n")
+            held = conn.execute(select(func.count()).select_from(docs_t).where(old)).scalar_one()
+            kept = (select(newer.c.doc_id).where(and_(newer.c.target == target, newer.c.generation == other,
+                                                      newer.c.doc_id == docs_t.c.doc_id)).exists())  # fmt: skip
+            gone = conn.execute(select(func.count()).select_from(docs_t).where(and_(old, ~kept))).scalar_one()
+            return int(gone), int(held)
+
+        return self._tx(q)
+
     # --- watermarks and meta ------------------------------------------------------------------
     def watermark(self, target: str, source: str) -> str | None:
         def q(conn: Connection) -> str | None:
@@ -474,7 +547,7 @@ class Ledger:
             conn.execute(delete(watermarks_t).where(and_(watermarks_t.c.target == target, watermarks_t.c.source == source)))
             conn.execute(insert(watermarks_t).values(target=target, source=source, value=value))
 
-        self._tx(q)
+        self._tx(q, integrity=True)
 
     def meta(self, key: str) -> Any:
         def q(conn: Connection) -> Any:
@@ -488,7 +561,17 @@ class Ledger:
             conn.execute(delete(meta_t).where(meta_t.c.key == key))
             conn.execute(insert(meta_t).values(key=key, value=json.dumps(value, sort_keys=True)))
 
-        self._tx(q)
+        self._tx(q, integrity=True)
+
+
+def _ledger_id(conn: Connection) -> str:
+    """The ledger's id: made (a UUID) when the ledger is new, read ever after."""
+    raw = conn.execute(select(meta_t.c.value).where(meta_t.c.key == "ledger_id")).scalar_one_or_none()
+    if raw is not None:
+        return str(json.loads(raw))
+    new = uuid.uuid4().hex
+    conn.execute(insert(meta_t).values(key="ledger_id", value=json.dumps(new)))
+    return new
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

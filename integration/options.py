@@ -16,13 +16,16 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from embedrail.errors import ConfigError
 
-__all__ = ["BAD_ROW_POLICIES", "DELETES", "MODES", "Deletes", "Mode", "OnBadRow", "SyncOptions", "positive_int", "truthy"]
+__all__ = ["BAD_ROW_POLICIES", "DELETES", "MODES", "REPAIRS", "Deletes", "Mode", "OnBadRow", "Repair", "SyncOptions",
+           "positive_int", "truthy"]
 
 Mode = Literal["incremental", "full"]
 Deletes = Literal["auto", "snapshot", "tombstone", "none"]
 OnBadRow = Literal["skip", "fail"]
 Precision = Literal["float32", "bfloat16", "float16"]
+Repair = Literal["auto", "on", "off"]
 MODES: tuple[str, ...] = get_args(Mode)
+REPAIRS: tuple[str, ...] = get_args(Repair)
 DELETES: tuple[str, ...] = get_args(Deletes)
 BAD_ROW_POLICIES: tuple[str, ...] = get_args(OnBadRow)
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
@@ -36,8 +39,10 @@ def truthy(value: Any) -> bool:
     return bool(value)
 
 
-def _opt(help: str, *, cli: str | None = None, **kw: Any) -> Any:
-    return field(metadata={"help": help, "cli": cli}, **kw)
+def _opt(help: str, *, cli: str | None = None, const: Any = None, **kw: Any) -> Any:
+    """A field with its ``--flag`` help (``cli``: another flag name, "" for none; ``const``: the value of the
+    flag given without one, for a choice)."""
+    return field(metadata={"help": help, "cli": cli, "const": const}, **kw)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,9 +67,23 @@ class SyncOptions:
     on_bad_row: OnBadRow = _opt("skip (and report) or fail on a bad source row", default="skip")
     source_options: Mapping[str, Any] = _opt("options of the source (id_field, text_field, ...)", cli="",
                                              default_factory=dict)  # fmt: skip
-    allow_empty_source: bool = _opt("let an empty snapshot delete everything", default=False)
+    max_delete_fraction: float = _opt("a snapshot run that would delete more than this share of a target's documents "
+                                      "writes its upserts but not those deletes, and fails (1.0: no limit)", default=0.5)  # fmt: skip
+    allow_mass_delete: bool = _opt("delete what the source no longer has, whatever its share (an empty source included)",
+                                   default=False)  # fmt: skip
+    adopt: bool = _opt("take over a non-empty index this ledger does not know: rebuild the ledger's rows for it from the "
+                       "records' own _doc/_fp, then sync incrementally (deleting what the source no longer has)",
+                       default=False)  # fmt: skip
+    repair: Repair = _opt("auto: every run compares the store's count and a sample of records with the ledger and repairs "
+                          "the drift it finds; on (--repair): compare every id and fingerprint and repair; off: report "
+                          "drift only", default="auto", const="on")  # fmt: skip
+    drift_sample: int = _opt("records the drift probe of every incremental run reads back (0: count only)", default=100)
 
     def __post_init__(self) -> None:
+        if isinstance(self.repair, bool):  # repair=True (Python), as the issue of the flag
+            object.__setattr__(self, "repair", "on" if self.repair else "off")
+        if isinstance(self.max_delete_fraction, int) and not isinstance(self.max_delete_fraction, bool):
+            object.__setattr__(self, "max_delete_fraction", float(self.max_delete_fraction))
         hints = _hints()
         for f in dataclasses.fields(self):
             _check(f.name, getattr(self, f.name), hints[f.name])
@@ -74,6 +93,14 @@ class SyncOptions:
             raise ConfigError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})")
         if self.model is not None and not self.model.strip():
             raise ConfigError("model must be a non-empty string or None")
+        if self.model is not None:
+            from embed_core.factory import check_model_name
+
+            check_model_name(self.model)
+        if not 0.0 < self.max_delete_fraction <= 1.0:
+            raise ConfigError(f"max_delete_fraction must be above 0 and at most 1 (1: no limit), got {self.max_delete_fraction}")
+        if self.drift_sample < 0:
+            raise ConfigError(f"drift_sample must be >= 0, got {self.drift_sample}")
         object.__setattr__(self, "source_options", {k: v for k, v in dict(self.source_options).items() if v is not None})
 
     # --------------------------------------------------------------------------- construction
@@ -111,8 +138,13 @@ class SyncOptions:
             base, optional = _base(typ)
             if base is bool:
                 parser.add_argument(flag, dest=f.name, action="store_true", help=help_)
+            elif get_origin(base) is Literal and f.metadata.get("const") is not None:  # --flag alone, or --flag CHOICE
+                parser.add_argument(flag, dest=f.name, nargs="?", const=f.metadata["const"], choices=get_args(base),
+                                    default=default, help=help_)  # fmt: skip
             elif get_origin(base) is Literal:
                 parser.add_argument(flag, dest=f.name, choices=get_args(base), default=default, help=help_)
+            elif base is float:
+                parser.add_argument(flag, dest=f.name, type=float, default=default, help=help_)
             elif base is int:
                 conv = positive_int if (optional or f.name in ("batch_size", "queue_depth")) else int
                 parser.add_argument(flag, dest=f.name, type=conv, default=default, help=help_)
@@ -161,6 +193,9 @@ def _check(name: str, value: Any, typ: Any) -> None:
         if optional or name in ("batch_size", "queue_depth"):
             if value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    elif base is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
     elif base is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}")
@@ -179,6 +214,13 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         return truthy(value)
     if base is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
+    if base is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if name == "repair" and (isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() not in REPAIRS)):
+        return "on" if truthy(value) else "off" if isinstance(value, bool) or value.strip().lower() in _FALSE else value
     return value
 
 

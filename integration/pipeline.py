@@ -33,7 +33,7 @@ from embedrail.secrets import one_line
 from .chunking import Chunker
 from .context import RunContext, TargetRun
 from .documents import Chunk, Document, canonical_json
-from .ledger import Ledger
+from .ledger import Lease, Ledger
 from .plan import (
     TEXT_FP,
     PlannedChunk,
@@ -107,9 +107,9 @@ class PartitionRun:
     MAX_DELETES = 1000  # stale chunk ids per batch
     VECTOR_CACHE_BYTES = 64 << 20  # vectors kept for identical texts later in the run (LRU)
 
-    def __init__(self, *, ctx: RunContext, ledger: Ledger, report: Report, lanes: dict[str, Lane],
+    def __init__(self, *, ctx: RunContext, ledger: Ledger, lease: Lease | None, report: Report, lanes: dict[str, Lane],
                  embedder: Callable[[], Any], batch_size: int, queue_depth: int) -> None:  # fmt: skip
-        self.ctx, self.ledger, self.rep, self.lanes = ctx, ledger, report, lanes
+        self.ctx, self.ledger, self.lease, self.rep, self.lanes = ctx, ledger, lease, report, lanes
         self._embedder, self.batch_size = embedder, batch_size
         self.window: list[tuple[Document, Triage]] = []
         self.batch = _Batch()
@@ -334,7 +334,7 @@ class PartitionRun:
                 # 1. Intent BEFORE the write: the ledger learns that these ids may exist in the store. If the
                 #    process dies after the store acknowledged but before step 3, the next run still finds them
                 #    (planned as changed and rewritten; found by snapshot deletes): nothing is orphaned.
-                self.ledger.mark_intent(key, gen, [(e.chunk.id, e.chunk.doc_id) for _, e in entries])
+                self.ledger.mark_intent(key, gen, [(e.chunk.id, e.chunk.doc_id) for _, e in entries], lease=self.lease)
                 # 2. The write. Rejected records come back by id; the rest is acknowledged.
                 assert batch.vectors is not None
                 vecs = batch.vectors[[i for i, _ in entries]]
@@ -384,7 +384,7 @@ class PartitionRun:
             #    of the store, so any crash leaves work that the next run repairs, never a gap.
             self.ledger.commit(key, gen, written=written, deleted=deleted,
                                docs_done=[x for x in done if x[0] not in lane.failed_docs],
-                               docs_removed=[d for d in removed if d not in lane.failed_docs])  # fmt: skip
+                               docs_removed=[d for d in removed if d not in lane.failed_docs], lease=self.lease)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - the target failed: the others go on
             if not is_retryable(e):
                 raise

@@ -34,6 +34,11 @@ class Report:
     dims: int | None = None
     fingerprint: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: per target: what the drift probe (or a repair) found, see ``integration.drift.Drift``
+    drift: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: per target: snapshot deletes not made because they exceeded ``max_delete_fraction`` (the run fails)
+    refused_deletes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ledger: str | None = None  # the ledger's URL (no password)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     partitions: int = 1
@@ -63,10 +68,38 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not self.errors and not any(self.failed.values())
+        return not self.errors and not any(self.failed.values()) and not self.refused_deletes
 
     def failed_targets(self) -> list[str]:
-        return sorted(t for t in self.upserted if self.failed.get(t) or t in self.errors)
+        return sorted(t for t in self.upserted if self.failed.get(t) or t in self.errors or t in self.refused_deletes)
+
+    def refuse_deletes(self, target: str, deleting: int, held: int, limit: float) -> None:
+        """Record snapshot deletes not made: ``deleting`` of the target's ``held`` documents, over ``limit``."""
+        self.add_target(target)
+        self.refused_deletes[target] = {"documents": deleting, "held": held, "fraction": round(deleting / max(held, 1), 4),
+                                        "max_delete_fraction": limit}  # fmt: skip
+
+    def raise_for_failures(self) -> Report:
+        """Raise ``SyncError`` naming what failed if the run is not ``ok``; else return self."""
+        if not self.ok:
+            from embedrail.errors import SyncError
+
+            raise SyncError(self.failure_message())
+        return self
+
+    def failure_message(self) -> str:
+        """One line: why each failed target failed."""
+        parts = []
+        for t in self.failed_targets():
+            if t in self.refused_deletes:
+                r = self.refused_deletes[t]
+                parts.append(f"{t} (refused to delete {r['documents']} of its {r['held']} documents, more than "
+                             f"max_delete_fraction {r['max_delete_fraction']}: if the source really shrank, re-run with "
+                             "--allow-mass-delete or a higher --max-delete-fraction)")  # fmt: skip
+            else:
+                parts.append(f"{t} ({self.errors.get(t) or str(self.failed.get(t, 0)) + ' failures'})")
+        retry = any(t in self.errors or self.failed.get(t) for t in self.failed_targets())
+        return "sync incomplete for " + ", ".join(parts) + ("; re-run to catch up" if retry else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +125,9 @@ class Report:
             "dims": self.dims,
             "fingerprint": self.fingerprint,
             "notes": list(self.notes),
+            "drift": {k: dict(v) for k, v in self.drift.items()},
+            "refused_deletes": {k: dict(v) for k, v in self.refused_deletes.items()},
+            "ledger": self.ledger,
             "partitions": self.partitions,
             "seconds": round(self.seconds, 3),
             "embed_seconds": round(self.embed_seconds, 3),
@@ -102,7 +138,7 @@ class Report:
         r = cls()
         for k in (
             "mode", "dry_run", "documents", "chunks", "embedded", "reused", "unchanged", "tombstones", "skipped_bad_rows",
-            "model", "dims", "fingerprint", "seconds", "embed_seconds", "partitions",
+            "model", "dims", "fingerprint", "seconds", "embed_seconds", "partitions", "ledger",
         ):  # fmt: skip
             if k in d:
                 setattr(r, k, d[k])
@@ -115,6 +151,8 @@ class Report:
         r.target_dims = dict(d.get("target_dims", {}))
         r.bad_rows = list(d.get("bad_rows", []))
         r.notes = list(d.get("notes", []))
+        r.drift = {k: dict(v) for k, v in d.get("drift", {}).items()}
+        r.refused_deletes = {k: dict(v) for k, v in d.get("refused_deletes", {}).items()}
         return r
 
     def merge(self, other: Report) -> Report:
@@ -138,6 +176,11 @@ class Report:
         for n in other.notes:
             if n not in self.notes:
                 self.notes.append(n)
+        for t, v in other.drift.items():
+            self.drift.setdefault(t, v)
+        for t, v in other.refused_deletes.items():
+            self.refused_deletes.setdefault(t, v)
+        self.ledger = self.ledger or other.ledger
         self.model = self.model or other.model
         self.dims = self.dims or other.dims
         self.fingerprint = self.fingerprint or other.fingerprint
@@ -156,6 +199,10 @@ class Report:
         for t in self.upserted:
             p = self.plan.get(t, {})
             state = "FAILED: " + self.errors[t] if t in self.errors else ("FAILED" if self.failed.get(t) else "ok")
+            if t in self.refused_deletes and t not in self.errors:
+                r = self.refused_deletes[t]
+                state = (f"FAILED: deletes refused: {r['documents']} of {r['held']} documents ({r['fraction']:.0%}) are gone "
+                         f"from the source, more than max_delete_fraction {r['max_delete_fraction']:g}")  # fmt: skip
             name = f"{t} ({self.target_dims[t]} dims)" if per_target and t in self.target_dims else t
             if self.dry_run:
                 lines.append(
@@ -167,5 +214,12 @@ class Report:
                     f"  {name}: upserted {self.upserted[t]}, metadata updated {self.retagged.get(t, 0)}, "
                     f"deleted {self.deleted.get(t, 0)}, failed {self.failed.get(t, 0)} [{state}]"
                 )
+        for t, d in self.drift.items():
+            if d.get("found"):
+                lines.append(f"  drift {t}: store {d['store_count']} records, ledger {d['ledger_count']}; "
+                             f"{d['missing']} missing, {d['stale']} stale" + (f", {d['unknown']} unknown" if d.get("unknown") else "")
+                             + (" -> repaired" if d.get("repaired") else " -> NOT repaired (--repair)"))  # fmt: skip
         lines.extend(f"  note: {n}" for n in self.notes)
+        if self.ledger:
+            lines.append(f"  ledger: {self.ledger}")
         return "\n".join(lines)

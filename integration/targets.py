@@ -93,12 +93,16 @@ class Target:
 
 @dataclass
 class TargetSlot:
-    key: str  # redacted URL: ledger key, report key
+    given: str  # the URL without credentials, as the user gave it
+    key: str = ""  # the ledger key (and report key): ``given``, or the key the index is stamped with (``prepare``)
     dims: int | None = None  # what the user asked for this target (None: the run's default)
     url: str | None = None  # what the user gave (may hold credentials: never logged or put in a context)
     store: VectorStore | None = None  # the user-facing store (ours to close when we connected it)
     owned: bool = False  # we connected the store (from the URL), so we close it
     error: str | None = None  # why it is out of this run (set while preparing)
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.given
 
 
 class TargetSet:
@@ -111,9 +115,9 @@ class TargetSet:
         self.items: list[TargetSlot] = []
         for t in map(Target.of, targets):
             if isinstance(t.target, str):
-                self.items.append(TargetSlot(key=target_key(t.target), dims=t.dims, url=t.target))
+                self.items.append(TargetSlot(target_key(t.target), dims=t.dims, url=t.target))
             else:
-                self.items.append(TargetSlot(key=target_key(getattr(t.target, "url", repr(t.target))), dims=t.dims, store=t.target))
+                self.items.append(TargetSlot(target_key(getattr(t.target, "url", repr(t.target))), dims=t.dims, store=t.target))
         keys = [t.key for t in self.items]
         if len(set(keys)) != len(keys):
             raise ConfigError("the same target is given twice")
@@ -135,10 +139,21 @@ class TargetSet:
             t.owned = True
         return t.store
 
+    def check_distinct(self) -> None:
+        """Refuse two targets that are one index (their ledger keys, once resolved, are equal)."""
+        seen: dict[str, str] = {}
+        for t in self.items:
+            if t.key in seen:
+                raise ConfigError(f"{seen[t.key]} and {t.given} are the same index (known to the ledger as {t.key}): give it once")
+            seen[t.key] = t.given
+
     def bind(self, ctx: RunContext) -> list[tuple[TargetSlot, TargetRun]]:
-        """Pair each target with its state in ``ctx`` (which must have been prepared for these targets)."""
-        if len(ctx.targets) != len(self.items) or any(r.key != self.items[r.index].key for r in ctx.targets):
+        """Pair each target with its state in ``ctx`` (which must have been prepared for these targets), and
+        take the ledger key ``prepare`` resolved for it."""
+        if len(ctx.targets) != len(self.items) or any((r.given or r.key) != self.items[r.index].given for r in ctx.targets):
             raise ConfigError("the run context was prepared for other targets")
+        for r in ctx.targets:
+            self.items[r.index].key = r.key
         return [(self.items[r.index], r) for r in ctx.targets]
 
     # --------------------------------------------------------------------------- rebuild stores

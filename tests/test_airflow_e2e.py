@@ -40,7 +40,9 @@ class FlakyEmbedder:
         self._calls += 1
         if self._calls >= 2 and FAULT_FLAG and os.path.exists(FAULT_FLAG):
             os.remove(FAULT_FLAG)
-            raise RuntimeError("injected fault: worker lost in the middle of a partition")
+            from embedrail.errors import RemoteEmbeddingError  # a transient failure: Airflow retries the task
+
+            raise RemoteEmbeddingError("injected fault: the embedding server went away in the middle of a partition")
         return self._inner.embed_documents(texts)
 
 
@@ -289,7 +291,7 @@ def test_dag_keeps_es_weaviate_and_chroma_in_step(airflow_home, es_url, weaviate
 
 
 def test_partition_fails_once_and_retry_leaves_stores_in_step(airflow_home, es_url, weaviate_url,  # noqa: F811
-                                                              chroma_path_url, unique_name):  # fmt: skip
+                                                              chroma_http_url, unique_name):  # fmt: skip
     """A mapped partition task dies mid-way on its first try (after writing part of its share); Airflow
     retries it; the stores end exactly in step with the source, and a re-run has nothing to do."""
     corpus = airflow_home / f"{unique_name}.jsonl"
@@ -300,7 +302,7 @@ def test_partition_fails_once_and_retry_leaves_stores_in_step(airflow_home, es_u
     urls = [
         with_name(es_url, unique_name),
         with_name(weaviate_url, wv_name),
-        with_name(chroma_path_url, unique_name),
+        with_name(chroma_http_url, unique_name),  # partitions need a server: an embedded store is refused
     ]
     dag = make_dag(airflow_home, "retry_" + unique_name[-8:], {
         "source": str(corpus), "targets": urls, "model": "minilm", "partitions": 2, "batch_size": 2,

@@ -1,5 +1,7 @@
-"""SIGKILL at random points of a run, several times, then re-run: every target holds exactly the
-source's chunks with current fingerprints (no duplicates, no missing, no stale)."""
+"""SIGKILL at random points of a run, several times, and the everyday drifts next to them (records deleted
+from the stores behind embedrail's back, the target URLs spelt another way, a truncated snapshot), then
+re-run: every target holds exactly the source's chunks with current fingerprints (no duplicates, no
+missing, no stale)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 from test_integration_support import assert_in_step, expected_records, minilm, sentences, write_jsonl
-from util import LEDGERS, with_name
+from util import LEDGERS, opened, with_name
 
 from integration.engine import SyncEngine, redact_url
 from integration.ledger import Ledger
@@ -102,8 +104,18 @@ def test_sigkill_at_random_points_then_rerun_repairs(tmp_path: Path, es_url: str
     print("ledger (chunks, in-flight intents) after each kill:", progress)
     emb = minilm()
     final = _corpus(2)
+    # the everyday drifts: records lost from every store, a truncated snapshot (its deletes are refused), and
+    # the server URLs spelt another way for the runs that follow
+    for t in targets:
+        with opened(t) as store:
+            assert store.delete(sorted(store.iter_ids())[::7]).ok
+    write_jsonl(src, final[:3])
+    respelt = [t.replace("127.0.0.1", "localhost") for t in targets]
+    with SyncEngine(str(src), respelt, ledger=ledger, embedder=emb, chunk_tokens=CT, progress=False) as e:
+        r = e.run()
+    assert not r.ok and set(r.refused_deletes) == {redact_url(t) for t in targets}, r.errors
     write_jsonl(src, final)
-    with SyncEngine(str(src), targets, ledger=ledger, embedder=emb, chunk_tokens=CT, progress=False) as e:
+    with SyncEngine(str(src), respelt, ledger=ledger, embedder=emb, chunk_tokens=CT, progress=False) as e:
         r = e.run()
     assert r.ok, r.errors
     for t in targets:

@@ -13,6 +13,7 @@ import pytest
 from test_integration_support import (
     OtherFingerprint,
     assert_in_step,
+    dead_owner,
     expected_records,
     minilm,
     sentences,
@@ -117,12 +118,15 @@ def test_metadata_only_change_updates_every_store_in_place_without_the_model(
             assert {h.id for h in s.search(q, k=20, filter={"lang": "fr"})} == {f"doc2#{i}" for i in range(n2)}
     with opened(targets[0]) as s:
         assert [(h.id, round(h.score, 5)) for h in s.search(q, k=4)] == before
-    # a record deleted behind embedrail's back: the re-tag fails for it, the next run writes it whole
+    # a record deleted behind embedrail's back, with the drift repair off: the re-tag fails for it (and the
+    # probe reports the drift), the next run writes it whole
     with opened(targets[1]) as s:
         assert s.delete(["doc2#0"]).ok
     docs[2]["lang"] = "de"
-    r = run(env, emb, docs, targets=targets)
-    assert not r.ok and r.failed[redact_url(targets[1])] == 1 and r.embedded == 0
+    r = run(env, emb, docs, targets=targets, repair="off")
+    es_key = redact_url(targets[1])
+    assert not r.ok and r.failed[es_key] == 1 and r.embedded == 0
+    assert r.drift[es_key]["found"] and not r.drift[es_key]["repaired"] and r.drift[es_key]["store_count"] == r.chunks - 1
     r = run(env, emb, docs, targets=targets)
     assert r.ok and r.embedded == 1 and r.upserted[redact_url(targets[1])] == 1
     for t in targets:
@@ -222,7 +226,8 @@ def test_interrupted_rebuild_is_dropped_or_finished(env: dict[str, Any], emb: An
     key = redact_url(env["target"])
     write_jsonl(env["src"], docs)
     # crash after filling the new generation, before the switch
-    e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, mode="full", progress=False)
+    e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, mode="full",
+                   progress=False, run_owner=dead_owner())  # fmt: skip
     ctx = e.prepare()
     e.sync_partition(0, 1, ctx)
     pending = ctx.targets[0].generation
@@ -233,7 +238,8 @@ def test_interrupted_rebuild_is_dropped_or_finished(env: dict[str, Any], emb: An
         assert pending not in [c.name for c in store.client.list_collections()]
     assert Ledger(env["ledger"]).target(key).pending_generation is None
     # crash after the store switched, before the ledger did: the next run finishes the switch
-    e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, mode="full", progress=False)
+    e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT, mode="full",
+                   progress=False, run_owner=dead_owner())  # fmt: skip
     ctx = e.prepare()
     e.sync_partition(0, 1, ctx)
     t = e.targets.items[0]
@@ -245,9 +251,10 @@ def test_interrupted_rebuild_is_dropped_or_finished(env: dict[str, Any], emb: An
 
 
 @pytest.mark.parametrize("ledger_kind", LEDGERS)
-def test_partitioned_api_is_idempotent(env: dict[str, Any], emb: Any) -> None:
+def test_partitioned_api_is_idempotent(env: dict[str, Any], emb: Any, chroma_http_url: str, unique_name: str) -> None:
     docs = corpus(12)
     write_jsonl(env["src"], docs)
+    env["target"] = with_name(chroma_http_url, unique_name)  # partitions need a server (an embedded store is refused)
     kw = {"ledger": env["ledger"], "embedder": emb, "chunk_tokens": CT, "progress": False}
 
     def engine() -> SyncEngine:  # a fresh engine per "task", as in separate Airflow workers
@@ -398,12 +405,13 @@ def test_sql_feed_with_watermark_and_tombstones(env: dict[str, Any], emb: Any) -
 
     r = go()
     assert r.ok and r.documents == 6 and r.embedded + r.reused == r.chunks  # tail chunks repeat across rows: embedded once
-    assert go().documents == 0  # nothing newer than the watermark
+    again = go()  # only the row at the watermark is read again (>=): unchanged, skipped by its hash
+    assert again.documents == 1 and again.embedded == 0 and again.upserted[redact_url(env["target"])] == 0
     con.execute("UPDATE items SET body = ?, updated_at = 10 WHERE id = 'r1'", (sentences("r1-new", 2),))
     con.execute("UPDATE items SET gone = 1, updated_at = 11 WHERE id = 'r2'")
     con.commit()
     r = go()
-    assert r.documents == 2 and r.tombstones == 1 and r.deleted[redact_url(env["target"])] > 0
+    assert r.documents == 3 and r.tombstones == 1 and r.deleted[redact_url(env["target"])] > 0
     rows = [{"id": i, "text": b, "lang": lang, "updated_at": u} for i, b, lang, u in con.execute("SELECT id, body, lang, updated_at FROM items WHERE gone = 0")]
     assert_in_step(env["target"], emb, rows, CT)
 
@@ -456,12 +464,15 @@ def test_embedding_overlaps_writing_and_memory_stays_bounded(env: dict[str, Any]
 
 
 @pytest.mark.parametrize("ledger_kind", LEDGERS)
-def test_interrupted_full_rebuild_is_resumed_by_the_next_full_run(env: dict[str, Any], emb: Any) -> None:
+def test_interrupted_full_rebuild_is_resumed_by_the_next_full_run(env: dict[str, Any], emb: Any, chroma_http_url: str,
+                                                                 unique_name: str) -> None:  # fmt: skip
     docs = corpus(10)
+    env["target"] = with_name(chroma_http_url, unique_name)  # partitions need a server (an embedded store is refused)
     run(env, emb, docs)
     old_physical = describe(env["target"]).physical_name
     v2 = OtherFingerprint(emb)
-    e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=v2, chunk_tokens=CT, mode="full", progress=False)
+    e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=v2, chunk_tokens=CT, mode="full",
+                   progress=False, run_owner=dead_owner())  # fmt: skip
     ctx = e.prepare()
     half = e.sync_partition(0, 2, ctx)  # ... and the process dies here
     assert 0 < half["embedded"] < half["chunks"] + 100
@@ -474,11 +485,12 @@ def test_interrupted_full_rebuild_is_resumed_by_the_next_full_run(env: dict[str,
 
 
 @pytest.mark.parametrize("ledger_kind", LEDGERS)
-def test_partitions_in_parallel_share_one_ledger(env: dict[str, Any], emb: Any) -> None:
+def test_partitions_in_parallel_share_one_ledger(env: dict[str, Any], emb: Any, chroma_http_url: str, unique_name: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     docs = corpus(16, 3)
     write_jsonl(env["src"], docs)
+    env["target"] = with_name(chroma_http_url, unique_name)  # partitions need a server (an embedded store is refused)
 
     def engine() -> SyncEngine:  # own engine, own ledger connection pool: like separate worker processes
         return SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT,

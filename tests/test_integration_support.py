@@ -6,6 +6,9 @@ The model is real (the packaged MiniLM) and loaded once per test session; stores
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -53,6 +56,14 @@ class OtherFingerprint:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+def dead_owner() -> str:
+    """The lease owner a crashed run leaves behind: a process of this machine that is gone (a run of this
+    owner is taken over at once; ``SyncEngine(run_owner=dead_owner())`` stands for a process that dies)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return f"process:{socket.gethostname()}:{proc.pid}:crashed"
 
 
 def write_jsonl(path: Path, docs: Iterable[dict[str, Any]]) -> Path:

@@ -41,7 +41,7 @@ from integration.ledger import Ledger
 
 if cfg.get("kill_in_commit") or cfg.get("pause_file"):
     orig, seen = Ledger._tx, [0]
-    def _tx(self, fn):
+    def _tx(self, fn, integrity=False):
         def fn2(conn):
             out = fn(conn)
             if fn.__qualname__.startswith("Ledger.commit"):
@@ -50,7 +50,7 @@ if cfg.get("kill_in_commit") or cfg.get("pause_file"):
                     print("IN_COMMIT", flush=True)
                     time.sleep(120)
             return out
-        out = orig(self, fn2)
+        out = orig(self, fn2, integrity)
         if cfg.get("pause_file") and seen[0] == 2:  # after the 2nd commit: wait for the parent's go
             print("PAUSED", flush=True)
             deadline = time.time() + 120
@@ -277,17 +277,17 @@ def test_run_leases_one_run_per_target_and_when_a_lease_is_taken_over(ledger_url
     dead.wait()
     led, other = Ledger(ledger_url), Ledger(ledger_url)
     try:
-        led.acquire(["t1", "t2"], "runA", "process:elsewhere:1", ttl=60)
+        lease_a = led.acquire(["t1", "t2"], "runA", "process:elsewhere:1", ttl=60)
         with pytest.raises(RunConflictError, match=r"t1: run runA \(process:elsewhere:1"):
             other.acquire(["t1"], "runB", "airflow:dag_b", ttl=60)
         with pytest.raises(RunConflictError):  # all or none: t3 was not leased either
             other.acquire(["t3", "t2"], "runB", "airflow:dag_b", ttl=60)
         assert led.lease("t3") is None
-        # a writer of runA renews; once runB took the target over, runA's next commit is refused
-        led.mark_intent("t1", "g", [("c1", "d1")])
+        # a writer of runA renews its lease; once runB took the target over, runA's next commit is refused
+        led.mark_intent("t1", "g", [("c1", "d1")], lease=lease_a)
         other.acquire(["t1"], "runB", "process:elsewhere:1", ttl=60, may_take_over=lambda owner: owner == "process:elsewhere:1")
         with pytest.raises(RunConflictError, match="lost its lease to run runB"):
-            led.commit("t1", "g", written=[("c1", "d1", "fp")])
+            led.commit("t1", "g", written=[("c1", "d1", "fp")], lease=lease_a)
         assert other.chunk_map("t1", "g") == {"c1": None}  # still an intent: the next run rewrites it
         # takeover rules of the engine: same owner, a dead process of this host, an expired lease
         eng = E.__new__(E)
@@ -295,6 +295,8 @@ def test_run_leases_one_run_per_target_and_when_a_lease_is_taken_over(ledger_url
         host = socket.gethostname()
         assert eng._may_take_over("airflow:dag_b") and eng._may_take_over(f"process:{host}:{dead.pid}")
         assert not eng._may_take_over(f"process:{host}:{os.getpid()}") and not eng._may_take_over("process:otherhost:1")
+        assert eng._may_take_over(f"process:{host}:{dead.pid}:a1b2c3d4")  # an engine's owner: PID and nonce
+        assert not eng._may_take_over(f"process:{host}:{os.getpid()}:a1b2c3d4")  # another engine of this live process
         other.acquire(["t4"], "runC", "airflow:dag_c", ttl=0)  # lapses at once
         led.acquire(["t4"], "runD", "airflow:dag_d", ttl=60)
         assert led.lease("t4")["run_id"] == "runD"

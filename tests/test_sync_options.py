@@ -44,12 +44,21 @@ def test_every_option_is_a_reindex_flag_with_the_same_default() -> None:
     assert SyncOptions.from_args(a) == SyncOptions()
     flags = ["--model", "m", "--dims", "128", "--device", "cpu", "--mode", "full", "--deletes", "tombstone", "--dry-run",
              "--chunk-tokens", "100", "--chunk-overlap", "10", "--batch-size", "8", "--queue-depth", "3",
-             "--on-bad-row", "fail", "--allow-empty-source"]  # fmt: skip
+             "--on-bad-row", "fail", "--max-delete-fraction", "0.8", "--allow-mass-delete", "--adopt", "--repair",
+             "--drift-sample", "7"]  # fmt: skip
     a = parser.parse_args(["reindex", "--source", "s.jsonl", "--target", "es://h:9200/x", *flags])
     o = SyncOptions.from_args(a)
     assert o == SyncOptions(model="m", dims=128, device="cpu", mode="full", deletes="tombstone", dry_run=True, chunk_tokens=100,
-                            chunk_overlap=10, batch_size=8, queue_depth=3, on_bad_row="fail", allow_empty_source=True)  # fmt: skip
+                            chunk_overlap=10, batch_size=8, queue_depth=3, on_bad_row="fail", max_delete_fraction=0.8,
+                            allow_mass_delete=True, adopt=True, repair="on", drift_sample=7)  # fmt: skip
+    a = parser.parse_args(["reindex", "--source", "s.jsonl", "--target", "es://h:9200/x", "--repair", "off"])
+    assert SyncOptions.from_args(a).repair == "off"  # --repair alone is "on"; it also takes auto / on / off
     covered = {f.name for f in dataclasses.fields(SyncOptions)} - {"source_options"}
     assert covered <= set(vars(a)), "a SyncOptions field without a CLI flag"
     with pytest.raises(SystemExit):
         parser.parse_args(["reindex", "--source", "s", "--target", "t", "--dims", "0"])
+    for bad in ({"max_delete_fraction": 0}, {"max_delete_fraction": 1.5}, {"drift_sample": -1}, {"repair": "sometimes"},
+                {"model": "http://user:pw@gpu:8000/v1#m"}, {"model": "http://gpu:8000/v1?api_key=k#m"}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            SyncOptions.from_mapping(bad)
+    assert SyncOptions(repair=True).repair == "on" and SyncOptions.from_mapping({"repair": "false"}).repair == "off"

@@ -26,12 +26,13 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from connectors import is_embedded_url
 from embedrail.errors import ConfigError
 from embedrail.secrets import redact_url
 
-from ..options import SyncOptions, truthy
+from ..options import REPAIRS, SyncOptions, truthy
 from ..targets import target_key
-from .connections import TargetSpec, expand_env, with_index
+from .connections import CONN_PREFIX, TargetSpec, expand_env, with_index
 from .tasks import ReindexJob, incomplete_message, plan_run, run_deletes, run_partition, run_report
 
 __all__ = ["build_reindex_dag", "index_asset", "reindex_tasks"]
@@ -60,6 +61,15 @@ def index_asset(target: str | Mapping[str, Any] | TargetSpec) -> Asset:
     return Asset(uri=target_key(with_index(expand_env(spec.target, strict=False), spec.index)))
 
 
+def _embedded(spec: TargetSpec) -> bool:
+    if spec.target.startswith(CONN_PREFIX):
+        return False
+    try:
+        return is_embedded_url(spec.target)
+    except ConfigError:  # ${ENV} placeholders: decided when a task runs
+        return False
+
+
 def _param_dims(value: Any) -> int | None:
     """The ``dims`` trigger param: empty or 0 means "what the index records"."""
     if value in (None, "", 0, "0"):
@@ -82,8 +92,9 @@ def _asset_extra(report: Mapping[str, Any], key: str) -> dict[str, Any]:
 def reindex_tasks(job: ReindexJob, *, partitions: int = 1, assets: Sequence[Asset] = (), publish_assets: bool = True,
                   embed_task_options: Mapping[str, Any] | None = None) -> Any:  # fmt: skip
     """Add the reindex tasks to the DAG being defined (call it inside ``@dag`` or ``with DAG(...)``);
-    returns the ``report`` task's output. The DAG's params ``mode``, ``dims``, ``dry_run`` and
-    ``partitions`` (if it has them) override ``job.options`` and ``partitions`` per run.
+    returns the ``report`` task's output. The DAG's params ``mode``, ``dims``, ``dry_run``, ``repair``,
+    ``allow_mass_delete``, ``adopt`` and ``partitions`` (if it has them) override ``job.options`` and
+    ``partitions`` per run.
     ``embed_task_options`` (``queue``, ``pool``, ...) apply to the embedding tasks only."""
     embed_opts, default_partitions = dict(embed_task_options or {}), partitions
 
@@ -96,8 +107,11 @@ def reindex_tasks(job: ReindexJob, *, partitions: int = 1, assets: Sequence[Asse
             overrides["mode"] = str(p["mode"])
         if "dims" in p:
             overrides["dims"] = _param_dims(p.get("dims"))
-        if "dry_run" in p:
-            overrides["dry_run"] = truthy(p.get("dry_run"))
+        for flag in ("dry_run", "allow_mass_delete", "adopt"):
+            if flag in p:
+                overrides[flag] = truthy(p.get(flag))
+        if p.get("repair") not in (None, ""):
+            overrides["repair"] = p["repair"]
         return plan_run(job, **overrides)
 
     @task
@@ -183,7 +197,9 @@ def build_reindex_dag(
     GPU routing: ``queue`` (Celery queue), ``pool``/``pool_slots`` (limit concurrent model users per GPU),
     ``executor_config`` (e.g. a Kubernetes pod override requesting ``nvidia.com/gpu``) and
     ``embed_task_options`` (any other operator argument) apply to the embedding tasks (``sync_partition``)
-    only. Params a person can set when triggering: ``mode``, ``dims``, ``dry_run``, ``partitions``.
+    only. Params a person can set when triggering: ``mode``, ``dims``, ``dry_run``, ``partitions``, ``repair``,
+    ``allow_mass_delete``, ``adopt``. Embedded stores (``chroma:///path``, ``qdrant:///path``) take one
+    partition: their files are written by one process at a time.
     Parsing builds only the task graph: no model load, no network, no connection lookup.
     """
     values = {k: kwargs.pop(k) for k in list(kwargs) if k in SyncOptions.names()}
@@ -193,6 +209,11 @@ def build_reindex_dag(
     if partitions < 1:
         raise ConfigError(f"{dag_id}: partitions must be >= 1, got {partitions}")
     specs = [TargetSpec.of(t) for t in targets]
+    if partitions > 1:  # a connection's store is known only when a task runs: the engine refuses it there
+        for spec in specs:
+            if _embedded(spec):
+                raise ConfigError(f"{dag_id}: {target_key(spec.target)} is an embedded store (its files are written by one "
+                                  f"process at a time) and cannot take {partitions} partitions: use partitions=1, or a server")  # fmt: skip
     job = ReindexJob(source, specs, ledger, opts, connect, embedder_factory)
     assets = list(outlets) if outlets is not None else [index_asset(s) for s in specs]
     if start_date is None:
@@ -209,6 +230,11 @@ def build_reindex_dag(
                       description="vector dimensions (empty: what the index records, else the model's native size)"),
         "dry_run": Param(opts.dry_run, type="boolean", description="plan only: embed and write nothing"),
         "partitions": Param(partitions, type="integer", minimum=1, maximum=1024, description="number of parallel embedding tasks"),
+        "repair": Param(opts.repair, type="string", enum=list(REPAIRS),
+                        description="auto: repair the drift the probe finds; on: compare every record and repair; off: report only"),
+        "allow_mass_delete": Param(opts.allow_mass_delete, type="boolean",
+                                   description=f"delete what the source lost even above max_delete_fraction ({opts.max_delete_fraction:g})"),
+        "adopt": Param(opts.adopt, type="boolean", description="take over a non-empty index this ledger does not know"),
     }  # fmt: skip
     embed_opts: dict[str, Any] = {"pool_slots": pool_slots}
     for k, v in (("queue", queue), ("pool", pool), ("max_active_tis_per_dag", max_active_tis_per_dag)):

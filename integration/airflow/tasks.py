@@ -104,7 +104,8 @@ ReindexConfig = ReindexJob  # the name before 0.2
 
 @contextmanager
 def fail_fast_on_user_errors(secrets: Sequence[str] = ()) -> Iterator[None]:
-    """Turn an error retrying cannot fix into ``AirflowFailException`` (one scrubbed line, no retries)."""
+    """Turn an error retrying cannot fix into ``AirflowFailException`` (one scrubbed line, no retries): a user
+    error, and a bug (any exception that is not an ``EmbedrailError``: its traceback is logged once, here)."""
     try:
         yield
     except EmbedrailError as e:
@@ -113,6 +114,11 @@ def fail_fast_on_user_errors(secrets: Sequence[str] = ()) -> Iterator[None]:
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(scrub_value(f"{type(e).__name__}: {e}", secrets)) from None
+    except Exception as e:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        log.exception("embedrail: internal error (a bug, not retried): please report it with this traceback")
+        raise AirflowFailException(scrub_value(f"internal error (a bug, not retried): {type(e).__name__}: {e}", secrets)) from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,9 +172,7 @@ def run_report(job: ReindexJob, context: dict[str, Any], partials: Sequence[dict
 
 
 def incomplete_message(rep: Mapping[str, Any]) -> str:
-    failed = ", ".join(f"{t} ({rep['errors'].get(t) or str(rep['failed'].get(t, 0)) + ' failures'})"
-                       for t in Report.from_dict(dict(rep)).failed_targets())  # fmt: skip
-    return f"sync incomplete for {failed}; the next run catches up"
+    return Report.from_dict(dict(rep)).failure_message()
 
 
 # ------------------------------------------------------------------------------------------------

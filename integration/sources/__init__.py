@@ -8,7 +8,8 @@
 - ``pydoc:`` (optionally ``pydoc:?max_chars=2000&modules=argparse,json&per=module|member``): the
   Python standard library's own documentation, one document per module (or per public member);
 - ``sql+<sqlalchemy-url>?query=SELECT ...`` or ``?table=name``, optionally ``&watermark=updated_at``
-  for an incremental feed (only rows with a newer watermark are read on the next run);
+  for an incremental feed (the next run reads the rows at or above the highest watermark read, less
+  ``&watermark_lag=SECONDS``, which catches rows committed late with an older watermark);
 - any Python iterable (or zero-argument callable returning one) of ``Document`` s or dicts.
 
 Field names are configurable (``id_field``, ``text_field``, ``deleted_field``); every other field
@@ -71,10 +72,11 @@ def _open_pydoc(spec: str, opts: dict[str, Any]) -> Source:
 
 def _open_sql(spec: str, opts: dict[str, Any]) -> Source:
     base, q = _split_query(spec.removeprefix("sql+"))
-    mine = {k: q.pop(k) for k in list(q) if k in {"query", "table", "watermark"} | _COMMON}
+    own = {"query", "table", "watermark", "watermark_lag"}
+    mine = {k: q.pop(k) for k in list(q) if k in own | _COMMON}
     rest = "&".join(f"{k}={v}" for k, v in q.items())  # the database URL's own parameters
     mine.update(opts)
-    _check(mine, {"query", "table", "watermark"}, "sql+")
+    _check(mine, own, "sql+")
     return SqlSource(base + (f"?{rest}" if rest else ""), **mine)
 
 

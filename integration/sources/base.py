@@ -73,6 +73,9 @@ class Source:
     def max_watermark(self) -> Any:
         return None
 
+    def close(self) -> None:
+        """Release what reading opened (a database connection pool); the source can be read again after."""
+
     # --- iteration ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Document]:
         self.bad_rows = []

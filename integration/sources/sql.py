@@ -1,4 +1,14 @@
-"""``sql+<sqlalchemy-url>``: rows of a SQL query; with a watermark column, an incremental feed."""
+"""``sql+<sqlalchemy-url>``: rows of a SQL query; with a watermark column, an incremental feed.
+
+A feed reads the rows whose watermark is at or above the highest one a previous run stored, minus
+``watermark_lag``: ``>=`` keeps the rows that share the stored watermark (and one committed later with
+the same value), the look-back catches a row committed late with an older watermark (a long transaction,
+an application clock). Rows read again cost a hash comparison each: their documents are unchanged, so
+nothing is chunked, embedded or written for them.
+
+A database that is down or drops the connection raises ``SourceUnavailableError`` (retryable: nothing
+was lost, a later run reads it); a query the database refuses is a ``ConfigError``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from embedrail.errors import ConfigError
+from embedrail.errors import ConfigError, SourceUnavailableError
 
 from .base import Source, jsonable
 
@@ -16,8 +26,9 @@ __all__ = ["SqlSource", "decode_watermark", "encode_watermark"]
 
 
 class SqlSource(Source):
-    """Rows of a SQL query through SQLAlchemy. With ``watermark`` (a column name) it is a feed:
-    each run reads only rows whose watermark is above the one stored after the previous run."""
+    """Rows of a SQL query through SQLAlchemy. With ``watermark`` (a column name) it is a feed: each run
+    reads only the rows whose watermark is at or above the one stored after the previous run, less
+    ``watermark_lag`` (seconds for date/time watermarks, units for numeric ones; default 0)."""
 
     def __init__(
         self,
@@ -26,6 +37,7 @@ class SqlSource(Source):
         query: str | None = None,
         table: str | None = None,
         watermark: str | None = None,
+        watermark_lag: float | str | None = None,
         **opts: Any,
     ) -> None:
         from sqlalchemy.engine import make_url
@@ -45,6 +57,14 @@ class SqlSource(Source):
         self.url = url
         self.query = query or f"SELECT * FROM {table}"
         self.watermark = watermark
+        try:
+            self.watermark_lag = float(watermark_lag or 0)
+        except (TypeError, ValueError):
+            raise ConfigError(f"watermark_lag must be a number (seconds, or watermark units), got {watermark_lag!r}") from None
+        if self.watermark_lag < 0:
+            raise ConfigError(f"watermark_lag must be >= 0, got {watermark_lag!r}")
+        if self.watermark_lag and not watermark:
+            raise ConfigError("watermark_lag applies to a feed: give watermark=COLUMN too")
         self.is_feed = bool(watermark)
         self.watermark_key = f"{self.name}|{self.query}|{watermark}" if watermark else None
         self._since: Any = None
@@ -64,6 +84,24 @@ class SqlSource(Source):
             self._engine = create_engine(self.url)
         return self._engine
 
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _lower_bound(self) -> Any:
+        """The lowest watermark to read: the stored one less the look-back."""
+        since, lag = self._since, self.watermark_lag
+        if not lag:
+            return since
+        if isinstance(since, _dt.datetime):
+            return since - _dt.timedelta(seconds=lag)
+        if isinstance(since, _dt.date):
+            return since - _dt.timedelta(days=int(-(-lag // 86400)))
+        if isinstance(since, int | float) and not isinstance(since, bool):
+            return since - (int(lag) if isinstance(since, int) and float(lag).is_integer() else lag)
+        raise ConfigError(f"watermark_lag needs a numeric or date/time watermark; {self.watermark} holds {type(since).__name__}")
+
     def _rows(self) -> Iterator[tuple[str, Any]]:
         from sqlalchemy import text
         from sqlalchemy.exc import SQLAlchemyError
@@ -71,10 +109,10 @@ class SqlSource(Source):
         sql, params = self.query, {}
         if self.watermark:
             wm = self.watermark
-            where = f" WHERE _src.{wm} > :_wm" if self._since is not None else ""
+            where = f" WHERE _src.{wm} >= :_wm" if self._since is not None else ""
             sql = f"SELECT * FROM ({self.query}) _src{where} ORDER BY _src.{wm}"
             if self._since is not None:
-                params["_wm"] = self._since
+                params["_wm"] = self._lower_bound()
         self._max = self._since
         try:
             with self._get_engine().connect() as conn:
@@ -89,7 +127,29 @@ class SqlSource(Source):
                         d[self.watermark] = jsonable(v)
                     yield f"{self.name} row {i}", d
         except SQLAlchemyError as e:
-            raise ConfigError(f"SQL source failed: {str(e).splitlines()[0]}") from None
+            first = str(e).splitlines()[0]
+            if _transient(e):  # the database is down, restarting or dropped the connection
+                raise SourceUnavailableError(f"{self.name}: reading the source failed: {first}; nothing was lost: run "
+                                             "again when the database is back") from e  # fmt: skip
+            raise ConfigError(f"SQL source failed: {first}") from None
+
+
+def _transient(e: BaseException) -> bool:
+    """Whether a database error is an outage (worth a later run) rather than a bad query: by the driver's
+    SQLSTATE (PostgreSQL: connection, resources, shutdown, serialization), SQLite's result code (busy,
+    locked), else SQLAlchemy's classification (``OperationalError``, a lost connection)."""
+    from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+
+    from connectors._retry import sqlstate_kind
+
+    orig = getattr(e, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(state, str) and state:
+        return sqlstate_kind(state) == "transient"
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+    return isinstance(e, OperationalError | DisconnectionError) or (isinstance(e, DBAPIError) and e.connection_invalidated)
 
 
 def _wm_gt(a: Any, b: Any) -> bool:
