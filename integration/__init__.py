@@ -2,7 +2,7 @@
 
 ```python
 from integration import SyncEngine, sync
-report = sync("docs.jsonl", ["chroma:///abs/path?collection=docs"])   # incremental by default
+report = sync("docs.jsonl", ["chroma:///abs/path?collection=docs"], ledger="sqlite:////abs/path/ledger.sqlite")
 print(report.to_dict())
 ```
 

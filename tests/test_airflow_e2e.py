@@ -369,6 +369,46 @@ def test_target_down_fails_the_run_but_not_the_others(airflow_home, chroma_path_
     assert rep is None
 
 
+def test_trigger_params_repair_allow_mass_delete_and_adopt(airflow_home, chroma_path_url, unique_name, tmp_path):  # noqa: F811
+    """The exactness guards from the trigger form: a truncated source fails ``report`` (its deletes refused,
+    nothing lost) and ``repair: off`` leaves the drift reported; ``allow_mass_delete`` lets the deletes
+    through while the default repair restores the lost records; a DAG on another ledger is refused at
+    ``plan`` (no retries) until ``adopt``."""
+    from connectors import connect
+
+    corpus = tmp_path / "c.jsonl"
+    write_corpus(corpus, DOCS)
+    url = with_name(chroma_path_url, unique_name)
+    dag = make_dag(airflow_home, "guard_" + unique_name[-8:], {
+        "source": str(corpus), "targets": [url], "model": "minilm", "retries": 0})  # fmt: skip
+    dr, rep = run(dag)
+    assert str(dr.state) == "success" and rep is not None and rep["ok"]
+    kept = dict(list(DOCS.items())[:2])
+    write_corpus(corpus, kept)
+    with connect(url) as store:  # records of kept documents lost behind embedrail's back
+        assert store.delete(["doc0#0"]).ok
+    dr, rep = run(dag, {"repair": "off"})
+    states = task_states(dag.dag_id, dr.run_id)
+    assert str(dr.state) == "failed" and ("report", -1, 1, "failed") in states, states
+    key = next(iter(rep["upserted"]))
+    assert rep["refused_deletes"][key]["documents"] == 8 and rep["deleted"][key] == 0
+    assert rep["drift"][key]["found"] and not rep["drift"][key]["repaired"]
+    assert len(store_texts(url)) == 9  # nothing deleted by the refused run
+    dr, rep = run(dag, {"allow_mass_delete": True})
+    assert str(dr.state) == "success" and rep["ok"] and rep["drift"][key]["repaired"], rep
+    assert store_texts(url) == expected(kept)
+
+    other = make_dag(airflow_home, "adopt_" + unique_name[-8:], {
+        "source": str(corpus), "targets": [url], "model": "minilm", "retries": 2, "retry_delay": 0,
+        "ledger": f"sqlite:///{tmp_path / 'other-ledger.sqlite'}"})  # fmt: skip
+    dr, rep = run(other)
+    states = task_states(other.dag_id, dr.run_id)
+    assert str(dr.state) == "failed" and ("plan", -1, 1, "failed") in states, states  # refused, not retried
+    dr, rep = run(other, {"adopt": True})
+    assert str(dr.state) == "success" and rep["ok"] and rep["embedded"] == 0, rep
+    assert store_texts(url) == expected(kept)
+
+
 def test_shipped_demo_config_runs_against_the_local_stores(airflow_home, es_url, weaviate_url, chroma_http_url,  # noqa: F811
                                                             unique_name, monkeypatch):  # fmt: skip
     """dags/configs/stdlib_demo.yaml as shipped (store URLs from EMBEDRAIL_*_URL), with the pydoc source

@@ -40,10 +40,12 @@ from embedrail.errors import (
     RunConflictError,
     SourceUnavailableError,
     StoreRejectedError,
+    SyncError,
 )
 from integration.cli import main
 from integration.engine import SyncEngine
 from integration.ledger import Ledger
+from integration.report import Report
 from integration.targets import target_key
 
 CT = 32
@@ -579,3 +581,37 @@ def test_an_embedded_store_takes_one_partition(tmp_path: Path, chroma_path_url: 
         with pytest.raises(ConfigError, match="embedded store"):
             build_reindex_dag("emb", source=str(src), targets=[target], partitions=2)
     build_reindex_dag("emb_ok", source=str(src), targets=[url], partitions=1)
+
+
+def test_the_cli_guards_as_the_docs_show_them(tmp_path: Path, chroma_path_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--repair [auto|on|off]``, ``--drift-sample``, ``--max-delete-fraction`` and ``status --verify``,
+    written as docs/exactness.md and the README show them."""
+    url = with_name(chroma_path_url, "cliguards")
+    key = target_key(url)
+    docs = corpus(10)
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    common = ("--source", str(src), "--target", url, "--ledger", ledger)
+    assert reindex(capsys, *common)[0] == 0
+    with opened(url) as store:
+        assert store.delete(sorted(store_records(store))[:2]).ok
+    capsys.readouterr()
+    assert main(["status", "--target", url, "--ledger", ledger, "--verify"]) == 1  # out of sync
+    out = capsys.readouterr().out
+    assert "OUT OF SYNC" in out and '"missing_in_store": 2' in out
+    rc, r, _ = reindex(capsys, *common, "--repair", "off", "--drift-sample", "0")
+    assert rc == 0 and r["drift"][key]["found"] and r["drift"][key]["sampled"] == 0 and not r["drift"][key]["repaired"]
+    rc, r, _ = reindex(capsys, *common, "--repair")
+    assert rc == 0 and r["drift"][key]["full"] and r["drift"][key]["repaired"] and r["embedded"] == 2
+    capsys.readouterr()
+    assert main(["status", "--target", url, "--ledger", ledger, "--verify", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["in_sync"] and status["owner"] == {"ledger": status["ledger"]["id"], "key": key}
+    write_jsonl(src, docs[:2])  # 8 of 10 gone: refused at the default 0.5, allowed at 0.9
+    rc, r, err = reindex(capsys, *common)
+    assert rc == 1 and "refused to delete 8 of its 10 documents" in err
+    with pytest.raises(SyncError, match="--allow-mass-delete"):
+        Report.from_dict(r).raise_for_failures()
+    rc, r, _ = reindex(capsys, *common, "--max-delete-fraction", "0.9")
+    assert rc == 0 and r["ok"] and r["deleted"][key] > 0
+    assert_in_step(url, minilm(), docs[:2], CT)
