@@ -178,8 +178,9 @@ class BaseStore:
         return False
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
-        """``fn()`` with bounded retries; failures become ``StoreError`` / ``StoreUnavailableError``
-        (credentials scrubbed), except "not found", which is raised as is for the caller to handle."""
+        """``fn()``, its transient failures retried (``ERRORS``); the others become ``StoreRejectedError`` /
+        ``StoreError`` (credentials scrubbed, the client's exception as the cause), except "not found", which
+        is raised as is for the caller to handle, and a bug, which stays itself."""
         return retry_call(fn, classify=self._classify, policy=self.retry, what=what, url=self.url,
                           secrets=self._secrets, passthrough=self._is_not_found)  # fmt: skip
 

@@ -257,23 +257,24 @@ def test_partitioned_api_is_idempotent(env: dict[str, Any], emb: Any, chroma_htt
     env["target"] = with_name(chroma_http_url, unique_name)  # partitions need a server (an embedded store is refused)
     kw = {"ledger": env["ledger"], "embedder": emb, "chunk_tokens": CT, "progress": False}
 
-    def engine() -> SyncEngine:  # a fresh engine per "task", as in separate Airflow workers
-        return SyncEngine(str(env["src"]), [env["target"]], **kw)
+    def task(step: Any) -> Any:  # a fresh engine per "task", as in separate Airflow workers
+        with SyncEngine(str(env["src"]), [env["target"]], **kw) as e:
+            return step(e)
 
-    ctx = json.loads(json.dumps(engine().prepare().to_dict()))  # as an Airflow XCom carries it
-    parts = [engine().sync_partition(i, 3, ctx) for i in range(3)]
+    ctx = json.loads(json.dumps(task(lambda e: e.prepare().to_dict())))  # as an Airflow XCom carries it
+    parts = [task(lambda e, i=i: e.sync_partition(i, 3, ctx)) for i in range(3)]
     assert sum(p["documents"] for p in parts) == len(docs) and all(p["documents"] < len(docs) for p in parts)
-    retry = engine().sync_partition(1, 3, ctx)  # an Airflow retry of a finished task
+    retry = task(lambda e: e.sync_partition(1, 3, ctx))  # an Airflow retry of a finished task
     assert retry["embedded"] == 0
-    dele = engine().delete_absent(ctx)
-    final = engine().finalize(ctx, [*parts, dele])
+    dele = task(lambda e: e.delete_absent(ctx))
+    final = task(lambda e: e.finalize(ctx, [*parts, dele]))
     assert final["ok"] and final["embedded"] == final["chunks"] == sum(p["chunks"] for p in parts)
     assert_in_step(env["target"], emb, docs, CT)
     # a second partitioned run after removing a document: nothing embedded, one doc deleted
     write_jsonl(env["src"], docs[1:])
-    ctx = engine().prepare()
-    parts = [engine().sync_partition(i, 2, ctx) for i in range(2)]
-    final = engine().finalize(ctx, [*parts, engine().delete_absent(ctx)])
+    ctx = task(lambda e: e.prepare())
+    parts = [task(lambda e, i=i: e.sync_partition(i, 2, ctx)) for i in range(2)]
+    final = task(lambda e: e.finalize(ctx, [*parts, e.delete_absent(ctx)]))
     assert final["embedded"] == 0 and sum(final["deleted"].values()) > 0
     assert_in_step(env["target"], emb, docs[1:], CT)
 
@@ -471,10 +472,10 @@ def test_interrupted_full_rebuild_is_resumed_by_the_next_full_run(env: dict[str,
     run(env, emb, docs)
     old_physical = describe(env["target"]).physical_name
     v2 = OtherFingerprint(emb)
-    e = SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=v2, chunk_tokens=CT, mode="full",
-                   progress=False, run_owner=dead_owner())  # fmt: skip
-    ctx = e.prepare()
-    half = e.sync_partition(0, 2, ctx)  # ... and the process dies here
+    with SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=v2, chunk_tokens=CT, mode="full",
+                    progress=False, run_owner=dead_owner()) as e:  # fmt: skip
+        ctx = e.prepare()
+        half = e.sync_partition(0, 2, ctx)  # ... and the process dies here
     assert 0 < half["embedded"] < half["chunks"] + 100
     assert describe(env["target"]).physical_name == old_physical  # readers still see the old index
     r = run(env, emb=v2, docs=docs, mode="full")
@@ -492,14 +493,15 @@ def test_partitions_in_parallel_share_one_ledger(env: dict[str, Any], emb: Any, 
     write_jsonl(env["src"], docs)
     env["target"] = with_name(chroma_http_url, unique_name)  # partitions need a server (an embedded store is refused)
 
-    def engine() -> SyncEngine:  # own engine, own ledger connection pool: like separate worker processes
-        return SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT,
-                          batch_size=4, progress=False)  # fmt: skip
+    def task(step: Any) -> Any:  # own engine, own ledger connection pool: like separate worker processes
+        with SyncEngine(str(env["src"]), [env["target"]], ledger=env["ledger"], embedder=emb, chunk_tokens=CT,
+                        batch_size=4, progress=False) as e:  # fmt: skip
+            return step(e)
 
-    ctx = engine().prepare()
+    ctx = task(lambda e: e.prepare())
     with ThreadPoolExecutor(4) as pool:
-        parts = list(pool.map(lambda i: engine().sync_partition(i, 4, ctx), range(4)))
-    final = engine().finalize(ctx, [*parts, engine().delete_absent(ctx)])
+        parts = list(pool.map(lambda i: task(lambda e: e.sync_partition(i, 4, ctx)), range(4)))
+    final = task(lambda e: e.finalize(ctx, [*parts, e.delete_absent(ctx)]))
     assert final["ok"] and final["embedded"] == final["chunks"]
     assert_in_step(env["target"], emb, docs, CT)
     key = redact_url(env["target"])
