@@ -31,15 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = {
     "sentence-transformers": (
         "from sentence_transformers import SentenceTransformer\n"
-        "from embed_core.spec import resolve_model\n"
+        "from embedrail.embed_core.spec import resolve_model\n"
         "m = SentenceTransformer(str(resolve_model('minilm').path), device='cpu')\n"
         "m.encode(['hello world'])\n"
     ),
     "embedrail packed": (
-        "from embed_core import open_embedder\nopen_embedder('minilm', device='cpu').embed_documents(['hello world'])\n"
+        "from embedrail.embed_core import open_embedder\nopen_embedder('minilm', device='cpu').embed_documents(['hello world'])\n"
     ),
     "embedrail transformers": (
-        "from embed_core import open_embedder\n"
+        "from embedrail.embed_core import open_embedder\n"
         "open_embedder('minilm', device='cpu', packed=False).embed_documents(['hello world'])\n"
     ),
 }

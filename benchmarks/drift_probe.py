@@ -43,10 +43,10 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
 
-    from connectors import connect
-    from embed_core import Embedder
-    from integration.engine import SyncEngine
-    from integration.sources import open_source
+    from embedrail.connectors import connect
+    from embedrail.embed_core import Embedder
+    from embedrail.integration.engine import SyncEngine
+    from embedrail.integration.sources import open_source
 
     spec = f"pydoc:?per=member&max_chars={a.max_chars}" + (f"&limit={a.limit}" if a.limit else "")
     rows = [{"id": d.id, "text": d.text, **d.metadata} for d in open_source(spec)]

@@ -92,10 +92,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from embedrail.embed_core import Embedder, packaged_minilm_dir
+    from embedrail.embed_core.device import cpu_fast_bf16
     from sentence_transformers import SentenceTransformer
-
-    from embed_core import Embedder, packaged_minilm_dir
-    from embed_core.device import cpu_fast_bf16
 
     texts = stdlib_docstrings(args.texts)
     emb = Embedder.load("minilm", device="cpu", num_threads=args.threads, batch_tokens=args.batch_tokens,

@@ -46,11 +46,11 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
 
-    from embed_core import Embedder
-    from integration.chunking import Chunker
-    from integration.documents import Document
-    from integration.engine import SyncEngine
-    from integration.sources import open_source
+    from embedrail.embed_core import Embedder
+    from embedrail.integration.chunking import Chunker
+    from embedrail.integration.documents import Document
+    from embedrail.integration.engine import SyncEngine
+    from embedrail.integration.sources import open_source
 
     spec = f"pydoc:?per=member&max_chars={a.max_chars}" + (f"&limit={a.limit}" if a.limit else "")
     docs = list(open_source(spec))
@@ -157,7 +157,7 @@ def main() -> int:
     if a.json:
         print(json.dumps(res))
     if es:
-        from connectors import connect
+        from embedrail.connectors import connect
 
         connect(targets[1]).drop()
     shutil.rmtree(tmp, ignore_errors=True)

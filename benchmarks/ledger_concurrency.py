@@ -51,7 +51,7 @@ def fresh_pg_db(server: str) -> str:
 
 
 def worker(url: str, wid: int, batches: int, batch: int, docs_per_batch: int, run_id: str, start: mp.Event, out: mp.Queue) -> None:
-    from integration.ledger import Lease, Ledger
+    from embedrail.integration.ledger import Lease, Ledger
 
     led = Ledger(url)
     lease = Lease(run_id, 900)  # the run's lease, as every partition of a run writes under it
@@ -99,7 +99,7 @@ def lock_waits(url: str, stop: threading.Event, seen: list[int]) -> None:
 
 
 def measure(url: str, workers: int, batches: int, batch: int, docs_per_batch: int) -> dict:
-    from integration.ledger import Ledger
+    from embedrail.integration.ledger import Ledger
 
     led = Ledger(url)  # create the tables and the lease before the clock starts
     run_id = uuid.uuid4().hex[:12]

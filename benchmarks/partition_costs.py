@@ -42,8 +42,8 @@ import json, sys, time
 t0 = time.time()
 sys.path.insert(0, sys.argv[1])
 cfg = json.loads(sys.argv[2])
-from embed_core import Embedder
-from integration.engine import SyncEngine
+from embedrail.embed_core import Embedder
+from embedrail.integration.engine import SyncEngine
 imported, load = time.time(), [0.0]
 if cfg.get("only_load"):
     Embedder.load("minilm", device="cpu")
@@ -96,12 +96,11 @@ def main() -> None:
     es, pg = server_url("EMBEDRAIL_ES_URL"), server_url("EMBEDRAIL_PG_URL")
     if not (es and pg):
         sys.exit("needs Elasticsearch and PostgreSQL: run `make servers` first")
+    from embedrail.embed_core import Embedder
+    from embedrail.integration.engine import SyncEngine
+    from embedrail.integration.ledger import Ledger
+    from embedrail.integration.sources import open_source
     from ledger_concurrency import fresh_pg_db
-
-    from embed_core import Embedder
-    from integration.engine import SyncEngine
-    from integration.ledger import Ledger
-    from integration.sources import open_source
 
     tmp = Path(tempfile.mkdtemp(prefix="embedrail-bench-"))
     atexit.register(shutil.rmtree, tmp, True)

@@ -49,7 +49,7 @@ JOBS = ("first run", "unchanged re-run", "1% edited + 1% deleted", "1% metadata 
 
 
 def corpus(limit: int, max_chars: int) -> list[Row]:
-    from integration.sources import open_source
+    from embedrail.integration.sources import open_source
 
     docs = open_source(f"pydoc:?per=member&max_chars={max_chars}&limit={limit}")
     return [{"id": d.id, "text": d.text, "module": d.metadata.get("module", ""), "rev": 0} for d in docs if d.text.strip()]
@@ -74,13 +74,13 @@ class Embedrail:
     name = "embedrail"
 
     def __init__(self, tmp: Path) -> None:
-        from embed_core import Embedder
+        from embedrail.embed_core import Embedder
 
         self.tmp, self.emb = tmp, Embedder.load("minilm")
         self.target = f"chroma://{tmp / 'chroma'}?collection=bench"
 
     def run(self, rows: list[Row]) -> dict[str, Any]:
-        from integration.engine import SyncEngine
+        from embedrail.integration.engine import SyncEngine
 
         src = self.tmp / "docs.jsonl"
         with src.open("w") as f:
@@ -95,7 +95,7 @@ class Embedrail:
         return {"embedded": rep.embedded, "expected": rep.chunks}
 
     def count(self) -> int:
-        from connectors import connect
+        from embedrail.connectors import connect
 
         with connect(self.target) as s:
             return s.count()
@@ -105,12 +105,11 @@ class LangChain:
     name = "langchain"
 
     def __init__(self, tmp: Path) -> None:
+        from embedrail.embed_core import packaged_minilm_dir
         from langchain_chroma import Chroma
         from langchain_classic.indexes import SQLRecordManager
         from langchain_core.embeddings import Embeddings
         from sentence_transformers import SentenceTransformer
-
-        from embed_core import packaged_minilm_dir
 
         class STEmbeddings(Embeddings):
             """What ``langchain_huggingface.HuggingFaceEmbeddings`` does (encode, normalised)."""
@@ -151,9 +150,8 @@ class LlamaIndex:
 
     def __init__(self, tmp: Path) -> None:
         import chromadb
+        from embedrail.embed_core import packaged_minilm_dir
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
-        from embed_core import packaged_minilm_dir
 
         self.tmp = tmp
         self.embed_model = HuggingFaceEmbedding(model_name=str(packaged_minilm_dir()), device="cpu")

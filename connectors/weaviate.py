@@ -26,13 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-
-from connectors._filters import Cond, parse_filter
-from connectors._records import batched, owner_from, parse_version, spec_from_dict, spec_to_dict
-from connectors._retry import BASE_ERRORS, log
-from connectors._store import BaseStore, Batch, ReadTarget
-from connectors._urls import StoreURL
-from connectors._weaviate_schema import (
+from embedrail.connectors._filters import Cond, parse_filter
+from embedrail.connectors._records import batched, owner_from, parse_version, spec_from_dict, spec_to_dict
+from embedrail.connectors._retry import BASE_ERRORS, log
+from embedrail.connectors._store import BaseStore, Batch, ReadTarget
+from embedrail.connectors._urls import StoreURL
+from embedrail.connectors._weaviate_schema import (
     META_PREFIX,
     PROP_RE,
     RETURN_PROPS,
@@ -43,7 +42,8 @@ from connectors._weaviate_schema import (
     to_hit,
     to_score,
 )
-from connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
+
 from embedrail.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 
 __all__ = ["WeaviateStore", "normalize_name"]

@@ -4,11 +4,11 @@ Loads an embedding model (the packaged all-MiniLM-L6-v2 offline, Qwen3-Embedding
 sentence-transformers-style models from a directory or the hub, or a remote OpenAI-compatible
 server), and turns texts into L2-normalised float32 vectors, fast and reproducibly::
 
-    from embed_core import open_embedder
+    from embedrail.embed_core import open_embedder
     emb = open_embedder("minilm")            # or a model dir, a hub id, or http://host:8000/v1#model
     vectors = emb.embed_documents(["some text", "more text"])   # (2, 384) float32, unit norm
 
-    from embed_core import open_reranker      # the second stage of a search (embed_core.rerank)
+    from embedrail.embed_core import open_reranker      # the second stage of a search (embed_core.rerank)
     scores = open_reranker("/models/Qwen3-Reranker-0.6B").rerank("a query", ["doc one", "doc two"])
 
 Importing this package touches no network, loads no model and does not import torch (the local
@@ -19,11 +19,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import BaseEmbedder, EmbedStats
-from .config import DEFAULT_MODEL, QWEN3_DEFAULT_TASK, QWEN3_QUERY_TEMPLATE, EmbedderConfig
-from .factory import embedder_from_info, is_remote_model, open_embedder
-from .fingerprint import compute_fingerprint
-from .spec import MINILM_ID, packaged_minilm_dir
+from embedrail.embed_core.base import BaseEmbedder, EmbedStats
+from embedrail.embed_core.config import (
+    DEFAULT_MODEL,
+    QWEN3_DEFAULT_TASK,
+    QWEN3_QUERY_TEMPLATE,
+    EmbedderConfig,
+)
+from embedrail.embed_core.factory import embedder_from_info, is_remote_model, open_embedder
+from embedrail.embed_core.fingerprint import compute_fingerprint
+from embedrail.embed_core.spec import MINILM_ID, packaged_minilm_dir
 
 __all__ = [
     "DEFAULT_MODEL",

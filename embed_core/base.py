@@ -11,12 +11,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+from embedrail.embed_core.config import QWEN3_QUERY_TEMPLATE
+from embedrail.embed_core.fingerprint import compute_fingerprint
+from embedrail.embed_core.text import check_texts
 
 from embedrail.errors import ConfigError
-
-from .config import QWEN3_QUERY_TEMPLATE
-from .fingerprint import compute_fingerprint
-from .text import check_texts
 
 #: Texts taken from an iterable per step of :meth:`BaseEmbedder.iter_embed_documents`.
 DEFAULT_STREAM_CHUNK = 2048
@@ -158,7 +157,7 @@ class BaseEmbedder:
         """:meth:`embedding_info` of this model at ``dims`` (a Matryoshka truncation of its vectors, made by
         ``embed_core.truncate_and_normalize``), exactly as the model loaded at ``dims`` describes itself.
         ``ModelError`` when the model is not MRL, or ``dims`` is above :attr:`dims` or below its MRL minimum."""
-        from .mrl import info_at_dims
+        from embedrail.embed_core.mrl import info_at_dims
 
         return info_at_dims(self.embedding_info(), dims)
 

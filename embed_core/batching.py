@@ -61,7 +61,10 @@ class TokenBudgetBatching:
     def _run_batches(self, lengths: np.ndarray, width: int, forward: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """``forward(indices)`` over every input in token-budget batches (``lengths``: tokens per input)
         -> ``(len(lengths), width)`` float32, in input order."""
-        from .device import free_device_memory, is_oom  # torch: only where a local model runs
+        from embedrail.embed_core.device import (  # torch: only where a local model runs
+            free_device_memory,
+            is_oom,
+        )
 
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(lengths), width), dtype=np.float32)

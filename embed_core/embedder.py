@@ -13,19 +13,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from embedrail.embed_core.base import BaseEmbedder, EmbedStats
+from embedrail.embed_core.batching import TokenBudgetBatching
+from embedrail.embed_core.config import DEFAULT_MODEL, EmbedderConfig
+from embedrail.embed_core.device import Placement, available_cpus, choose_placement, free_device_memory
+from embedrail.embed_core.loading import load_dense_head, load_fast_tokenizer, load_transformer
+from embedrail.embed_core.mrl import truncate_and_normalize
+from embedrail.embed_core.packing import PackedBatch, packer_for
+from embedrail.embed_core.pooling import pool, pool_packed
+from embedrail.embed_core.spec import (
+    ModelSpec,
+    ResolvedModel,
+    check_config,
+    choose_dims,
+    read_spec,
+    resolve_model,
+)
+from embedrail.embed_core.text import check_texts, split_by_offsets
 
 from embedrail.errors import ConfigError, InputError, ModelError
-
-from .base import BaseEmbedder, EmbedStats
-from .batching import TokenBudgetBatching
-from .config import DEFAULT_MODEL, EmbedderConfig
-from .device import Placement, available_cpus, choose_placement, free_device_memory
-from .loading import load_dense_head, load_fast_tokenizer, load_transformer
-from .mrl import truncate_and_normalize
-from .packing import PackedBatch, packer_for
-from .pooling import pool, pool_packed
-from .spec import ModelSpec, ResolvedModel, check_config, choose_dims, read_spec, resolve_model
-from .text import check_texts, split_by_offsets
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +105,14 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
     def from_info(cls, info: dict[str, Any], *, check: bool = True, **overrides: Any) -> BaseEmbedder:
         """Load the embedder an ``embedding_info()`` describes (local or remote); see
         :func:`embed_core.embedder_from_info`."""
-        from .factory import embedder_from_info
+        from embedrail.embed_core.factory import embedder_from_info
 
         return embedder_from_info(info, check=check, **overrides)
 
     @staticmethod
     def remote(base_url: str, model: str, dims: int | None = None, api_key: str | None = None, **kwargs: Any) -> BaseEmbedder:
         """An Embedder-compatible client of an OpenAI-compatible ``/v1/embeddings`` server."""
-        from .remote import RemoteEmbedder
+        from embedrail.embed_core.remote import RemoteEmbedder
 
         return RemoteEmbedder(base_url, model, dims=dims, api_key=api_key, **kwargs)
 
@@ -159,7 +165,7 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
         self._packed: Any = None
         if config.packed is not False and self.padding_side == "right" and config.attn_implementation is None:
             # a BERT checkpoint runs packed straight from its safetensors: no transformers model to import
-            from .packed_bert import load_packed_bert
+            from embedrail.embed_core.packed_bert import load_packed_bert
 
             self._packed = load_packed_bert(resolved.path, self.placement.compute, self.placement.device)
         if self._packed is None:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from embedrail.errors import ConfigError, ModelError
+from embedrail.embed_core.base import BaseEmbedder
+from embedrail.embed_core.config import DEFAULT_MODEL
 
-from .base import BaseEmbedder
-from .config import DEFAULT_MODEL
+from embedrail.errors import ConfigError, ModelError
 
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "check_model_name", "embedder_from_info", "env_api_key", "is_remote_model",
            "open_embedder", "split_remote_model"]
@@ -70,7 +70,7 @@ def env_api_key(base_url: str, *, trusted: bool) -> str | None:
     key = os.environ.get(API_KEY_ENV)
     if not key or trusted:
         return key
-    from .remote import normalize_base_url
+    from embedrail.embed_core.remote import normalize_base_url
 
     allowed = {normalize_base_url(u.strip()) for u in os.environ.get(BASE_URL_ENV, "").split(",") if u.strip()}
     return key if normalize_base_url(base_url) in allowed else None
@@ -88,7 +88,7 @@ def open_embedder(
     """
     name = model or DEFAULT_MODEL
     if is_remote_model(name):
-        from .remote import RemoteEmbedder
+        from embedrail.embed_core.remote import RemoteEmbedder
 
         base, served = split_remote_model(name)
         kwargs.pop("dtype", None)  # the server runs the model at its own precision
@@ -96,7 +96,7 @@ def open_embedder(
         return RemoteEmbedder(base, served, dims=dims, api_key=key, **kwargs)
     if api_key is not None:
         raise ConfigError("api_key applies to remote models (http(s)://host:port/v1#model-name) only")
-    from .embedder import Embedder
+    from embedrail.embed_core.embedder import Embedder
 
     return Embedder.load(name, dims=dims, device=device, **kwargs)
 
@@ -112,14 +112,14 @@ def embedder_from_info(info: dict[str, Any], *, check: bool = True, **overrides:
     ``base_url`` the caller gives).
     """
     if info.get("backend") == "remote":
-        from .remote import RemoteEmbedder
+        from embedrail.embed_core.remote import RemoteEmbedder
 
         overrides.pop("device", None)
         base = overrides.get("base_url")
         overrides.setdefault("api_key", env_api_key(base or info.get("base_url") or "", trusted=base is not None))
         emb: BaseEmbedder = RemoteEmbedder.from_info(info, **overrides)
     else:
-        from .embedder import Embedder
+        from embedrail.embed_core.embedder import Embedder
 
         kwargs: dict[str, Any] = {
             "dims": info.get("dims"),

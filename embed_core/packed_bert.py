@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .packing import PackedBatch
+    from embedrail.embed_core.packing import PackedBatch
 
 #: On CPU, attention blocks up to this many tokens wide run as two batched matrix products with an fp32
 #: softmax in between, wider ones through SDPA's fused kernel. Measured with MiniLM on the stdlib corpus

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .packing import Bucket, PackedBatch
+    from embedrail.embed_core.packing import Bucket, PackedBatch
 
 __all__ = ["PackedQwen3", "supports"]
 

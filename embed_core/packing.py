@@ -107,7 +107,7 @@ def packer_for(model: Any, padding_side: str, compute_dtype: torch.dtype | None 
 
     ``compute_dtype``: the matrix products' dtype for the BERT path (its residual stream stays fp32);
     the Qwen3 path runs in the model's dtype, as the transformers model does."""
-    from . import packed_bert, packed_qwen3
+    from embedrail.embed_core import packed_bert, packed_qwen3
 
     if padding_side == "right" and packed_bert.supports(model):
         return packed_bert.PackedBert.from_model(model, compute_dtype)

@@ -19,15 +19,14 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from embedrail.embed_core.base import BaseEmbedder, EmbedStats
+from embedrail.embed_core.config import QWEN3_DEFAULT_TASK
+from embedrail.embed_core.fingerprint import FINGERPRINT_KEYS
+from embedrail.embed_core.http import RETRY_STATUS, request_json
+from embedrail.embed_core.mrl import truncate_and_normalize
+from embedrail.embed_core.text import approx_count, approx_token_spans, check_texts, split_by_offsets
 
 from embedrail.errors import ConfigError, InputError, ModelError, RemoteEmbeddingError
-
-from .base import BaseEmbedder, EmbedStats
-from .config import QWEN3_DEFAULT_TASK
-from .fingerprint import FINGERPRINT_KEYS
-from .http import RETRY_STATUS, request_json
-from .mrl import truncate_and_normalize
-from .text import approx_count, approx_token_spans, check_texts, split_by_offsets
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ class RemoteEmbedder(BaseEmbedder):
         return ok
 
     def _load_tokenizer(self, name: str) -> Any:
-        from .loading import load_fast_tokenizer
+        from embedrail.embed_core.loading import load_fast_tokenizer
 
         return load_fast_tokenizer(name, name)
 

@@ -21,12 +21,11 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from embedrail.embed_core.base import EmbedStats
+from embedrail.embed_core.http import request_json
+from embedrail.embed_core.rerank import BaseReranker
 
 from embedrail.errors import ConfigError, ModelError, RemoteEmbeddingError
-
-from .base import EmbedStats
-from .http import request_json
-from .rerank import BaseReranker
 
 __all__ = ["RemoteReranker", "split_rerank_url"]
 

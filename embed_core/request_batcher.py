@@ -12,10 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from embedrail.embed_core.base import BaseEmbedder
 
 from embedrail.errors import ConfigError, InputError, ModelError
-
-from .base import BaseEmbedder
 
 #: Most inputs one request (and one merged call) may carry.
 MAX_INPUTS = 4096
@@ -58,7 +57,7 @@ def default_workers(embedder: BaseEmbedder, workers: int | None = None) -> tuple
     device = getattr(getattr(embedder, "placement", None), "device", None)
     if getattr(device, "type", None) != "cpu":
         return workers or 1, None
-    from .device import available_cpus
+    from embedrail.embed_core.device import available_cpus
 
     cpus = available_cpus()
     workers = workers or min(cpus, 4)

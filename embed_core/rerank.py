@@ -2,7 +2,7 @@
 
 One small interface for every backend::
 
-    from embed_core import open_reranker
+    from embedrail.embed_core import open_reranker
     rr = open_reranker("/models/Qwen3-Reranker-0.6B", device="cuda")   # or a cross-encoder dir, a URL
     scores = rr.rerank("what is a fox?", ["The fox is a canid.", "Paris is in France."])  # float32, higher = better
 
@@ -41,10 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedrail.embed_core.base import EmbedStats
 
 from embedrail.errors import ConfigError, InputError, ModelError
-
-from .base import EmbedStats
 
 __all__ = [
     "QWEN3_RERANK_INSTRUCTION",
@@ -189,13 +188,13 @@ def open_reranker(model: str, *, device: str = "auto", kind: str | None = None, 
     if not isinstance(model, str) or not model:
         raise ConfigError("a reranker model is a local directory, a hub id or an http(s) URL")
     if model.startswith(("http://", "https://")):
-        from .remote_rerank import RemoteReranker
+        from embedrail.embed_core.remote_rerank import RemoteReranker
 
         key = api_key if api_key is not None else os.environ.get(RERANK_API_KEY_ENV)
         return RemoteReranker(model, api_key=key, **kwargs)
     if api_key is not None:
         raise ConfigError("api_key applies to remote rerankers (http(s)://…) only")
-    from .spec import resolve_model
+    from embedrail.embed_core.spec import resolve_model
 
     resolved = resolve_model(model, kwargs.pop("revision", None))
     chosen = kind or reranker_kind(resolved.path)
@@ -208,7 +207,7 @@ def open_reranker(model: str, *, device: str = "auto", kind: str | None = None, 
 # ----------------------------------------------------------------------------------------------
 # local rerankers
 # ----------------------------------------------------------------------------------------------
-from .batching import TokenBudgetBatching  # noqa: E402  (torch-free module; the torch imports are below, lazy)
+from embedrail.embed_core.batching import TokenBudgetBatching  # noqa: E402  (torch-free module; the torch imports are below, lazy)
 
 
 class _LocalReranker(TokenBudgetBatching, BaseReranker):
@@ -222,10 +221,9 @@ class _LocalReranker(TokenBudgetBatching, BaseReranker):
                  num_threads: int | None = None, attn_implementation: str | None = None,
                  trust_remote_code: bool = False, max_batch_size: int = 1024) -> None:  # fmt: skip
         import torch
-
-        from .device import available_cpus, choose_placement
-        from .embedder import DEFAULT_BATCH_TOKENS, PACKED_CPU_BATCH_TOKENS
-        from .loading import load_fast_tokenizer
+        from embedrail.embed_core.device import available_cpus, choose_placement
+        from embedrail.embed_core.embedder import DEFAULT_BATCH_TOKENS, PACKED_CPU_BATCH_TOKENS
+        from embedrail.embed_core.loading import load_fast_tokenizer
 
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 8):
             raise ConfigError(f"max_tokens must be an integer >= 8, got {max_tokens!r}")
@@ -290,7 +288,7 @@ class _LocalReranker(TokenBudgetBatching, BaseReranker):
         self.stats.add(batches=1, tokens=tokens, padded_tokens=padded)
 
     def close(self) -> None:
-        from .device import free_device_memory
+        from embedrail.embed_core.device import free_device_memory
 
         with self._lock:
             self._closed = True
@@ -311,10 +309,9 @@ class Qwen3Reranker(_LocalReranker):
         import inspect
 
         import torch
+        from embedrail.embed_core.loading import load_transformer
+        from embedrail.embed_core.packing import packer_for
         from transformers import AutoModelForCausalLM
-
-        from .loading import load_transformer
-        from .packing import packer_for
 
         tok = self.tokenizer
         ids = []
@@ -367,8 +364,8 @@ class Qwen3Reranker(_LocalReranker):
         dev = self.placement.device
         with torch.inference_mode():
             if self._packed is not None:
-                from .packing import PackedBatch
-                from .pooling import pool_packed
+                from embedrail.embed_core.packing import PackedBatch
+                from embedrail.embed_core.pooling import pool_packed
 
                 pb = PackedBatch.build(batch, dev)
                 last = pool_packed(self._packed(pb), pb.lengths, pb.segment, pb.positions, "lasttoken")
@@ -421,10 +418,9 @@ class CrossEncoderReranker(_LocalReranker):
         return "sigmoid" if self.num_labels == 1 else "identity"
 
     def _load(self, packed: bool | None, trust_remote_code: bool) -> None:
+        from embedrail.embed_core import packed_bert
+        from embedrail.embed_core.loading import load_transformer
         from transformers import AutoModelForSequenceClassification
-
-        from . import packed_bert
-        from .loading import load_transformer
 
         backend = self.tokenizer.backend_tokenizer
         self._tok = copy.deepcopy(backend)
@@ -461,7 +457,7 @@ class CrossEncoderReranker(_LocalReranker):
         net = self._net
         with torch.inference_mode():
             if self._packed is not None:
-                from .packing import PackedBatch
+                from embedrail.embed_core.packing import PackedBatch
 
                 pb = PackedBatch.build(batch, dev, types if self._types else None)
                 hidden = self._packed(pb)  # (T, H) fp32

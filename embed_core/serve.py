@@ -43,17 +43,16 @@ import time
 from typing import Any, Literal
 
 import numpy as np
+from embedrail.embed_core.base import BaseEmbedder
+from embedrail.embed_core.mrl import truncate_and_normalize
+from embedrail.embed_core.request_batcher import MAX_INPUTS, MAX_WAIT, Batcher, default_workers
+from embedrail.embed_core.text import check_texts
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from embedrail.errors import ConfigError, EmbedrailError, InputError, ModelError
-
-from .base import BaseEmbedder
-from .mrl import truncate_and_normalize
-from .request_batcher import MAX_INPUTS, MAX_WAIT, Batcher, default_workers
-from .text import check_texts
 
 log = logging.getLogger(__name__)
 
@@ -295,11 +294,11 @@ def serve(
     if isinstance(model, BaseEmbedder):
         embedder = model
     else:
-        from .embedder import Embedder
+        from embedrail.embed_core.embedder import Embedder
 
         embedder = Embedder.load(model, dims=dims, device=device, **load_kwargs)
     if isinstance(reranker, str):
-        from .rerank import open_reranker
+        from embedrail.embed_core.rerank import open_reranker
 
         reranker = open_reranker(reranker, device=device)
     app = create_app(embedder, max_wait=max_wait, merge_inputs=merge_inputs, reranker=reranker, workers=workers)

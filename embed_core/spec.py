@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedrail.errors import ConfigError, ModelError
+from embedrail.embed_core.config import QWEN3_DEFAULT_TASK, EmbedderConfig
 
-from .config import QWEN3_DEFAULT_TASK, EmbedderConfig
+from embedrail.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 

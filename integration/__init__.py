@@ -1,7 +1,7 @@
 """integration: the ETL side of embedrail — sources, chunking, the sync ledger, the sync engine, the CLI.
 
 ```python
-from integration import SyncEngine, sync
+from embedrail.integration import SyncEngine, sync
 report = sync("docs.jsonl", ["chroma:///abs/path?collection=docs"], ledger="sqlite:////abs/path/ledger.sqlite")
 print(report.to_dict())
 ```
@@ -30,18 +30,18 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Chunk": "integration.documents",
-    "Document": "integration.documents",
-    "partition_of": "integration.documents",
-    "Chunker": "integration.chunking",
-    "Ledger": "integration.ledger",
-    "Report": "integration.report",
-    "RunContext": "integration.context",
-    "SyncEngine": "integration.engine",
-    "SyncOptions": "integration.options",
-    "sync": "integration.engine",
-    "Target": "integration.targets",
-    "open_source": "integration.sources",
+    "Chunk": "embedrail.integration.documents",
+    "Document": "embedrail.integration.documents",
+    "partition_of": "embedrail.integration.documents",
+    "Chunker": "embedrail.integration.chunking",
+    "Ledger": "embedrail.integration.ledger",
+    "Report": "embedrail.integration.report",
+    "RunContext": "embedrail.integration.context",
+    "SyncEngine": "embedrail.integration.engine",
+    "SyncOptions": "embedrail.integration.options",
+    "sync": "embedrail.integration.engine",
+    "Target": "embedrail.integration.targets",
+    "open_source": "embedrail.integration.sources",
 }
 
 

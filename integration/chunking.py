@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from embedrail.errors import ConfigError
+from embedrail.integration.documents import Chunk, Document, chunk_id
 
-from .documents import Chunk, Document, chunk_id
+from embedrail.errors import ConfigError
 
 __all__ = ["Chunker"]
 

@@ -15,11 +15,11 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from embed_core.config import DEFAULT_MODEL
-from embedrail.errors import ConfigError, EmbedrailError, SyncError
+from embedrail.embed_core.config import DEFAULT_MODEL
+from embedrail.integration.ledger import default_ledger_url
+from embedrail.integration.options import SyncOptions, positive_int
 
-from .ledger import default_ledger_url
-from .options import SyncOptions, positive_int
+from embedrail.errors import ConfigError, EmbedrailError, SyncError
 
 __all__ = ["INTERNAL_ERROR", "build_parser", "main"]
 
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------------
 def cmd_reindex(a: argparse.Namespace) -> int:
-    from .engine import SyncEngine
+    from embedrail.integration.engine import SyncEngine
 
     fields = {"id_field": a.id_field, "text_field": a.text_field, "deleted_field": a.deleted_field}
     options = SyncOptions.from_args(a, source_options={k: v for k, v in fields.items() if v is not None})
@@ -124,7 +124,7 @@ def _parse_filters(items: Sequence[str]) -> dict[str, Any] | None:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from .search import Searcher
+    from embedrail.integration.search import Searcher
 
     if (a.candidates or a.rerank_instruction) and not a.rerank:
         raise ConfigError("--candidates and --rerank-instruction apply to two-stage search: add --rerank MODEL")
@@ -147,10 +147,9 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from connectors import connect
-
-    from .ledger import Ledger
-    from .targets import target_key
+    from embedrail.connectors import connect
+    from embedrail.integration.ledger import Ledger
+    from embedrail.integration.targets import target_key
 
     with connect(a.target) as store, contextlib.closing(Ledger(a.ledger or default_ledger_url())) as ledger:
         out = _status(store, ledger, target_key(a.target), verify=a.verify)
@@ -171,7 +170,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def _status(store: Any, ledger: Any, key: str, *, verify: bool) -> dict[str, Any]:
     """Counts and fingerprints of the store and the ledger, and (``verify``) every id compared."""
-    from . import drift
+    from embedrail.integration import drift
 
     info = store.describe()
     key = drift.ledger_key(ledger, key, info)
@@ -208,7 +207,7 @@ def _status(store: Any, ledger: Any, key: str, *, verify: bool) -> dict[str, Any
 
 def cmd_serve(a: argparse.Namespace) -> int:
     try:
-        from embed_core.serve import serve
+        from embedrail.embed_core.serve import serve
     except ImportError as e:
         raise ConfigError(f"the embedding server is not available ({e}); install embedrail[serve]") from None
     serve(a.model, host=a.host, port=a.port, dims=a.dims, device=a.device, reranker=a.reranker, workers=a.workers,

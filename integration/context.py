@@ -11,12 +11,12 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from connectors.base import IndexSpec
-from embedrail.errors import ConfigError
+from embedrail.connectors.base import IndexSpec
+from embedrail.integration.chunking import Chunker
+from embedrail.integration.options import Mode
+from embedrail.integration.report import Report
 
-from .chunking import Chunker
-from .options import Mode
-from .report import Report
+from embedrail.errors import ConfigError
 
 __all__ = ["RunContext", "TargetRun", "Watermark", "spec_dict"]
 

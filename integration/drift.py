@@ -25,10 +25,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from connectors.base import IndexInfo, VectorStore
-
-from .ledger import Ledger
-from .plan import META_FP, TEXT_FP
+from embedrail.connectors.base import IndexInfo, VectorStore
+from embedrail.integration.ledger import Ledger
+from embedrail.integration.plan import META_FP, TEXT_FP
 
 __all__ = ["Diff", "Drift", "adopt", "diff", "ledger_key", "owner_record", "probe", "record_of", "repair"]
 

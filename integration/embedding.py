@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from connectors.base import IndexSpec
-from embedrail.errors import DimensionLimitError, ModelError
+from embedrail.connectors.base import IndexSpec
+from embedrail.integration.context import RunContext
+from embedrail.integration.ledger import Ledger
 
-from .context import RunContext
-from .ledger import Ledger
+from embedrail.errors import DimensionLimitError, ModelError
 
 __all__ = ["EmbeddingChoice", "ModelInfo", "ModelResolver", "TargetNeed"]
 
@@ -55,7 +55,7 @@ class ModelInfo:
         """This model at ``dims`` (a Matryoshka truncation): what loading it at ``dims`` would describe."""
         if dims == self.dims:
             return self
-        from embed_core.mrl import info_at_dims
+        from embedrail.embed_core.mrl import info_at_dims
 
         emb = info_at_dims({"model_id": self.model_id, **self.embedding, "dims": self.dims}, dims)
         return replace(self, dims=dims, fingerprint=str(emb["fingerprint"]), embedding=emb)
@@ -122,7 +122,7 @@ class ModelResolver:
         if self._loaded is not None and self._loaded_key == (name, dims):
             return self._loaded
         self.close()
-        from embed_core.factory import env_api_key, is_remote_model, split_remote_model
+        from embedrail.embed_core.factory import env_api_key, is_remote_model, split_remote_model
 
         options = dict(self._load_options)
         if is_remote_model(name) and name != self._user_model:  # read from an index: the key only to a listed server
@@ -130,7 +130,7 @@ class ModelResolver:
         if self._factory is not None:
             emb, owned = self._factory(name, dims=dims, device=self.device, **options), False
         else:
-            from embed_core import open_embedder
+            from embedrail.embed_core import open_embedder
 
             emb, owned = open_embedder(name, dims=dims, device=self.device, **options), True
         self._loaded, self._loaded_key, self._owned = emb, (name, dims), owned
@@ -160,7 +160,7 @@ class ModelResolver:
         dims). Raised before anything is written: ``DimensionLimitError`` for dims asked above a store's
         limit; ``ModelError`` for dims a non-Matryoshka model cannot give (it has one size for every target).
         """
-        from embed_core import DEFAULT_MODEL
+        from embedrail.embed_core import DEFAULT_MODEL
 
         seen: dict[str, Mapping[str, Any] | None] = {}
 

@@ -44,20 +44,20 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from connectors.base import IndexInfo, IndexSpec, VectorStore
+from embedrail.connectors.base import IndexInfo, IndexSpec, VectorStore
+from embedrail.integration import drift, rebuilds
+from embedrail.integration.context import RunContext, TargetRun, Watermark, spec_dict
+from embedrail.integration.documents import Document, partition_of
+from embedrail.integration.embedding import ModelResolver, TargetNeed
+from embedrail.integration.ledger import Lease, Ledger, TargetState
+from embedrail.integration.options import SyncOptions
+from embedrail.integration.pipeline import Lane, PartitionRun
+from embedrail.integration.report import Report
+from embedrail.integration.sources import Source, decode_watermark, encode_watermark, open_source
+from embedrail.integration.targets import Target, TargetSet, TargetSlot, target_key
+
 from embedrail.errors import ConfigError, IndexMismatchError, IndexOwnershipError, is_retryable
 from embedrail.secrets import one_line
-
-from . import drift, rebuilds
-from .context import RunContext, TargetRun, Watermark, spec_dict
-from .documents import Document, partition_of
-from .embedding import ModelResolver, TargetNeed
-from .ledger import Lease, Ledger, TargetState
-from .options import SyncOptions
-from .pipeline import Lane, PartitionRun
-from .report import Report
-from .sources import Source, decode_watermark, encode_watermark, open_source
-from .targets import Target, TargetSet, TargetSlot, target_key
 
 __all__ = ["SyncEngine", "SyncOptions", "Target", "redact_url", "sync"]
 

@@ -19,7 +19,7 @@ describe) it records
 - ``er_leases``: which run is syncing each target (run id, owner, expiry): one run at a time per target
   (see ``acquire``); renewed by every intent and commit of the holding run.
 - ``er_meta``: the ledger's own id (``ledger_id``, a UUID made when the ledger is created: every index a
-  run writes is stamped with it and its key, see ``integration.identity``) and a small cache (e.g. a
+  run writes is stamped with it and its key, see ``embedrail.integration.drift``) and a small cache (e.g. a
   model's fingerprint/dims) so an unchanged run needs no model.
 
 Transactions are retried on a lost connection, a lock or a serialization failure (``OperationalError``,
@@ -47,6 +47,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from embedrail.integration.ledger_schema import (
+    chunks_t,
+    docs_t,
+    leases_t,
+    meta_t,
+    metadata,
+    targets_t,
+    watermarks_t,
+)
 from sqlalchemy import (
     Table,
     and_,
@@ -63,8 +72,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from embedrail.errors import ConfigError, LedgerError, RunConflictError
 from embedrail.secrets import redact_url
-
-from .ledger_schema import chunks_t, docs_t, leases_t, meta_t, metadata, targets_t, watermarks_t
 
 __all__ = ["Lease", "Ledger", "TargetState", "default_ledger_url"]
 T = TypeVar("T")

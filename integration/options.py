@@ -94,7 +94,7 @@ class SyncOptions:
         if self.model is not None and not self.model.strip():
             raise ConfigError("model must be a non-empty string or None")
         if self.model is not None:
-            from embed_core.factory import check_model_name
+            from embedrail.embed_core.factory import check_model_name
 
             check_model_name(self.model)
         if not 0.0 < self.max_delete_fraction <= 1.0:

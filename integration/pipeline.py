@@ -24,17 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from connectors.base import IndexSpec, Record, VectorStore
-from embed_core.mrl import truncate_and_normalize
-from embedrail.errors import ModelError, is_retryable
-from embedrail.secrets import one_line
-
-from .chunking import Chunker
-from .context import RunContext, TargetRun
-from .documents import Chunk, Document, canonical_json
-from .ledger import Lease, Ledger
-from .plan import (
+from embedrail.connectors.base import IndexSpec, Record, VectorStore
+from embedrail.embed_core.mrl import truncate_and_normalize
+from embedrail.integration.chunking import Chunker
+from embedrail.integration.context import RunContext, TargetRun
+from embedrail.integration.documents import Chunk, Document, canonical_json
+from embedrail.integration.ledger import Lease, Ledger
+from embedrail.integration.plan import (
     TEXT_FP,
     PlannedChunk,
     Triage,
@@ -44,7 +40,10 @@ from .plan import (
     text_fingerprint,
     triage,
 )
-from .report import Report
+from embedrail.integration.report import Report
+
+from embedrail.errors import ModelError, is_retryable
+from embedrail.secrets import one_line
 
 __all__ = ["Lane", "PartitionRun"]
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .documents import Chunk, Document, doc_hash, sha256
+from embedrail.integration.documents import Chunk, Document, doc_hash, sha256
 
 __all__ = ["DocPlan", "PlannedChunk", "Triage", "chunk_fingerprint", "plan_chunks", "plan_document", "plan_removal", "same_vector",
            "text_fingerprint", "triage"]

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 
-from connectors.base import IndexSpec, VectorStore
+from embedrail.connectors.base import IndexSpec, VectorStore
+from embedrail.integration.context import TargetRun, spec_dict
+from embedrail.integration.ledger import Ledger, TargetState
+from embedrail.integration.targets import TargetSet, TargetSlot
+
 from embedrail.errors import ConfigError
 from embedrail.secrets import one_line
-
-from .context import TargetRun, spec_dict
-from .ledger import Ledger, TargetState
-from .targets import TargetSet, TargetSlot
 
 __all__ = ["begin", "commit", "recover", "spec_dict"]
 

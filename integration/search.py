@@ -5,7 +5,7 @@ cross-encoder or Qwen3-Reranker, and return hits with what ran and how long each
 The CLI (``embedrail search``), the demo and user code use this module; nothing else re-implements it.
 
 ```python
-from integration.search import Searcher
+from embedrail.integration.search import Searcher
 with Searcher("chroma:///data/chroma?collection=docs", reranker="/models/Qwen3-Reranker-0.6B") as s:
     result = s.search("how do I parse arguments?", k=10, candidates=100, filter={"lang": "en"})
     print(result.stages, result.timings)          # ['embed', 'knn', 'rerank'] and seconds per stage
@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.base import Hit, IndexInfo, VectorStore
+from embedrail.connectors.base import Hit, IndexInfo, VectorStore
+
 from embedrail.errors import ConfigError
 
 __all__ = ["DEFAULT_CANDIDATES", "SearchResult", "Searcher", "search"]
@@ -75,7 +76,7 @@ class Searcher:
     def __init__(self, target: str | VectorStore, *, model: str | None = None, dims: int | None = None,
                  device: str = "auto", embedder: Any = None, reranker: Any = None) -> None:  # fmt: skip
         if isinstance(target, str):
-            from connectors import connect
+            from embedrail.connectors import connect
 
             self.store, self._owns_store = connect(target), True
         else:
@@ -102,7 +103,7 @@ class Searcher:
         emb = self._embedder
         if emb is not None and self.model is None and (spec is None or emb.fingerprint == spec.fingerprint):
             return emb
-        from embed_core import DEFAULT_MODEL, embedder_from_info, open_embedder
+        from embedrail.embed_core import DEFAULT_MODEL, embedder_from_info, open_embedder
 
         recorded = dict(spec.embedding) if spec is not None else {}
         if self.model is None and recorded.get("model"):
@@ -118,7 +119,7 @@ class Searcher:
     def reranker(self) -> Any:
         """The reranker (loaded on first use), or None when this searcher has none."""
         if self._reranker is None and isinstance(self._reranker_spec, str):
-            from embed_core import open_reranker
+            from embedrail.embed_core import open_reranker
 
             self._reranker, self._owns_reranker = open_reranker(self._reranker_spec, device=self.device), True
         return self._reranker

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from connectors.base import VectorStore
+from embedrail.connectors.base import VectorStore
+from embedrail.integration.context import RunContext, TargetRun
+
 from embedrail.errors import ConfigError
 from embedrail.secrets import one_line, redact_url
-
-from .context import RunContext, TargetRun
 
 __all__ = ["Target", "TargetSet", "TargetSlot", "split_target", "target_key"]
 
@@ -25,7 +25,7 @@ def target_key(url: str) -> str:
     """The key under which the ledger and the report know a target: its URL without credentials (the
     connectors' canonical form for a store URL). Stable across runs: changing it orphans a ledger."""
     try:
-        from connectors import safe_url
+        from embedrail.connectors import safe_url
 
         return safe_url(url)
     except Exception:  # noqa: BLE001 - not a store URL the connectors know: redact it generically
@@ -133,7 +133,7 @@ class TargetSet:
             if self._connect is not None:
                 t.store = self._connect(t.url)
             else:
-                from connectors import connect
+                from embedrail.connectors import connect
 
                 t.store = connect(t.url)
             t.owned = True

@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object (report + hits)")
     a = p.parse_args(argv)
 
+    from embedrail.integration.engine import SyncEngine
+
     from embedrail.errors import EmbedrailError
-    from integration.engine import SyncEngine
 
     demo_dir = Path(a.dir).resolve()
     demo_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def search_all(target: str, k: int, say, emb=None) -> list[dict]:  # type: ignore[no-untyped-def]
     """Run the demo queries through the query side; show the best chunk of each of the ``k`` best modules."""
-    from integration.search import Searcher
+    from embedrail.integration.search import Searcher
 
     out = []
     with Searcher(target, embedder=emb) as searcher:  # the model the index records (reused if just loaded)

@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from integration.airflow import build_reindex_dag, cached_embedder
+from embedrail.airflow import build_reindex_dag, cached_embedder
 
 CFG = json.loads(Path({cfg_path!r}).read_text())
 FAULT_FLAG = CFG.pop("fault_flag", None)
@@ -160,7 +160,7 @@ def asset_events(uri: str) -> list[dict[str, Any]]:
 
 def store_texts(url: str) -> dict[str, str]:
     """What a store holds, read back through its connector: {chunk id: text}; count must agree."""
-    from connectors import connect
+    from embedrail.connectors import connect
 
     store = connect(url)
     try:
@@ -177,7 +177,7 @@ def expected(docs: dict[str, str]) -> dict[str, str]:
 
 
 def report_keys() -> set[str]:
-    from integration.report import Report
+    from embedrail.integration.report import Report
 
     return set(Report().to_dict())
 
@@ -218,7 +218,7 @@ def test_dag_keeps_es_weaviate_and_chroma_in_step(airflow_home, es_url, weaviate
     dag = make_dag(airflow_home, "e2e_" + unique_name[-8:], {
         "source": str(corpus), "targets": targets, "model": "minilm", "partitions": 2, "batch_size": 4,
         "retry_delay": 0, "tags": ["test"]})  # fmt: skip
-    import embed_core
+    from embedrail import embed_core
 
     loads: list[str] = []
     real_load = embed_core.Embedder.load.__func__
@@ -374,7 +374,7 @@ def test_trigger_params_repair_allow_mass_delete_and_adopt(airflow_home, chroma_
     nothing lost) and ``repair: off`` leaves the drift reported; ``allow_mass_delete`` lets the deletes
     through while the default repair restores the lost records; a DAG on another ledger is refused at
     ``plan`` (no retries) until ``adopt``."""
-    from connectors import connect
+    from embedrail.connectors import connect
 
     corpus = tmp_path / "c.jsonl"
     write_corpus(corpus, DOCS)
@@ -429,7 +429,7 @@ def test_shipped_demo_config_runs_against_the_local_stores(airflow_home, es_url,
     (configs / "demo.yaml").write_text(yaml.safe_dump(cfg))
     dag_file = airflow_home / "dags" / f"{cfg['dag_id']}.py"
     dag_file.write_text(
-        "from integration.airflow import build_dags_from_folder\n"
+        "from embedrail.airflow import build_dags_from_folder\n"
         f"globals().update(build_dags_from_folder({str(configs)!r}))\n"
         f"dag = globals()[{cfg['dag_id']!r}]\n"
     )
@@ -454,7 +454,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param, task, timezone
 
-from integration.airflow import EmbedrailReindexOperator
+from embedrail.airflow import EmbedrailReindexOperator
 
 CFG = json.loads(Path({cfg_path!r}).read_text())
 

@@ -78,7 +78,7 @@ def _conn(conn_type: str, **kw) -> SimpleNamespace:
 
 
 def test_elasticsearch_connection_maps_to_es_url(airflow_home):
-    from integration.airflow import connection_to_url
+    from embedrail.integration.airflow import connection_to_url
 
     url, secrets = connection_to_url(
         _conn("elasticsearch", host="es.internal", port=9243, schema="https", login="elastic", password="p@ss word",
@@ -90,7 +90,7 @@ def test_elasticsearch_connection_maps_to_es_url(airflow_home):
         "api_key=aWQxOmszeQ%3D%3D" in url and "ca_certs=%2Fetc%2Fca.pem" in url and "verify_certs=true" in url
     )
     assert "p@ss word" in secrets and "aWQxOmszeQ==" in secrets
-    from integration.engine import redact_url
+    from embedrail.integration.engine import redact_url
 
     safe = redact_url(url)
     assert "p@ss" not in safe and "elastic" not in safe and "aWQx" not in safe
@@ -100,8 +100,9 @@ def test_elasticsearch_connection_maps_to_es_url(airflow_home):
 
 
 def test_weaviate_and_chroma_connections_map_to_urls(airflow_home, tmp_path):
+    from embedrail.integration.airflow import connection_to_url
+
     from embedrail.errors import ConfigError
-    from integration.airflow import connection_to_url
 
     url, secrets = connection_to_url(
         _conn("weaviate", host="wv", port=8080, extra={"grpc_port": 50052, "api_key": "wvkey"}), "Docs"
@@ -125,7 +126,7 @@ def test_weaviate_and_chroma_connections_map_to_urls(airflow_home, tmp_path):
     url, secrets = connection_to_url(_conn("postgres", host="pg", port=5433, login="u", password="p@ss", schema="vec",
                                            extra={"sslmode": "require"}), "docs")  # fmt: skip
     assert url == "pgvector://u:p%40ss@pg:5433/vec?sslmode=require&table=docs" and secrets == ["p@ss"]
-    from connectors import parse_url
+    from embedrail.connectors import parse_url
 
     assert parse_url(url).password == "p@ss" and parse_url(url).param("table") == "docs"
     # the opensearch provider's connection type
@@ -141,7 +142,7 @@ def test_weaviate_and_chroma_connections_map_to_urls(airflow_home, tmp_path):
 
 
 def test_target_specs_and_assets_need_no_network(airflow_home, monkeypatch):
-    from integration.airflow import TargetSpec, index_asset, resolve_target, with_index
+    from embedrail.integration.airflow import TargetSpec, index_asset, resolve_target, with_index
 
     monkeypatch.setenv("EMBEDRAIL_T_URL", "es://u:pw123@h:9200")
     assert with_index("weaviate://h:8080?grpc_port=1", "Docs") == "weaviate://h:8080/Docs?grpc_port=1"
@@ -157,9 +158,9 @@ def test_target_specs_and_assets_need_no_network(airflow_home, monkeypatch):
 
 
 def test_embedder_is_loaded_once_per_process_and_key(airflow_home, monkeypatch):
-    import embed_core
-    import embed_core.remote
-    import integration.airflow.tasks as ia
+    import embedrail.integration.airflow.tasks as ia
+
+    from embedrail import embed_core
 
     loads: list[tuple] = []
 

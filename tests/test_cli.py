@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from embedrail.embed_core import Embedder
+from embedrail.integration.cli import main
 from test_integration_support import cached_load, sentences, write_jsonl
 from util import with_name
-
-from embed_core import Embedder
-from integration.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = {"documents", "chunks", "embedded", "unchanged", "upserted", "deleted", "failed", "model", "dims", "seconds"}
@@ -104,7 +103,7 @@ def test_target_down_gives_nonzero_exit_and_report(capsys: pytest.CaptureFixture
 
 
 def test_model_change_is_refused_in_incremental_mode(capsys: pytest.CaptureFixture[str], setup: dict[str, Any]) -> None:
-    from embed_core import packaged_minilm_dir
+    from embedrail.embed_core import packaged_minilm_dir
 
     assert reindex(capsys, setup)[0] == 0
     other = str(packaged_minilm_dir())  # the same weights as a local model dir: another fingerprint
@@ -130,14 +129,14 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         ["reindex", "--source", "pydoc:?bogus=1", "--target", f"chroma://{tmp_path}?collection=abc"],
     ]
     for args in cases:
-        p = subprocess.run([sys.executable, "-m", "integration.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+        p = subprocess.run([sys.executable, "-m", "embedrail.integration.cli", *args], env=env, capture_output=True, text=True, timeout=120)
         assert p.returncode == 2, (args, p.stderr)
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("embedrail: error:") and "Traceback" not in p.stderr, p.stderr
 
 
 def test_reindex_and_search_with_a_remote_embedding_server(capsys: pytest.CaptureFixture[str], setup: dict[str, Any]) -> None:
-    from embed_core.serve import BackgroundServer
+    from embedrail.embed_core.serve import BackgroundServer
 
     emb = cached_load(Embedder, "minilm")
     with BackgroundServer(emb) as url:

@@ -18,10 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_connectors_dataset import dataset
-from util import with_name
-
-from connectors import (
+from embedrail.connectors import (
     NOT_STORED,
     ConfigError,
     IndexMismatchError,
@@ -32,6 +29,8 @@ from connectors import (
     VectorStore,
     connect,
 )
+from test_connectors_dataset import dataset
+from util import with_name
 
 KINDS = ["es", "opensearch", "chroma", "chroma_http", "weaviate", "pgvector", "qdrant"]
 MAX_DIMS = {"es": 4096, "opensearch": 16000, "pgvector": 4000, "qdrant": 65536}  # None: the store states no limit

@@ -8,17 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from embedrail.connectors import ConfigError, IndexSpec, connect, parse_filter, safe_url
+from embedrail.connectors._es_schema import default_index_options, dims_limit
+from embedrail.connectors._es_schema import es_filter as _es_filter
+from embedrail.connectors._es_schema import filterable as _filterable
+from embedrail.connectors._es_schema import score as _score
+from embedrail.connectors._filters import Cond
+from embedrail.connectors._records import check_spec, decode_scalar_metadata, encode_scalar_metadata
+from embedrail.connectors._urls import parse_url
+from embedrail.connectors.chroma import _where
+from embedrail.connectors.weaviate import normalize_name
 
-from connectors import ConfigError, IndexSpec, connect, parse_filter, safe_url
-from connectors._es_schema import default_index_options, dims_limit
-from connectors._es_schema import es_filter as _es_filter
-from connectors._es_schema import filterable as _filterable
-from connectors._es_schema import score as _score
-from connectors._filters import Cond
-from connectors._records import check_spec, decode_scalar_metadata, encode_scalar_metadata
-from connectors._urls import parse_url
-from connectors.chroma import _where
-from connectors.weaviate import normalize_name
 from embedrail.errors import IndexMismatchError
 from embedrail.secrets import scrub
 
@@ -134,9 +134,9 @@ def test_names_are_validated_or_normalised() -> None:
 
 def test_connect_imports_no_store_client_until_used() -> None:
     code = (
-        "import sys, connectors\n"
+        "import sys\nfrom embedrail import connectors\n"
         "s = connectors.connect('es://h.invalid:9200/docs')\n"  # constructing does not connect
-        "bad = [m for m in ('weaviate', 'chromadb', 'connectors.chroma', 'connectors.weaviate') if m in sys.modules]\n"
+        "bad = [m for m in ('weaviate', 'chromadb', 'embedrail.connectors.chroma', 'embedrail.connectors.weaviate') if m in sys.modules]\n"
         "assert not bad, bad\n"
         "assert 'elasticsearch' not in sys.modules or s.url == 'es://h.invalid:9200/docs'\n"
     )

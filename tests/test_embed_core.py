@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from embedrail.embed_core import QWEN3_DEFAULT_TASK, Embedder, EmbedderConfig, packaged_minilm_dir
+from embedrail.embed_core.packed_bert import PackedBert
+from embedrail.embed_core.pooling import pool, pool_packed
 from test_embed_fixtures import add_st_files, build_tiny_qwen3, tiny_qwen3_dir  # noqa: F401
 
-from embed_core import QWEN3_DEFAULT_TASK, Embedder, EmbedderConfig, packaged_minilm_dir
-from embed_core.packed_bert import PackedBert
-from embed_core.pooling import pool, pool_packed
 from embedrail.errors import ConfigError, InputError, ModelError
 
 TEXTS = [
@@ -190,9 +190,8 @@ def test_bert_the_packed_path_does_not_cover_loads_through_transformers(tmp_path
     directly), the transformers model runs it; ``packed=True`` is a clear error."""
     import shutil
 
+    from embedrail.embed_core.spec import resolve_model
     from transformers import BertConfig, BertModel
-
-    from embed_core.spec import resolve_model
 
     src = resolve_model("minilm").path
     torch.manual_seed(0)
@@ -211,9 +210,8 @@ def test_bert_the_packed_path_does_not_cover_loads_through_transformers(tmp_path
 def test_cpu_bf16_keeps_the_vectors(minilm: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU default: bf16 matrix products where the CPU has native bf16, fp32 residual stream and
     LayerNorms. On real text (2,000 stdlib docstrings) every vector stays within cos 0.9999 of fp32."""
+    from embedrail.embed_core.device import choose_placement, cpu_fast_bf16
     from test_connectors_dataset import dataset
-
-    from embed_core.device import choose_placement, cpu_fast_bf16
 
     auto = choose_placement("cpu")
     assert auto.dtype == torch.float32 and auto.compute == (torch.bfloat16 if cpu_fast_bf16() else torch.float32)
@@ -230,7 +228,7 @@ def test_cpu_bf16_keeps_the_vectors(minilm: Embedder, monkeypatch: pytest.Monkey
 def test_packed_qwen3_path_equals_the_padded_one(qwen: Embedder, tiny_qwen3_dir: Path) -> None:  # noqa: F811
     """The padding-free decoder path (RoPE per token, GQA, causal attention per text) against the
     transformers forward on left-padded batches: texts of very different lengths in one batch."""
-    from embed_core.packed_qwen3 import PackedQwen3
+    from embedrail.embed_core.packed_qwen3 import PackedQwen3
 
     assert isinstance(qwen._packed, PackedQwen3)
     texts = [*QTEXTS, "x", " ".join(["a longer text with many words"] * 12)]
@@ -430,7 +428,7 @@ def test_qwen3_mrl_and_fingerprint(qwen: Embedder, tiny_qwen3_dir: Path) -> None
 def test_embedding_info_at_is_the_model_loaded_at_those_dims(qwen: Embedder, tiny_qwen3_dir: Path, minilm: Embedder) -> None:  # noqa: F811
     """One pass at the widest dims serves every narrower index: the truncated vectors and the description
     (fingerprint included) equal those of the model loaded at the narrower dims."""
-    from embed_core import info_at_dims, truncate_and_normalize
+    from embedrail.embed_core import info_at_dims, truncate_and_normalize
 
     mid = Embedder.load(str(tiny_qwen3_dir), dims=48, device="cpu")
     small = Embedder.load(str(tiny_qwen3_dir), dims=32, device="cpu")
@@ -474,7 +472,7 @@ def test_st_files_take_precedence(tmp_path: Path) -> None:
 def test_packed_batch_attention_buckets_cover_every_token_once() -> None:
     """Attention runs per run of similar lengths: every token lands in exactly one bucket, at its
     row and position; a run never pads more than max(slack, waste * width) per text."""
-    from embed_core.packing import PackedBatch
+    from embedrail.embed_core.packing import PackedBatch
 
     lengths = [200, 190, 180, 100, 97, 5, 3, 3, 40]  # sorted, then one longer text at the end
     pb = PackedBatch.build([[7] * n for n in lengths], torch.device("cpu"))
@@ -495,7 +493,7 @@ def test_packed_batch_attention_buckets_cover_every_token_once() -> None:
 def test_explicit_cpu_attention_equals_sdpa_on_padded_blocks() -> None:
     """Narrow blocks on CPU skip SDPA's fused kernel (two batched products and an fp32 softmax instead):
     the real query rows equal SDPA's with the same key mask, in fp32 and within bf16 rounding."""
-    from embed_core.packed_bert import _additive, _explicit_attention
+    from embedrail.embed_core.packed_bert import _additive, _explicit_attention
 
     g = torch.Generator().manual_seed(0)
     rows, heads, width, d = 5, 4, 9, 8

@@ -22,6 +22,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from embedrail.connectors.base import Record
+from embedrail.integration.cli import main
+from embedrail.integration.engine import SyncEngine
+from embedrail.integration.ledger import Ledger
+from embedrail.integration.report import Report
+from embedrail.integration.targets import target_key
 from test_integration_support import (
     OtherFingerprint,
     assert_in_step,
@@ -32,7 +38,6 @@ from test_integration_support import (
 )
 from util import describe, opened, with_name
 
-from connectors.base import Record
 from embedrail.errors import (
     ConfigError,
     IndexMismatchError,
@@ -42,11 +47,6 @@ from embedrail.errors import (
     StoreRejectedError,
     SyncError,
 )
-from integration.cli import main
-from integration.engine import SyncEngine
-from integration.ledger import Ledger
-from integration.report import Report
-from integration.targets import target_key
 
 CT = 32
 STORES = ["es", "opensearch", "chroma", "weaviate", "qdrant", "pgvector"]
@@ -162,8 +162,7 @@ def test_a_client_object_finds_the_ledger_rows_of_its_url(tmp_path: Path, es_url
     """An index synced by URL, then through a client object the caller made: the stamp maps it to the same
     ledger rows (nothing embedded, no second key)."""
     import elasticsearch
-
-    from connectors import ElasticsearchStore
+    from embedrail.connectors import ElasticsearchStore
 
     url = with_name(es_url, unique_name)
     src = write_jsonl(tmp_path / "docs.jsonl", corpus(8))
@@ -244,7 +243,7 @@ def test_a_client_library_bug_is_raised_once_with_its_traceback(tmp_path: Path, 
     """An exception the store's error table does not know (here a TypeError, as a client upgrade that
     changed a signature gives) is not retried, not reported as "store down": it escapes with its own
     traceback; the CLI prints it once and exits 70."""
-    from connectors.chroma import ChromaStore
+    from embedrail.connectors.chroma import ChromaStore
 
     url = with_name(chroma_path_url, "bugs")
     src = write_jsonl(tmp_path / "docs.jsonl", corpus(3))
@@ -303,11 +302,10 @@ def test_store_error_tables() -> None:
     """The declarative tables: statuses, classes, wrapped transport errors; never the message text."""
     import grpc
     import httpx
-
-    from connectors._retry import BASE_ERRORS, classify
-    from connectors.chroma import ChromaStore
-    from connectors.pgvector import PgvectorStore
-    from connectors.weaviate import WeaviateStore
+    from embedrail.connectors._retry import BASE_ERRORS, classify
+    from embedrail.connectors.chroma import ChromaStore
+    from embedrail.connectors.pgvector import PgvectorStore
+    from embedrail.connectors.weaviate import WeaviateStore
 
     table = BASE_ERRORS.extend(status=(f"{__name__}.Status",))
     assert [classify(Status(c), table) for c in (429, 503, 400, 404, 500)] == ["transient", "transient", "rejected", "rejected", "failed"]
@@ -374,7 +372,7 @@ def test_the_ledger_retries_connection_loss_not_integrity_errors(tmp_path: Path)
 
 
 def test_a_sql_source_that_is_down_is_retryable(tmp_path: Path) -> None:
-    from integration.sources import open_source
+    from embedrail.integration.sources import open_source
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -520,8 +518,8 @@ class _Headers:
 
 def test_the_api_key_goes_only_to_a_server_the_user_named(tmp_path: Path, chroma_path_url: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    from embed_core import Embedder, embedder_from_info
-    from embed_core.serve import BackgroundServer
+    from embedrail.embed_core import Embedder, embedder_from_info
+    from embedrail.embed_core.serve import BackgroundServer
 
     local = Embedder.load("minilm", device="cpu")
     server = BackgroundServer(local)
@@ -567,7 +565,7 @@ def test_the_api_key_goes_only_to_a_server_the_user_named(tmp_path: Path, chroma
 
 # ------------------------------------------------------------------------------------------------ embedded stores
 def test_an_embedded_store_takes_one_partition(tmp_path: Path, chroma_path_url: str) -> None:
-    from integration.airflow import build_reindex_dag
+    from embedrail.integration.airflow import build_reindex_dag
 
     url = with_name(chroma_path_url, "embedded")
     src = write_jsonl(tmp_path / "docs.jsonl", corpus(3))

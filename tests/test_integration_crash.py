@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from embedrail.integration.engine import SyncEngine, redact_url
+from embedrail.integration.ledger import Ledger
 from test_integration_support import assert_in_step, expected_records, minilm, sentences, write_jsonl
 from util import LEDGERS, opened, with_name
-
-from integration.engine import SyncEngine, redact_url
-from integration.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 CT = 24
@@ -28,8 +27,8 @@ CT = 24
 CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from embed_core import Embedder
-from integration.engine import SyncEngine
+from embedrail.embed_core import Embedder
+from embedrail.integration.engine import SyncEngine
 cfg = json.loads(sys.argv[2])
 emb = Embedder.load("minilm", device="cpu")
 print("READY", flush=True)

@@ -6,10 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
+from embedrail.integration.documents import Document, partition_of
+from embedrail.integration.sources import (
+    CsvSource,
+    DirectorySource,
+    JsonlSource,
+    PydocSource,
+    SqlSource,
+    open_source,
+)
 
 from embedrail.errors import ConfigError, InputError
-from integration.documents import Document, partition_of
-from integration.sources import CsvSource, DirectorySource, JsonlSource, PydocSource, SqlSource, open_source
 
 
 def test_jsonl_fields_metadata_tombstones_and_bad_rows(tmp_path: Path) -> None:

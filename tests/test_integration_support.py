@@ -15,10 +15,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from connectors import connect
-from embed_core import Embedder
-from integration.chunking import Chunker
-from integration.documents import Document, canonical_json, sha256
+from embedrail.connectors import connect
+from embedrail.embed_core import Embedder
+from embedrail.integration.chunking import Chunker
+from embedrail.integration.documents import Document, canonical_json, sha256
 
 _load_lock = threading.Lock()
 _real_load = Embedder.load.__func__  # type: ignore[attr-defined]

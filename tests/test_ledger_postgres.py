@@ -17,13 +17,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from embedrail.integration.engine import SyncEngine, redact_url
+from embedrail.integration.ledger import Ledger
 from sqlalchemy.engine import make_url
 from test_integration_support import assert_in_step, expected_records, minilm, sentences, write_jsonl
 from util import LEDGERS, with_name
 
 from embedrail.errors import LedgerError, RunConflictError
-from integration.engine import SyncEngine, redact_url
-from integration.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 CT = 24
@@ -35,9 +35,9 @@ CHILD = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 cfg = json.loads(sys.argv[2])
-from embed_core import Embedder
-from integration.engine import SyncEngine
-from integration.ledger import Ledger
+from embedrail.embed_core import Embedder
+from embedrail.integration.engine import SyncEngine
+from embedrail.integration.ledger import Ledger
 
 if cfg.get("kill_in_commit") or cfg.get("pause_file"):
     orig, seen = Ledger._tx, [0]
@@ -271,7 +271,7 @@ def test_connection_loss_mid_run_is_retried_and_an_outage_fails_clearly(tmp_path
 def test_run_leases_one_run_per_target_and_when_a_lease_is_taken_over(ledger_url: str) -> None:
     import socket
 
-    from integration.engine import SyncEngine as E
+    from embedrail.integration.engine import SyncEngine as E
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

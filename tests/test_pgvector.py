@@ -13,13 +13,13 @@ from unittest import mock
 import numpy as np
 import psycopg
 import pytest
+from embedrail.connectors import IndexSpec, Record, connect
+from embedrail.connectors.pgvector import PgvectorStore
+from embedrail.integration.engine import SyncEngine
 from test_integration_support import assert_in_step, minilm, sentences, write_jsonl
 from util import with_name
 
-from connectors import IndexSpec, Record, connect
-from connectors.pgvector import PgvectorStore
 from embedrail.errors import ConfigError, DimensionLimitError, StoreError, StoreUnavailableError
-from integration.engine import SyncEngine
 
 
 def _name() -> str:
@@ -32,7 +32,7 @@ def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def _conn(url: str) -> psycopg.Connection:
-    from connectors._urls import parse_url
+    from embedrail.connectors._urls import parse_url
 
     u = parse_url(url)
     return psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.path.strip("/"), autocommit=True)
@@ -71,7 +71,7 @@ def test_a_server_that_is_down_is_store_unavailable(pgvector_url: str) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    from connectors import RetryPolicy
+    from embedrail.connectors import RetryPolicy
 
     with connect(f"pgvector://u:secret-pw@127.0.0.1:{port}/db?table=docs", retry=RetryPolicy(attempts=2, initial=0.01)) as s:
         with pytest.raises(StoreUnavailableError) as ei:
@@ -104,7 +104,7 @@ def test_a_connection_the_caller_owns_and_the_view_sql_readers_use(pgvector_url:
 
 
 def test_sync_into_pgvector_with_the_ledger_in_the_same_database(tmp_path: Path, pgvector_url: str) -> None:
-    from connectors._urls import parse_url
+    from embedrail.connectors._urls import parse_url
 
     u = parse_url(pgvector_url)
     ledger = f"postgresql://{u.username}:{u.password}@{u.host}:{u.port}{u.path}"

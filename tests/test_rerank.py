@@ -18,13 +18,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from embedrail.embed_core import Embedder, open_reranker
+from embedrail.embed_core.remote_rerank import RemoteReranker, split_rerank_url
+from embedrail.embed_core.rerank import (
+    QWEN3_RERANK_INSTRUCTION,
+    QWEN3_RERANK_PREFIX,
+    QWEN3_RERANK_SUFFIX,
+    BaseReranker,
+)
+from embedrail.embed_core.serve import BackgroundServer
 from test_embed_fixtures import build_tiny_cross_encoder, build_tiny_qwen3_reranker
 from test_integration_support import cached_load, write_jsonl
 
-from embed_core import Embedder, open_reranker
-from embed_core.remote_rerank import RemoteReranker, split_rerank_url
-from embed_core.rerank import QWEN3_RERANK_INSTRUCTION, QWEN3_RERANK_PREFIX, QWEN3_RERANK_SUFFIX, BaseReranker
-from embed_core.serve import BackgroundServer
 from embedrail.errors import ConfigError, InputError, ModelError, RemoteEmbeddingError
 
 QUERY = "what is it"
@@ -244,7 +249,7 @@ class KeywordReranker(BaseReranker):
     backend, kind, model, model_id, max_tokens = "local", "keyword", "keyword", "keyword", 512
 
     def __init__(self) -> None:
-        from embed_core import EmbedStats
+        from embedrail.embed_core import EmbedStats
 
         self.stats = EmbedStats()
 
@@ -255,7 +260,7 @@ class KeywordReranker(BaseReranker):
 
 @pytest.fixture(scope="module")
 def chroma_index(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from integration.engine import SyncEngine
+    from embedrail.integration.engine import SyncEngine
 
     tmp = tmp_path_factory.mktemp("two-stage")
     docs = [{"id": f"d{i}", "text": t, "kind": "even" if i % 2 == 0 else "odd"} for i, t in enumerate([
@@ -271,7 +276,7 @@ def chroma_index(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_two_stage_search_reranks_the_candidates(chroma_index: str) -> None:
-    from integration.search import Searcher
+    from embedrail.integration.search import Searcher
 
     query = "zebra quagga"
     with Searcher(chroma_index, embedder=cached_load(Embedder, "minilm", device="cpu")) as plain:
@@ -296,8 +301,8 @@ def test_two_stage_search_reranks_the_candidates(chroma_index: str) -> None:
 
 def test_two_stage_search_with_a_model_reranker_and_the_cli(chroma_index: str, ce_dir: Path, capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    from integration.cli import main
-    from integration.search import Searcher
+    from embedrail.integration.cli import main
+    from embedrail.integration.search import Searcher
 
     monkeypatch.setattr(Embedder, "load", classmethod(cached_load))
     with Searcher(chroma_index, reranker=str(ce_dir), device="cpu") as s:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
+from embedrail.connectors.base import IndexSpec
+from embedrail.integration.context import RunContext, TargetRun, Watermark
+from embedrail.integration.documents import Chunk, Document, canonical_json, doc_hash
+from embedrail.integration.plan import (
+    DocPlan,
+    chunk_fingerprint,
+    plan_chunks,
+    plan_document,
+    plan_removal,
+    triage,
+)
 
-from connectors.base import IndexSpec
 from embedrail.errors import ConfigError
-from integration.context import RunContext, TargetRun, Watermark
-from integration.documents import Chunk, Document, canonical_json, doc_hash
-from integration.plan import DocPlan, chunk_fingerprint, plan_chunks, plan_document, plan_removal, triage
 
 EMB = "fp-model-a"
 CONFIG = "fp-model-a|chunk:model:0"

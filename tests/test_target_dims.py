@@ -14,19 +14,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from embedrail.embed_core import Embedder
+from embedrail.integration import Target, sync
+from embedrail.integration.chunking import Chunker
+from embedrail.integration.cli import main
+from embedrail.integration.documents import Document
+from embedrail.integration.embedding import ModelResolver, TargetNeed
+from embedrail.integration.ledger import Ledger
+from embedrail.integration.targets import split_target, target_key
 from test_embed_fixtures import tiny_qwen3_dir  # noqa: F401
 from test_integration_support import assert_in_step, minilm, sentences, write_jsonl
 from util import describe, opened, with_name
 
-from embed_core import Embedder
 from embedrail.errors import ConfigError, DimensionLimitError, IndexMismatchError, ModelError
-from integration import Target, sync
-from integration.chunking import Chunker
-from integration.cli import main
-from integration.documents import Document
-from integration.embedding import ModelResolver, TargetNeed
-from integration.ledger import Ledger
-from integration.targets import split_target, target_key
 
 CT = 24
 
@@ -169,9 +169,9 @@ def test_target_dims_in_urls_yaml_and_airflow_specs(tmp_path: Path) -> None:
             Target.of(bad)
     with pytest.raises(ConfigError, match="dims given twice"):
         Target.of({"url": "es://h/d#dims=8", "dims": 16})
-    from integration.airflow.config import load_dag_config
-    from integration.airflow.connections import TargetSpec
-    from integration.airflow.tasks import ReindexJob
+    from embedrail.integration.airflow.config import load_dag_config
+    from embedrail.integration.airflow.connections import TargetSpec
+    from embedrail.integration.airflow.tasks import ReindexJob
 
     assert TargetSpec.of("conn:my_es/docs#dims=1024") == TargetSpec("conn:my_es/docs", dims=1024)
     cfg = tmp_path / "dims.yaml"
@@ -209,7 +209,7 @@ def test_a_stale_model_description_is_forgotten_not_kept(tmp_path: Path, tiny_qw
     describes the model anew, also when the run loaded it at a narrower size than native."""
     from dataclasses import asdict, replace
 
-    from integration.context import RunContext
+    from embedrail.integration.context import RunContext
 
     model = str(tiny_qwen3_dir)
     with closing(Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")) as ledger:

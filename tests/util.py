@@ -40,7 +40,7 @@ def http_base(store_url: str) -> str:
 @contextmanager
 def opened(url: str, **opts: Any) -> Iterator[Any]:
     """A store for the length of a ``with`` block (closed afterwards: tests leak no client)."""
-    from connectors import connect
+    from embedrail.connectors import connect
 
     store = connect(url, **opts)
     try:

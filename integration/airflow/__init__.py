@@ -11,7 +11,7 @@
 This package is the only part of ``integration`` that imports Airflow; the rest works without it.
 
 ```python
-from integration.airflow import build_reindex_dag
+from embedrail.integration.airflow import build_reindex_dag
 
 dag = build_reindex_dag(
     "docs_reindex",
@@ -28,8 +28,8 @@ dag = build_reindex_dag(
 
 from __future__ import annotations
 
-from .config import build_dags_from_folder, load_dag_config
-from .connections import (
+from embedrail.integration.airflow.config import build_dags_from_folder, load_dag_config
+from embedrail.integration.airflow.connections import (
     CONN_PREFIX,
     TargetSpec,
     connection_to_url,
@@ -38,8 +38,13 @@ from .connections import (
     resolve_target,
     with_index,
 )
-from .dag import build_reindex_dag, index_asset, reindex_tasks
-from .tasks import EmbedrailReindexOperator, ReindexConfig, ReindexJob, cached_embedder
+from embedrail.integration.airflow.dag import build_reindex_dag, index_asset, reindex_tasks
+from embedrail.integration.airflow.tasks import (
+    EmbedrailReindexOperator,
+    ReindexConfig,
+    ReindexJob,
+    cached_embedder,
+)
 
 __all__ = [
     "CONN_PREFIX",

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Asset
+from embedrail.integration.airflow.dag import DAG_SETTINGS, build_reindex_dag
+from embedrail.integration.options import SyncOptions
 
 from embedrail.errors import ConfigError
-
-from ..options import SyncOptions
-from .dag import DAG_SETTINGS, build_reindex_dag
 
 __all__ = ["YAML_KEYS", "build_dags_from_folder", "load_dag_config"]
 

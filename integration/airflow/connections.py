@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from embedrail.integration.options import truthy
+from embedrail.integration.targets import Target
+
 from embedrail.errors import ConfigError
 from embedrail.secrets import url_secrets
-
-from ..options import truthy
-from ..targets import Target
 
 __all__ = ["CONNECTION_TYPES", "CONN_PREFIX", "TargetSpec", "connection_to_url", "expand_env", "mask_secrets",
            "resolve_ledger", "resolve_target", "with_index"]  # fmt: skip

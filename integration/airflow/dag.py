@@ -25,15 +25,21 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
+from embedrail.connectors import is_embedded_url
+from embedrail.integration.airflow.connections import CONN_PREFIX, TargetSpec, expand_env, with_index
+from embedrail.integration.airflow.tasks import (
+    ReindexJob,
+    incomplete_message,
+    plan_run,
+    run_deletes,
+    run_partition,
+    run_report,
+)
+from embedrail.integration.options import REPAIRS, SyncOptions, truthy
+from embedrail.integration.targets import target_key
 
-from connectors import is_embedded_url
 from embedrail.errors import ConfigError
 from embedrail.secrets import redact_url
-
-from ..options import REPAIRS, SyncOptions, truthy
-from ..targets import target_key
-from .connections import CONN_PREFIX, TargetSpec, expand_env, with_index
-from .tasks import ReindexJob, incomplete_message, plan_run, run_deletes, run_partition, run_report
 
 __all__ = ["build_reindex_dag", "index_asset", "reindex_tasks"]
 

@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from embedrail.integration.airflow.connections import TargetSpec, expand_env, resolve_ledger, resolve_target
+from embedrail.integration.options import SyncOptions
+from embedrail.integration.report import Report
+from embedrail.integration.targets import Target
 
 from embedrail.errors import EmbedrailError
 from embedrail.secrets import scrub_value
-
-from ..options import SyncOptions
-from ..report import Report
-from ..targets import Target
-from .connections import TargetSpec, expand_env, resolve_ledger, resolve_target
 
 __all__ = ["EmbedrailReindexOperator", "ReindexConfig", "ReindexJob", "cached_embedder", "fail_fast_on_user_errors"]
 
@@ -49,7 +48,7 @@ def cached_embedder(name: str, dims: int | None = None, device: str = "auto", **
     with _EMBEDDERS_LOCK:
         emb = _EMBEDDERS.get(key)
         if emb is None:
-            from embed_core import open_embedder
+            from embedrail.embed_core import open_embedder
 
             log.info("loading embedding model %s (dims=%s, device=%s) for this worker process", name, dims or "native", device)
             emb = _EMBEDDERS[key] = open_embedder(name, dims=dims, device=device, **kwargs)
@@ -72,7 +71,7 @@ class ReindexJob:
     def engine(self, **overrides: Any) -> tuple[Any, list[str]]:
         """A ``SyncEngine`` for this task (options changed by ``overrides``, e.g. trigger params) and the
         secrets it resolved (for scrubbing what leaves the task)."""
-        from ..engine import SyncEngine
+        from embedrail.integration.engine import SyncEngine
 
         urls, secrets = [], []
         for t in self.targets:
