@@ -4,6 +4,7 @@ folders ``embed_core/``, ``connectors/`` and ``integration/`` are mapped into it
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -48,9 +49,11 @@ def test_the_wheel_installs_only_the_embedrail_package(tmp_path: Path) -> None:
         "assert 'torch' not in sys.modules  # the face is lazy\n"
         "print('ok')\n"
     )
-    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=user, capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the user's interpreter knows only its own packages
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=user, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
-    cli = subprocess.run([str(venv / "bin" / "embedrail"), "reindex", "--help"], capture_output=True, text=True, timeout=120)
+    cli = subprocess.run([str(venv / "bin" / "embedrail"), "reindex", "--help"], env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
     assert cli.returncode == 0 and "--adopt" in cli.stdout, cli.stderr
 
 
