@@ -92,9 +92,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from sentence_transformers import SentenceTransformer
+
     from embedrail.embed_core import Embedder, packaged_minilm_dir
     from embedrail.embed_core.device import cpu_fast_bf16
-    from sentence_transformers import SentenceTransformer
 
     texts = stdlib_docstrings(args.texts)
     emb = Embedder.load("minilm", device="cpu", num_threads=args.threads, batch_tokens=args.batch_tokens,

@@ -96,11 +96,12 @@ def main() -> None:
     es, pg = server_url("EMBEDRAIL_ES_URL"), server_url("EMBEDRAIL_PG_URL")
     if not (es and pg):
         sys.exit("needs Elasticsearch and PostgreSQL: run `make servers` first")
+    from ledger_concurrency import fresh_pg_db
+
     from embedrail.embed_core import Embedder
     from embedrail.integration.engine import SyncEngine
     from embedrail.integration.ledger import Ledger
     from embedrail.integration.sources import open_source
-    from ledger_concurrency import fresh_pg_db
 
     tmp = Path(tempfile.mkdtemp(prefix="embedrail-bench-"))
     atexit.register(shutil.rmtree, tmp, True)

@@ -105,11 +105,12 @@ class LangChain:
     name = "langchain"
 
     def __init__(self, tmp: Path) -> None:
-        from embedrail.embed_core import packaged_minilm_dir
         from langchain_chroma import Chroma
         from langchain_classic.indexes import SQLRecordManager
         from langchain_core.embeddings import Embeddings
         from sentence_transformers import SentenceTransformer
+
+        from embedrail.embed_core import packaged_minilm_dir
 
         class STEmbeddings(Embeddings):
             """What ``langchain_huggingface.HuggingFaceEmbeddings`` does (encode, normalised)."""
@@ -150,8 +151,9 @@ class LlamaIndex:
 
     def __init__(self, tmp: Path) -> None:
         import chromadb
-        from embedrail.embed_core import packaged_minilm_dir
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+        from embedrail.embed_core import packaged_minilm_dir
 
         self.tmp = tmp
         self.embed_model = HuggingFaceEmbedding(model_name=str(packaged_minilm_dir()), device="cpu")

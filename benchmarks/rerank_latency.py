@@ -56,8 +56,9 @@ def timed(fn, repeat: int) -> float:  # noqa: ANN001
 
 def build_minilm_cross_encoder(out: Path) -> Path:
     import torch
-    from embedrail.embed_core import packaged_minilm_dir
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from embedrail.embed_core import packaged_minilm_dir
 
     tok = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
     torch.manual_seed(0)
@@ -95,9 +96,10 @@ def main() -> None:
     ap.add_argument("--qwen3-max-tokens", type=int, default=512)
     args = ap.parse_args()
     import torch
+    from sentence_transformers import CrossEncoder
+
     from embedrail.embed_core import open_reranker
     from embedrail.embed_core.device import cpu_fast_bf16
-    from sentence_transformers import CrossEncoder
 
     texts = candidates(args.candidates, args.pick)
     tmp = Path(tempfile.mkdtemp(prefix="bench-rerank-"))

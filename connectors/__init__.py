@@ -39,7 +39,6 @@ from embedrail.connectors.base import (
     UpsertResult,
     VectorStore,
 )
-
 from embedrail.errors import (
     ConfigError,
     DimensionLimitError,

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
 from embedrail.connectors._filters import Cond
 from embedrail.connectors._records import parse_version, spec_to_dict
 from embedrail.connectors.base import Hit, IndexSpec
-
 from embedrail.errors import ConfigError
 
 __all__ = ["FILTER_FIELD", "INDEX_OPTION_TYPES", "default_index_options", "dims_limit", "es_filter", "filterable",

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from embedrail.connectors.base import IndexSpec, Record
 
+from embedrail.connectors.base import IndexSpec, Record
 from embedrail.errors import ConfigError, IndexMismatchError
 
 __all__ = [

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, NoReturn, TypeVar
 
 import numpy as np
+
 from embedrail.connectors._records import batched, check_query, check_record, check_spec, dedupe_last
 from embedrail.connectors._retry import (
     BASE_ERRORS,
@@ -53,7 +54,6 @@ from embedrail.connectors.base import (
     Record,
     UpsertResult,
 )
-
 from embedrail.errors import (
     ConfigError,
     IndexMismatchError,

@@ -10,8 +10,8 @@ import uuid
 from typing import Any
 
 import numpy as np
-from embedrail.connectors.base import Hit, Record
 
+from embedrail.connectors.base import Hit, Record
 from embedrail.errors import ConfigError
 
 __all__ = ["META_PREFIX", "PROP_RE", "RETURN_PROPS", "condition", "normalize_name", "object_properties", "object_uuid",

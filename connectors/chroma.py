@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
 from embedrail.connectors._filters import Cond, parse_filter
 from embedrail.connectors._records import (
     OWNER_KEY,
@@ -48,7 +49,6 @@ from embedrail.connectors._retry import BASE_ERRORS
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget
 from embedrail.connectors._urls import StoreURL
 from embedrail.connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
-
 from embedrail.errors import ConfigError, IndexMismatchError, StoreUnavailableError
 
 __all__ = ["ChromaStore"]

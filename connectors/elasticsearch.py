@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from embedrail.connectors._es_schema import (
     FILTER_FIELD,
     INDEX_OPTION_TYPES,
@@ -51,7 +52,6 @@ from embedrail.connectors._retry import BASE_ERRORS, TRANSIENT_STATUS, log
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget
 from embedrail.connectors._urls import StoreURL, flag
 from embedrail.connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
-
 from embedrail.errors import (
     ConfigError,
     DimensionLimitError,

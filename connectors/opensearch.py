@@ -29,13 +29,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from embedrail.connectors._es_schema import index_mapping
 from embedrail.connectors._retry import BASE_ERRORS
 from embedrail.connectors._store import ReadTarget
 from embedrail.connectors._urls import StoreURL, flag
 from embedrail.connectors.base import IndexSpec
 from embedrail.connectors.elasticsearch import ElasticsearchStore
-
 from embedrail.errors import ConfigError, DimensionLimitError
 from embedrail.secrets import short_error
 

@@ -37,13 +37,13 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+
 from embedrail.connectors._filters import Cond, parse_filter
 from embedrail.connectors._records import batched, owner_from, spec_from_dict, spec_to_dict
 from embedrail.connectors._retry import BASE_ERRORS, ErrorKind, sqlstate_kind
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget
 from embedrail.connectors._urls import StoreURL
 from embedrail.connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
-
 from embedrail.errors import ConfigError, DimensionLimitError
 
 __all__ = ["PgvectorStore"]

@@ -28,13 +28,13 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+
 from embedrail.connectors._filters import Cond, parse_filter
 from embedrail.connectors._records import OWNER_KEY, batched, owner_from, spec_from_dict, spec_to_dict
 from embedrail.connectors._retry import BASE_ERRORS
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget
 from embedrail.connectors._urls import StoreURL, flag
 from embedrail.connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
-
 from embedrail.errors import ConfigError, StoreUnavailableError
 
 __all__ = ["QdrantStore"]

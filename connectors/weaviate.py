@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
 from embedrail.connectors._filters import Cond, parse_filter
 from embedrail.connectors._records import batched, owner_from, parse_version, spec_from_dict, spec_to_dict
 from embedrail.connectors._retry import BASE_ERRORS, log
@@ -43,7 +44,6 @@ from embedrail.connectors._weaviate_schema import (
     to_score,
 )
 from embedrail.connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
-
 from embedrail.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 
 __all__ = ["WeaviateStore", "normalize_name"]

@@ -11,10 +11,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+
 from embedrail.embed_core.config import QWEN3_QUERY_TEMPLATE
 from embedrail.embed_core.fingerprint import compute_fingerprint
 from embedrail.embed_core.text import check_texts
-
 from embedrail.errors import ConfigError
 
 #: Texts taken from an iterable per step of :meth:`BaseEmbedder.iter_embed_documents`.

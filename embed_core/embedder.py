@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from embedrail.embed_core.base import BaseEmbedder, EmbedStats
 from embedrail.embed_core.batching import TokenBudgetBatching
 from embedrail.embed_core.config import DEFAULT_MODEL, EmbedderConfig
@@ -30,7 +31,6 @@ from embedrail.embed_core.spec import (
     resolve_model,
 )
 from embedrail.embed_core.text import check_texts, split_by_offsets
-
 from embedrail.errors import ConfigError, InputError, ModelError
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ from typing import Any
 
 from embedrail.embed_core.base import BaseEmbedder
 from embedrail.embed_core.config import DEFAULT_MODEL
-
 from embedrail.errors import ConfigError, ModelError
 
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "check_model_name", "embedder_from_info", "env_api_key", "is_remote_model",

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrail.embed_core.spec import DenseLayer
-
 from embedrail.errors import ModelError
 
 if TYPE_CHECKING:  # torch is imported where a model is loaded, not by the tokenizer-only remote backend
     import torch
+
     from embedrail.embed_core.device import Placement
 
 __all__ = ["load_dense_head", "load_fast_tokenizer", "load_transformer"]
@@ -40,9 +40,10 @@ def load_transformer(
     """The network (``auto_class``, default ``AutoModel``) in eval mode on ``placement``'s device and
     dtype. Returns it with the placement it really got: the attention kernel falls back from the chosen
     one to SDPA to eager when a kernel does not support the architecture (BERT has no flash-attention-2)."""
-    from embedrail.embed_core.device import Placement
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
+
+    from embedrail.embed_core.device import Placement
 
     auto_class = auto_class or AutoModel
     kwargs: dict[str, Any] = {"dtype": placement.dtype, "trust_remote_code": trust_remote_code}

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from embedrail.embed_core.fingerprint import compute_fingerprint
 
+from embedrail.embed_core.fingerprint import compute_fingerprint
 from embedrail.errors import ConfigError, ModelError
 
 __all__ = ["info_at_dims", "truncate_and_normalize"]

@@ -19,13 +19,13 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+
 from embedrail.embed_core.base import BaseEmbedder, EmbedStats
 from embedrail.embed_core.config import QWEN3_DEFAULT_TASK
 from embedrail.embed_core.fingerprint import FINGERPRINT_KEYS
 from embedrail.embed_core.http import RETRY_STATUS, request_json
 from embedrail.embed_core.mrl import truncate_and_normalize
 from embedrail.embed_core.text import approx_count, approx_token_spans, check_texts, split_by_offsets
-
 from embedrail.errors import ConfigError, InputError, ModelError, RemoteEmbeddingError
 
 log = logging.getLogger(__name__)

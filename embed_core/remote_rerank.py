@@ -21,10 +21,10 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+
 from embedrail.embed_core.base import EmbedStats
 from embedrail.embed_core.http import request_json
 from embedrail.embed_core.rerank import BaseReranker
-
 from embedrail.errors import ConfigError, ModelError, RemoteEmbeddingError
 
 __all__ = ["RemoteReranker", "split_rerank_url"]

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from embedrail.embed_core.base import BaseEmbedder
 
+from embedrail.embed_core.base import BaseEmbedder
 from embedrail.errors import ConfigError, InputError, ModelError
 
 #: Most inputs one request (and one merged call) may carry.

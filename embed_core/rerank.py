@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedrail.embed_core.base import EmbedStats
 
+from embedrail.embed_core.base import EmbedStats
 from embedrail.errors import ConfigError, InputError, ModelError
 
 __all__ = [
@@ -221,6 +221,7 @@ class _LocalReranker(TokenBudgetBatching, BaseReranker):
                  num_threads: int | None = None, attn_implementation: str | None = None,
                  trust_remote_code: bool = False, max_batch_size: int = 1024) -> None:  # fmt: skip
         import torch
+
         from embedrail.embed_core.device import available_cpus, choose_placement
         from embedrail.embed_core.embedder import DEFAULT_BATCH_TOKENS, PACKED_CPU_BATCH_TOKENS
         from embedrail.embed_core.loading import load_fast_tokenizer
@@ -309,9 +310,10 @@ class Qwen3Reranker(_LocalReranker):
         import inspect
 
         import torch
+        from transformers import AutoModelForCausalLM
+
         from embedrail.embed_core.loading import load_transformer
         from embedrail.embed_core.packing import packer_for
-        from transformers import AutoModelForCausalLM
 
         tok = self.tokenizer
         ids = []
@@ -418,9 +420,10 @@ class CrossEncoderReranker(_LocalReranker):
         return "sigmoid" if self.num_labels == 1 else "identity"
 
     def _load(self, packed: bool | None, trust_remote_code: bool) -> None:
+        from transformers import AutoModelForSequenceClassification
+
         from embedrail.embed_core import packed_bert
         from embedrail.embed_core.loading import load_transformer
-        from transformers import AutoModelForSequenceClassification
 
         backend = self.tokenizer.backend_tokenizer
         self._tok = copy.deepcopy(backend)

@@ -43,15 +43,15 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from embedrail.embed_core.base import BaseEmbedder
-from embedrail.embed_core.mrl import truncate_and_normalize
-from embedrail.embed_core.request_batcher import MAX_INPUTS, MAX_WAIT, Batcher, default_workers
-from embedrail.embed_core.text import check_texts
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
+from embedrail.embed_core.base import BaseEmbedder
+from embedrail.embed_core.mrl import truncate_and_normalize
+from embedrail.embed_core.request_batcher import MAX_INPUTS, MAX_WAIT, Batcher, default_workers
+from embedrail.embed_core.text import check_texts
 from embedrail.errors import ConfigError, EmbedrailError, InputError, ModelError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from embedrail.embed_core.config import QWEN3_DEFAULT_TASK, EmbedderConfig
-
 from embedrail.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from embedrail.integration.documents import Chunk, Document, chunk_id
-
 from embedrail.errors import ConfigError
+from embedrail.integration.documents import Chunk, Document, chunk_id
 
 __all__ = ["Chunker"]
 

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from embedrail.embed_core.config import DEFAULT_MODEL
+from embedrail.errors import ConfigError, EmbedrailError, SyncError
 from embedrail.integration.ledger import default_ledger_url
 from embedrail.integration.options import SyncOptions, positive_int
-
-from embedrail.errors import ConfigError, EmbedrailError, SyncError
 
 __all__ = ["INTERNAL_ERROR", "build_parser", "main"]
 

@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from embedrail.connectors.base import IndexSpec
+from embedrail.errors import ConfigError
 from embedrail.integration.chunking import Chunker
 from embedrail.integration.options import Mode
 from embedrail.integration.report import Report
-
-from embedrail.errors import ConfigError
 
 __all__ = ["RunContext", "TargetRun", "Watermark", "spec_dict"]
 

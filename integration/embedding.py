@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from embedrail.connectors.base import IndexSpec
+from embedrail.errors import DimensionLimitError, ModelError
 from embedrail.integration.context import RunContext
 from embedrail.integration.ledger import Ledger
-
-from embedrail.errors import DimensionLimitError, ModelError
 
 __all__ = ["EmbeddingChoice", "ModelInfo", "ModelResolver", "TargetNeed"]
 

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from embedrail.connectors.base import IndexInfo, IndexSpec, VectorStore
+from embedrail.errors import ConfigError, IndexMismatchError, IndexOwnershipError, is_retryable
 from embedrail.integration import drift, rebuilds
 from embedrail.integration.context import RunContext, TargetRun, Watermark, spec_dict
 from embedrail.integration.documents import Document, partition_of
@@ -55,8 +56,6 @@ from embedrail.integration.pipeline import Lane, PartitionRun
 from embedrail.integration.report import Report
 from embedrail.integration.sources import Source, decode_watermark, encode_watermark, open_source
 from embedrail.integration.targets import Target, TargetSet, TargetSlot, target_key
-
-from embedrail.errors import ConfigError, IndexMismatchError, IndexOwnershipError, is_retryable
 from embedrail.secrets import one_line
 
 __all__ = ["SyncEngine", "SyncOptions", "Target", "redact_url", "sync"]

@@ -47,15 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from embedrail.integration.ledger_schema import (
-    chunks_t,
-    docs_t,
-    leases_t,
-    meta_t,
-    metadata,
-    targets_t,
-    watermarks_t,
-)
 from sqlalchemy import (
     Table,
     and_,
@@ -71,6 +62,15 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from embedrail.errors import ConfigError, LedgerError, RunConflictError
+from embedrail.integration.ledger_schema import (
+    chunks_t,
+    docs_t,
+    leases_t,
+    meta_t,
+    metadata,
+    targets_t,
+    watermarks_t,
+)
 from embedrail.secrets import redact_url
 
 __all__ = ["Lease", "Ledger", "TargetState", "default_ledger_url"]

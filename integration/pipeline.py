@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from embedrail.connectors.base import IndexSpec, Record, VectorStore
 from embedrail.embed_core.mrl import truncate_and_normalize
+from embedrail.errors import ModelError, is_retryable
 from embedrail.integration.chunking import Chunker
 from embedrail.integration.context import RunContext, TargetRun
 from embedrail.integration.documents import Chunk, Document, canonical_json
@@ -41,8 +43,6 @@ from embedrail.integration.plan import (
     triage,
 )
 from embedrail.integration.report import Report
-
-from embedrail.errors import ModelError, is_retryable
 from embedrail.secrets import one_line
 
 __all__ = ["Lane", "PartitionRun"]

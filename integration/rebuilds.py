@@ -16,11 +16,10 @@ from __future__ import annotations
 import logging
 
 from embedrail.connectors.base import IndexSpec, VectorStore
+from embedrail.errors import ConfigError
 from embedrail.integration.context import TargetRun, spec_dict
 from embedrail.integration.ledger import Ledger, TargetState
 from embedrail.integration.targets import TargetSet, TargetSlot
-
-from embedrail.errors import ConfigError
 from embedrail.secrets import one_line
 
 __all__ = ["begin", "commit", "recover", "spec_dict"]

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embedrail.connectors.base import Hit, IndexInfo, VectorStore
-
 from embedrail.errors import ConfigError
 
 __all__ = ["DEFAULT_CANDIDATES", "SearchResult", "Searcher", "search"]

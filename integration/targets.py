@@ -11,9 +11,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from embedrail.connectors.base import VectorStore
-from embedrail.integration.context import RunContext, TargetRun
-
 from embedrail.errors import ConfigError
+from embedrail.integration.context import RunContext, TargetRun
 from embedrail.secrets import one_line, redact_url
 
 __all__ = ["Target", "TargetSet", "TargetSlot", "split_target", "target_key"]

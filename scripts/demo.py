@@ -41,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object (report + hits)")
     a = p.parse_args(argv)
 
-    from embedrail.integration.engine import SyncEngine
-
     from embedrail.errors import EmbedrailError
+    from embedrail.integration.engine import SyncEngine
 
     demo_dir = Path(a.dir).resolve()
     demo_dir.mkdir(parents=True, exist_ok=True)

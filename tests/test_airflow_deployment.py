@@ -25,11 +25,12 @@ import psycopg
 import pytest
 import yaml
 from conftest import pg_database, servers
-from embedrail.integration.engine import redact_url
-from embedrail.integration.ledger import Ledger
 from sqlalchemy.engine import make_url
 from test_integration_support import assert_in_step, expected_records, minilm, sentences, write_jsonl
 from util import with_name
+
+from embedrail.integration.engine import redact_url
+from embedrail.integration.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 

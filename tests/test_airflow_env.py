@@ -100,9 +100,8 @@ def test_elasticsearch_connection_maps_to_es_url(airflow_home):
 
 
 def test_weaviate_and_chroma_connections_map_to_urls(airflow_home, tmp_path):
-    from embedrail.integration.airflow import connection_to_url
-
     from embedrail.errors import ConfigError
+    from embedrail.integration.airflow import connection_to_url
 
     url, secrets = connection_to_url(
         _conn("weaviate", host="wv", port=8080, extra={"grpc_port": 50052, "api_key": "wvkey"}), "Docs"
@@ -159,7 +158,6 @@ def test_target_specs_and_assets_need_no_network(airflow_home, monkeypatch):
 
 def test_embedder_is_loaded_once_per_process_and_key(airflow_home, monkeypatch):
     import embedrail.integration.airflow.tasks as ia
-
     from embedrail import embed_core
 
     loads: list[tuple] = []

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from embedrail.embed_core import Embedder
-from embedrail.integration.cli import main
 from test_integration_support import cached_load, sentences, write_jsonl
 from util import with_name
+
+from embedrail.embed_core import Embedder
+from embedrail.integration.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = {"documents", "chunks", "embedded", "unchanged", "upserted", "deleted", "failed", "model", "dims", "seconds"}

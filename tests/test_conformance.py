@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_connectors_dataset import dataset
+from util import with_name
+
 from embedrail.connectors import (
     NOT_STORED,
     ConfigError,
@@ -29,8 +32,6 @@ from embedrail.connectors import (
     VectorStore,
     connect,
 )
-from test_connectors_dataset import dataset
-from util import with_name
 
 KINDS = ["es", "opensearch", "chroma", "chroma_http", "weaviate", "pgvector", "qdrant"]
 MAX_DIMS = {"es": 4096, "opensearch": 16000, "pgvector": 4000, "qdrant": 65536}  # None: the store states no limit

@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_connectors_dataset import dataset
+from util import with_name
+
 from embedrail.connectors import (
     ChromaStore,
     DimensionLimitError,
@@ -34,8 +37,6 @@ from embedrail.connectors import (
     connect,
 )
 from embedrail.connectors._urls import parse_url
-from test_connectors_dataset import dataset
-from util import with_name
 
 SPEC = IndexSpec(dims=384, metric="cosine", fingerprint="faults")
 FAST = RetryPolicy(attempts=6, initial=0.05, maximum=0.5, deadline=20)
@@ -357,6 +358,7 @@ def test_stores_from_existing_client_objects(es_url: str, chroma_http_url: str, 
     import chromadb
     import weaviate
     from elasticsearch import Elasticsearch
+
     from embedrail.connectors._urls import parse_url as p
 
     eu, cu, wu = p(es_url), p(chroma_http_url), p(weaviate_url)
@@ -416,8 +418,9 @@ def test_es_timeout_is_unavailable_after_bounded_retries() -> None:
 
 def test_weaviate_server_side_rejections_are_reported_by_id(weaviate_url: str, vecs: np.ndarray) -> None:
     """Bypass our own validation so the server itself rejects objects: they come back by id."""
-    from embedrail.connectors._weaviate_schema import object_uuid as _uuid
     from weaviate.classes.data import DataObject
+
+    from embedrail.connectors._weaviate_schema import object_uuid as _uuid
 
     s = connect(with_name(weaviate_url, _name()))
     assert isinstance(s, WeaviateStore)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from embedrail.connectors import ConfigError, IndexSpec, connect, parse_filter, safe_url
 from embedrail.connectors._es_schema import default_index_options, dims_limit
 from embedrail.connectors._es_schema import es_filter as _es_filter
@@ -18,7 +19,6 @@ from embedrail.connectors._records import check_spec, decode_scalar_metadata, en
 from embedrail.connectors._urls import parse_url
 from embedrail.connectors.chroma import _where
 from embedrail.connectors.weaviate import normalize_name
-
 from embedrail.errors import IndexMismatchError
 from embedrail.secrets import scrub
 

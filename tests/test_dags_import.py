@@ -18,9 +18,9 @@ DAGS = ROOT / "dags"
 
 
 def test_dag_folder_has_no_import_errors_and_touches_no_model_or_network(airflow_home, monkeypatch):  # noqa: F811
-    import embedrail.integration.airflow.tasks as ia
     from airflow.dag_processing.dagbag import DagBag
 
+    import embedrail.integration.airflow.tasks as ia
     from embedrail import embed_core
 
     calls: list[str] = []
@@ -76,9 +76,9 @@ print(json.dumps([m for m in heavy if m in sys.modules]))
 
 def test_bad_config_is_a_clear_import_error(airflow_home, tmp_path, monkeypatch):  # noqa: F811
     from airflow.dag_processing.dagbag import DagBag
-    from embedrail.integration.airflow import build_dags_from_folder
 
     from embedrail.errors import ConfigError
+    from embedrail.integration.airflow import build_dags_from_folder
 
     (tmp_path / "bad.yaml").write_text("source: x.jsonl\ntargets: [es://h:9200/i]\nparitions: 3\n")
     with pytest.raises(ConfigError, match="unknown setting.*paritions"):

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from embedrail.embed_core import Embedder
 from test_integration_support import cached_load
+
+from embedrail.embed_core import Embedder
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = "argparse,getopt,optparse,json,re,shlex,smtplib,gzip,zlib,csv,sqlite3,os"

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_embed_fixtures import add_st_files, build_tiny_qwen3, tiny_qwen3_dir  # noqa: F401
+
 from embedrail.embed_core import QWEN3_DEFAULT_TASK, Embedder, EmbedderConfig, packaged_minilm_dir
 from embedrail.embed_core.packed_bert import PackedBert
 from embedrail.embed_core.pooling import pool, pool_packed
-from test_embed_fixtures import add_st_files, build_tiny_qwen3, tiny_qwen3_dir  # noqa: F401
-
 from embedrail.errors import ConfigError, InputError, ModelError
 
 TEXTS = [
@@ -190,8 +190,9 @@ def test_bert_the_packed_path_does_not_cover_loads_through_transformers(tmp_path
     directly), the transformers model runs it; ``packed=True`` is a clear error."""
     import shutil
 
-    from embedrail.embed_core.spec import resolve_model
     from transformers import BertConfig, BertModel
+
+    from embedrail.embed_core.spec import resolve_model
 
     src = resolve_model("minilm").path
     torch.manual_seed(0)
@@ -210,8 +211,9 @@ def test_bert_the_packed_path_does_not_cover_loads_through_transformers(tmp_path
 def test_cpu_bf16_keeps_the_vectors(minilm: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU default: bf16 matrix products where the CPU has native bf16, fp32 residual stream and
     LayerNorms. On real text (2,000 stdlib docstrings) every vector stays within cos 0.9999 of fp32."""
-    from embedrail.embed_core.device import choose_placement, cpu_fast_bf16
     from test_connectors_dataset import dataset
+
+    from embedrail.embed_core.device import choose_placement, cpu_fast_bf16
 
     auto = choose_placement("cpu")
     assert auto.dtype == torch.float32 and auto.compute == (torch.bfloat16 if cpu_fast_bf16() else torch.float32)

@@ -36,8 +36,9 @@ def build_tiny_qwen3_reranker(out: Path, *, seed: int = 0) -> Path:
     tokens (as in Qwen3-Reranker), trained on the reranker's prompt so it tokenizes like a real vocabulary.
     The LM head is scaled up so P(yes) spreads over (0, 1) instead of sitting at 0.5."""
     import torch
-    from embedrail.embed_core.rerank import QWEN3_RERANK_PREFIX, QWEN3_RERANK_SUFFIX, qwen3_rerank_prompt
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    from embedrail.embed_core.rerank import QWEN3_RERANK_PREFIX, QWEN3_RERANK_SUFFIX, qwen3_rerank_prompt
 
     tok = _qwen_tokenizer([QWEN3_RERANK_PREFIX, QWEN3_RERANK_SUFFIX, qwen3_rerank_prompt("what is it", "a fox"),
                            *(["yes", "no"] * 20)])  # fmt: skip
@@ -59,8 +60,9 @@ def build_tiny_cross_encoder(out: Path, *, seed: int = 0, max_length: int = 128)
     """Save a 2-layer random ``BertForSequenceClassification`` (one label) with the packaged MiniLM's
     WordPiece tokenizer: a plain transformers directory, which sentence-transformers' ``CrossEncoder`` loads."""
     import torch
-    from embedrail.embed_core import packaged_minilm_dir
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from embedrail.embed_core import packaged_minilm_dir
 
     tok = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
     torch.manual_seed(seed)

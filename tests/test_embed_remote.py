@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from test_embed_fixtures import tiny_qwen3_dir  # noqa: F401
+
 from embedrail.embed_core import QWEN3_DEFAULT_TASK, Embedder
 from embedrail.embed_core.device import available_cpus
 from embedrail.embed_core.remote import RemoteEmbedder
 from embedrail.embed_core.serve import BackgroundServer
-from test_embed_fixtures import tiny_qwen3_dir  # noqa: F401
-
 from embedrail.errors import InputError, ModelError, RemoteEmbeddingError
 
 DOCS = ["The quick brown fox", "lazy dog.", "Embeddings map text to vectors.", "lazy dog."]

@@ -22,12 +22,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from embedrail.connectors.base import Record
-from embedrail.integration.cli import main
-from embedrail.integration.engine import SyncEngine
-from embedrail.integration.ledger import Ledger
-from embedrail.integration.report import Report
-from embedrail.integration.targets import target_key
 from test_integration_support import (
     OtherFingerprint,
     assert_in_step,
@@ -38,6 +32,7 @@ from test_integration_support import (
 )
 from util import describe, opened, with_name
 
+from embedrail.connectors.base import Record
 from embedrail.errors import (
     ConfigError,
     IndexMismatchError,
@@ -47,6 +42,11 @@ from embedrail.errors import (
     StoreRejectedError,
     SyncError,
 )
+from embedrail.integration.cli import main
+from embedrail.integration.engine import SyncEngine
+from embedrail.integration.ledger import Ledger
+from embedrail.integration.report import Report
+from embedrail.integration.targets import target_key
 
 CT = 32
 STORES = ["es", "opensearch", "chroma", "weaviate", "qdrant", "pgvector"]
@@ -162,6 +162,7 @@ def test_a_client_object_finds_the_ledger_rows_of_its_url(tmp_path: Path, es_url
     """An index synced by URL, then through a client object the caller made: the stamp maps it to the same
     ledger rows (nothing embedded, no second key)."""
     import elasticsearch
+
     from embedrail.connectors import ElasticsearchStore
 
     url = with_name(es_url, unique_name)
@@ -302,6 +303,7 @@ def test_store_error_tables() -> None:
     """The declarative tables: statuses, classes, wrapped transport errors; never the message text."""
     import grpc
     import httpx
+
     from embedrail.connectors._retry import BASE_ERRORS, classify
     from embedrail.connectors.chroma import ChromaStore
     from embedrail.connectors.pgvector import PgvectorStore

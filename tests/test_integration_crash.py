@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from embedrail.integration.engine import SyncEngine, redact_url
-from embedrail.integration.ledger import Ledger
 from test_integration_support import assert_in_step, expected_records, minilm, sentences, write_jsonl
 from util import LEDGERS, opened, with_name
+
+from embedrail.integration.engine import SyncEngine, redact_url
+from embedrail.integration.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 CT = 24

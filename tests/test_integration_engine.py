@@ -10,10 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from embedrail.connectors import connect
-from embedrail.connectors.base import UpsertResult
-from embedrail.integration.engine import SyncEngine, redact_url
-from embedrail.integration.ledger import Ledger
 from test_integration_support import (
     OtherFingerprint,
     assert_in_step,
@@ -26,7 +22,11 @@ from test_integration_support import (
 )
 from util import LEDGERS, describe, opened, with_name
 
+from embedrail.connectors import connect
+from embedrail.connectors.base import UpsertResult
 from embedrail.errors import DimensionLimitError, IndexMismatchError, InputError, StoreUnavailableError
+from embedrail.integration.engine import SyncEngine, redact_url
+from embedrail.integration.ledger import Ledger
 
 CT = 24  # chunk tokens: small, so short documents make several chunks
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from embedrail.errors import ConfigError, InputError
 from embedrail.integration.documents import Document, partition_of
 from embedrail.integration.sources import (
     CsvSource,
@@ -15,8 +17,6 @@ from embedrail.integration.sources import (
     SqlSource,
     open_source,
 )
-
-from embedrail.errors import ConfigError, InputError
 
 
 def test_jsonl_fields_metadata_tombstones_and_bad_rows(tmp_path: Path) -> None:

@@ -17,13 +17,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from embedrail.integration.engine import SyncEngine, redact_url
-from embedrail.integration.ledger import Ledger
 from sqlalchemy.engine import make_url
 from test_integration_support import assert_in_step, expected_records, minilm, sentences, write_jsonl
 from util import LEDGERS, with_name
 
 from embedrail.errors import LedgerError, RunConflictError
+from embedrail.integration.engine import SyncEngine, redact_url
+from embedrail.integration.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 CT = 24

@@ -9,10 +9,10 @@ import uuid
 
 import numpy as np
 import pytest
-from embedrail.connectors import IndexSpec, Record, RetryPolicy, connect
-from embedrail.connectors.opensearch import OpenSearchStore
 from util import with_name
 
+from embedrail.connectors import IndexSpec, Record, RetryPolicy, connect
+from embedrail.connectors.opensearch import OpenSearchStore
 from embedrail.errors import DimensionLimitError, StoreUnavailableError
 
 
@@ -51,8 +51,9 @@ def test_a_server_that_is_down_is_store_unavailable() -> None:
 
 
 def test_a_client_the_caller_owns(opensearch_url: str) -> None:
-    from embedrail.connectors._urls import parse_url
     from opensearchpy import OpenSearch
+
+    from embedrail.connectors._urls import parse_url
 
     u = parse_url(opensearch_url)
     client = OpenSearch(hosts=[{"host": u.host, "port": u.port}])

@@ -60,12 +60,11 @@ def test_the_wheel_installs_only_the_embedrail_package(tmp_path: Path) -> None:
 def test_the_face_is_lazy_and_complete() -> None:
     code = "import sys, embedrail; assert not [m for m in sys.modules if m.startswith('embedrail.') and m != 'embedrail.errors'], sorted(sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode == 0
+    from embedrail import Searcher, SyncEngine, connect, open_embedder, sync
     from embedrail.connectors import connect as connect2
     from embedrail.integration.engine import SyncEngine as Engine2
     from embedrail.integration.engine import sync as sync2
     from embedrail.integration.search import Searcher as Searcher2
-
-    from embedrail import Searcher, SyncEngine, connect, open_embedder, sync
 
     assert (sync, SyncEngine, connect, Searcher) == (sync2, Engine2, connect2, Searcher2) and callable(open_embedder)
     assert set(embedrail.__all__) <= set(dir(embedrail))

@@ -13,13 +13,13 @@ from unittest import mock
 import numpy as np
 import psycopg
 import pytest
-from embedrail.connectors import IndexSpec, Record, connect
-from embedrail.connectors.pgvector import PgvectorStore
-from embedrail.integration.engine import SyncEngine
 from test_integration_support import assert_in_step, minilm, sentences, write_jsonl
 from util import with_name
 
+from embedrail.connectors import IndexSpec, Record, connect
+from embedrail.connectors.pgvector import PgvectorStore
 from embedrail.errors import ConfigError, DimensionLimitError, StoreError, StoreUnavailableError
+from embedrail.integration.engine import SyncEngine
 
 
 def _name() -> str:

@@ -18,6 +18,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from test_embed_fixtures import build_tiny_cross_encoder, build_tiny_qwen3_reranker
+from test_integration_support import cached_load, write_jsonl
+
 from embedrail.embed_core import Embedder, open_reranker
 from embedrail.embed_core.remote_rerank import RemoteReranker, split_rerank_url
 from embedrail.embed_core.rerank import (
@@ -27,9 +30,6 @@ from embedrail.embed_core.rerank import (
     BaseReranker,
 )
 from embedrail.embed_core.serve import BackgroundServer
-from test_embed_fixtures import build_tiny_cross_encoder, build_tiny_qwen3_reranker
-from test_integration_support import cached_load, write_jsonl
-
 from embedrail.errors import ConfigError, InputError, ModelError, RemoteEmbeddingError
 
 QUERY = "what is it"

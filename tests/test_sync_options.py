@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from embedrail.integration.cli import build_parser
-from embedrail.integration.options import SyncOptions
 
 from embedrail.errors import ConfigError
+from embedrail.integration.cli import build_parser
+from embedrail.integration.options import SyncOptions
 
 
 def test_defaults_and_validation() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from embedrail.connectors.base import IndexSpec
+from embedrail.errors import ConfigError
 from embedrail.integration.context import RunContext, TargetRun, Watermark
 from embedrail.integration.documents import Chunk, Document, canonical_json, doc_hash
 from embedrail.integration.plan import (
@@ -16,8 +18,6 @@ from embedrail.integration.plan import (
     plan_removal,
     triage,
 )
-
-from embedrail.errors import ConfigError
 
 EMB = "fp-model-a"
 CONFIG = "fp-model-a|chunk:model:0"

@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_embed_fixtures import tiny_qwen3_dir  # noqa: F401
+from test_integration_support import assert_in_step, minilm, sentences, write_jsonl
+from util import describe, opened, with_name
+
 from embedrail.embed_core import Embedder
+from embedrail.errors import ConfigError, DimensionLimitError, IndexMismatchError, ModelError
 from embedrail.integration import Target, sync
 from embedrail.integration.chunking import Chunker
 from embedrail.integration.cli import main
@@ -22,11 +27,6 @@ from embedrail.integration.documents import Document
 from embedrail.integration.embedding import ModelResolver, TargetNeed
 from embedrail.integration.ledger import Ledger
 from embedrail.integration.targets import split_target, target_key
-from test_embed_fixtures import tiny_qwen3_dir  # noqa: F401
-from test_integration_support import assert_in_step, minilm, sentences, write_jsonl
-from util import describe, opened, with_name
-
-from embedrail.errors import ConfigError, DimensionLimitError, IndexMismatchError, ModelError
 
 CT = 24
 

@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from embedrail.errors import ConfigError
 from embedrail.integration.sources.base import BadRow, Source
 from embedrail.integration.sources.files import CsvSource, DirectorySource, IterableSource, JsonlSource
 from embedrail.integration.sources.pydoc import PydocSource
 from embedrail.integration.sources.sql import SqlSource, decode_watermark, encode_watermark
-
-from embedrail.errors import ConfigError
 
 __all__ = [
     "BadRow",

@@ -13,10 +13,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from embedrail.errors import ConfigError, InputError
 from embedrail.integration.documents import Document
 from embedrail.integration.options import BAD_ROW_POLICIES, truthy
-
-from embedrail.errors import ConfigError, InputError
 
 __all__ = ["BadRow", "Source", "jsonable"]
 

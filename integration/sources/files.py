@@ -9,10 +9,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from embedrail.errors import ConfigError
 from embedrail.integration.documents import Document
 from embedrail.integration.sources.base import BadRow, Source
-
-from embedrail.errors import ConfigError
 
 __all__ = ["DEFAULT_DIR_SUFFIXES", "CsvSource", "DirectorySource", "IterableSource", "JsonlSource"]
 

@@ -13,10 +13,9 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from embedrail.errors import ConfigError
 from embedrail.integration.documents import Document
 from embedrail.integration.sources.base import Source
-
-from embedrail.errors import ConfigError
 
 __all__ = ["PydocSource"]
 

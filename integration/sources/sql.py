@@ -18,9 +18,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from embedrail.integration.sources.base import Source, jsonable
-
 from embedrail.errors import ConfigError, SourceUnavailableError
+from embedrail.integration.sources.base import Source, jsonable
 
 __all__ = ["SqlSource", "decode_watermark", "encode_watermark"]
 
@@ -138,8 +137,9 @@ def _transient(e: BaseException) -> bool:
     """Whether a database error is an outage (worth a later run) rather than a bad query: by the driver's
     SQLSTATE (PostgreSQL: connection, resources, shutdown, serialization), SQLite's result code (busy,
     locked), else SQLAlchemy's classification (``OperationalError``, a lost connection)."""
-    from embedrail.connectors._retry import sqlstate_kind
     from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+
+    from embedrail.connectors._retry import sqlstate_kind
 
     orig = getattr(e, "orig", None)
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
