@@ -74,24 +74,47 @@ print(json.dumps([m for m in heavy if m in sys.modules]))
     assert loaded == [], f"parsing the DAG folder imported {loaded}"
 
 
-def test_bad_config_is_a_clear_import_error(airflow_home, tmp_path, monkeypatch):  # noqa: F811
+def test_a_bad_config_fails_its_own_dag_only(airflow_home, tmp_path, monkeypatch):  # noqa: F811
+    """A config with a typo no longer takes the other DAGs of the folder down: its DAG is a paused one whose
+    task fails with the error; the folder's other DAGs load; ``load_dag_config`` still raises it."""
     from airflow.dag_processing.dagbag import DagBag
 
+    from embedrail.airflow import build_dags_from_folder, load_dag_config
     from embedrail.errors import ConfigError
-    from embedrail.integration.airflow import build_dags_from_folder
 
-    (tmp_path / "bad.yaml").write_text("source: x.jsonl\ntargets: [es://h:9200/i]\nparitions: 3\n")
-    with pytest.raises(ConfigError, match="unknown setting.*paritions"):
-        build_dags_from_folder(tmp_path)
-    (tmp_path / "bad.yaml").write_text(
+    (tmp_path / "bad.yaml").write_text("dag_id: typo_dag\nsource: x.jsonl\ntargets: [es://h:9200/i]\nparitions: 3\n")
+    (tmp_path / "good.yaml").write_text(
         "source: x.jsonl\ntargets: [es://h:9200/i, {conn: my_wv, index: Docs}]\nschedule: {assets: [file:///data/x.jsonl]}\n"
     )
-    dags = build_dags_from_folder(tmp_path)
-    assert list(dags) == ["embedrail_bad"]
-    # the DAG folder file honours EMBEDRAIL_DAG_CONFIGS
+    (tmp_path / "broken.yml").write_text("source: [unclosed\n")
+    with pytest.raises(ConfigError, match="unknown setting.*paritions"):
+        load_dag_config(tmp_path / "bad.yaml")
+    with pytest.warns(UserWarning, match="paritions"):
+        dags = build_dags_from_folder(tmp_path)
+    assert sorted(dags) == ["embedrail_broken", "embedrail_good", "typo_dag"]
+    assert "config-error" in dags["typo_dag"].tags and "paritions" in dags["typo_dag"].description
+    assert [t.task_id for t in dags["typo_dag"].tasks] == ["config_error"] and "config-error" not in dags["embedrail_good"].tags
+    # the DAG folder file honours EMBEDRAIL_DAG_CONFIGS; the good DAG loads beside the broken ones
     monkeypatch.setenv("EMBEDRAIL_DAG_CONFIGS", str(tmp_path))
     bag = _dagbag(DagBag)
-    assert bag.import_errors == {} and bag.dag_ids == ["embedrail_bad"]
+    assert bag.import_errors == {} and sorted(bag.dag_ids) == ["embedrail_broken", "embedrail_good", "typo_dag"]
+    assert len(bag.get_dag("embedrail_good").tasks) == 5
+
+
+def test_the_provider_registers_the_hooks_and_connection_types(airflow_home):  # noqa: F811
+    """Through Airflow's own providers manager, as the UI's connection form reads it."""
+    from airflow.providers_manager import ProvidersManager
+
+    pm = ProvidersManager()
+    assert "embedrail" in pm.providers
+    hooks = pm.hooks
+    for ctype, cls in (("embedrail_chroma", "ChromaHook"), ("embedrail_store", "VectorStoreHook"), ("embedrail_ledger", "LedgerHook")):
+        info = hooks[ctype]
+        assert info is not None and info.hook_class_name == f"embedrail.integration.airflow.hooks.{cls}" and info.connection_testable
+    widgets = pm.connection_form_widgets
+    assert {"extra__embedrail_chroma__path", "extra__embedrail_store__store", "extra__embedrail_ledger__sqlalchemy_scheme"} <= set(widgets)
+    assert widgets["extra__embedrail_store__api_key"].is_sensitive
+    assert pm.field_behaviours["embedrail_chroma"]["relabeling"]["password"] == "Token"
 
 
 def _dagbag(dagbag_cls):

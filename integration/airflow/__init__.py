@@ -6,7 +6,9 @@
   ``EmbedrailReindexOperator`` (a whole reindex as one task of your own DAG);
 - ``dag``: ``build_reindex_dag`` (plan -> mapped partitions -> deletes -> report) and ``reindex_tasks``
   (the same four tasks inside a DAG of your own);
-- ``config``: one DAG per YAML file (``build_dags_from_folder``).
+- ``config``: one DAG per YAML file (``build_dags_from_folder``);
+- ``hooks``: ``VectorStoreHook`` / ``ChromaHook`` / ``LedgerHook``, a store or the ledger from an Airflow
+  connection in your own tasks (the connection types are registered by ``embedrail._provider``).
 
 This package is the only part of ``integration`` that imports Airflow; the rest works without it.
 
@@ -39,17 +41,19 @@ from embedrail.integration.airflow.connections import (
     with_index,
 )
 from embedrail.integration.airflow.dag import build_reindex_dag, index_asset, reindex_tasks
+from embedrail.integration.airflow.hooks import ChromaHook, LedgerHook, VectorStoreHook
 from embedrail.integration.airflow.tasks import (
     EmbedrailReindexOperator,
-    ReindexConfig,
     ReindexJob,
     cached_embedder,
 )
 
 __all__ = [
     "CONN_PREFIX",
+    "ChromaHook",
+    "LedgerHook",
+    "VectorStoreHook",
     "EmbedrailReindexOperator",
-    "ReindexConfig",
     "ReindexJob",
     "TargetSpec",
     "build_dags_from_folder",

@@ -10,10 +10,16 @@ Store connection types, one function each (``CONNECTION_TYPES``):
 - **weaviate** (provider ``apache-airflow-providers-weaviate``): host, port; extra ``http_secure``,
   ``grpc_host``, ``grpc_port`` (default 50051, or 443 with ``grpc_secure``), ``api_key`` (or ``token``),
   ``collection``.
-- **Chroma** (no provider: a ``generic`` connection with extra ``{"store": "chroma"}``, or conn type
-  ``chroma``): extra ``path`` for an embedded database on the worker's disk, else host, port, schema
-  (``http``/``https``); ``password`` or extra ``token`` is the auth token; extra ``tenant``,
-  ``database``, ``token_header`` (``Authorization`` or ``X-Chroma-Token``), ``collection``.
+- **Chroma** (conn type ``embedrail_chroma``, registered by embedrail's provider entry point; also a
+  ``generic`` connection with extra ``{"store": "chroma"}``): extra ``path`` for an embedded database on
+  the worker's disk, else host, port, schema (``http``/``https``); ``password`` or extra ``token`` is the
+  auth token; extra ``tenant``, ``database``, ``token_header`` (``Authorization`` or ``X-Chroma-Token``),
+  ``collection``.
+- **opensearch**, **qdrant**, **postgres** (pgvector): the official providers' connection types.
+- **embedrail_store** (embedrail's): any of the above by extra ``store`` (``es``, ``opensearch``,
+  ``weaviate``, ``qdrant``, ``chroma``, ``pgvector``), with that store's fields.
+
+A target (or a ledger) written without ``://`` is a connection id: ``my_es/docs`` is ``conn:my_es/docs``.
 """
 
 from __future__ import annotations
@@ -27,10 +33,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from embedrail.errors import ConfigError
 from embedrail.integration.options import truthy
 from embedrail.integration.targets import Target
-
-from embedrail.errors import ConfigError
 from embedrail.secrets import url_secrets
 
 __all__ = ["CONNECTION_TYPES", "CONN_PREFIX", "TargetSpec", "connection_to_url", "expand_env", "mask_secrets",
@@ -74,12 +79,14 @@ class TargetSpec:
 
     @classmethod
     def of(cls, t: str | Mapping[str, Any] | TargetSpec) -> TargetSpec:
+        """From a store URL, ``conn:ID[/INDEX]``, a bare connection id ``ID[/INDEX]`` (no ``://``), a mapping
+        (``url:`` or ``conn:``, ``index:``, ``asset:``, ``dims:``) or a ``TargetSpec``."""
         if isinstance(t, TargetSpec):
             return t
         if isinstance(t, str):
             if not t.strip():
                 raise ConfigError("empty target")
-            target = Target.of(t.strip())
+            target = Target.of(_conn_or_url(t.strip()))
             return cls(str(target.target), dims=target.dims)
         if isinstance(t, Mapping):
             unknown = set(t) - {"url", "conn", "index", "collection", "asset", "dims"}
@@ -87,7 +94,7 @@ class TargetSpec:
                 raise ConfigError(f"unknown target key(s) {sorted(unknown)}: use url or conn, index, asset, dims")
             if ("url" in t) == ("conn" in t):
                 raise ConfigError(f"a target needs exactly one of url: or conn:, got {sorted(t)}")
-            raw = str(t["url"]) if "url" in t else CONN_PREFIX + str(t["conn"]).removeprefix(CONN_PREFIX)
+            raw = _conn_or_url(str(t["url"])) if "url" in t else CONN_PREFIX + str(t["conn"]).removeprefix(CONN_PREFIX)
             target = Target.of({"url": raw, "dims": t.get("dims")})
             index = t.get("index", t.get("collection"))
             return cls(str(target.target), str(index) if index else None, str(t["asset"]) if t.get("asset") else None, target.dims)
@@ -102,6 +109,13 @@ class TargetSpec:
         if not conn_id:
             raise ConfigError(f"{self.target!r}: expected conn:CONNECTION_ID or conn:CONNECTION_ID/INDEX")
         return conn_id, (self.index or index or None)
+
+
+def _conn_or_url(text: str) -> str:
+    """``conn:ID...`` for a bare connection id (no ``://``, no ``${ENV}`` placeholder), else the text."""
+    if text.startswith(CONN_PREFIX) or "://" in text or "${" in text:
+        return text
+    return CONN_PREFIX + text
 
 
 def with_index(url: str, index: str | None) -> str:
@@ -247,6 +261,7 @@ CONNECTION_TYPES: dict[str, Callable[[Any, dict[str, Any]], _Mapped]] = {
     "postgres": _postgres,
     "postgresql": _postgres,
     "pgvector": _postgres,
+    "embedrail_chroma": _chroma,  # embedrail's own connection type (no Chroma provider exists)
 }
 
 
@@ -254,13 +269,14 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
     """Turn an Airflow connection into an embedrail store URL. Returns ``(url, secrets)``. The
     index/collection comes from ``index`` (the ``conn:ID/INDEX`` form) or the connection's extra."""
     ctype = (getattr(conn, "conn_type", None) or "").lower()
-    extra = dict(getattr(conn, "extra_dejson", None) or {})
+    extra = _extra(conn, ctype)
     kind = str(extra.get("store") or ctype).lower()
     mapper = CONNECTION_TYPES.get(kind)
     conn_id = getattr(conn, "conn_id", "?")
     if mapper is None:
-        raise ConfigError(f"connection {conn_id!r} has type {ctype!r}: use an elasticsearch, opensearch, weaviate, qdrant or postgres (pgvector) "
-                          'connection, or a generic one with extra {"store": "chroma"} (see integration.airflow.connections)')  # fmt: skip
+        raise ConfigError(f"connection {conn_id!r} has type {ctype!r}: use an elasticsearch, opensearch, weaviate, qdrant, postgres "
+                          "(pgvector) or embedrail_chroma connection, or an embedrail_store (or generic) one with extra store "
+                          "(es, opensearch, weaviate, qdrant, chroma, pgvector)")  # fmt: skip
     url, params, secrets, default_index = mapper(conn, extra)
     index = index or default_index
     if not index:
@@ -269,6 +285,17 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
         url += "?" + urlencode(params)
     url = with_index(url, str(index))
     return url, list(dict.fromkeys(secrets))
+
+
+def _extra(conn: Any, ctype: str) -> dict[str, Any]:
+    """The connection's extra, with form fields stored as ``extra__TYPE__NAME`` read as ``NAME``."""
+    extra = dict(getattr(conn, "extra_dejson", None) or {})
+    prefix = f"extra__{ctype}__"
+    for k in [k for k in extra if k.startswith(prefix)]:
+        value = extra.pop(k)
+        if value not in (None, ""):
+            extra.setdefault(k[len(prefix) :], value)
+    return {k: v for k, v in extra.items() if v not in (None, "")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,9 +333,10 @@ def resolve_ledger(ledger: str | None) -> tuple[str, list[str]]:
     """The ledger's SQLAlchemy URL at task run time, and its secrets.
 
     ``None``: ``$EMBEDRAIL_LEDGER`` (as for the CLI) or ``sqlite:///$AIRFLOW_HOME/embedrail/ledger.sqlite``
-    (one machine). ``conn:ID``: an Airflow connection (postgres/mysql/sqlite types; extra
-    ``sqlalchemy_scheme`` e.g. ``postgresql+psycopg`` picks the driver). Anything else: a SQLAlchemy URL
-    (``${ENV}`` placeholders are expanded).
+    (one machine). ``conn:ID`` or a bare ``ID`` (no ``://``): an Airflow connection (``embedrail_ledger``,
+    ``postgres``, ``mysql`` or ``sqlite``; extra ``sqlalchemy_scheme`` e.g. ``postgresql+psycopg`` picks the
+    driver, extra ``path`` makes it a SQLite file). Anything else: a SQLAlchemy URL (``${ENV}`` placeholders
+    are expanded).
     """
     if not ledger:
         env = os.environ.get("EMBEDRAIL_LEDGER") or os.environ.get("EMBEDRAIL_LEDGER_URL")
@@ -317,13 +345,15 @@ def resolve_ledger(ledger: str | None) -> tuple[str, list[str]]:
         home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
         (home / "embedrail").mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{home / 'embedrail' / 'ledger.sqlite'}", []
+    ledger = _conn_or_url(ledger)
     if ledger.startswith(CONN_PREFIX):
         conn = _get_connection(ledger[len(CONN_PREFIX) :])
         ctype = (conn.conn_type or "").lower()
-        if ctype == "sqlite":
-            return f"sqlite:///{conn.host}", []
-        scheme = dict(conn.extra_dejson or {}).get("sqlalchemy_scheme") or {"postgres": "postgresql", "postgresql": "postgresql",
-                                                                             "mysql": "mysql"}.get(ctype)  # fmt: skip
+        extra = _extra(conn, ctype)
+        if ctype == "sqlite" or extra.get("path"):
+            return f"sqlite:///{Path(str(extra.get('path') or conn.host)).expanduser()}", []
+        scheme = extra.get("sqlalchemy_scheme") or {"postgres": "postgresql", "postgresql": "postgresql", "mysql": "mysql",
+                                                    "embedrail_ledger": "postgresql"}.get(ctype)  # fmt: skip
         if not scheme:
             raise ConfigError(f"ledger connection {conn.conn_id!r} of type {ctype!r}: use postgres, mysql or sqlite "
                               "(or extra sqlalchemy_scheme)")  # fmt: skip

@@ -25,7 +25,9 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
+
 from embedrail.connectors import is_embedded_url
+from embedrail.errors import ConfigError
 from embedrail.integration.airflow.connections import CONN_PREFIX, TargetSpec, expand_env, with_index
 from embedrail.integration.airflow.tasks import (
     ReindexJob,
@@ -37,8 +39,6 @@ from embedrail.integration.airflow.tasks import (
 )
 from embedrail.integration.options import REPAIRS, SyncOptions, truthy
 from embedrail.integration.targets import target_key
-
-from embedrail.errors import ConfigError
 from embedrail.secrets import redact_url
 
 __all__ = ["build_reindex_dag", "index_asset", "reindex_tasks"]
@@ -98,10 +98,18 @@ def _asset_extra(report: Mapping[str, Any], key: str) -> dict[str, Any]:
 def reindex_tasks(job: ReindexJob, *, partitions: int = 1, assets: Sequence[Asset] = (), publish_assets: bool = True,
                   embed_task_options: Mapping[str, Any] | None = None) -> Any:  # fmt: skip
     """Add the reindex tasks to the DAG being defined (call it inside ``@dag`` or ``with DAG(...)``);
-    returns the ``report`` task's output. The DAG's params ``mode``, ``dims``, ``dry_run``, ``repair``,
-    ``allow_mass_delete``, ``adopt`` and ``partitions`` (if it has them) override ``job.options`` and
-    ``partitions`` per run.
+    returns the ``report`` task's output (the run report, as ``embedrail reindex --json`` prints it).
+
+    ``job``: a ``ReindexJob`` (its targets may be URLs, connection ids or ``TargetSpec`` s). The DAG's
+    params ``mode``, ``dims``, ``dry_run``, ``repair``, ``allow_mass_delete``, ``adopt`` and ``partitions``
+    (if it has them) override ``job.options`` and ``partitions`` per run. ``assets``: one ``Asset`` per
+    target, in order, marked updated (with the run's counts) when a run succeeds; none by default.
     ``embed_task_options`` (``queue``, ``pool``, ...) apply to the embedding tasks only."""
+    if not isinstance(job, ReindexJob):
+        raise ConfigError(f"reindex_tasks takes a ReindexJob, got {type(job).__name__}")
+    assets = list(assets)
+    if assets and len(assets) != len(job.targets):
+        raise ConfigError(f"reindex_tasks: {len(assets)} assets for {len(job.targets)} targets; give one per target, in order, or none")
     embed_opts, default_partitions = dict(embed_task_options or {}), partitions
 
     @task
@@ -150,7 +158,7 @@ def reindex_tasks(job: ReindexJob, *, partitions: int = 1, assets: Sequence[Asse
                 raise AirflowSkipException("dry run: nothing was written; the report is this task's XCom")
             raise AirflowFailException(incomplete_message(rep))
         events = ac.get("outlet_events")
-        if events is not None and publish_assets:
+        if events is not None and publish_assets and assets:
             for asset, t in zip(assets, context["targets"], strict=True):
                 events[asset].extra = _asset_extra(rep, t["key"])
         return rep

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.sdk import BaseOperator
+
+from embedrail.errors import ConfigError, EmbedrailError
 from embedrail.integration.airflow.connections import TargetSpec, expand_env, resolve_ledger, resolve_target
 from embedrail.integration.options import SyncOptions
 from embedrail.integration.report import Report
 from embedrail.integration.targets import Target
-
-from embedrail.errors import EmbedrailError
 from embedrail.secrets import scrub_value
 
-__all__ = ["EmbedrailReindexOperator", "ReindexConfig", "ReindexJob", "cached_embedder", "fail_fast_on_user_errors"]
+__all__ = ["EmbedrailReindexOperator", "ReindexJob", "cached_embedder", "fail_fast_on_user_errors"]
 
 log = logging.getLogger("embedrail.airflow")
 
@@ -62,11 +62,20 @@ class ReindexJob:
     operator, never in XComs or rendered task arguments): connections are resolved at run time."""
 
     source: Any
-    targets: list[TargetSpec]
+    targets: Sequence[str | Mapping[str, Any] | TargetSpec]  # URLs, conn ids, mappings or TargetSpecs
     ledger: str | None = None
     options: SyncOptions = field(default_factory=SyncOptions)
     connect: Callable[[str], Any] | None = None
     embedder_factory: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str | Mapping | TargetSpec):
+            self.targets = [self.targets]
+        self.targets = [TargetSpec.of(t) for t in self.targets]
+        if not self.targets:
+            raise ConfigError("a reindex job needs at least one target")
+        if not isinstance(self.options, SyncOptions):
+            self.options = SyncOptions.from_mapping(dict(self.options), where="ReindexJob.options")
 
     def engine(self, **overrides: Any) -> tuple[Any, list[str]]:
         """A ``SyncEngine`` for this task (options changed by ``overrides``, e.g. trigger params) and the
@@ -75,6 +84,7 @@ class ReindexJob:
 
         urls, secrets = [], []
         for t in self.targets:
+            assert isinstance(t, TargetSpec)
             url, s = resolve_target(t)
             urls.append(Target(url, dims=t.dims))
             secrets += s
@@ -96,9 +106,6 @@ def _run_owner() -> str | None:
     except Exception:  # noqa: BLE001 - not inside a running task
         return None
     return f"airflow:{ti.dag_id}"
-
-
-ReindexConfig = ReindexJob  # the name before 0.2
 
 
 @contextmanager
