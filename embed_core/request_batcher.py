@@ -87,8 +87,10 @@ class Batcher:
     """
 
     def __init__(self, embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait: float = MAX_WAIT,
-                 workers: int | None = None, threads: int | None = None) -> None:  # fmt: skip
-        self.embedder, self.max_inputs, self.max_wait = embedder, max_inputs, max_wait
+                 workers: int | None = None, threads: int | None = None,
+                 on_call: Callable[[int, int, float], None] | None = None) -> None:  # fmt: skip
+        """``on_call(inputs, tokens, seconds)`` is told of every embedder call (the server's metrics)."""
+        self.embedder, self.max_inputs, self.max_wait, self.on_call = embedder, max_inputs, max_wait, on_call
         self.workers, auto_threads = default_workers(embedder, workers)
         self.threads = threads or auto_threads
         self.calls = 0  # embedder calls made (a merged batch is one)
@@ -143,6 +145,11 @@ class Batcher:
             self._pending.extend(pieces)
             self._cond.notify(len(pieces))
         return job
+
+    @property
+    def queued_inputs(self) -> int:
+        """Inputs queued or being embedded, not answered yet."""
+        return self._inflight
 
     def close(self) -> None:
         with self._cond:
@@ -226,6 +233,7 @@ class Batcher:
         kind, instruction, ids = group[0].job.key
         inputs = [x for p in group for x in p.inputs]
         emb = self.embedder
+        began = time.perf_counter()
         with emb.stats.tally() as mine:  # this worker's tokens, while the others count too
             if ids:
                 vectors = emb.embed_token_ids(inputs)  # type: ignore[attr-defined]
@@ -236,6 +244,8 @@ class Batcher:
             else:
                 vectors = emb.embed_raw(inputs)
         tokens = mine.tokens
+        if self.on_call is not None:
+            self.on_call(len(inputs), tokens, time.perf_counter() - began)
         weights = [sum(len(x) for x in p.inputs) for p in group]
         total_w, given, start = max(sum(weights), 1), 0, 0
         with self._cond:

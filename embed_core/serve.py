@@ -27,11 +27,16 @@ Endpoints
   (``{"query", "texts", "return_text"?}`` -> ``[{"index", "score", "text"?}]``). Scores are the
   reranker's own (P(yes) for Qwen3-Reranker, the saved activation for cross-encoders).
 - ``GET /health`` — ``{"status": "ok", "model": ..., "dims": ..., "reranker": ...}``.
+- ``GET /metrics`` — Prometheus metrics (``serve_guard.ServeMetrics``).
 
 Errors are OpenAI-shaped: ``{"error": {"message", "type", "param", "code"}}``.
 
-Run it with ``serve("minilm", port=8000)`` (the ``embedrail serve`` CLI subcommand calls exactly
-this) or ``python -m embed_core.serve --model minilm --port 8000``.
+On a shared network (``serve_guard``): ``api_key`` (Bearer; 401 without it), ``max_batch`` inputs per
+request (400), ``max_input_tokens`` per text (413), ``max_request_bytes`` (413),
+``max_concurrent_requests`` (429 with ``Retry-After``).
+
+Run it with ``embedrail serve --model minilm --port 8000`` (``add_arguments`` declares its options, once,
+for that command and for ``python -m embedrail.embed_core.serve``) or ``serve("minilm", port=8000)``.
 """
 
 import argparse
@@ -51,6 +56,8 @@ from pydantic import BaseModel, ConfigDict
 from embedrail.embed_core.base import BaseEmbedder
 from embedrail.embed_core.mrl import truncate_and_normalize
 from embedrail.embed_core.request_batcher import MAX_INPUTS, MAX_WAIT, Batcher, default_workers
+from embedrail.embed_core.serve_guard import ServeLimits, ServeMetrics, guard
+from embedrail.embed_core.serve_options import API_KEY_ENV, add_arguments
 from embedrail.embed_core.text import check_texts
 from embedrail.errors import ConfigError, EmbedrailError, InputError, ModelError
 
@@ -131,30 +138,62 @@ def _inputs(value: Any) -> tuple[list[Any], bool]:
     return list(value), False
 
 
-def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait: float = MAX_WAIT,
-               merge_inputs: int | None = None, reranker: Any = None, workers: int | None = None) -> FastAPI:  # fmt: skip
-    """A FastAPI app serving ``embedder`` and, given a ``reranker`` (an ``embed_core.rerank.BaseReranker``),
-    the rerank endpoints (see the module docstring for the API). Concurrent requests are merged into
-    shared embedder calls run by ``workers`` threads (:class:`Batcher`: ``max_wait`` seconds and
-    ``merge_inputs`` inputs at most; default workers: :func:`default_workers`); ``app.state.batcher``
-    is that batcher; whoever runs the app closes it (``serve`` and ``BackgroundServer`` do)."""
+def create_app(embedder: BaseEmbedder, *, max_inputs: int | None = None, max_wait: float = MAX_WAIT,
+               merge_inputs: int | None = None, reranker: Any = None, workers: int | None = None,
+               limits: ServeLimits | None = None, metrics: bool = True) -> Any:  # fmt: skip
+    """The ASGI app serving ``embedder`` and, given a ``reranker`` (an ``embed_core.rerank.BaseReranker``),
+    the rerank endpoints (see the module docstring for the API), behind ``limits`` (``ServeLimits``: API
+    key, sizes, requests in flight; ``max_inputs`` overrides its ``max_batch``) with Prometheus metrics
+    on ``/metrics`` (``metrics``). Concurrent requests are merged into shared embedder calls run by
+    ``workers`` threads (:class:`Batcher`: ``max_wait`` seconds and ``merge_inputs`` inputs at most;
+    default workers: :func:`default_workers`); ``app.state.batcher`` is that batcher; whoever runs the app
+    closes it (``serve`` and ``BackgroundServer`` do)."""
+    limits = limits or ServeLimits()
+    max_inputs = max_inputs or limits.max_batch
     app = FastAPI(title="embedrail embeddings", version="1")
-    batcher = app.state.batcher = Batcher(embedder, max_inputs=merge_inputs or max_inputs, max_wait=max_wait, workers=workers)
+    batcher: Batcher | None = None
+    meter = ServeMetrics(lambda: batcher.queued_inputs if batcher is not None else 0) if metrics else None
+    batcher = app.state.batcher = Batcher(embedder, max_inputs=merge_inputs or max_inputs, max_wait=max_wait, workers=workers,
+                                          on_call=meter.on_call if meter is not None else None)  # fmt: skip
+    app.state.metrics, app.state.limits = meter, limits
     created = int(time.time())
     names = {n for n in (embedder.model, embedder.model_id) if n}
     if embedder.model == "minilm":
         names |= {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
     info = embedder.embedding_info()
     rerank_names = {n for n in (getattr(reranker, "model", None), getattr(reranker, "model_id", None)) if n}
+
+    def too_long(texts: list[Any], param: str) -> None:
+        """413 for a text over ``max_input_tokens`` (counted only where its UTF-8 size could exceed it)."""
+        limit = limits.max_input_tokens
+        if limit is None:
+            return
+        model = reranker if param == "documents" else embedder
+        for i, text in enumerate(texts):
+            if isinstance(text, str) and len(text.encode()) + 4 > limit and hasattr(model, "count_tokens"):
+                n = model.count_tokens([text])[0]
+                if n > limit:
+                    raise _ApiError(413, f"{param}[{i}] has {n} tokens; at most {limit} per input (--max-input-tokens)",
+                                    param, "input_too_long")  # fmt: skip
+            elif isinstance(text, list) and len(text) > limit:  # token ids
+                raise _ApiError(413, f"{param}[{i}] has {len(text)} tokens; at most {limit} per input (--max-input-tokens)",
+                                param, "input_too_long")  # fmt: skip
+
     def ranked(query: str, texts: list[str], instruction: str | None, top_n: int | None = None) -> tuple[list[tuple[int, float]], int]:
         """``(index, score)`` best first, and the tokens this call ran (counted per thread: calls may overlap)."""
         if reranker is None:
             raise _ApiError(404, "this server has no reranker; start it with --reranker MODEL", None, "not_found")
         if len(texts) > max_inputs:
             raise _ApiError(400, f"at most {max_inputs} documents per request; got {len(texts)}", "documents", "too_many_inputs")
+        too_long(texts, "documents")
         try:
+            started = time.perf_counter()
             with reranker.stats.tally() as mine:
-                return reranker.rank(query, texts, top_n, instruction=instruction), mine.tokens
+                order = reranker.rank(query, texts, top_n, instruction=instruction)
+            if meter is not None:
+                meter.tokens.labels("rerank").inc(mine.tokens)
+                meter.model_seconds.labels("rerank").inc(time.perf_counter() - started)
+            return order, mine.tokens
         except (InputError, ConfigError) as exc:
             raise _ApiError(400, str(exc), "query", "invalid_value") from exc
         except EmbedrailError as exc:
@@ -176,6 +215,12 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
                 "reranker": reranker.describe() if reranker is not None else None,
                 "batches": {"workers": batcher.workers, "calls": batcher.calls, "requests": batcher.requests,
                             "busy_s": round(batcher.busy, 3)}}  # fmt: skip
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Any:
+        if meter is None:
+            raise _ApiError(404, "this server keeps no metrics", None, "not_found")
+        return Response(meter.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -244,6 +289,7 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
         try:
             if not token_ids:  # a bad input is refused here, before it can share a call with others
                 check_texts(texts, what="queries" if req.input_type == "query" else "texts")
+            too_long(texts, "input")
             vectors, tokens = await batcher.embed((req.input_type, req.instruction, token_ids), texts)
         except (InputError, ConfigError) as exc:
             raise _ApiError(400, str(exc), "input", "invalid_value") from exc
@@ -262,7 +308,9 @@ def create_app(embedder: BaseEmbedder, *, max_inputs: int = MAX_INPUTS, max_wait
                        "usage": {"prompt_tokens": int(tokens), "total_tokens": int(tokens)}})  # fmt: skip
         return Response(body, media_type="application/json")
 
-    return app
+    guarded = guard(app, limits, meter)
+    guarded.state = app.state  # what the app's runners read (the batcher)
+    return guarded
 
 
 def serve(
@@ -277,13 +325,15 @@ def serve(
     merge_inputs: int = MAX_INPUTS,
     reranker: Any = None,
     workers: int | None = None,
+    limits: ServeLimits | None = None,
     **load_kwargs: Any,
 ) -> None:
     """Load ``model`` (or take a ready embedder) and serve it until interrupted (blocking).
 
     This is what the ``embedrail serve`` CLI subcommand calls. ``load_kwargs`` go to
     :meth:`Embedder.load` (e.g. ``max_tokens``, ``query_instruction``, ``document_prefix``).
-    Bind to ``0.0.0.0`` only on a trusted network: there is no authentication. ``max_wait``
+    ``limits``: the API key and the request limits (``ServeLimits``); without an API key, bind to
+    ``0.0.0.0`` only on a trusted network. ``max_wait``
     (seconds) and ``merge_inputs`` bound how long and how far concurrent requests are merged; ``workers``
     threads run the merged calls (default: one per CPU core up to 4 on CPU, one on a GPU).
     ``reranker``: a model name for :func:`embed_core.open_reranker` (on the same ``device``) or a loaded
@@ -301,8 +351,9 @@ def serve(
         from embedrail.embed_core.rerank import open_reranker
 
         reranker = open_reranker(reranker, device=device)
-    app = create_app(embedder, max_wait=max_wait, merge_inputs=merge_inputs, reranker=reranker, workers=workers)
-    log.info("serving %s (dims=%d) on http://%s:%d/v1/embeddings", embedder.model_id, embedder.dims, host, port)
+    app = create_app(embedder, max_wait=max_wait, merge_inputs=merge_inputs, reranker=reranker, workers=workers, limits=limits)
+    log.info("serving %s (dims=%d) on http://%s:%d/v1/embeddings%s", embedder.model_id, embedder.dims, host, port,
+             "" if limits and limits.api_key else " (no API key: anyone who reaches it may use it)")  # fmt: skip
     if reranker is not None:
         log.info("serving reranker %s on http://%s:%d/v1/rerank (and TEI's /rerank)", reranker.model_id, host, port)
     try:
@@ -322,11 +373,11 @@ class BackgroundServer:
     """
 
     def __init__(self, embedder: BaseEmbedder, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 reranker: Any = None, workers: int | None = None) -> None:  # fmt: skip
+                 reranker: Any = None, workers: int | None = None, limits: ServeLimits | None = None) -> None:  # fmt: skip
         import uvicorn
 
         self.embedder = embedder
-        self.app = create_app(embedder, reranker=reranker, workers=workers)
+        self.app = create_app(embedder, reranker=reranker, workers=workers, limits=limits)
         config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="embedrail-serve", daemon=True)
@@ -356,29 +407,27 @@ class BackgroundServer:
         self.stop()
 
 
+def serve_from_args(a: argparse.Namespace) -> None:
+    """``serve`` with the options of ``add_arguments``."""
+    limits = ServeLimits(api_key=a.api_key or None, max_batch=a.max_batch, max_input_tokens=a.max_input_tokens,
+                         max_concurrent_requests=a.max_concurrent_requests, max_request_bytes=a.max_request_bytes)  # fmt: skip
+    kwargs: dict[str, Any] = {"max_tokens": a.max_tokens} if a.max_tokens else {}
+    if a.dtype:
+        kwargs["dtype"] = a.dtype
+    serve(a.model, a.host, a.port, a.dims, a.device, log_level="warning", max_wait=a.merge_wait_ms / 1000,
+          merge_inputs=a.merge_max, reranker=a.reranker, workers=a.workers, limits=limits, **kwargs)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m embed_core.serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="minilm")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--dims", type=int, default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--max-tokens", type=int, default=None)
-    parser.add_argument("--reranker", default=None, help="also serve this reranker on /v1/rerank and /rerank")
-    parser.add_argument("--merge-wait-ms", type=float, default=MAX_WAIT * 1000,
-                        help="how long a request waits for concurrent ones to share its forward pass")  # fmt: skip
-    parser.add_argument("--merge-max", type=int, default=MAX_INPUTS, help="most inputs in one merged call (1: no merging)")
-    parser.add_argument("--workers", type=int, default=None, help="threads running embedder calls (default: one per core up to 4 on CPU, 1 on GPU)")
-    args = parser.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m embedrail.embed_core.serve", description="the same server as `embedrail serve`")
+    add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    kwargs = {"max_tokens": args.max_tokens} if args.max_tokens else {}
-    serve(args.model, args.host, args.port, args.dims, args.device, log_level="warning",
-          max_wait=args.merge_wait_ms / 1000, merge_inputs=max(1, args.merge_max), reranker=args.reranker,
-          workers=args.workers, **kwargs)  # fmt: skip
+    serve_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = ["BackgroundServer", "Batcher", "default_workers", "EmbeddingRequest", "RerankRequest", "TeiRerankRequest", "create_app", "main", "serve"]
+__all__ = ["API_KEY_ENV", "BackgroundServer", "Batcher", "EmbeddingRequest", "RerankRequest", "ServeLimits", "TeiRerankRequest",
+           "add_arguments", "create_app", "default_workers", "main", "serve", "serve_from_args"]

@@ -15,7 +15,6 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from embedrail.embed_core.config import DEFAULT_MODEL
 from embedrail.errors import ConfigError, EmbedrailError, SyncError
 from embedrail.integration.ledger import default_ledger_url
 from embedrail.integration.options import SyncOptions, positive_int
@@ -50,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--text-field", help="source field holding the text (default: text)")
     r.add_argument("--deleted-field", help="source field marking a tombstone (default: _deleted)")
     r.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    r.add_argument("--pushgateway", metavar="URL", default=os.environ.get("EMBEDRAIL_PUSHGATEWAY") or None,
+                   help="push the run's metrics to this Prometheus Pushgateway when it ends (default: $EMBEDRAIL_PUSHGATEWAY)")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")  # fmt: skip
 
@@ -78,16 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--verify", action="store_true", help="compare every id and fingerprint in the store with the ledger")
     st.add_argument("--json", action="store_true")
 
-    sv = sub.add_parser("serve", help="serve an OpenAI-compatible /v1/embeddings endpoint")
-    sv.add_argument("--model", default=DEFAULT_MODEL)
-    sv.add_argument("--dims", type=positive_int)
-    sv.add_argument("--device", default="auto")
-    sv.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model precision (default: see reindex --dtype)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--reranker", metavar="MODEL", help="also serve this reranker on /v1/rerank (and TEI's /rerank)")
-    sv.add_argument("--workers", type=positive_int,
-                    help="threads running the model on merged requests (default: one per CPU core up to 4 on CPU, 1 on GPU)")  # fmt: skip
+    sv = sub.add_parser("serve", help="serve an OpenAI-compatible /v1/embeddings endpoint (and /v1/rerank, /metrics)")
+    from embedrail.embed_core.serve_options import add_arguments as add_serve_arguments
+
+    add_serve_arguments(sv)
     return p
 
 
@@ -101,6 +96,13 @@ def cmd_reindex(a: argparse.Namespace) -> int:
     with SyncEngine(a.source, a.target, options=options, ledger=a.ledger or default_ledger_url(), progress=progress) as engine:
         report = engine.run()
     print(json.dumps(report.to_dict()) if a.json else report.summary())
+    if a.pushgateway:
+        from embedrail.integration.metrics import push_report
+
+        try:
+            push_report(report, a.pushgateway)
+        except OSError as e:  # the run is done: a metrics gateway that is down does not fail it
+            print(f"embedrail: could not push the run's metrics to {a.pushgateway}: {e}", file=sys.stderr)
     if not report.ok:
         print(f"embedrail: {report.failure_message()}", file=sys.stderr)
         return SyncError.exit_code
@@ -206,11 +208,10 @@ def _status(store: Any, ledger: Any, key: str, *, verify: bool) -> dict[str, Any
 
 def cmd_serve(a: argparse.Namespace) -> int:
     try:
-        from embedrail.embed_core.serve import serve
+        from embedrail.embed_core.serve import serve_from_args
     except ImportError as e:
         raise ConfigError(f"the embedding server is not available ({e}); install embedrail[serve]") from None
-    serve(a.model, host=a.host, port=a.port, dims=a.dims, device=a.device, reranker=a.reranker, workers=a.workers,
-          **({"dtype": a.dtype} if a.dtype else {}))  # fmt: skip
+    serve_from_args(a)
     return 0
 
 
