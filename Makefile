@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CACHE ?= $(HOME)/.cache/embedrail
 PYTEST_ARGS ?=
 
-.PHONY: demo test servers servers-down lint bench bench-peers venv clean
+.PHONY: demo test test-fast servers servers-down lint bench bench-peers venv clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: $(STAMP)
 # servers already), runs the whole suite, and stops what it started — also when tests fail.
 test: $(STAMP)
 	$(PY) scripts/servers.py run -- $(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick loop while developing: no server is started; the in-memory store, embedded Chroma and Qdrant,
+# and the unit tests (tests needing a server, or marked slow, are deselected). `make test` runs everything.
+test-fast: $(STAMP)
+	EMBEDRAIL_TEST_FAST=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 servers: $(STAMP)
 	$(PY) scripts/servers.py up

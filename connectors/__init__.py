@@ -53,6 +53,7 @@ from embedrail.errors import (
 if TYPE_CHECKING:
     from embedrail.connectors.chroma import ChromaStore
     from embedrail.connectors.elasticsearch import ElasticsearchStore
+    from embedrail.connectors.memory import MemoryStore
     from embedrail.connectors.opensearch import OpenSearchStore
     from embedrail.connectors.pgvector import PgvectorStore
     from embedrail.connectors.qdrant import QdrantStore
@@ -70,6 +71,7 @@ __all__ = [
     "IndexInfo",
     "IndexMismatchError",
     "IndexSpec",
+    "MemoryStore",
     "Metric",
     "OpenSearchStore",
     "PgvectorStore",
@@ -107,7 +109,10 @@ register_store(StoreKind("pgvector", "embedrail.connectors.pgvector:PgvectorStor
                          transports=("tcp", "psycopg"), default_transport="tcp",
                          examples=("pgvector://user:pass@host:5432/db?table=name",)))  # fmt: skip
 
-_LAZY = {"ChromaStore": "chroma", "ElasticsearchStore": "es", "WeaviateStore": "weaviate", "PgvectorStore": "pgvector", "OpenSearchStore": "opensearch", "QdrantStore": "qdrant"}
+register_store(StoreKind("memory", "embedrail.connectors.memory:MemoryStore", transports=("mem",), default_transport="mem",
+                         examples=("memory://SPACE/name", "memory:///name")))  # fmt: skip
+
+_LAZY = {"MemoryStore": "memory", "ChromaStore": "chroma", "ElasticsearchStore": "es", "WeaviateStore": "weaviate", "PgvectorStore": "pgvector", "OpenSearchStore": "opensearch", "QdrantStore": "qdrant"}
 
 
 def __getattr__(name: str) -> Any:

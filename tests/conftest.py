@@ -9,6 +9,10 @@ Each server fixture resolves its base URL in this order:
 
 A server that cannot be provisioned fails the tests that need it, loudly, with the reason — it
 never silently skips. When a test fails, the tail of each local server's log is attached.
+
+``make test-fast`` (``EMBEDRAIL_TEST_FAST=1``) runs the tests that need no server and are not marked
+slow — the in-memory store, embedded Chroma and Qdrant, the units — and deselects the rest (reported
+as deselected, never as passed).
 """
 
 from __future__ import annotations
@@ -86,6 +90,25 @@ def _server_url(kind: str) -> str:
     logs = [p for p in os.environ.get("EMBEDRAIL_SERVER_LOGS", "").split(os.pathsep) if p]
     os.environ["EMBEDRAIL_SERVER_LOGS"] = os.pathsep.join([*logs, srv.log])
     return srv.url
+
+
+#: what makes a test need a server (or the Airflow metadata DB): its fixtures, or a parameter naming a server
+SERVER_FIXTURES = frozenset({"es_url", "opensearch_url", "weaviate_url", "chroma_http_url", "pg_server_url", "pgvector_url",
+                             "redis_url", "pg_url", "airflow_home", "metadata_db"})  # fmt: skip
+SERVER_PARAMS = frozenset({"es", "opensearch", "chroma_http", "weaviate", "pgvector", "postgresql"})
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("EMBEDRAIL_TEST_FAST") != "1":
+        return
+    keep, drop = [], []
+    for item in items:
+        params = {str(v) for v in getattr(getattr(item, "callspec", None), "params", {}).values()}
+        needs = SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or params & SERVER_PARAMS or item.get_closest_marker("slow")
+        (drop if needs else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_sessionfinish(session, exitstatus):

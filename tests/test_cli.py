@@ -90,6 +90,7 @@ def test_dry_run_and_human_output(capsys: pytest.CaptureFixture[str], setup: dic
     assert code == 2 and "no such index" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # waits out retries or slow writes: `make test` only
 def test_target_down_gives_nonzero_exit_and_report(capsys: pytest.CaptureFixture[str], setup: dict[str, Any]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,6 +1,7 @@
 """One contract, six real stores and Qdrant: Elasticsearch, OpenSearch, Chroma embedded, Chroma server, Weaviate,
 PostgreSQL + pgvector, and Qdrant (qdrant-client's embedded local mode: no Qdrant server can be installed
-on this machine kind; ``EMBEDRAIL_QDRANT_URL`` runs the same tests against a real one).
+on this machine kind; ``EMBEDRAIL_QDRANT_URL`` runs the same tests against a real one); and the in-memory
+reference store (``memory://``), which must pass every test the servers pass.
 
 Every test runs against the real servers of the test session (see conftest.py); nothing here is
 mocked. Vectors are real MiniLM embeddings of stdlib docstrings (tests/test_connectors_dataset.py).
@@ -33,7 +34,7 @@ from embedrail.connectors import (
     connect,
 )
 
-KINDS = ["es", "opensearch", "chroma", "chroma_http", "weaviate", "pgvector", "qdrant"]
+KINDS = ["memory", "es", "opensearch", "chroma", "chroma_http", "weaviate", "pgvector", "qdrant"]
 MAX_DIMS = {"es": 4096, "opensearch": 16000, "pgvector": 4000, "qdrant": 65536}  # None: the store states no limit
 N = 2000  # indexed vectors
 NQ = 60  # held-out query vectors
@@ -70,6 +71,8 @@ def _base_url(request: pytest.FixtureRequest, kind: str, tmp_factory: pytest.Tem
         return request.getfixturevalue("opensearch_url")
     if kind == "qdrant":
         return os.environ.get("EMBEDRAIL_QDRANT_URL") or f"qdrant://{tmp_factory.mktemp('qdrant')}"
+    if kind == "memory":
+        return f"memory://space{uuid.uuid4().hex[:8]}"
     return f"chroma://{tmp_factory.mktemp('chroma')}"
 
 
@@ -463,7 +466,7 @@ def test_concurrent_ensure_index_converges_on_one_index(stores: Stores) -> None:
     assert first.count() == 1
 
 
-HYBRID = {"es", "opensearch", "weaviate", "pgvector"}  # keyword search on the text + kNN; the others refuse clearly
+HYBRID = {"es", "opensearch", "weaviate", "pgvector", "memory"}  # keyword search on the text + kNN; the others refuse clearly
 
 
 def test_hybrid_search_finds_a_keyword_match_that_knn_misses(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:

@@ -346,6 +346,7 @@ def test_store_down_is_unavailable_after_bounded_retries(kind: str, caplog: pyte
     assert "TOPSECRET" not in caplog.text
 
 
+@pytest.mark.slow  # waits out retries or slow writes: `make test` only
 def test_es_default_retry_policy_is_bounded() -> None:
     s = connect(f"es://127.0.0.1:{_free_port()}/docs")
     t = time.monotonic()
@@ -387,6 +388,7 @@ def test_stores_from_existing_client_objects(es_url: str, chroma_http_url: str, 
         wv_client.close()
 
 
+@pytest.mark.slow  # waits out retries or slow writes: `make test` only
 def test_es_timeout_is_unavailable_after_bounded_retries() -> None:
     """A server that accepts connections but never answers: timeouts, retries, then a clear error."""
     silent = socket.create_server(("127.0.0.1", 0))

@@ -208,6 +208,7 @@ def test_bert_the_packed_path_does_not_cover_loads_through_transformers(tmp_path
         Embedder.load(str(tmp_path), device="cpu", packed=True)
 
 
+@pytest.mark.slow  # ~25 s on 2 cores: in `make test`, not in `make test-fast`
 def test_cpu_bf16_keeps_the_vectors(minilm: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU default: bf16 matrix products where the CPU has native bf16, fp32 residual stream and
     LayerNorms. On real text (2,000 stdlib docstrings) every vector stays within cos 0.9999 of fp32."""

@@ -49,7 +49,7 @@ from embedrail.integration.report import Report
 from embedrail.integration.targets import target_key
 
 CT = 32
-STORES = ["es", "opensearch", "chroma", "weaviate", "qdrant", "pgvector"]
+STORES = ["es", "opensearch", "chroma", "weaviate", "qdrant", "pgvector", "memory"]
 
 
 def corpus(n: int = 30) -> list[dict[str, Any]]:
@@ -64,6 +64,9 @@ def urls(kind: str, request: pytest.FixtureRequest, tmp_path: Path, name: str) -
     if kind == "qdrant":
         url = f"qdrant://{tmp_path / 'qdrant'}?collection={name}"
         return url, url + "&prefer_grpc=false"
+    if kind == "memory":  # the in-memory reference store: the same contract, in this process
+        url = f"memory://{name}/docs"
+        return url, url + "?label=spelt-another-way"
     base = request.getfixturevalue({"es": "es_url", "opensearch": "opensearch_url", "weaviate": "weaviate_url",
                                     "pgvector": "pgvector_url"}[kind])  # fmt: skip
     index = {"weaviate": "T" + name[1:], "pgvector": name[:40]}.get(kind, name)

@@ -321,6 +321,7 @@ def test_one_target_down_others_complete_and_next_run_catches_up(env: dict[str, 
     assert run(env, emb, docs, targets=[good, down_url]).embedded == 0
 
 
+@pytest.mark.slow  # waits out retries or slow writes: `make test` only
 def test_unreachable_server_fails_only_that_target(env: dict[str, Any], emb: Any) -> None:
     import socket
 
@@ -417,6 +418,7 @@ def test_sql_feed_with_watermark_and_tombstones(env: dict[str, Any], emb: Any) -
     assert_in_step(env["target"], emb, rows, CT)
 
 
+@pytest.mark.slow  # waits out retries or slow writes: `make test` only
 def test_embedding_overlaps_writing_and_memory_stays_bounded(env: dict[str, Any], emb: Any) -> None:
     docs = corpus(16, 3)
     write_jsonl(env["src"], docs)
