@@ -410,7 +410,7 @@ class PgvectorStore(BaseStore):
         target = self._require("text_search")
         cfg = _literal(self.text_config)
         # any query word may match (OR), ranked by how many and how close: plainto_tsquery alone ANDs every
-        # word, so a sentence-long query would match almost nothing (measured: MRR 0.013 vs 0.33 for BM25)
+        # word, so a sentence-long query would match almost nothing (docs/benchmarks.md has the MRR of both)
         sql = (f"SELECT id, text, metadata, ts_rank(to_tsvector({cfg}::regconfig, text), qq.q, 1) AS r "
                f"FROM {self._t(target.physical)}, "
                f"(SELECT NULLIF(replace(plainto_tsquery({cfg}::regconfig, %s)::text, '&', '|'), '')::tsquery AS q) qq "

@@ -182,8 +182,8 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
         self._pad_tolerance = 1.0 if packed else PAD_TOLERANCE
         self._min_batch_tokens = 4096 if packed else MIN_BATCH_TOKENS
         self._max_batch_size = config.max_batch_size
-        # a packed CPU batch of 4,096 tokens keeps a BERT layer's activations in cache: measured ~6 %
-        # faster on MiniLM than 16,384 (benchmarks/embed_throughput.py)
+        # a packed CPU batch of 4,096 tokens keeps a BERT layer's activations in cache: faster on MiniLM
+        # than 16,384 (benchmarks/embed_throughput.py; docs/benchmarks.md)
         default = PACKED_CPU_BATCH_TOKENS if packed and device_type == "cpu" else DEFAULT_BATCH_TOKENS.get(device_type, 16384)
         self.batch_tokens = self._budget = max(config.batch_tokens or default, self.max_tokens)
         params = inspect.signature(self._net.forward).parameters if self._net is not None else {}

@@ -26,10 +26,9 @@ if TYPE_CHECKING:
     from embedrail.embed_core.packing import PackedBatch
 
 #: On CPU, attention blocks up to this many tokens wide run as two batched matrix products with an fp32
-#: softmax in between, wider ones through SDPA's fused kernel. Measured with MiniLM on the stdlib corpus
-#: (2 cores, bf16): the explicit form takes 0.43x SDPA's time for 25-token blocks and is ~3.7x slower at
-#: 256 tokens; end to end the 160 limit ran 1.02-1.06x faster in interleaved A/B runs of the whole corpus
-#: (min cosine to fp32 0.999940, SDPA everywhere 0.999942).
+#: softmax in between, wider ones through SDPA's fused kernel: the explicit form wins for short blocks and
+#: loses for long ones, and this limit was the fastest end to end with the same vectors (A/B runs of the
+#: stdlib corpus; the figures are in docs/benchmarks.md).
 CPU_EXPLICIT_ATTENTION_WIDTH = 160
 
 _ACTS = {

@@ -12,9 +12,8 @@ Endpoints
 
   ``input`` may also be token ids of the served model's tokenizer, as in the OpenAI API: a list of
   ints (one input) or a list of such lists; the model's special tokens are added around them.
-  Concurrent requests are merged into shared forward passes run by a few workers (:class:`Batcher`):
-  16 clients sending one text each get 0.73-0.80x the texts/s of one client sending them all at once
-  (2 cores shared with the clients; ``benchmarks/serve_concurrency.py``).
+  Concurrent requests are merged into shared forward passes run by a few workers (:class:`Batcher`;
+  what that buys: ``benchmarks/serve_concurrency.py``, docs/benchmarks.md).
 
   ``dimensions`` below the served size truncates + renormalises (Matryoshka models only).
 - ``GET /v1/models`` — the served model; its ``"embedrail"`` member is the model's

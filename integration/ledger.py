@@ -159,7 +159,7 @@ class Ledger:
         # SQLite has one writer at a time. Threads of this process (a run's writer threads, one per
         # target) take turns on a lock, which wakes the next one the moment a transaction ends; left to
         # SQLite, a waiting connection sleeps in its busy handler's growing steps (or gets SQLITE_BUSY on a
-        # read-to-write upgrade and backs off in _retry): ~15 ms per commit with two targets. Other
+        # read-to-write upgrade and backs off in _retry), which slows every commit with two targets. Other
         # processes still wait on SQLite's own lock (busy_timeout).
         self._tx_lock: threading.Lock | contextlib.nullcontext[None] = contextlib.nullcontext()
         if parsed.get_backend_name() == "sqlite":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import pytest
 import yaml
 from conftest import pg_database, servers
 from sqlalchemy.engine import make_url
+from test_airflow_user_dags import documented_dag_file
 from test_integration_support import assert_in_step, expected_records, minilm, sentences, write_jsonl
 from util import with_name
 
@@ -52,6 +54,9 @@ class Deployment:
         port = servers.free_port()
         (home / "configs").mkdir(parents=True)
         (home / "pylib").mkdir()
+        (home / "dags").mkdir()  # the shipped DAG file, and a user's own DAG file exactly as docs/airflow.md shows it
+        shutil.copy(ROOT / "dags" / "embedrail_dags.py", home / "dags" / "embedrail_dags.py")
+        (home / "dags" / "my_reindex.py").write_text(documented_dag_file(), encoding="utf-8")
         (home / "pylib" / "embedrail_test_hostname.py").write_text(HOSTNAME_MODULE)
         async_url = make_url(metadata_url).set(drivername="postgresql+psycopg_async").render_as_string(hide_password=False)
         inherited = {k: v for k, v in os.environ.items()  # not the dag.test() tests' isolated Airflow settings
@@ -64,7 +69,7 @@ class Deployment:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
             # Airflow 3 also opens an async engine; left alone it derives postgresql+asyncpg (not installed)
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": async_url,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),  # the shipped DAG file
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
             "EMBEDRAIL_DAG_CONFIGS": str(home / "configs"),
             "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__CORE__PARALLELISM": "4",
@@ -144,28 +149,29 @@ class Deployment:
         for w in workers:
             self.start(w[0], *w[1:], worker=w[0])
         self.wait("the API server", lambda: servers.http_ok(f"{self.api}/api/v2/monitor/health"), 120)
-        self.wait(f"the DAG {DAG_ID} to be parsed", lambda: self.sql("SELECT 1 FROM dag WHERE dag_id = %s AND NOT is_paused", DAG_ID), 120)
+        for dag_id in (DAG_ID, "docs_reindex"):
+            self.wait(f"the DAG {dag_id} to be parsed", lambda d=dag_id: self.sql("SELECT 1 FROM dag WHERE dag_id = %s AND NOT is_paused", d), 120)
 
-    def trigger(self, run_id: str, conf: dict[str, Any] | None = None) -> str:
-        self.airflow("dags", "trigger", DAG_ID, "--run-id", run_id, *(["--conf", json.dumps(conf)] if conf else []))
+    def trigger(self, run_id: str, conf: dict[str, Any] | None = None, dag_id: str = DAG_ID) -> str:
+        self.airflow("dags", "trigger", dag_id, "--run-id", run_id, *(["--conf", json.dumps(conf)] if conf else []))
         return run_id
 
-    def wait_run(self, run_id: str, timeout: float = 420) -> str:
+    def wait_run(self, run_id: str, timeout: float = 420, dag_id: str = DAG_ID) -> str:
         def done() -> str | None:
-            rows = self.sql("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", DAG_ID, run_id)
+            rows = self.sql("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", dag_id, run_id)
             return rows[0][0] if rows and rows[0][0] in ("success", "failed") else None
 
         return self.wait(f"run {run_id}", done, timeout)
 
-    def tis(self, run_id: str) -> list[dict[str, Any]]:
+    def tis(self, run_id: str, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
         cols = ["task_id", "map_index", "state", "pid", "hostname", "queue", "try_number", "start_date", "end_date"]
         rows = self.sql(f"SELECT {', '.join(cols)} FROM task_instance WHERE dag_id = %s AND run_id = %s ORDER BY task_id, map_index",
-                        DAG_ID, run_id)  # fmt: skip
+                        dag_id, run_id)  # fmt: skip
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
-    def report(self, run_id: str) -> dict[str, Any]:
-        rows = self.sql("SELECT value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = 'report' AND key = 'return_value'",
-                        DAG_ID, run_id)  # fmt: skip
+    def report(self, run_id: str, dag_id: str = DAG_ID, task_id: str = "report") -> Any:
+        rows = self.sql("SELECT value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = %s AND key = 'return_value'",
+                        dag_id, run_id, task_id)  # fmt: skip
         assert rows, f"no report XCom for {run_id}"
         v = rows[0][0]
         return json.loads(v) if isinstance(v, str) else v
@@ -198,7 +204,7 @@ def deployment(tmp_path: Path, metadata_db: str, executor: str, **extra_env: str
         yield d
     finally:
         d.stop()
-        d.sql("DELETE FROM dag_run WHERE dag_id = %s", DAG_ID)  # the next deployment starts with no runs
+        d.sql("DELETE FROM dag_run WHERE dag_id IN (%s, 'docs_reindex')", DAG_ID)  # the next deployment starts with no runs
 
 
 def write_config(d: Deployment, src: Path, targets: list[dict[str, Any]], **cfg: Any) -> None:
@@ -248,8 +254,9 @@ def test_local_executor_deployment_on_postgresql(tmp_path: Path, metadata_db: st
     docs = corpus(60)
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
     targets = [with_name(es_url, unique_name), with_name(chroma_http_url, unique_name)]
+    user_chroma = json.dumps({"conn_type": "embedrail_chroma", "host": ch.hostname, "port": ch.port, "password": chroma_token})
     with deployment(tmp_path, metadata_db, "LocalExecutor", AIRFLOW_CONN_EMBEDRAIL_LEDGER=ledger_connection(ledger),
-                    AIRFLOW_CONN_DEPLOY_CHROMA=chroma_conn) as d:  # fmt: skip
+                    AIRFLOW_CONN_DEPLOY_CHROMA=chroma_conn, AIRFLOW_CONN_MY_CHROMA=user_chroma, DOCS_JSONL=str(src)) as d:  # fmt: skip
         write_config(d, src, [{"url": es_url, "index": unique_name}, {"conn": "deploy_chroma", "index": unique_name}],
                      partitions=3, retries=1)  # fmt: skip
         d.up()
@@ -270,6 +277,10 @@ def test_local_executor_deployment_on_postgresql(tmp_path: Path, metadata_db: st
         assert runs["second"][1] <= runs["third"][0] or runs["third"][1] <= runs["second"][0], runs
         assert d.report("second")["embedded"] == 0 and d.report("third")["embedded"] == 0
         assert_exact(targets, ledger, docs)
+        # the user's own DAG file (docs/airflow.md) under the same scheduler: green, its index exact
+        assert d.wait_run(d.trigger("user", dag_id="docs_reindex"), dag_id="docs_reindex") == "success", d.tis("user", "docs_reindex")
+        user = d.report("user", dag_id="docs_reindex")
+        assert user["ok"] and d.report("user", dag_id="docs_reindex", task_id="records_in_the_index") == user["chunks"]
         # no secret in any task log, process log, XCom or rendered field the deployment wrote
         written = d.everything_written()
         assert "sync_partition" in written  # the task logs are there

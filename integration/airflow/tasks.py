@@ -97,15 +97,21 @@ class ReindexJob:
 
 
 def _run_owner() -> str | None:
-    """``airflow:DAG_ID`` inside a task (the ledger lease's owner: runs of one DAG take over each other's
-    lease, as Airflow serialises them), else None (the engine's process owner)."""
+    """The ledger lease's owner inside a task: ``airflow:DAG_ID`` when the DAG runs one run at a time
+    (``max_active_runs=1``, the DAG factory's default: a later run of the DAG may then take over the lease
+    of a run that died), else ``airflow:DAG_ID:RUN_ID`` (runs of the DAG may overlap: each holds its own);
+    None outside a task (the engine's own process owner)."""
     try:
         from airflow.sdk import get_current_context
 
-        ti = get_current_context()["ti"]
+        context = get_current_context()
+        ti = context["ti"]
     except Exception:  # noqa: BLE001 - not inside a running task
         return None
-    return f"airflow:{ti.dag_id}"
+    dag = context.get("dag")
+    if dag is not None and getattr(dag, "max_active_runs", None) == 1:
+        return f"airflow:{ti.dag_id}"
+    return f"airflow:{ti.dag_id}:{ti.run_id}"
 
 
 @contextmanager
