@@ -118,7 +118,7 @@ _LAZY = {"MemoryStore": "memory", "ChromaStore": "chroma", "ElasticsearchStore":
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return store_class(_LAZY[name])
-    raise AttributeError(f"module 'connectors' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_embedded_url(url: str) -> bool:

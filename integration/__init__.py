@@ -48,7 +48,7 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     mod = _LAZY.get(name)
     if mod is None:
-        raise AttributeError(f"module 'integration' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
     return getattr(importlib.import_module(mod), name)

@@ -254,7 +254,15 @@ def test_local_executor_deployment_on_postgresql(tmp_path: Path, metadata_db: st
     docs = corpus(60)
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
     targets = [with_name(es_url, unique_name), with_name(chroma_http_url, unique_name)]
-    user_chroma = json.dumps({"conn_type": "embedrail_chroma", "host": ch.hostname, "port": ch.port, "password": chroma_token})
+    # the user's DAG (docs/airflow.md) names its collection "docs": a database of its own on the shared server
+    # keeps it apart from every other test's "docs" (the ownership guard would rightly refuse to share it)
+    import chromadb
+    from chromadb.config import Settings
+
+    chromadb.AdminClient(Settings(chroma_api_impl="chromadb.api.fastapi.FastAPI", chroma_server_host=ch.hostname,
+                                  chroma_server_http_port=ch.port)).create_database(unique_name)  # fmt: skip
+    user_chroma = json.dumps({"conn_type": "embedrail_chroma", "host": ch.hostname, "port": ch.port, "password": chroma_token,
+                              "extra": {"database": unique_name}})  # fmt: skip
     with deployment(tmp_path, metadata_db, "LocalExecutor", AIRFLOW_CONN_EMBEDRAIL_LEDGER=ledger_connection(ledger),
                     AIRFLOW_CONN_DEPLOY_CHROMA=chroma_conn, AIRFLOW_CONN_MY_CHROMA=user_chroma, DOCS_JSONL=str(src)) as d:  # fmt: skip
         write_config(d, src, [{"url": es_url, "index": unique_name}, {"conn": "deploy_chroma", "index": unique_name}],

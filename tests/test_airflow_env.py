@@ -119,7 +119,7 @@ def test_weaviate_and_chroma_connections_map_to_urls(airflow_home, tmp_path):
     assert url == f"chroma://{tmp_path}?collection=c"
     with pytest.raises(ConfigError, match="names no index"):
         connection_to_url(_conn("elasticsearch", host="h"))
-    with pytest.raises(ConfigError, match="generic one with extra"):
+    with pytest.raises(ConfigError, match=r"embedrail_store \(or generic\) one with extra store"):
         connection_to_url(_conn("mysql", host="h"), "x")
     # the postgres provider's connection type: a pgvector table (schema = the database)
     url, secrets = connection_to_url(_conn("postgres", host="pg", port=5433, login="u", password="p@ss", schema="vec",
@@ -174,8 +174,10 @@ def test_embedder_is_loaded_once_per_process_and_key(airflow_home, monkeypatch):
     assert b is not a and ia.cached_embedder("minilm", 128) is b
     assert loads == [("minilm", None, "auto"), ("minilm", 128, "auto")]
     # a remote model (an `embedrail serve` on a GPU node), as the CLI takes it; key from the environment
+    import embedrail.embed_core.remote
+
     remote: list[tuple] = []
-    monkeypatch.setattr(embed_core.remote, "RemoteEmbedder", lambda *a, **k: remote.append((a, k)) or object())
+    monkeypatch.setattr(embedrail.embed_core.remote, "RemoteEmbedder", lambda *a, **k: remote.append((a, k)) or object())
     monkeypatch.setenv("EMBEDRAIL_EMBED_API_KEY", "k-123")
     r = ia.cached_embedder("http://gpu-node:8000/v1#minilm", dims=256)
     assert ia.cached_embedder("http://gpu-node:8000/v1#minilm", dims=256) is r
