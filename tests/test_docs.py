@@ -105,6 +105,7 @@ def _venv_env(cwd: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # a fresh interpreter and a model load each: make test runs them, make test-fast does not
 def test_the_command_line_quick_start_runs_as_written(tmp_path: Path) -> None:
     script = _block(_section(README.read_text(encoding="utf-8"), "## Quick start: the command line"), "bash")
     out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=_venv_env(tmp_path),
@@ -116,6 +117,7 @@ def test_the_command_line_quick_start_runs_as_written(tmp_path: Path) -> None:
     assert (tmp_path / ".embedrail" / "ledger.sqlite").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter and a model load each: make test runs them, make test-fast does not
 def test_the_python_quick_start_runs_as_written() -> None:
     code = _block(_section(README.read_text(encoding="utf-8"), "## Quick start: Python"), "python")
     import shutil
