@@ -265,9 +265,10 @@ CONNECTION_TYPES: dict[str, Callable[[Any, dict[str, Any]], _Mapped]] = {
 }
 
 
-def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[str]]:
+def connection_to_url(conn: Any, index: str | None = None, *, fallback_index: str | None = None) -> tuple[str, list[str]]:
     """Turn an Airflow connection into an embedrail store URL. Returns ``(url, secrets)``. The
-    index/collection comes from ``index`` (the ``conn:ID/INDEX`` form) or the connection's extra."""
+    index/collection comes from ``index`` (the ``conn:ID/INDEX`` form), else the connection's extra, else
+    ``fallback_index`` (a name to reach the server with, e.g. to test the connection)."""
     ctype = (getattr(conn, "conn_type", None) or "").lower()
     extra = _extra(conn, ctype)
     kind = str(extra.get("store") or ctype).lower()
@@ -278,7 +279,7 @@ def connection_to_url(conn: Any, index: str | None = None) -> tuple[str, list[st
                           "(pgvector) or embedrail_chroma connection, or an embedrail_store (or generic) one with extra store "
                           "(es, opensearch, weaviate, qdrant, chroma, pgvector)")  # fmt: skip
     url, params, secrets, default_index = mapper(conn, extra)
-    index = index or default_index
+    index = index or default_index or fallback_index
     if not index:
         raise ConfigError(f"connection {conn_id!r} names no index/collection: use conn:{conn_id}/NAME or extra index/collection")
     if params:

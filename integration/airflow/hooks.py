@@ -24,7 +24,6 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from embedrail.errors import ConfigError
 from embedrail.integration.airflow.connections import (
     CONN_PREFIX,
     connection_to_url,
@@ -58,8 +57,8 @@ class VectorStoreHook(BaseHook):
         self.index = index
         self.store_options = store_options
 
-    def get_url(self, index: str | None = None) -> str:
-        url, secrets = connection_to_url(self.get_connection(self.conn_id), index or self.index)
+    def get_url(self, index: str | None = None, *, fallback_index: str | None = None) -> str:
+        url, secrets = connection_to_url(self.get_connection(self.conn_id), index or self.index, fallback_index=fallback_index)
         mask_secrets(secrets)
         return url
 
@@ -76,13 +75,7 @@ class VectorStoreHook(BaseHook):
         from embedrail.connectors import connect
 
         try:
-            try:
-                url = self.get_url()
-            except ConfigError as e:
-                if "names no index" not in str(e):
-                    raise
-                url = self.get_url(_PROBE_INDEX)
-            with connect(url, **self.store_options) as store:
+            with connect(self.get_url(fallback_index=_PROBE_INDEX), **self.store_options) as store:
                 info = store.describe()
                 return True, f"{store.url}: reachable; the index {'exists' if info.exists else 'does not exist yet'}"
         except Exception as e:  # noqa: BLE001 - the UI shows the reason
