@@ -4,8 +4,10 @@ request size and on requests in flight, and Prometheus metrics.
 - **Authentication** (``api_key``, ``--api-key`` / ``EMBEDRAIL_SERVE_API_KEY``): every route but ``/health``
   and ``/metrics`` needs ``Authorization: Bearer KEY`` (compared in constant time); otherwise 401 with an
   OpenAI-style error body and ``WWW-Authenticate: Bearer``.
-- **Request size** (``max_request_bytes``): a body over the limit is refused with 413 before it is read.
-  The per-request input count and per-text token limits are checked by the endpoints (``ServeLimits``).
+- **Request size** (``max_request_bytes``): a body over the limit is refused with 413, by its
+  ``Content-Length`` before it is read; a chunked body (no length) is read here up to the limit and
+  refused as soon as it passes it. The per-request input count and per-text token limits are checked by
+  the endpoints (``ServeLimits``).
 - **In flight** (``max_concurrent_requests``): beyond it, 429 with ``Retry-After: 1`` (the remote client
   waits that long and tries again).
 - **Metrics** (``GET /metrics``, Prometheus text format, ``prometheus-client``): requests by route and
@@ -88,6 +90,42 @@ def _error_body(status: int, message: str, code: str) -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
 
 
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def _read_capped(receive: Any, limit: int) -> bytes | None:
+    """A body sent without ``Content-Length`` (chunked), read whole if it is at most ``limit`` bytes (None:
+    over it; reading stops there). A client that disconnects gives what it sent."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A ``receive`` that gives ``body`` as one message, then what ``receive`` gives (a disconnect)."""
+    sent = False
+
+    async def replayed() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
 def guard(app: Any, limits: ServeLimits, metrics: ServeMetrics | None) -> Any:
     """``app`` behind the API key, the body and in-flight limits, counted in ``metrics``."""
     key = limits.api_key.encode() if limits.api_key else None
@@ -131,6 +169,13 @@ def guard(app: Any, limits: ServeLimits, metrics: ServeMetrics | None) -> Any:
                                                  "(--max-concurrent-requests): retry shortly", "too_many_requests",
                               [(b"retry-after", b"1")])  # fmt: skip
                 return
+            if length is None and scope.get("method") in _BODY_METHODS:
+                body = await _read_capped(receive, limits.max_request_bytes)
+                if body is None:
+                    await respond(counted_send, 413, f"the request body is over {limits.max_request_bytes} bytes "
+                                                     "(--max-request-bytes)", "request_too_large")  # fmt: skip
+                    return
+                receive = _replay(body, receive)
             state["in_flight"] += 1
             if metrics is not None:
                 metrics.in_flight.inc()

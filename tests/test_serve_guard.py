@@ -4,6 +4,7 @@ and embedrail's own remote client."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -65,6 +66,20 @@ def test_api_key_limits_back_pressure_and_metrics(monkeypatch: pytest.MonkeyPatc
         assert r.status_code == 413 and r.json()["error"]["code"] == "input_too_long" and "input[1] has" in r.json()["error"]["message"]
         r = post({"input": ["x" * 25_000]})
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        # a chunked body (no Content-Length) is capped as it is read; one under the limit goes through
+
+        def chunked(body: bytes) -> Any:
+            yield from (body[i : i + 1000] for i in range(0, len(body), 1000))
+
+        big = json.dumps({"input": ["x" * 25_000]}).encode()
+        r = http.post("/v1/embeddings", content=chunked(big), headers={"Authorization": "Bearer s3cret-key"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large" and "content-length" not in r.request.headers
+        small = json.dumps({"input": ["chunked text"]}).encode()
+        r = http.post("/v1/embeddings", content=chunked(small), headers={"Authorization": "Bearer s3cret-key",
+                                                                          "Content-Type": "application/json"})  # fmt: skip
+        assert r.status_code == 200 and np.allclose(r.json()["data"][0]["embedding"], emb.embed_raw(["chunked text"])[0], atol=1e-5)
+        sent[413] = sent.get(413, 0) + 1
+        sent[200] = sent.get(200, 0) + 1
 
         # back-pressure: one request in flight (its model call held), the next is refused with Retry-After
         gate.clear()
