@@ -341,18 +341,25 @@ class Server:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+#: the servers this process started: they outlive it (tracked by PID in the state file); held here so that
+#: a Popen collected while its server runs does not warn (pytest turns that warning into an error)
+_DETACHED: list[subprocess.Popen] = []
+
+
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(
-        cmd,
-        env=env,
-        cwd=str(cwd) if cwd else None,
-        stdout=logf,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,  # own process group: stopped as a group by PID
-    )
+    with open(log_path, "ab") as logf:  # the child has its own descriptor of it
+        p = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=str(cwd) if cwd else None,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # own process group: stopped as a group by PID
+        )
+    _DETACHED.append(p)
+    return p
 
 
 def _unpack_search_zip(zip_path: Path, top: str, base: Path) -> tuple[Path, Path]:
