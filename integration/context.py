@@ -62,6 +62,8 @@ class RunContext:
     spec: IndexSpec  # the embedding the model runs at: the widest target's (each target records its own)
     chunk_tokens: int | None
     chunk_overlap: int
+    chunk_context: str | None = None  # the contextual chunk header template (None: off)
+    chunker: str | None = None  # a custom chunker's identity, "module:function" (None: the built-in)
     #: the delete guard, decided once for every step (an Airflow trigger param reaches the delete task this way)
     max_delete_fraction: float = 0.5
     allow_mass_delete: bool = False
@@ -90,7 +92,7 @@ class RunContext:
         """What, besides a document's own text and metadata, decides its chunks and the vectors ``run``'s
         target holds (its fingerprint covers its dims)."""
         fp = self.spec_of(run).fingerprint if run is not None else self.spec.fingerprint
-        return f"{fp}|{Chunker.config_string(self.chunk_tokens, self.chunk_overlap)}"
+        return f"{fp}|{Chunker.config_string(self.chunk_tokens, self.chunk_overlap, self.chunk_context, self.chunker)}"
 
     def new_report(self, **kw: Any) -> Report:
         rep = Report(mode=self.mode, dry_run=self.dry_run, model=self.model_id, dims=self.dims, fingerprint=self.fingerprint, **kw)

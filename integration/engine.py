@@ -153,6 +153,7 @@ class SyncEngine:
             ctx = RunContext(run_id=run_id, mode=opts.mode, dry_run=opts.dry_run, deletes=deletes, model=choice.name,
                              load_dims=choice.load_dims, model_id=choice.info.model_id, spec=choice.spec,
                              chunk_tokens=opts.chunk_tokens, chunk_overlap=opts.chunk_overlap, notes=list(choice.notes),
+                             chunk_context=opts.chunk_context, chunker=opts.chunker,
                              max_delete_fraction=opts.max_delete_fraction, allow_mass_delete=opts.allow_mass_delete)  # fmt: skip
             for i, t in enumerate(self.targets):
                 run = TargetRun(index=i, key=t.key, given=t.given if t.given != t.key else None, error=t.error,
@@ -353,7 +354,7 @@ class SyncEngine:
             self.source.set_watermark(decode_watermark(ctx.watermark.since))
         pipe = PartitionRun(ctx=ctx, ledger=self.ledger, lease=self._lease(ctx), report=rep, lanes=lanes,
                             embedder=lambda: self.models.for_run(ctx), batch_size=self.options.batch_size,
-                            queue_depth=self.options.queue_depth)  # fmt: skip
+                            queue_depth=self.options.queue_depth, on_bad=self.source.report_bad)  # fmt: skip
         seen: set[str] | None = set() if count == 1 else None
         try:
             for doc in self._documents():
@@ -366,9 +367,16 @@ class SyncEngine:
             pipe.close()
         if seen is not None:
             self._snapshot_ids = seen | self.source.bad_ids
-        if count == 1 or index == 0:  # every partition reads the bad rows: report them once
-            rep.skipped_bad_rows = len(self.source.bad_rows)
-            rep.bad_rows = [b.to_dict() for b in self.source.bad_rows[: Report.MAX_BAD_ROWS]]
+        # every partition reads the source's own bad rows (report them once); a file that could not be read or
+        # parsed was read by its own partition only (each reports its own)
+        own = {id(b) for b in pipe.load_bad}
+        listed_bad = [b for b in self.source.bad_rows if id(b) not in own] if count == 1 or index == 0 else []
+        rep.skipped_bad_rows = len(listed_bad) + len(pipe.load_bad)
+        rep.bad_rows = [b.to_dict() for b in (listed_bad + pipe.load_bad)[: Report.MAX_BAD_ROWS]]
+        stats = getattr(self.source, "stats", None)
+        if stats:
+            for k in ("listed", "fetched", "parsed"):
+                rep.count_files(k, stats.get(k, 0))
         d = rep.to_dict()
         d["seconds"] = round(time.time() - started, 3)
         d["watermark_max"] = encode_watermark(self.source.max_watermark()) if ctx.watermark else None

@@ -13,7 +13,8 @@ describe) it records
   even if the process died between the store's ack and the ledger commit.
 - ``er_docs``: doc id -> hash of (text, metadata, chunking + embedding config), set only after every
   chunk of the document was acknowledged and its stale chunks deleted. Equal hash => skip the doc
-  before chunking or tokenising it.
+  before chunking or tokenising it. For a file source also the listing version the document was read
+  at (ETag or mtime + size, the parser): equal version => the file is not even fetched.
 - ``er_targets``: the active generation, a pending full rebuild, the index fingerprint and spec.
 - ``er_watermarks``: per target and feed, the highest watermark whose rows the target fully holds.
 - ``er_leases``: which run is syncing each target (run id, owner, expiry): one run at a time per target
@@ -50,6 +51,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Table,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -68,6 +70,7 @@ from embedrail.integration.ledger_schema import (
     leases_t,
     meta_t,
     metadata,
+    migrate,
     targets_t,
     watermarks_t,
 )
@@ -166,6 +169,7 @@ class Ledger:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             self._tx_lock = threading.Lock()
         self._retry(lambda: metadata.create_all(self.engine), integrity=True)  # another process may create them first
+        self._retry(lambda: migrate(self.engine))
         self.id: str = self._tx(_ledger_id, integrity=True)
 
     def close(self) -> None:
@@ -334,14 +338,16 @@ class Ledger:
         self._tx(q)
 
     # --- reading ------------------------------------------------------------------------------
-    def doc_hashes(self, target: str, generation: str) -> dict[str, tuple[str, int]]:
-        def q(conn: Connection) -> dict[str, tuple[str, int]]:
+    def doc_hashes(self, target: str, generation: str) -> dict[str, tuple[str, int, str | None]]:
+        """doc id -> (doc hash, chunk count, listing version or None) of every document the target holds."""
+
+        def q(conn: Connection) -> dict[str, tuple[str, int, str | None]]:
             rows = conn.execute(
-                select(docs_t.c.doc_id, docs_t.c.doc_hash, docs_t.c.n_chunks).where(
+                select(docs_t.c.doc_id, docs_t.c.doc_hash, docs_t.c.n_chunks, docs_t.c.version).where(
                     and_(docs_t.c.target == target, docs_t.c.generation == generation)
                 )
             )
-            return {r[0]: (r[1], r[2]) for r in rows}
+            return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
         return self._tx(q)
 
@@ -453,12 +459,12 @@ class Ledger:
         *,
         written: Sequence[tuple[str, str, str]] = (),
         deleted: Sequence[str] = (),
-        docs_done: Sequence[tuple[str, str, int]] = (),
+        docs_done: Sequence[tuple[str, str, int] | tuple[str, str, int, str | None]] = (),
         docs_removed: Sequence[str] = (),
         lease: Lease | None = None,
     ) -> None:
         """One transaction: chunks written (id, doc, fp), chunk ids deleted, documents completed
-        (doc, hash, n_chunks) and documents removed entirely (``lease``: the writing run's)."""
+        (doc, hash, n_chunks[, listing version]) and documents removed entirely (``lease``: the writing run's)."""
         if not (written or deleted or docs_done or docs_removed):
             return
 
@@ -477,12 +483,29 @@ class Ledger:
             # A removed document loses its doc row and the chunk rows named in ``deleted`` (what the store
             # acknowledged deleting) -- never "every chunk row of the doc": a run overlapping this one may
             # have just recorded an intent for a chunk it is writing, and that row is the only trace of it.
-            doc_ids = [d for d, _, _ in docs_done] + list(docs_removed)
+            doc_ids = [x[0] for x in docs_done] + list(docs_removed)
             for part in _chunks(doc_ids):
                 conn.execute(delete(docs_t).where(and_(base_d, docs_t.c.doc_id.in_(part))))
             if docs_done:
-                _insert(conn, docs_t, [{"target": target, "generation": generation, "doc_id": d, "doc_hash": h, "n_chunks": n}
-                                       for d, h, n in docs_done])  # fmt: skip
+                _insert(conn, docs_t, [{"target": target, "generation": generation, "doc_id": x[0], "doc_hash": x[1],
+                                        "n_chunks": x[2], "version": x[3] if len(x) > 3 else None} for x in docs_done])  # fmt: skip
+
+        self._tx(q)
+
+    def set_versions(self, target: str, generation: str, items: Sequence[tuple[str, str, str]]) -> None:
+        """Record the listing version (doc id, doc hash, version) of documents read again and found unchanged
+        (a touched file): only where the row still has that hash (a concurrent change wins)."""
+        if not items:
+            return
+
+        def q(conn: Connection) -> None:
+            stmt = (
+                update(docs_t)
+                .where(and_(docs_t.c.target == target, docs_t.c.generation == generation, docs_t.c.doc_id == bindparam("d"),
+                            docs_t.c.doc_hash == bindparam("h")))
+                .values(version=bindparam("v"))
+            )  # fmt: skip
+            conn.execute(stmt, [{"d": d, "h": h, "v": v} for d, h, v in items])
 
         self._tx(q)
 

@@ -62,6 +62,11 @@ class SyncOptions:
     dry_run: bool = _opt("print the plan, write nothing", default=False)
     chunk_tokens: int | None = _opt("chunk size in tokens (default: the model's limit)", default=None)
     chunk_overlap: int = _opt("tokens shared by consecutive chunks", default=0)
+    chunk_context: str | None = _opt("contextual chunk header: embed TEMPLATE filled in ({context} = title > heading path, "
+                                     "{title}, {heading_path}, {page}, {path}, {text}) while the stored text stays the chunk; "
+                                     "'default' = '{context}\\n\\n{text}'", default=None, const="default")  # fmt: skip
+    chunker: str | None = _opt("your own splitter, 'module:function' called as fn(doc, max_tokens, overlap) -> [str | "
+                               "(str, metadata)] (Python: the function itself)", default=None)  # fmt: skip
     batch_size: int = _opt("chunks per embedding batch", default=64)
     queue_depth: int = _opt("embedded batches waiting for the writer (memory bound)", default=2)
     on_bad_row: OnBadRow = _opt("skip (and report) or fail on a bad source row", default="skip")
@@ -80,6 +85,11 @@ class SyncOptions:
     drift_sample: int = _opt("records the drift probe of every incremental run reads back (0: count only)", default=100)
 
     def __post_init__(self) -> None:
+        if self.chunker is not None:
+            from embedrail.integration.chunking import chunker_identity, resolve_chunker
+
+            object.__setattr__(self, "chunker", chunker_identity(self.chunker))
+            resolve_chunker(self.chunker)  # a typo fails here, not in the middle of a run
         if isinstance(self.repair, bool):  # repair=True (Python), as the issue of the flag
             object.__setattr__(self, "repair", "on" if self.repair else "off")
         if isinstance(self.max_delete_fraction, int) and not isinstance(self.max_delete_fraction, bool):
@@ -99,6 +109,8 @@ class SyncOptions:
             check_model_name(self.model)
         if not 0.0 < self.max_delete_fraction <= 1.0:
             raise ConfigError(f"max_delete_fraction must be above 0 and at most 1 (1: no limit), got {self.max_delete_fraction}")
+        if self.chunk_context is not None and "{text}" not in self.chunk_context and self.chunk_context != "default":
+            raise ConfigError("chunk_context must contain {text} (or be 'default')")
         if self.drift_sample < 0:
             raise ConfigError(f"drift_sample must be >= 0, got {self.drift_sample}")
         object.__setattr__(self, "source_options", {k: v for k, v in dict(self.source_options).items() if v is not None})
@@ -148,6 +160,8 @@ class SyncOptions:
             elif base is int:
                 conv = positive_int if (optional or f.name in ("batch_size", "queue_depth")) else int
                 parser.add_argument(flag, dest=f.name, type=conv, default=default, help=help_)
+            elif f.metadata.get("const") is not None:  # --flag alone (its const), or --flag VALUE
+                parser.add_argument(flag, dest=f.name, nargs="?", const=f.metadata["const"], default=default, help=help_)
             else:
                 parser.add_argument(flag, dest=f.name, default=default, help=help_)
 

@@ -30,7 +30,7 @@ from embedrail.embed_core.mrl import truncate_and_normalize
 from embedrail.errors import ModelError, is_retryable
 from embedrail.integration.chunking import Chunker
 from embedrail.integration.context import RunContext, TargetRun
-from embedrail.integration.documents import Chunk, Document, canonical_json
+from embedrail.integration.documents import Chunk, Document, canonical_json, sha256
 from embedrail.integration.ledger import Lease, Ledger
 from embedrail.integration.plan import (
     TEXT_FP,
@@ -43,6 +43,7 @@ from embedrail.integration.plan import (
     triage,
 )
 from embedrail.integration.report import Report
+from embedrail.integration.sources.base import BadRow
 from embedrail.secrets import one_line
 
 __all__ = ["Lane", "PartitionRun"]
@@ -56,7 +57,7 @@ class Lane:
 
     run: TargetRun
     store: VectorStore | None  # None in a dry run
-    doc_hashes: dict[str, tuple[str, int]]  # doc id -> (doc hash, chunk count) recorded for the target
+    doc_hashes: dict[str, tuple[str, int, str | None]]  # doc id -> (doc hash, chunk count, listing version) recorded
     failed_docs: set[str] = field(default_factory=set)  # documents with a rejected write: not committed as done
     dead: str | None = None  # the error that took the target out of the rest of this partition
 
@@ -88,7 +89,7 @@ class _Batch:
     entries: list[_Entry] = field(default_factory=list)
     vectors: np.ndarray | None = None
     deletes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # target -> [(chunk id, doc id)]
-    docs_done: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)  # target -> [(doc, hash, n)]
+    docs_done: dict[str, list[tuple[str, str, int, str | None]]] = field(default_factory=dict)  # target -> [(doc, hash, n, version)]
     docs_removed: dict[str, list[str]] = field(default_factory=dict)  # target -> [doc id]
 
     def empty(self) -> bool:
@@ -107,8 +108,13 @@ class PartitionRun:
     VECTOR_CACHE_BYTES = 64 << 20  # vectors kept for identical texts later in the run (LRU)
 
     def __init__(self, *, ctx: RunContext, ledger: Ledger, lease: Lease | None, report: Report, lanes: dict[str, Lane],
-                 embedder: Callable[[], Any], batch_size: int, queue_depth: int) -> None:  # fmt: skip
+                 embedder: Callable[[], Any], batch_size: int, queue_depth: int,
+                 on_bad: Callable[[BadRow], None] | None = None) -> None:  # fmt: skip
         self.ctx, self.ledger, self.lease, self.rep, self.lanes = ctx, ledger, lease, report, lanes
+        self.on_bad = on_bad
+        #: documents whose file could not be read or parsed (this partition's own: reported by each partition)
+        self.load_bad: list[BadRow] = []
+        self._versions: dict[str, list[tuple[str, str, str]]] = {}  # target -> [(doc, hash, version)] to record
         self._embedder, self.batch_size = embedder, batch_size
         self.window: list[tuple[Document, Triage]] = []
         self.batch = _Batch()
@@ -131,7 +137,50 @@ class PartitionRun:
                 self.writers.append((t, q))
 
     # --------------------------------------------------------------------------- planning
+    def _version_keys(self, doc: Document) -> dict[str, str]:
+        """Per target: the document's listing version under the target's configuration."""
+        assert doc.version is not None
+        return {key: sha256(doc.version, cfg)[:32] for key, cfg in self._doc_configs.items()}
+
+    def _listed_unchanged(self, doc: Document) -> bool:
+        """A listed file whose version every target recorded with this configuration: unchanged, not fetched."""
+        if doc.version is None or not self.lanes:
+            return False
+        vkeys = self._version_keys(doc)
+        recs = {k: lane.doc_hashes.get(doc.id) for k, lane in self.lanes.items()}
+        if not all(rec is not None and len(rec) > 2 and rec[2] == vkeys[k] for k, rec in recs.items()):
+            return False
+        known = max(rec[1] for rec in recs.values() if rec is not None)
+        self.rep.documents += 1
+        self.rep.chunks += known
+        self.rep.unchanged += known
+        self.rep.count_files("skipped_unchanged")
+        for key in self.lanes:
+            self.rep.count_plan(key, {}, unchanged=known)
+        return True
+
+    def _load(self, doc: Document) -> Document | None:
+        """Read and parse a listed document; a file that cannot be is a bad row (reported, never indexed)."""
+        assert doc.loader is not None
+        got = doc.loader()
+        if isinstance(got, BadRow):
+            self.load_bad.append(got)
+            if self.on_bad is not None:
+                self.on_bad(got)  # the source's policy: skip (and keep its old chunks) or fail the run
+            return None
+        return got
+
     def add(self, doc: Document) -> None:
+        if doc.lazy:
+            if self._listed_unchanged(doc):
+                return
+            if not self.lanes:
+                self.rep.documents += 1
+                return
+            loaded = self._load(doc)
+            if loaded is None:
+                return
+            doc = loaded
         self.rep.documents += 1
         if not self.lanes:  # every target is down: nothing can be written, so embed nothing
             return
@@ -139,7 +188,10 @@ class PartitionRun:
             self.rep.tombstones += 1
             if self.ctx.deletes == "none":
                 return
-        tri = triage(doc, self._doc_configs, {k: lane.doc_hashes.get(doc.id) for k, lane in self.lanes.items()})
+        recorded = {k: lane.doc_hashes.get(doc.id) for k, lane in self.lanes.items()}
+        tri = triage(doc, self._doc_configs, {k: rec[:2] if rec is not None else None for k, rec in recorded.items()})
+        if doc.version is not None and not doc.deleted:
+            self._note_versions(doc, tri, recorded)
         if not tri.need:  # every target holds this very document: not even chunked
             self.rep.chunks += tri.known_chunks
             self.rep.unchanged += tri.known_chunks
@@ -149,6 +201,26 @@ class PartitionRun:
         self.window.append((doc, tri))
         if len(self.window) >= self.WINDOW:
             self._plan_window()
+
+    def _note_versions(self, doc: Document, tri: Triage, recorded: dict[str, tuple[str, int, str | None] | None]) -> None:
+        """Targets that hold this very content under another listing version (a touched file) record the new
+        one, so the next run does not fetch it again; the targets that need it record it with the document."""
+        assert tri.hashes is not None
+        vkeys = self._version_keys(doc)
+        for key, rec in recorded.items():
+            if key not in tri.need and rec is not None and (len(rec) < 3 or rec[2] != vkeys[key]):
+                self._versions.setdefault(key, []).append((doc.id, tri.hashes[key], vkeys[key]))
+        if sum(len(v) for v in self._versions.values()) >= 256:
+            self._record_versions()
+
+    def _record_versions(self) -> None:
+        pending, self._versions = self._versions, {}
+        if self.ctx.dry_run:
+            return
+        for key, items in pending.items():
+            lane = self.lanes.get(key)
+            if lane is not None and lane.run.generation is not None and lane.dead is None:
+                self.ledger.set_versions(key, lane.run.generation, items)
 
     def _plan_window(self) -> None:
         window, self.window = self.window, []
@@ -187,7 +259,7 @@ class PartitionRun:
                 continue
             efp = self._specs[key].fingerprint
             if efp not in planned:
-                planned[efp] = plan_chunks(chunks, efp, meta_json)
+                planned[efp] = plan_chunks(chunks, efp, meta_json, doc.metadata)
             pcs = planned[efp]
             plan = plan_document(doc.id, pcs, held[key].get(doc.id, {}))
             self.rep.count_plan(key, plan.counts())
@@ -205,18 +277,20 @@ class PartitionRun:
         for n, c in enumerate(chunks):
             keys, meta_keys = writers.get(c.id, []), retags.get(c.id, [])
             if keys or meta_keys:
-                tfp = wide[n].fingerprint[:TEXT_FP] if wide is not None else text_fingerprint(c.text, self.ctx.fingerprint)
-                md = {**doc.metadata, "_doc": doc.id, "_n": c.n}
+                tfp = wide[n].fingerprint[:TEXT_FP] if wide is not None else text_fingerprint(c.to_embed, self.ctx.fingerprint)
+                md = {**doc.metadata, **(c.metadata or {}), "_doc": doc.id, "_n": c.n}
                 self.batch.entries.append(_Entry(c, tfp, md, fps[c.id], keys, meta_keys))
                 if len(self.batch.entries) >= self.batch_size:
                     self._flush()
         for key in tri.need:  # committed as done only once every chunk above was written
             assert tri.hashes is not None
-            self.batch.docs_done.setdefault(key, []).append((doc.id, tri.hashes[key], len(chunks)))
+            vkey = sha256(doc.version, self._doc_configs[key])[:32] if doc.version is not None else None
+            self.batch.docs_done.setdefault(key, []).append((doc.id, tri.hashes[key], len(chunks), vkey))
 
     def chunker(self) -> Chunker:
         if self._chunker is None:
-            self._chunker = Chunker(self._embedder(), self.ctx.chunk_tokens, self.ctx.chunk_overlap)
+            self._chunker = Chunker(self._embedder(), self.ctx.chunk_tokens, self.ctx.chunk_overlap,
+                                    context=self.ctx.chunk_context, custom=self.ctx.chunker)
         return self._chunker
 
     # --------------------------------------------------------------------------- embedding
@@ -239,7 +313,7 @@ class PartitionRun:
             if tfp in self._vectors:
                 self._vectors.move_to_end(tfp)
             elif tfp not in todo:
-                todo[tfp] = e.chunk.text
+                todo[tfp] = e.chunk.to_embed
         self.rep.embedded += len(todo)
         self.rep.reused += len(needed) - len(todo)
         if self.ctx.dry_run:  # remember the texts (not vectors), so the counts are those of a real run
@@ -285,6 +359,7 @@ class PartitionRun:
     def finish(self) -> None:
         self._plan_window()
         self._flush()
+        self._record_versions()
 
     def close(self) -> None:
         writers, self.writers = self.writers, []

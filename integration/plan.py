@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from embedrail.integration.documents import Chunk, Document, doc_hash, sha256
+from embedrail.integration.documents import Chunk, Document, canonical_json, doc_hash, sha256
 
 __all__ = ["DocPlan", "PlannedChunk", "Triage", "chunk_fingerprint", "plan_chunks", "plan_document", "plan_removal", "same_vector",
            "text_fingerprint", "triage"]
@@ -107,9 +108,16 @@ def triage(doc: Document, doc_config: str | Mapping[str, str], recorded: Mapping
     return Triage(hashes, need, known)
 
 
-def plan_chunks(chunks: Iterable[Chunk], embedding_fingerprint: str, metadata_json: str) -> list[PlannedChunk]:
-    """A document's chunks with the fingerprint each stored record will carry."""
-    return [PlannedChunk(c, chunk_fingerprint(c.text, embedding_fingerprint, metadata_json)) for c in chunks]
+def plan_chunks(chunks: Iterable[Chunk], embedding_fingerprint: str, metadata_json: str,
+                metadata: Mapping[str, Any] | None = None) -> list[PlannedChunk]:  # fmt: skip
+    """A document's chunks with the fingerprint each stored record will carry: the text part over what is
+    embedded (a contextual header included), the metadata part over the document's metadata (``metadata_json``)
+    with the chunk's own (``heading_path``, ``page``) added."""
+    out = []
+    for c in chunks:
+        mj = metadata_json if not c.metadata else canonical_json({**(metadata or {}), **c.metadata})
+        out.append(PlannedChunk(c, chunk_fingerprint(c.to_embed, embedding_fingerprint, mj)))
+    return out
 
 
 def plan_document(doc_id: str, chunks: Sequence[PlannedChunk], held: Mapping[str, str | None]) -> DocPlan:

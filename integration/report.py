@@ -39,6 +39,9 @@ class Report:
     #: per target: snapshot deletes not made because they exceeded ``max_delete_fraction`` (the run fails)
     refused_deletes: dict[str, dict[str, Any]] = field(default_factory=dict)
     ledger: str | None = None  # the ledger's URL (no password)
+    #: a file / object-storage source: files listed, fetched (read), parsed, and skipped unchanged by their
+    #: listing version (neither fetched nor parsed); empty for other sources
+    files: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     partitions: int = 1
@@ -60,6 +63,9 @@ class Report:
         for k, n in counts.items():
             p[k] = p.get(k, 0) + n
         p["unchanged"] += unchanged
+
+    def count_files(self, what: str, n: int = 1) -> None:
+        self.files[what] = self.files.get(what, 0) + n
 
     def fail(self, target: str, error: str, count: int = 0) -> None:
         self.add_target(target)
@@ -128,6 +134,7 @@ class Report:
             "drift": {k: dict(v) for k, v in self.drift.items()},
             "refused_deletes": {k: dict(v) for k, v in self.refused_deletes.items()},
             "ledger": self.ledger,
+            "files": dict(self.files),
             "partitions": self.partitions,
             "seconds": round(self.seconds, 3),
             "embed_seconds": round(self.embed_seconds, 3),
@@ -153,6 +160,7 @@ class Report:
         r.notes = list(d.get("notes", []))
         r.drift = {k: dict(v) for k, v in d.get("drift", {}).items()}
         r.refused_deletes = {k: dict(v) for k, v in d.get("refused_deletes", {}).items()}
+        r.files = dict(d.get("files", {}))
         return r
 
     def merge(self, other: Report) -> Report:
@@ -180,6 +188,8 @@ class Report:
             self.drift.setdefault(t, v)
         for t, v in other.refused_deletes.items():
             self.refused_deletes.setdefault(t, v)
+        for k, n in other.files.items():  # every partition lists the whole source: "listed" once
+            self.files[k] = max(self.files.get(k, 0), n) if k == "listed" else self.files.get(k, 0) + n
         self.ledger = self.ledger or other.ledger
         self.model = self.model or other.model
         self.dims = self.dims or other.dims
@@ -219,6 +229,10 @@ class Report:
                 lines.append(f"  drift {t}: store {d['store_count']} records, ledger {d['ledger_count']}; "
                              f"{d['missing']} missing, {d['stale']} stale" + (f", {d['unknown']} unknown" if d.get("unknown") else "")
                              + (" -> repaired" if d.get("repaired") else " -> NOT repaired (--repair)"))  # fmt: skip
+        if self.files:
+            f = self.files
+            lines.append(f"  files: {f.get('listed', 0)} listed, {f.get('fetched', 0)} fetched, {f.get('parsed', 0)} parsed, "
+                         f"{f.get('skipped_unchanged', 0)} unchanged (not fetched)")  # fmt: skip
         lines.extend(f"  note: {n}" for n in self.notes)
         if self.ledger:
             lines.append(f"  ledger: {self.ledger}")

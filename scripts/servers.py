@@ -30,9 +30,13 @@ Servers (all on 127.0.0.1, free ports, throw-away data directories):
   when root). Only the Lucene k-NN engine works there (faiss/nmslib need native libraries).
 - Redis (the Celery broker): ``redis-server`` on loopback, no persistence; installed from Debian
   (``redis-server``) when missing.
+- An S3-compatible object store (the file/bucket source's tests): SeaweedFS (Apache-2.0), built from the Go
+  module ``github.com/seaweedfs/seaweedfs`` (``./weed``) like Weaviate, run as ``weed server`` (master,
+  volume, filer and S3 gateway in one process) with one access key; ``EMBEDRAIL_S3_URL`` is
+  ``http://ACCESS_KEY:SECRET_KEY@127.0.0.1:PORT``.
 
 A server whose ``EMBEDRAIL_ES_URL`` / ``EMBEDRAIL_WEAVIATE_URL`` / ``EMBEDRAIL_CHROMA_URL`` /
-``EMBEDRAIL_PG_URL`` / ``EMBEDRAIL_REDIS_URL`` / ``EMBEDRAIL_OPENSEARCH_URL`` is already set in the environment is not started: that
+``EMBEDRAIL_PG_URL`` / ``EMBEDRAIL_REDIS_URL`` / ``EMBEDRAIL_OPENSEARCH_URL`` / ``EMBEDRAIL_S3_URL`` is already set in the environment is not started: that
 URL is used as is (run the suite against your cluster; the PostgreSQL user must be able to create
 databases).
 
@@ -78,6 +82,8 @@ ES_URL_TMPL = (
 # Weaviate: v1.39.3 is the newest release whose whole dependency graph the Go module proxy serves
 # (1.39.4+ need github.com/weaviate/sroar v0.0.17/18, which the proxy answers 403 for).
 WEAVIATE_VERSION = os.environ.get("EMBEDRAIL_WEAVIATE_VERSION", "v1.39.3")
+# SeaweedFS publishes no module versions the proxy lists (its tags are not Go-module semver): a pseudo-version
+SEAWEEDFS_VERSION = os.environ.get("EMBEDRAIL_SEAWEEDFS_VERSION", "v0.0.0-20261109003541-7506e5f91cd6")
 ES_USER = "embedrail"
 # OpenSearch: 2.19.1 is the newest release whose k-NN plugin zip is on Maven Central for a 2.x line
 OPENSEARCH_VERSION = os.environ.get("EMBEDRAIL_OPENSEARCH_VERSION", "2.19.1")
@@ -86,7 +92,7 @@ _PAINLESS_DEPS = ("org/antlr/antlr4-runtime/4.13.1/antlr4-runtime-4.13.1.jar", "
                   "org/ow2/asm/asm-util/9.7/asm-util-9.7.jar", "org/ow2/asm/asm-tree/9.7/asm-tree-9.7.jar",
                   "org/ow2/asm/asm-commons/9.7/asm-commons-9.7.jar", "org/ow2/asm/asm-analysis/9.7/asm-analysis-9.7.jar")  # fmt: skip
 
-KINDS = ("es", "weaviate", "chroma", "pg", "redis", "opensearch")
+KINDS = ("es", "weaviate", "chroma", "pg", "redis", "opensearch", "s3")
 ENV_NAMES = {
     "es": "EMBEDRAIL_ES_URL",
     "weaviate": "EMBEDRAIL_WEAVIATE_URL",
@@ -94,6 +100,7 @@ ENV_NAMES = {
     "pg": "EMBEDRAIL_PG_URL",
     "redis": "EMBEDRAIL_REDIS_URL",
     "opensearch": "EMBEDRAIL_OPENSEARCH_URL",
+    "s3": "EMBEDRAIL_S3_URL",
 }
 
 
@@ -509,12 +516,21 @@ def start_opensearch() -> Server:
 
 
 def provision_weaviate() -> Path:
-    binary = CACHE / f"weaviate-server-{WEAVIATE_VERSION}"
+    return _go_build("weaviate", "github.com/weaviate/weaviate", WEAVIATE_VERSION, "./cmd/weaviate-server",
+                     CACHE / f"weaviate-server-{WEAVIATE_VERSION}")  # fmt: skip
+
+
+def provision_seaweedfs() -> Path:
+    return _go_build("seaweedfs", "github.com/seaweedfs/seaweedfs", SEAWEEDFS_VERSION, "./weed", CACHE / f"weed-{SEAWEEDFS_VERSION}")
+
+
+def _go_build(name: str, module: str, version: str, package: str, binary: Path) -> Path:
+    """``go build`` ``package`` of ``module@version`` (from the Go module proxy) into ``binary``, once."""
     if binary.exists():
         return binary
     go = shutil.which("go")
     if not go:
-        raise ProvisionError("the Go toolchain is needed to build Weaviate; install Go >= 1.24 and retry")
+        raise ProvisionError(f"the Go toolchain is needed to build {name}; install Go >= 1.24 and retry")
     env = dict(os.environ)
     env.update(
         GOMODCACHE=str(CACHE / "gomod"),
@@ -523,24 +539,23 @@ def provision_weaviate() -> Path:
         CGO_ENABLED=env.get("CGO_ENABLED", "1"),
     )
     env.setdefault("GOTOOLCHAIN", "auto")
-    log(f"fetching github.com/weaviate/weaviate@{WEAVIATE_VERSION} from the Go module proxy")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    log(f"fetching {module}@{version} from the Go module proxy")
     out = subprocess.run(
-        [go, "mod", "download", "-json", f"github.com/weaviate/weaviate@{WEAVIATE_VERSION}"],
+        [go, "mod", "download", "-json", f"{module}@{version}"],
         env=env,
         capture_output=True,
         text=True,
         cwd=str(CACHE),
     )
     if out.returncode != 0:
-        raise ProvisionError(f"go mod download of weaviate {WEAVIATE_VERSION} failed:\n{out.stdout}{out.stderr}")
+        raise ProvisionError(f"go mod download of {module}@{version} failed:\n{out.stdout}{out.stderr}")
     src = Path(json.loads(out.stdout)["Dir"])
-    log(f"building weaviate-server {WEAVIATE_VERSION} (first time only; a few minutes on 2 cores)")
+    log(f"building {name} {version} (first time only; a few minutes on 2 cores)")
     tmp = binary.with_suffix(".tmp")
-    build = subprocess.run(
-        [go, "build", "-o", str(tmp), "./cmd/weaviate-server"], env=env, cwd=str(src), capture_output=True, text=True
-    )
+    build = subprocess.run([go, "build", "-o", str(tmp), package], env=env, cwd=str(src), capture_output=True, text=True)
     if build.returncode != 0:
-        raise ProvisionError(f"building weaviate-server failed:\n{build.stdout[-4000:]}{build.stderr[-4000:]}")
+        raise ProvisionError(f"building {name} failed:\n{build.stdout[-4000:]}{build.stderr[-4000:]}")
     tmp.replace(binary)
     return binary
 
@@ -726,9 +741,36 @@ def start_redis() -> Server:
                   health_url=f"redis://127.0.0.1:{port}")  # fmt: skip
 
 
+S3_ACCESS_KEY = "embedrail"
+
+
+def start_s3() -> Server:
+    """SeaweedFS: master, volume server, filer and S3 gateway in one ``weed server`` process, every port
+    (HTTP and gRPC) chosen free, the extra Iceberg / Lance endpoints off, one access key with a random secret."""
+    binary = provision_seaweedfs()
+    ports = free_ports(8)
+    master, volume, filer, s3, master_g, volume_g, filer_g, s3_g = ports
+    data = Path(tempfile.mkdtemp(prefix="embedrail-s3-"))
+    secret = uuid.uuid4().hex
+    config = data / "s3.json"
+    config.write_text(json.dumps({"identities": [{"name": "embedrail", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                                                  "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": secret}]}]}))  # fmt: skip
+    (data / "store").mkdir()
+    log_path = STATE_DIR / "s3.log"
+    cmd = [str(binary), "server", f"-dir={data / 'store'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+           f"-master.port={master}", f"-master.port.grpc={master_g}", f"-volume.port={volume}", f"-volume.port.grpc={volume_g}",
+           "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_g}", "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_g}",
+           "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}", "-volume.max=400",
+           "-master.volumeSizeLimitMB=16"]  # fmt: skip  (each bucket grows volumes of its own)
+    log(f"starting SeaweedFS (S3 gateway) on 127.0.0.1:{s3}")
+    p = _spawn(cmd, dict(os.environ), log_path, cwd=data)
+    return Server(kind="s3", url=f"http://{S3_ACCESS_KEY}:{secret}@127.0.0.1:{s3}", pid=p.pid, log=str(log_path),
+                  data_dir=str(data), health_url=f"http://127.0.0.1:{s3}/healthz", extra={"version": SEAWEEDFS_VERSION})  # fmt: skip
+
+
 STARTERS = {"es": start_es, "weaviate": start_weaviate, "chroma": start_chroma, "pg": start_pg, "redis": start_redis,
-            "opensearch": start_opensearch}  # fmt: skip
-TIMEOUTS = {"es": 180.0, "weaviate": 120.0, "chroma": 60.0, "pg": 60.0, "redis": 30.0, "opensearch": 180.0}
+            "opensearch": start_opensearch, "s3": start_s3}  # fmt: skip
+TIMEOUTS = {"es": 180.0, "weaviate": 120.0, "chroma": 60.0, "pg": 60.0, "redis": 30.0, "opensearch": 180.0, "s3": 90.0}
 
 
 def pid_alive(pid: int) -> bool:
@@ -824,6 +866,8 @@ def start(kinds: Iterable[str]) -> list[Server]:
                 ensure_pgvector()
             elif k == "opensearch":
                 provision_opensearch()
+            elif k == "s3":
+                provision_seaweedfs()
             elif k == "redis":
                 ensure_debian_package("redis-server", "redis-server")
         for k in kinds:
@@ -946,6 +990,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         print("pgvector", ensure_pgvector())
     if "redis" in kinds:
         print(ensure_debian_package("redis-server", "redis-server"))
+    if "s3" in kinds:
+        print(provision_seaweedfs())
     return 0
 
 

@@ -57,6 +57,7 @@ def _health_url(kind: str, url: str) -> str:
         "opensearch": f"{base}/_cluster/health",
         "weaviate": f"{base}/v1/.well-known/ready",
         "chroma": f"{base}/api/v2/heartbeat",
+        "s3": f"{base}/healthz",
     }[kind]
 
 
@@ -94,7 +95,7 @@ def _server_url(kind: str) -> str:
 
 #: what makes a test need a server (or the Airflow metadata DB): its fixtures, or a parameter naming a server
 SERVER_FIXTURES = frozenset({"es_url", "opensearch_url", "weaviate_url", "chroma_http_url", "pg_server_url", "pgvector_url",
-                             "redis_url", "pg_url", "airflow_home", "metadata_db"})  # fmt: skip
+                             "redis_url", "pg_url", "airflow_home", "metadata_db", "s3_url", "s3_env"})  # fmt: skip
 SERVER_PARAMS = frozenset({"es", "opensearch", "chroma_http", "weaviate", "pgvector", "postgresql"})
 
 
@@ -129,6 +130,25 @@ def pytest_runtest_makereport(item, call):
 def es_url() -> str:
     """Base URL of a real Elasticsearch, e.g. es://127.0.0.1:9200 (append an index with with_name)."""
     return _server_url("es")
+
+
+@pytest.fixture(scope="session")
+def s3_url() -> str:
+    """A real S3-compatible object store (SeaweedFS), ``http://ACCESS_KEY:SECRET@127.0.0.1:PORT``."""
+    return _server_url("s3")
+
+
+@pytest.fixture
+def s3_env(s3_url, monkeypatch) -> dict[str, str]:
+    """The store's credentials and endpoint where every AWS client looks (the environment), as a user sets them."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(s3_url)
+    env = {"AWS_ACCESS_KEY_ID": u.username or "", "AWS_SECRET_ACCESS_KEY": u.password or "",
+           "AWS_ENDPOINT_URL": f"http://{u.hostname}:{u.port}", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
 
 
 @pytest.fixture(scope="session")

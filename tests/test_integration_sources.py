@@ -10,8 +10,9 @@ import pytest
 from embedrail.errors import ConfigError, InputError
 from embedrail.integration.documents import Document, partition_of
 from embedrail.integration.sources import (
+    BadRow,
     CsvSource,
-    DirectorySource,
+    FileSource,
     JsonlSource,
     PydocSource,
     SqlSource,
@@ -62,9 +63,14 @@ def test_directory_source_ids_are_relative_paths(tmp_path: Path) -> None:
     (tmp_path / ".hidden" / "x.md").write_text("secret")
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe bad")
     src = open_source(str(tmp_path))
-    assert isinstance(src, DirectorySource)
-    assert [d.id for d in src] == ["a.md", "sub/b.txt"]
-    assert [b.id for b in src.bad_rows] == ["bad.txt"]
+    assert isinstance(src, FileSource)
+    listed = list(src)  # listed, not read: the engine reads a file only when its listing version changed
+    assert [d.id for d in listed] == ["a.md", "bad.txt", "sub/b.txt"] and all(d.lazy and d.text == "" for d in listed)
+    assert src.stats["ignored"] == 2  # c.bin (no parser) and the hidden folder's file
+    loaded = [d.loader() for d in listed]
+    assert [(x.id, x.text) for x in loaded if not isinstance(x, BadRow)] == [("a.md", "# A\n\ntext"), ("sub/b.txt", "bee")]
+    assert loaded[0].sections[0].heading_path == ("A",) and loaded[0].metadata == {"path": "a.md", "title": "A"}
+    assert [(x.id, x.reason) for x in loaded if isinstance(x, BadRow)] == [("bad.txt", "invalid UTF-8 at byte 0")]
     assert [d.id for d in open_source(str(tmp_path), glob="sub/*.txt")] == ["sub/b.txt"]
 
 

@@ -20,11 +20,19 @@ Store connection types, one function each (``CONNECTION_TYPES``):
   ``weaviate``, ``qdrant``, ``chroma``, ``pgvector``), with that store's fields.
 
 A target (or a ledger) written without ``://`` is a connection id: ``my_es/docs`` is ``conn:my_es/docs``.
+
+A file source in a bucket names its connection in the URL, ``s3://bucket/docs?conn_id=aws_docs``
+(:func:`resolve_source`): **aws** (login / password = access key / secret, extra ``aws_session_token``,
+``endpoint_url`` (or ``service_config: {s3: {endpoint_url}}``), ``region_name``), **google_cloud_platform**
+(extra ``key_path`` or ``keyfile_dict``, ``project``), **wasb** / **azure_data_lake** (login = account name,
+password = account key; extra ``connection_string``, ``sas_token``), or any connection whose extra is the
+filesystem's own storage options.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -39,7 +47,7 @@ from embedrail.integration.targets import Target
 from embedrail.secrets import url_secrets
 
 __all__ = ["CONNECTION_TYPES", "CONN_PREFIX", "TargetSpec", "connection_to_url", "expand_env", "mask_secrets",
-           "resolve_ledger", "resolve_target", "with_index"]  # fmt: skip
+           "resolve_ledger", "resolve_source", "resolve_target", "storage_options", "with_index"]  # fmt: skip
 
 CONN_PREFIX = "conn:"
 _ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
@@ -365,3 +373,78 @@ def resolve_ledger(ledger: str | None) -> tuple[str, list[str]]:
         secrets = url_secrets(url)
     mask_secrets(secrets)
     return url, secrets
+
+
+# ------------------------------------------------------------------------------------------------ object storage
+def storage_options(conn: Any) -> tuple[dict[str, Any], list[str]]:
+    """An Airflow connection as fsspec storage options (s3fs / gcsfs / adlfs keywords), and its secrets."""
+    ctype = (conn.conn_type or "").lower()
+    extra = _extra(conn, ctype)
+    secrets: list[str] = []
+    if ctype in ("aws", "s3"):
+        opts: dict[str, Any] = {}
+        if conn.login:
+            opts["key"] = conn.login
+        if conn.password:
+            opts["secret"] = conn.password
+            secrets.append(conn.password)
+        if extra.get("aws_session_token"):
+            opts["token"] = extra["aws_session_token"]
+            secrets.append(extra["aws_session_token"])
+        endpoint = extra.get("endpoint_url") or ((extra.get("service_config") or {}).get("s3") or {}).get("endpoint_url")
+        if endpoint:
+            opts["endpoint_url"] = endpoint
+        if extra.get("region_name"):
+            opts["client_kwargs"] = {"region_name": extra["region_name"]}
+        return opts, secrets
+    if ctype in ("google_cloud_platform", "gcp", "gcs"):
+        opts = {}
+        if extra.get("keyfile_dict"):
+            kd = extra["keyfile_dict"]
+            opts["token"] = json.loads(kd) if isinstance(kd, str) else kd
+            secrets.append(json.dumps(opts["token"]) if not isinstance(kd, str) else kd)
+        elif extra.get("key_path"):
+            opts["token"] = extra["key_path"]
+        if extra.get("project"):
+            opts["project"] = extra["project"]
+        return opts, secrets
+    if ctype in ("wasb", "azure_data_lake", "adls", "azure_blob_storage"):
+        opts = {}
+        if conn.login:
+            opts["account_name"] = conn.login
+        if conn.password:
+            opts["account_key"] = conn.password
+            secrets.append(conn.password)
+        for k in ("connection_string", "sas_token", "tenant_id", "client_id", "client_secret"):
+            if extra.get(k):
+                opts[k] = extra[k]
+                if k != "tenant_id" and k != "client_id":
+                    secrets.append(str(extra[k]))
+        return opts, secrets
+    return dict(extra), [str(v) for k, v in extra.items() if any(w in k.lower() for w in ("secret", "key", "token", "password"))]
+
+
+def resolve_source(source: Any, source_options: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any], list[str]]:
+    """At task run time: a source URL naming ``conn_id=`` (a bucket's Airflow connection) becomes the URL without
+    it plus ``storage_options`` from the connection; ``${ENV}`` placeholders are expanded. Returns the source,
+    its options and the secrets found."""
+    opts = dict(source_options or {})
+    conn_id = opts.pop("conn_id", None)
+    if isinstance(source, str):
+        source = expand_env(source)
+        base, sep, query = source.partition("?")
+        if sep:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            conn_id = next((v for k, v in pairs if k == "conn_id"), conn_id)
+            rest = [(k, v) for k, v in pairs if k != "conn_id"]
+            source = base + ("?" + urlencode(rest) if rest else "")
+    elif hasattr(source, "fs") and hasattr(source, "path") and not conn_id:  # Airflow's ObjectStoragePath
+        from embedrail.integration.sources import FileSource
+
+        return FileSource(str(source.path), fs=source.fs, **opts), {}, []
+    if not conn_id:
+        return source, opts, []
+    got, secrets = storage_options(_get_connection(str(conn_id)))
+    mask_secrets(secrets)
+    opts["storage_options"] = {**got, **dict(opts.get("storage_options") or {})}
+    return source, opts, secrets

@@ -19,7 +19,12 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from embedrail.errors import ConfigError, EmbedrailError
-from embedrail.integration.airflow.connections import TargetSpec, expand_env, resolve_ledger, resolve_target
+from embedrail.integration.airflow.connections import (
+    TargetSpec,
+    resolve_ledger,
+    resolve_source,
+    resolve_target,
+)
 from embedrail.integration.options import SyncOptions
 from embedrail.integration.report import Report
 from embedrail.integration.targets import Target
@@ -89,8 +94,11 @@ class ReindexJob:
             urls.append(Target(url, dims=t.dims))
             secrets += s
         ledger, s = resolve_ledger(self.ledger)
-        source = expand_env(self.source) if isinstance(self.source, str) else self.source
         options = self.options.replace(**overrides) if overrides else self.options
+        source, source_options, s_src = resolve_source(self.source, options.source_options)
+        if source_options != dict(options.source_options):
+            options = options.replace(source_options=source_options)
+        secrets += s_src
         engine = SyncEngine(source, urls, options=options, ledger=ledger, progress=False, connect=self.connect,
                             embedder_factory=self.embedder_factory or cached_embedder, run_owner=_run_owner())  # fmt: skip
         return engine, secrets + s

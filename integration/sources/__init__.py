@@ -4,7 +4,10 @@
 
 - ``path/to/file.jsonl`` (or ``.ndjson``): one JSON object per line, ``{"id": ..., "text": ..., ...}``;
 - ``path/to/file.csv``: a header row, one document per row;
-- ``path/to/dir`` (optionally ``dir?glob=**/*.md``): one document per text file, id = relative path;
+- ``path/to/dir``, ``file:///path``, ``s3://bucket/prefix``, ``gs://``, ``az://``, ``abfs://`` or any fsspec URL
+  (optionally ``?glob=**/*.pdf&exclude=drafts/*``, storage options such as ``&endpoint_url=...``, in Airflow
+  ``&conn_id=...``): one document per file (PDF, DOCX, HTML, Markdown, reStructuredText, text), id = the
+  path relative to the root, parsed into sections (see ``FileSource`` and ``integration.parsers``);
 - ``pydoc:`` (optionally ``pydoc:?max_chars=2000&modules=argparse,json&per=module|member``): the
   Python standard library's own documentation, one document per module (or per public member);
 - ``sql+<sqlalchemy-url>?query=SELECT ...`` or ``?table=name``, optionally ``&watermark=updated_at``
@@ -27,14 +30,15 @@ from urllib.parse import parse_qsl, unquote
 
 from embedrail.errors import ConfigError
 from embedrail.integration.sources.base import BadRow, Source
-from embedrail.integration.sources.files import CsvSource, DirectorySource, IterableSource, JsonlSource
+from embedrail.integration.sources.files import CsvSource, IterableSource, JsonlSource
+from embedrail.integration.sources.objects import OWN_OPTIONS, FileSource, is_fsspec_url
 from embedrail.integration.sources.pydoc import PydocSource
 from embedrail.integration.sources.sql import SqlSource, decode_watermark, encode_watermark
 
 __all__ = [
     "BadRow",
     "CsvSource",
-    "DirectorySource",
+    "FileSource",
     "IterableSource",
     "JsonlSource",
     "PydocSource",
@@ -67,6 +71,30 @@ def _open_pydoc(spec: str, opts: dict[str, Any]) -> Source:
     q.update(opts)
     _check(q, {"max_chars", "modules", "per", "limit"}, "pydoc:")
     return PydocSource(**q)
+
+
+def _open_files(spec: str, opts: dict[str, Any]) -> Source:
+    """A directory or an fsspec URL: the query's own options (glob, include, ...) and the common ones go to the
+    source, the rest are the filesystem's storage options (``endpoint_url``, ``anon``, ...)."""
+    base, q = _split_query(spec)
+    mine = {k: q.pop(k) for k in list(q) if k in OWN_OPTIONS | _COMMON}
+    mine.update(opts)
+    storage = {**{k: _scalar(v) for k, v in q.items()}, **dict(mine.pop("storage_options", None) or {})}
+    if mine.pop("conn_id", None) is not None:
+        raise ConfigError(f"{spec}: conn_id names an Airflow connection, which only an Airflow task resolves (use "
+                          "storage options or the environment outside Airflow)")  # fmt: skip
+    _check(mine, OWN_OPTIONS | {"parsers", "fs"}, "file")
+    return FileSource(unquote(base), storage_options=storage, **mine)
+
+
+def _scalar(v: str) -> Any:
+    """A storage option from a URL: true/false and numbers as such (``anon=true``, ``default_block_size=...``)."""
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    try:
+        return int(v)
+    except ValueError:
+        return v
 
 
 def _open_sql(spec: str, opts: dict[str, Any]) -> Source:
@@ -102,6 +130,8 @@ def open_source(spec: Any, **opts: Any) -> Source:
     for prefix, opener in SCHEMES.items():
         if spec.startswith(prefix):
             return opener(spec, opts)
+    if is_fsspec_url(spec):
+        return _open_files(spec, opts)
     path, q = spec, {}
     if not Path(spec).exists() and "?" in spec:
         path, q = _split_query(spec)
@@ -109,13 +139,13 @@ def open_source(spec: Any, **opts: Any) -> Source:
     q.update(opts)
     p = Path(path)
     if p.is_dir():
-        _check(q, {"glob"}, "directory")
-        return DirectorySource(p, **q)
+        return _open_files(spec, opts)
     known = SUFFIXES.get(p.suffix.lower())
     if known is not None:
         cls, allowed, defaults = known
         _check(q, allowed, p.suffix.lower().lstrip(".").upper())
         return cls(p, **{**defaults, **q})
     if not p.exists():
-        raise ConfigError(f"source not found: {spec} (a .jsonl/.csv file, a directory, pydoc: or sql+URL)")
-    raise ConfigError(f"unsupported source file type {p.suffix.lower()!r}: use .jsonl, .csv or a directory")
+        raise ConfigError(f"source not found: {spec} (a .jsonl/.csv file, a directory, s3://... or another fsspec URL, "
+                          "pydoc: or sql+URL)")  # fmt: skip
+    raise ConfigError(f"unsupported source file type {p.suffix.lower()!r}: use .jsonl, .csv, a directory or a bucket URL")

@@ -94,6 +94,11 @@ class Source:
             seen.add(doc.id)
             yield doc
 
+    def report_bad(self, bad: BadRow) -> None:
+        """A document found bad after it was listed (its file could not be read or parsed): the policy applies
+        as to any bad row, and its id is kept from snapshot deletes."""
+        self._bad(bad)
+
     def _bad(self, bad: BadRow) -> None:
         if self.on_bad_row == "fail":
             raise InputError(f"{bad.location}: {bad.reason} (use --on-bad-row skip to skip bad rows)")

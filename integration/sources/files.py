@@ -1,4 +1,4 @@
-"""File and Python sources: JSONL, CSV/TSV, a directory of text files, any Python iterable."""
+"""File and Python sources: JSONL, CSV/TSV, any Python iterable (directories and buckets: ``objects.FileSource``)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,7 @@ from embedrail.errors import ConfigError
 from embedrail.integration.documents import Document
 from embedrail.integration.sources.base import BadRow, Source
 
-__all__ = ["DEFAULT_DIR_SUFFIXES", "CsvSource", "DirectorySource", "IterableSource", "JsonlSource"]
-
-DEFAULT_DIR_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
-
+__all__ = ["CsvSource", "IterableSource", "JsonlSource"]
 
 class IterableSource(Source):
     """Documents from Python: an iterable (single pass) or a zero-argument callable (re-iterable)."""
@@ -85,43 +82,3 @@ class CsvSource(Source):
                     yield loc, BadRow(loc, "more fields than the header has")
                     continue
                 yield loc, {k: (v if v != "" or k == self.text_field else None) for k, v in row.items()}
-
-
-class DirectorySource(Source):
-    def __init__(self, path: str | Path, glob: str | None = None, **opts: Any) -> None:
-        opts.setdefault("name", str(path))
-        super().__init__(**opts)
-        self.path = Path(path)
-        self.glob = glob
-        if not self.path.is_dir():
-            raise ConfigError(f"source directory not found: {self.path}")
-
-    def _files(self) -> list[Path]:
-        if self.glob:
-            files = self.path.glob(self.glob)
-        else:
-            files = (p for p in self.path.rglob("*") if p.suffix.lower() in DEFAULT_DIR_SUFFIXES)
-        out = []
-        for p in files:
-            rel = p.relative_to(self.path)
-            if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-                out.append(p)
-        return sorted(out)
-
-    def _rows(self) -> Iterator[tuple[str, Any]]:
-        for p in self._files():
-            rel = p.relative_to(self.path).as_posix()
-            loc = str(p)
-            try:
-                text = p.read_bytes().decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield loc, BadRow(loc, f"invalid UTF-8 at byte {e.start}", rel)
-                continue
-            except OSError as e:
-                yield loc, BadRow(loc, f"cannot read: {e.strerror}", rel)
-                continue
-            if not text.strip():
-                yield loc, BadRow(loc, "empty file", rel)
-                continue
-            yield loc, Document(rel, text, {"path": rel}, location=loc)
-

@@ -1,0 +1,243 @@
+"""Files in a directory or a bucket — any fsspec URL — parsed into documents: PDF, DOCX, HTML, Markdown, ...
+
+``FileSource("s3://bucket/docs")`` (also ``gs://``, ``az://`` / ``abfs://``, ``file://``, a plain path,
+``memory://``, any URL fsspec knows) lists the files under the root, one document per file, its id the
+path relative to the root. Credentials come from where the filesystem's own library looks (environment,
+profiles, instance roles), from ``storage_options`` (URL parameters such as ``endpoint_url`` included), or
+in Airflow from a connection (``?conn_id=aws_docs``).
+
+Cheap change detection: the listing already says each file's ETag (object stores) or mtime and size
+(disks). Every document is yielded *listed, not read* (``Document.loader``); the sync engine reads and
+parses only a file whose listing version (that token, the parser's identity) differs from what the
+ledger recorded for every target, so an unchanged bucket is listed, not downloaded. The content hash stays
+the truth for what is re-embedded: a touched file is read again, found equal, and embeds nothing.
+
+A file that cannot be read or parsed (encrypted, corrupt, a scanned image without text, no parser for its
+type, larger than ``max_file_bytes``) is a bad row with its URL and the reason; its chunks already in the
+index are kept. A listing that fails (the store is down, a timeout) raises ``SourceUnavailableError``:
+nothing is deleted because a listing came back short.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from embedrail.connectors._retry import BASE_ERRORS, classify
+from embedrail.errors import ConfigError, SourceUnavailableError
+from embedrail.integration.documents import Document
+from embedrail.integration.parsers import ParseError, Parser, parser_for, resolve_parsers
+from embedrail.integration.sources.base import BadRow, Source
+
+__all__ = ["FileSource", "is_fsspec_url"]
+
+log = logging.getLogger("embedrail.sources")
+
+#: the parts of a source URL's query that are the source's own; the rest are the filesystem's options
+OWN_OPTIONS = {"glob", "include", "exclude", "fetch", "max_file_bytes", "conn_id"}
+_TOKEN_KEYS = ("ETag", "etag", "md5Hash", "content_md5", "generation", "checksum")
+_TIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "modified")
+#: a store that is down or slow, as the filesystem libraries raise it when they do not make it an ``OSError``
+#: (s3fs passes botocore's connection errors through): the run fails as "source unavailable", deleting nothing
+STORAGE_ERRORS = BASE_ERRORS.extend(transient=(
+    "botocore.exceptions.EndpointConnectionError", "botocore.exceptions.ConnectTimeoutError",
+    "botocore.exceptions.ReadTimeoutError", "botocore.exceptions.ConnectionClosedError", "aiohttp.ClientConnectionError",
+    "aiohttp.ServerTimeoutError", "asyncio.TimeoutError", "google.auth.exceptions.TransportError",
+    "azure.core.exceptions.ServiceRequestError", "azure.core.exceptions.ServiceResponseError"))  # fmt: skip
+
+
+def _unavailable(e: BaseException) -> bool:
+    return isinstance(e, OSError) or classify(e, STORAGE_ERRORS) == "transient"
+
+
+def is_fsspec_url(spec: str) -> bool:
+    """``scheme://...`` other than the store and SQL schemes: a filesystem URL."""
+    head, sep, _ = spec.partition("://")
+    return bool(sep) and head.replace("+", "").replace("-", "").isalnum() and not head.startswith("sql")
+
+
+def _patterns(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return [str(p) for p in value]
+
+
+def _match(rel: str, pattern: str) -> bool:
+    """Glob on the relative path (``*`` crosses ``/``; ``**/`` also matches at the top); a pattern without
+    ``/`` matches the file name anywhere, as in ``.gitignore``."""
+    if "/" not in pattern:
+        return fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
+    return fnmatch.fnmatchcase(rel, pattern) or (pattern.startswith("**/") and fnmatch.fnmatchcase(rel, pattern[3:]))
+
+
+def listing_token(info: Mapping[str, Any]) -> str | None:
+    """What the listing says of a file's content without reading it: the ETag / MD5 / generation where the
+    store gives one, else modification time and size (and inode, on a disk); None: nothing usable."""
+    size = info.get("size", info.get("Size"))
+    for k in _TOKEN_KEYS:
+        v = info.get(k)
+        if v:
+            return f"{k}={str(v).strip(chr(34))}:{size}"
+    for k in _TIME_KEYS:
+        v = info.get(k)
+        if v:
+            ino = info.get("ino")
+            return f"{k}={v}:{size}" + (f":{ino}" if ino else "")
+    return None
+
+
+class FileSource(Source):
+    """One document per file under ``url`` (see the module doc).
+
+    ``glob`` / ``include``: patterns a file must match (one of; comma-separated or a list), ``exclude``:
+    patterns it must not; without them every file with a parser is taken (the others are counted as
+    ``ignored``). ``parsers``: suffix -> callable (or ``"module:function"``) added to the built-ins.
+    ``fetch="always"``: read every file every run (no listing shortcut). ``fs``: an fsspec filesystem
+    to use as it is (then ``url`` is the path in it), e.g. from Airflow's ``ObjectStoragePath``.
+    """
+
+    def __init__(self, url: str, *, glob: str | Sequence[str] | None = None, include: str | Sequence[str] | None = None,
+                 exclude: str | Sequence[str] | None = None, parsers: Mapping[str, Callable[..., Any] | str] | None = None,
+                 storage_options: Mapping[str, Any] | None = None, fetch: str = "changed",
+                 max_file_bytes: int | str = 256 << 20, fs: Any = None, **opts: Any) -> None:  # fmt: skip
+        opts.setdefault("name", url)
+        super().__init__(**opts)
+        if fetch not in ("changed", "always"):
+            raise ConfigError(f"fetch must be 'changed' or 'always', got {fetch!r}")
+        self.url, self.fetch = url, fetch
+        self.include = _patterns(glob) + _patterns(include)
+        self.exclude = _patterns(exclude)
+        self.max_file_bytes = int(max_file_bytes)
+        self.parsers: dict[str, Parser] = resolve_parsers(parsers)
+        self.stats: dict[str, int] = {}
+        if fs is not None:
+            self.fs, self.root = fs, str(url)
+        else:
+            import fsspec
+
+            try:
+                self.fs, self.root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+            except ImportError as e:  # s3fs / gcsfs / adlfs not installed
+                raise ConfigError(f"{url}: {e} (pip install 'embedrail[documents]' brings s3fs; gcsfs / adlfs for gs:// / az://)") from None
+            except ValueError as e:
+                raise ConfigError(f"{url}: {e}") from None
+        self.root = self.root.rstrip("/")
+        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+
+    # ------------------------------------------------------------------ listing
+    def _url_of(self, path: str) -> str:
+        """Where a file is, for reports and ``metadata["url"]``: a local file's path, else its full URL."""
+        return path if self.protocol in ("file", "local") else self.fs.unstrip_protocol(path)
+
+    def _list(self) -> dict[str, dict[str, Any]]:
+        try:
+            if self.protocol in ("file", "local") and not self.fs.isdir(self.root):
+                raise ConfigError(f"source directory not found: {self.url}")
+            found = self.fs.find(self.root, detail=True, withdirs=False)
+        except ConfigError:
+            raise
+        except FileNotFoundError:
+            raise ConfigError(f"source not found: {self.url} (does the bucket exist?)") from None
+        except PermissionError as e:
+            raise ConfigError(f"{self.url}: listing refused ({e}); check the credentials (environment, profile, "
+                              "storage options or the Airflow connection)") from None  # fmt: skip
+        except Exception as e:  # the store is down, a timeout, a dropped connection: try again later
+            if not _unavailable(e):
+                raise
+            raise SourceUnavailableError(f"{self.url}: listing failed: {e}; nothing was deleted: run again when the store "
+                                         "is back") from e  # fmt: skip
+        return found if isinstance(found, dict) else {p: self.fs.info(p) for p in found}
+
+    def _rel(self, path: str) -> str:
+        root = self.root
+        return path[len(root) :].lstrip("/") if root and path.startswith(root) else path.lstrip("/")
+
+    def _rows(self) -> Iterator[tuple[str, Any]]:
+        self.stats = {"listed": 0, "fetched": 0, "parsed": 0, "ignored": 0, "bytes_fetched": 0}
+        listing = self._list()
+        self.stats["listed"] = len(listing)
+        for path in sorted(listing):
+            info = listing[path]
+            if info.get("type", "file") != "file":
+                continue
+            rel = self._rel(path)
+            if not rel or any(part.startswith(".") for part in rel.split("/")):
+                self.stats["ignored"] += 1
+                continue
+            if self.include and not any(_match(rel, p) for p in self.include):
+                self.stats["ignored"] += 1
+                continue
+            if any(_match(rel, p) for p in self.exclude):
+                self.stats["ignored"] += 1
+                continue
+            url = self._url_of(path)
+            parser = parser_for(rel, self.parsers, info.get("ContentType") or info.get("mimetype") or info.get("content_type"))
+            if parser is None:
+                if self.include:  # asked for by name: say why it is not indexed
+                    yield url, BadRow(url, "no parser for this file type (add one: parsers={'.ext': fn})", rel)
+                else:
+                    self.stats["ignored"] += 1
+                continue
+            token = listing_token(info) if self.fetch == "changed" else None
+            version = f"{token}|{parser.identity}" if token else None
+            size = int(info.get("size", info.get("Size", 0)) or 0)
+            yield url, Document(rel, "", self._metadata(rel, url), location=url, version=version,
+                                loader=_Loader(self, path, rel, url, size, parser, version))  # fmt: skip
+
+    def _metadata(self, rel: str, url: str) -> dict[str, Any]:
+        """``path`` (relative to the root), and ``url`` for a remote file (a local one keeps its hash when the
+        folder moves)."""
+        return {"path": rel} if self.protocol in ("file", "local") else {"path": rel, "url": url}
+
+    # ------------------------------------------------------------------ reading one file
+    def read(self, path: str, rel: str, url: str, size: int, parser: Parser, version: str | None) -> Document | BadRow:
+        if size > self.max_file_bytes:
+            return BadRow(url, f"{size} bytes, more than max_file_bytes={self.max_file_bytes}", rel)
+        try:
+            data = self.fs.cat_file(path)
+        except FileNotFoundError:
+            return BadRow(url, "gone since the listing (the next run deletes its chunks)", rel)
+        except PermissionError as e:
+            return BadRow(url, f"cannot read: {e}", rel)
+        except IsADirectoryError:
+            return BadRow(url, "a directory, not a file", rel)
+        except Exception as e:
+            if not _unavailable(e):
+                raise
+            raise SourceUnavailableError(f"{url}: reading failed: {e}; run again when the store is back") from e
+        self.stats["fetched"] = self.stats.get("fetched", 0) + 1
+        self.stats["bytes_fetched"] = self.stats.get("bytes_fetched", 0) + len(data)
+        try:
+            parsed = parser(data, rel)
+        except ParseError as e:
+            return BadRow(url, str(e), rel)
+        except Exception as e:  # noqa: BLE001 - a parser library failing on a malformed file: the file is bad input
+            log.warning("%s: parser %s failed", url, parser.name, exc_info=True)
+            return BadRow(url, f"parser {parser.name} failed: {type(e).__name__}: {e}", rel)
+        self.stats["parsed"] = self.stats.get("parsed", 0) + 1
+        metadata = self._metadata(rel, url)
+        if parsed.title:
+            metadata["title"] = parsed.title
+        metadata.update(parsed.metadata)
+        text = parsed.text
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return BadRow(url, "invalid UTF-8 in the extracted text", rel)
+        return Document(rel, text, metadata, location=url, sections=parsed.sections, version=version)
+
+
+class _Loader:
+    """A listed file's reader (a small object rather than a closure: what it holds is visible)."""
+
+    __slots__ = ("source", "path", "rel", "url", "size", "parser", "version")
+
+    def __init__(self, source: FileSource, path: str, rel: str, url: str, size: int, parser: Parser, version: str | None) -> None:
+        self.source, self.path, self.rel, self.url, self.size, self.parser, self.version = source, path, rel, url, size, parser, version
+
+    def __call__(self) -> Document | BadRow:
+        return self.source.read(self.path, self.rel, self.url, self.size, self.parser, self.version)
