@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("reindex", help="sync a source into one or more targets (incremental by default)")
-    r.add_argument("--source", required=True, help="file.jsonl, file.csv, a directory, pydoc:, sql+URL?query=...")
+    r.add_argument("--source", required=True, help="file.jsonl, file.csv, a directory or bucket (s3://bucket/prefix, gs://, az://, file://; "
+                   "?glob=**/*.pdf&exclude=...), pydoc:, sql+URL?query=...")
     r.add_argument("--target", action="append", required=True, metavar="URL",
                    help="es://host:9200/index, chroma:///abs/path?collection=name, chroma+http://host:8000/name, "
                         "weaviate://host:8080/Name?grpc_port=50051, qdrant://, pgvector://, opensearch:// (repeatable; "

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from embedrail.errors import ConfigError
-from embedrail.integration.documents import Document
 from embedrail.integration.sources.base import BadRow, Source
 
 __all__ = ["CsvSource", "IterableSource", "JsonlSource"]
