@@ -115,6 +115,8 @@ class PartitionRun:
         #: documents whose file could not be read or parsed (this partition's own: reported by each partition)
         self.load_bad: list[BadRow] = []
         self._versions: dict[str, list[tuple[str, str, str]]] = {}  # target -> [(doc, hash, version)] to record
+        self._pending: list[Document] = []  # listed files to fetch (together) and parse
+        self._pool: Any = None
         self._embedder, self.batch_size = embedder, batch_size
         self.window: list[tuple[Document, Triage]] = []
         self.batch = _Batch()
@@ -159,16 +161,36 @@ class PartitionRun:
             self.rep.count_plan(key, {}, unchanged=known)
         return True
 
-    def _load(self, doc: Document) -> Document | None:
-        """Read and parse a listed document; a file that cannot be is a bad row (reported, never indexed)."""
-        assert doc.loader is not None
-        got = doc.loader()
+    FETCH_AHEAD = 16  # listed files fetched at once (I/O in threads; parsing stays on this thread)
+
+    def _fetch_pending(self) -> None:
+        """Fetch the pending listed files together (an object store answers each GET in tens of ms: one at a
+        time, a bucket of changed files would be bound by round trips), then parse and add them in order."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        fetchers = [getattr(d.loader, "fetch", None) for d in pending]
+        if len(pending) > 1 and all(fetchers):
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.FETCH_AHEAD, thread_name_prefix="embedrail-fetch")
+            datas = list(self._pool.map(lambda f: f(), fetchers))
+            for doc, data in zip(pending, datas, strict=True):
+                got = data if isinstance(data, BadRow) else doc.loader.parse(data)  # type: ignore[union-attr]
+                self._add_loaded(got)
+        else:
+            for doc in pending:
+                self._add_loaded(doc.loader())  # type: ignore[misc]
+
+    def _add_loaded(self, got: Document | BadRow) -> None:
+        """A listed file read: a bad row (reported, never indexed) or a document planned as any other."""
         if isinstance(got, BadRow):
             self.load_bad.append(got)
             if self.on_bad is not None:
                 self.on_bad(got)  # the source's policy: skip (and keep its old chunks) or fail the run
-            return None
-        return got
+            return
+        self._add(got)
 
     def add(self, doc: Document) -> None:
         if doc.lazy:
@@ -177,10 +199,13 @@ class PartitionRun:
             if not self.lanes:
                 self.rep.documents += 1
                 return
-            loaded = self._load(doc)
-            if loaded is None:
-                return
-            doc = loaded
+            self._pending.append(doc)
+            if len(self._pending) >= self.FETCH_AHEAD:
+                self._fetch_pending()
+            return
+        self._add(doc)
+
+    def _add(self, doc: Document) -> None:
         self.rep.documents += 1
         if not self.lanes:  # every target is down: nothing can be written, so embed nothing
             return
@@ -357,11 +382,15 @@ class PartitionRun:
                         raise RuntimeError("writer thread died") from self.writer_error
 
     def finish(self) -> None:
+        self._fetch_pending()
         self._plan_window()
         self._flush()
         self._record_versions()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         writers, self.writers = self.writers, []
         for thread, q in writers:
             if thread.is_alive():

@@ -46,8 +46,8 @@ def test_the_readme_is_a_front_door() -> None:
     assert len(text.splitlines()) <= 200
     assert "make demo" in text and "make test" in text
     assert "../shared" not in text and max(len(line) for line in text.splitlines()) < 200
-    for page in ("sync", "exactness", "stores", "embedding", "search", "serving", "airflow", "benchmarks", "limits",
-                 "security", "design", "development"):  # fmt: skip
+    for page in ("sync", "documents", "exactness", "stores", "embedding", "search", "serving", "airflow", "benchmarks",
+                 "limits", "security", "design", "development"):  # fmt: skip
         assert f"(docs/{page}.md)" in text, page
 
 
@@ -115,6 +115,39 @@ def test_the_command_line_quick_start_runs_as_written(tmp_path: Path) -> None:
     assert len(runs) == 2 and int(runs[0][2]) > 0 and runs[1][2] == "0", out.stdout  # the second run embeds nothing
     assert "argparse" in out.stdout.split("embedded 0", 1)[1] and "in sync" in out.stdout
     assert (tmp_path / ".embedrail" / "ledger.sqlite").exists()
+
+
+def test_the_bucket_quick_start_runs_as_written(tmp_path: Path, s3_env: dict[str, str]) -> None:
+    """Against the test S3 server (its credentials and endpoint in the environment, as the README says): a bucket
+    of handbooks, one a PDF, one a Word file, one Markdown, and a draft the ``exclude`` pattern leaves out."""
+    import s3fs
+    from test_documents import make_docx, make_pdf
+
+    script = _block(_section(README.read_text(encoding="utf-8"), "## Quick start: documents in a bucket"), "bash")
+    script = "\n".join(line for line in script.splitlines() if not line.startswith("pip install"))  # installed here
+    fs = s3fs.S3FileSystem()
+    if not fs.exists("handbooks"):
+        fs.mkdir("handbooks")
+    if fs.exists("handbooks/hr"):
+        fs.rm("handbooks/hr", recursive=True)
+    leave = "Parents may take twenty days of paid parental leave in the first year after a birth or adoption."
+    make_pdf(tmp_path / "leave.pdf", [("Leave", 0, "Leave policies of the company."), ("Parental leave", 1, leave)], title="HR")
+    make_docx(tmp_path / "onboarding.docx", "Onboarding", "New starters get a laptop on their first morning.")
+    fs.pipe("handbooks/hr/leave.pdf", (tmp_path / "leave.pdf").read_bytes())
+    fs.pipe("handbooks/hr/onboarding.docx", (tmp_path / "onboarding.docx").read_bytes())
+    fs.pipe("handbooks/hr/expenses.md", b"# Expenses\n\nReceipts are due within thirty days.")
+    fs.pipe("handbooks/hr/drafts/leave-2027.md", b"# Draft\n\nForty days of parental leave.")
+    work = tmp_path / "work"
+    work.mkdir()
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=_venv_env(work), capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = re.findall(r"(\d+) documents, (\d+) chunks: embedded (\d+)", out.stdout)
+    assert [r[0] for r in runs] == ["3", "3"] and int(runs[0][2]) > 0 and runs[1][2] == "0", out.stdout
+    assert "files: 4 listed, 0 fetched, 0 parsed, 3 unchanged" in out.stdout, out.stdout  # the draft: listed, left out
+    hits = out.stdout.split("embedded 0", 1)[1]
+    assert re.search(r" 1\. [\d.]+\s+leave\.pdf ", hits), hits
+    assert "leave-2027" not in out.stdout
 
 
 @pytest.mark.slow  # a fresh interpreter and a model load each: make test runs them, make test-fast does not

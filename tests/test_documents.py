@@ -413,6 +413,10 @@ def test_reindex_from_an_s3_bucket(s3_env: dict[str, str], es_url: str, tmp_path
     deleted = reindex()
     assert deleted["plan"][target]["deleted"] == 1 and deleted["embedded"] == 0
 
+    code = main(["search", "--target", target, "--filter", "page=2", "--json", "-k", "5", "herons wading"])
+    paged = json.loads(capsys.readouterr().out)
+    assert code == 0 and paged and {(h["metadata"]["path"], h["metadata"]["page"]) for h in paged} == {("guide.pdf", 2)}
+
     from embedrail import Searcher
 
     with Searcher(target) as s:
@@ -470,6 +474,33 @@ def test_airflow_task_reads_a_bucket_through_its_connection(s3_url: str, tmp_pat
         rep = engine.run()
     assert rep.ok and rep.documents == 2 and rep.files["fetched"] == 2
     assert u.password in secrets and u.password not in json.dumps(rep.to_dict())
+    # an Airflow 3 ObjectStoragePath: its own filesystem, as it is
+    from airflow.sdk import ObjectStoragePath
+
+    (tmp_path / "osp").mkdir()
+    (tmp_path / "osp" / "c.md").write_text("# Gamma\n\nThe third letter.")
+    job = ReindexJob(ObjectStoragePath(f"file://{tmp_path / 'osp'}"), ["memory://airflow-osp/docs"], f"sqlite:///{tmp_path / 'l2.sqlite'}")
+    engine, _ = job.engine()
+    with engine:
+        rep = engine.run()
+    assert rep.ok and rep.documents == 1 and rep.files["parsed"] == 1
+
+
+def test_storage_options_from_python(s3_url: str, tmp_path: Path, unique_name: str) -> None:
+    """``source_options={"storage_options": ...}``: the credentials given in code, none in the environment."""
+    from urllib.parse import urlsplit
+
+    import s3fs
+
+    u = urlsplit(s3_url)
+    opts = {"key": u.username, "secret": u.password, "endpoint_url": f"http://{u.hostname}:{u.port}"}
+    fs = s3fs.S3FileSystem(**opts)
+    bucket = f"so{unique_name.replace('_', '')[-20:].lower()}"
+    fs.mkdir(bucket)
+    fs.pipe({f"{bucket}/hr/a.md": b"# A\n\nalpha", f"{bucket}/hr/drafts/b.md": b"# B\n\nbeta"})
+    report = sync(f"s3://{bucket}/hr", ["memory://so/hr"], ledger=f"sqlite:///{tmp_path / 'l.sqlite'}",
+                  source_options={"storage_options": opts, "exclude": "drafts/*"})  # fmt: skip
+    assert report.ok and report.documents == 1 and report.files == {"listed": 2, "fetched": 1, "parsed": 1}
 
 
 def test_open_source_routes_urls(tmp_path: Path) -> None:

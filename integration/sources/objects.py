@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -108,12 +109,13 @@ class FileSource(Source):
         super().__init__(**opts)
         if fetch not in ("changed", "always"):
             raise ConfigError(f"fetch must be 'changed' or 'always', got {fetch!r}")
-        self.url, self.fetch = url, fetch
+        self.url, self.fetch_mode = url, fetch
         self.include = _patterns(glob) + _patterns(include)
         self.exclude = _patterns(exclude)
         self.max_file_bytes = int(max_file_bytes)
         self.parsers: dict[str, Parser] = resolve_parsers(parsers)
         self.stats: dict[str, int] = {}
+        self._lock = threading.Lock()
         if fs is not None:
             self.fs, self.root = fs, str(url)
         else:
@@ -182,7 +184,7 @@ class FileSource(Source):
                 else:
                     self.stats["ignored"] += 1
                 continue
-            token = listing_token(info) if self.fetch == "changed" else None
+            token = listing_token(info) if self.fetch_mode == "changed" else None
             version = f"{token}|{parser.identity}" if token else None
             size = int(info.get("size", info.get("Size", 0)) or 0)
             yield url, Document(rel, "", self._metadata(rel, url), location=url, version=version,
@@ -195,6 +197,11 @@ class FileSource(Source):
 
     # ------------------------------------------------------------------ reading one file
     def read(self, path: str, rel: str, url: str, size: int, parser: Parser, version: str | None) -> Document | BadRow:
+        data = self.fetch(path, rel, url, size)
+        return data if isinstance(data, BadRow) else self.parse(data, rel, url, parser, version)
+
+    def fetch(self, path: str, rel: str, url: str, size: int) -> bytes | BadRow:
+        """A file's bytes (thread-safe: the pipeline fetches several files at once), or why not."""
         if size > self.max_file_bytes:
             return BadRow(url, f"{size} bytes, more than max_file_bytes={self.max_file_bytes}", rel)
         try:
@@ -209,8 +216,13 @@ class FileSource(Source):
             if not _unavailable(e):
                 raise
             raise SourceUnavailableError(f"{url}: reading failed: {e}; run again when the store is back") from e
-        self.stats["fetched"] = self.stats.get("fetched", 0) + 1
-        self.stats["bytes_fetched"] = self.stats.get("bytes_fetched", 0) + len(data)
+        with self._lock:
+            self.stats["fetched"] = self.stats.get("fetched", 0) + 1
+            self.stats["bytes_fetched"] = self.stats.get("bytes_fetched", 0) + len(data)
+        return data
+
+    def parse(self, data: bytes, rel: str, url: str, parser: Parser, version: str | None) -> Document | BadRow:
+        """Fetched bytes -> the document (one thread at a time: PDFium is not thread-safe)."""
         try:
             parsed = parser(data, rel)
         except ParseError as e:
@@ -241,3 +253,9 @@ class _Loader:
 
     def __call__(self) -> Document | BadRow:
         return self.source.read(self.path, self.rel, self.url, self.size, self.parser, self.version)
+
+    def fetch(self) -> bytes | BadRow:
+        return self.source.fetch(self.path, self.rel, self.url, self.size)
+
+    def parse(self, data: bytes) -> Document | BadRow:
+        return self.source.parse(data, self.rel, self.url, self.parser, self.version)
