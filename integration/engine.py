@@ -349,7 +349,8 @@ class SyncEngine:
                 rep.fail(t.key, one_line(e))
                 continue
             hashes = self.ledger.doc_hashes(t.key, run.generation) if run.generation is not None else {}
-            lanes[t.key] = Lane(run, store, hashes)
+            bad = self.ledger.bad_files(t.key, run.generation) if run.generation is not None and self.source.lists_files else {}
+            lanes[t.key] = Lane(run, store, hashes, bad=bad)
         if ctx.watermark:
             self.source.set_watermark(decode_watermark(ctx.watermark.since))
         pipe = PartitionRun(ctx=ctx, ledger=self.ledger, lease=self._lease(ctx), report=rep, lanes=lanes,

@@ -65,6 +65,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from embedrail.errors import ConfigError, LedgerError, RunConflictError
 from embedrail.integration.ledger_schema import (
+    bad_t,
     chunks_t,
     docs_t,
     leases_t,
@@ -327,7 +328,7 @@ class Ledger:
         """Forget what a target (generation) holds, e.g. because its index was dropped by hand."""
 
         def q(conn: Connection) -> None:
-            for t in (docs_t, chunks_t):
+            for t in (docs_t, chunks_t, bad_t):
                 cond = t.c.target == target
                 if generation is not None:
                     cond = and_(cond, t.c.generation == generation)
@@ -484,8 +485,10 @@ class Ledger:
             # acknowledged deleting) -- never "every chunk row of the doc": a run overlapping this one may
             # have just recorded an intent for a chunk it is writing, and that row is the only trace of it.
             doc_ids = [x[0] for x in docs_done] + list(docs_removed)
+            base_b = and_(bad_t.c.target == target, bad_t.c.generation == generation)
             for part in _chunks(doc_ids):
                 conn.execute(delete(docs_t).where(and_(base_d, docs_t.c.doc_id.in_(part))))
+                conn.execute(delete(bad_t).where(and_(base_b, bad_t.c.doc_id.in_(part))))
             if docs_done:
                 _insert(conn, docs_t, [{"target": target, "generation": generation, "doc_id": x[0], "doc_hash": x[1],
                                         "n_chunks": x[2], "version": x[3] if len(x) > 3 else None} for x in docs_done])  # fmt: skip
@@ -506,6 +509,34 @@ class Ledger:
                 .values(version=bindparam("v"))
             )  # fmt: skip
             conn.execute(stmt, [{"d": d, "h": h, "v": v} for d, h, v in items])
+            base_b = and_(bad_t.c.target == target, bad_t.c.generation == generation)
+            for part in _chunks([d for d, _, _ in items]):  # a file that parses again is no longer known bad
+                conn.execute(delete(bad_t).where(and_(base_b, bad_t.c.doc_id.in_(part))))
+
+        self._tx(q)
+
+    def bad_files(self, target: str, generation: str) -> dict[str, tuple[str, str]]:
+        """doc id -> (listing version, reason) of the listed files that could not be parsed at that version."""
+
+        def q(conn: Connection) -> dict[str, tuple[str, str]]:
+            rows = conn.execute(select(bad_t.c.doc_id, bad_t.c.version, bad_t.c.reason).where(
+                and_(bad_t.c.target == target, bad_t.c.generation == generation)))  # fmt: skip
+            return {r[0]: (r[1], r[2]) for r in rows}
+
+        return self._tx(q)
+
+    def set_bad_files(self, target: str, generation: str, items: Sequence[tuple[str, str, str]]) -> None:
+        """Record files (doc id, listing version, reason) that could not be parsed: the next run reports them
+        again without reading them, until their listing version changes."""
+        if not items:
+            return
+
+        def q(conn: Connection) -> None:
+            base = and_(bad_t.c.target == target, bad_t.c.generation == generation)
+            for part in _chunks([d for d, _, _ in items]):
+                conn.execute(delete(bad_t).where(and_(base, bad_t.c.doc_id.in_(part))))
+            _insert(conn, bad_t, [{"target": target, "generation": generation, "doc_id": d, "version": v, "reason": r}
+                                  for d, v, r in dict((x[0], x) for x in items).values()])  # fmt: skip
 
         self._tx(q)
 

@@ -12,7 +12,7 @@ from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, in
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["ADDED_COLUMNS", "chunks_t", "docs_t", "leases_t", "meta_t", "metadata", "migrate", "targets_t", "watermarks_t"]
+__all__ = ["ADDED_COLUMNS", "bad_t", "chunks_t", "docs_t", "leases_t", "meta_t", "metadata", "migrate", "targets_t", "watermarks_t"]
 
 metadata = MetaData()
 targets_t = Table(
@@ -47,6 +47,16 @@ chunks_t = Table(
     Column("doc_id", String(1024), nullable=False),
     Column("fingerprint", String(64), nullable=True),
     Index("er_chunks_doc", "target", "generation", "doc_id"),
+)
+bad_t = Table(
+    "er_bad",
+    metadata,
+    # a listed file that could not be parsed, at the listing version it had: not read again until that changes
+    Column("target", String(512), primary_key=True),
+    Column("generation", String(512), primary_key=True),
+    Column("doc_id", String(1024), primary_key=True),
+    Column("version", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
 )
 watermarks_t = Table(
     "er_watermarks",

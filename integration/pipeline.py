@@ -59,6 +59,7 @@ class Lane:
     store: VectorStore | None  # None in a dry run
     doc_hashes: dict[str, tuple[str, int, str | None]]  # doc id -> (doc hash, chunk count, listing version) recorded
     failed_docs: set[str] = field(default_factory=set)  # documents with a rejected write: not committed as done
+    bad: dict[str, tuple[str, str]] = field(default_factory=dict)  # listed files known unparsable: doc -> (version, reason)
     dead: str | None = None  # the error that took the target out of the rest of this partition
 
     @property
@@ -116,6 +117,7 @@ class PartitionRun:
         self.load_bad: list[BadRow] = []
         self._versions: dict[str, list[tuple[str, str, str]]] = {}  # target -> [(doc, hash, version)] to record
         self._pending: list[Document] = []  # listed files to fetch (together) and parse
+        self._bad_files: dict[str, list[tuple[str, str, str]]] = {}  # target -> [(doc, version, reason)] to record
         self._pool: Any = None
         self._embedder, self.batch_size = embedder, batch_size
         self.window: list[tuple[Document, Triage]] = []
@@ -145,14 +147,21 @@ class PartitionRun:
         return {key: sha256(doc.version, cfg)[:32] for key, cfg in self._doc_configs.items()}
 
     def _listed_unchanged(self, doc: Document) -> bool:
-        """A listed file whose version every target recorded with this configuration: unchanged, not fetched."""
+        """A listed file whose version every target recorded with this configuration: unchanged, not fetched. A
+        file that could not be parsed at this very version is reported again, not fetched either."""
         if doc.version is None or not self.lanes:
             return False
         vkeys = self._version_keys(doc)
+        bad = [lane.bad.get(doc.id) for lane in self.lanes.values()]
+        if all(b is not None and b[0] == vkeys[k] for k, b in zip(self.lanes, bad, strict=True)):
+            reason = bad[0][1] if bad[0] is not None else "unreadable"
+            self.rep.count_files("skipped_unchanged")
+            self._add_loaded(doc, BadRow(doc.location or doc.id, f"{reason} (unchanged since it was last read)", doc.id))
+            return True
         recs = {k: lane.doc_hashes.get(doc.id) for k, lane in self.lanes.items()}
         if not all(rec is not None and len(rec) > 2 and rec[2] == vkeys[k] for k, rec in recs.items()):
             return False
-        known = max(rec[1] for rec in recs.values() if rec is not None)
+        known = max(rec[1] for rec in recs.values() if rec is not None)  # type: ignore[index]
         self.rep.documents += 1
         self.rep.chunks += known
         self.rep.unchanged += known
@@ -178,14 +187,17 @@ class PartitionRun:
             datas = list(self._pool.map(lambda f: f(), fetchers))
             for doc, data in zip(pending, datas, strict=True):
                 got = data if isinstance(data, BadRow) else doc.loader.parse(data)  # type: ignore[union-attr]
-                self._add_loaded(got)
+                self._add_loaded(doc, got)
         else:
             for doc in pending:
-                self._add_loaded(doc.loader())  # type: ignore[misc]
+                self._add_loaded(doc, doc.loader())  # type: ignore[misc]
 
-    def _add_loaded(self, got: Document | BadRow) -> None:
+    def _add_loaded(self, listed: Document, got: Document | BadRow) -> None:
         """A listed file read: a bad row (reported, never indexed) or a document planned as any other."""
         if isinstance(got, BadRow):
+            if got.lasting and listed.version is not None:  # the same bytes fail again: not read until they change
+                for key, vkey in self._version_keys(listed).items():
+                    self._bad_files.setdefault(key, []).append((listed.id, vkey, got.reason))
             self.load_bad.append(got)
             if self.on_bad is not None:
                 self.on_bad(got)  # the source's policy: skip (and keep its old chunks) or fail the run
@@ -240,12 +252,17 @@ class PartitionRun:
 
     def _record_versions(self) -> None:
         pending, self._versions = self._versions, {}
+        bad, self._bad_files = self._bad_files, {}
         if self.ctx.dry_run:
             return
         for key, items in pending.items():
             lane = self.lanes.get(key)
             if lane is not None and lane.run.generation is not None and lane.dead is None:
                 self.ledger.set_versions(key, lane.run.generation, items)
+        for key, bad_items in bad.items():
+            lane = self.lanes.get(key)
+            if lane is not None and lane.run.generation is not None and lane.dead is None:
+                self.ledger.set_bad_files(key, lane.run.generation, bad_items)
 
     def _plan_window(self) -> None:
         window, self.window = self.window, []

@@ -201,6 +201,16 @@ def test_html_main_content_only(tmp_path: Path) -> None:
         assert noise not in doc.text
 
 
+def test_html_that_pydoc_made() -> None:
+    """A real-world page: Python's own HTML documentation of a module, as ``pydoc`` writes it."""
+    import pydoc
+
+    html = pydoc.HTMLDoc().page("json", pydoc.HTMLDoc().document(json))
+    doc = PARSERS[".html"](html.encode(), "json.html")
+    assert doc.title == "Python: json"
+    assert "JSON (JavaScript Object Notation)" in doc.text and "def dumps" not in doc.text and "<" + "a href" not in doc.text
+
+
 def test_markdown_and_rst_headings(tmp_path: Path) -> None:
     (tmp_path / "n.md").write_text(MARKDOWN.format(body=BODY["notes.md"]))
     md = parse(tmp_path / "n.md")
@@ -329,10 +339,16 @@ def test_the_listing_decides_what_is_read(tmp_path: Path) -> None:
     with opened(target) as store:
         ids = {i.split("#")[0] for i in store.get([f"{d}#0" for d in BODY if d != "owls.pdf"] + ["nested/owls.pdf#0"])}
     assert ids == {"guide.pdf", "page.html", "notes.md", "intro.rst", "nested/owls.pdf"}  # the bad file keeps its old chunks
-    # a parser upgrade (another identity) re-parses every file, and embeds nothing whose text did not change
+    # the bad file is not read again while it is unchanged, and is reported every run
+    again = run()
+    assert again["files"]["fetched"] == 0 and again["bad_rows"] == [
+        {"location": str(folder / "intro.rst"), "id": "intro.rst", "reason": "invalid UTF-8 at byte 0 (unchanged since it was last read)"}]
+    (folder / "intro.rst").write_text(RST.format(body=BODY["intro.rst"]))  # fixed: read, and no longer bad
+    fixed = run()
+    assert fixed["files"]["fetched"] == 1 and fixed["skipped_bad_rows"] == 0 and fixed["embedded"] == 0
+    # a parser upgrade (another identity) re-parses every file it reads, and embeds nothing whose text did not change
     rep = sync(str(folder), [target], ledger=led, source_options={"parsers": {".md": PARSERS[".md"].fn}}).to_dict()
-    assert rep["files"]["parsed"] == 1 and rep["embedded"] == 0  # (and the bad file: read every run until it is fixed)
-    assert rep["files"]["fetched"] == 2
+    assert rep["files"]["fetched"] == 1 and rep["files"]["parsed"] == 1 and rep["embedded"] == 0
     assert run(source_options={"fetch": "always"})["files"]["fetched"] == 5
 
 
@@ -404,11 +420,12 @@ def test_reindex_from_an_s3_bucket(s3_env: dict[str, str], es_url: str, tmp_path
     assert first["files"] == {"listed": 7, "fetched": 7, "parsed": 6} and first["documents"] == 6
     assert [(b["id"], b["location"]) for b in first["bad_rows"]] == [("broken.pdf", f"s3://{bucket}/docs/broken.pdf")]
     assert "not a readable PDF" in first["bad_rows"][0]["reason"]
-    second = reindex()
-    assert second["files"] == {"listed": 7, "fetched": 1, "parsed": 0, "skipped_unchanged": 6} and second["embedded"] == 0
+    second = reindex()  # nothing read, nothing embedded; the corrupt PDF reported again, not fetched again
+    assert second["files"] == {"listed": 7, "fetched": 0, "parsed": 0, "skipped_unchanged": 7} and second["embedded"] == 0
+    assert [b["id"] for b in second["bad_rows"]] == ["broken.pdf"]
     fs.pipe(f"{bucket}/docs/page.html", HTML.format(body="Croissants are laminated with cold butter, folded thrice.").encode())
     changed = reindex()
-    assert changed["files"]["fetched"] == 2 and changed["embedded"] == 1 and changed["plan"][target]["changed"] == 1
+    assert changed["files"]["fetched"] == 1 and changed["embedded"] == 1 and changed["plan"][target]["changed"] == 1
     fs.rm(f"{bucket}/docs/nested/owls.pdf")
     deleted = reindex()
     assert deleted["plan"][target]["deleted"] == 1 and deleted["embedded"] == 0

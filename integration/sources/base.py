@@ -25,6 +25,8 @@ class BadRow:
     location: str
     reason: str
     id: str | None = None
+    #: the same bytes would fail again (a file that cannot be parsed), so its listing version is remembered
+    lasting: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"location": self.location, "reason": self.reason, "id": self.id}
@@ -38,6 +40,8 @@ class Source:
     is_feed: bool = False
     #: an ``Iterable`` that can only be consumed once
     single_pass: bool = False
+    #: yields listed, not yet read documents (files): the ledger's record of unparsable files applies
+    lists_files: bool = False
 
     def __init__(
         self,

@@ -101,6 +101,8 @@ class FileSource(Source):
     to use as it is (then ``url`` is the path in it), e.g. from Airflow's ``ObjectStoragePath``.
     """
 
+    lists_files = True
+
     def __init__(self, url: str, *, glob: str | Sequence[str] | None = None, include: str | Sequence[str] | None = None,
                  exclude: str | Sequence[str] | None = None, parsers: Mapping[str, Callable[..., Any] | str] | None = None,
                  storage_options: Mapping[str, Any] | None = None, fetch: str = "changed",
@@ -203,7 +205,7 @@ class FileSource(Source):
     def fetch(self, path: str, rel: str, url: str, size: int) -> bytes | BadRow:
         """A file's bytes (thread-safe: the pipeline fetches several files at once), or why not."""
         if size > self.max_file_bytes:
-            return BadRow(url, f"{size} bytes, more than max_file_bytes={self.max_file_bytes}", rel)
+            return BadRow(url, f"{size} bytes, more than max_file_bytes={self.max_file_bytes}", rel, lasting=True)
         try:
             data = self.fs.cat_file(path)
         except FileNotFoundError:
@@ -226,10 +228,10 @@ class FileSource(Source):
         try:
             parsed = parser(data, rel)
         except ParseError as e:
-            return BadRow(url, str(e), rel)
+            return BadRow(url, str(e), rel, lasting=True)
         except Exception as e:  # noqa: BLE001 - a parser library failing on a malformed file: the file is bad input
             log.warning("%s: parser %s failed", url, parser.name, exc_info=True)
-            return BadRow(url, f"parser {parser.name} failed: {type(e).__name__}: {e}", rel)
+            return BadRow(url, f"parser {parser.name} failed: {type(e).__name__}: {e}", rel, lasting=True)
         self.stats["parsed"] = self.stats.get("parsed", 0) + 1
         metadata = self._metadata(rel, url)
         if parsed.title:
@@ -239,7 +241,7 @@ class FileSource(Source):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            return BadRow(url, "invalid UTF-8 in the extracted text", rel)
+            return BadRow(url, "invalid UTF-8 in the extracted text", rel, lasting=True)
         return Document(rel, text, metadata, location=url, sections=parsed.sections, version=version)
 
 
