@@ -208,7 +208,7 @@ def test_html_that_pydoc_made() -> None:
     html = pydoc.HTMLDoc().page("json", pydoc.HTMLDoc().document(json))
     doc = PARSERS[".html"](html.encode(), "json.html")
     assert doc.title == "Python: json"
-    assert "JSON (JavaScript Object Notation)" in doc.text and "dumps(obj" in doc.text and "<a href" not in doc.text
+    assert "JSON (JavaScript Object Notation)" in doc.text and "Serialize ``obj`` as a JSON formatted stream" in doc.text and "<a href" not in doc.text
 
 
 def test_markdown_and_rst_headings(tmp_path: Path) -> None:
