@@ -10,6 +10,11 @@ whose text was already embedded in this run (the same text in another document: 
 repeated sections) reuses that vector (a bounded cache keyed by the text fingerprint); and a chunk whose
 text is unchanged but whose document metadata changed is not embedded at all: each target updates the
 stored record's metadata in place (``VectorStore.update_metadata``).
+
+A file source yields documents *listed, not read* (``Document.loader``): one whose listing version every
+target recorded under its configuration (or that could not be parsed at that very version) is neither
+fetched nor parsed; the others are fetched several at a time in threads and parsed here, in order, then
+planned like any document. Their listing versions are committed with them (``er_docs.version``).
 """
 
 from __future__ import annotations
@@ -141,10 +146,13 @@ class PartitionRun:
                 self.writers.append((t, q))
 
     # --------------------------------------------------------------------------- planning
-    def _version_keys(self, doc: Document) -> dict[str, str]:
-        """Per target: the document's listing version under the target's configuration."""
+    def _version_key(self, doc: Document, key: str) -> str:
+        """The document's listing version under target ``key``'s configuration (what its ledger row records)."""
         assert doc.version is not None
-        return {key: sha256(doc.version, cfg)[:32] for key, cfg in self._doc_configs.items()}
+        return sha256(doc.version, self._doc_configs[key])[:32]
+
+    def _version_keys(self, doc: Document) -> dict[str, str]:
+        return {key: self._version_key(doc, key) for key in self._doc_configs}
 
     def _listed_unchanged(self, doc: Document) -> bool:
         """A listed file whose version every target recorded with this configuration: unchanged, not fetched. A
@@ -326,7 +334,7 @@ class PartitionRun:
                     self._flush()
         for key in tri.need:  # committed as done only once every chunk above was written
             assert tri.hashes is not None
-            vkey = sha256(doc.version, self._doc_configs[key])[:32] if doc.version is not None else None
+            vkey = self._version_key(doc, key) if doc.version is not None else None
             self.batch.docs_done.setdefault(key, []).append((doc.id, tri.hashes[key], len(chunks), vkey))
 
     def chunker(self) -> Chunker:

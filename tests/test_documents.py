@@ -301,6 +301,9 @@ def test_custom_chunker_by_import_path(tmp_path: Path) -> None:
     with opened("memory://custom/docs") as store:
         hit = store.get(["a.txt#1"])["a.txt#1"]
     assert hit.text == "Two dogs ran." and hit.metadata["kind"] == "sentence"
+    # the function itself (Python) is the same chunker as its import path: nothing to redo
+    same = sync(str(tmp_path / "d"), ["memory://custom/docs"], ledger=led, chunker=split_on_sentences)
+    assert same.ok and same.embedded == 0 and same.chunks == 3
     with pytest.raises(ConfigError, match="cannot import chunker"):
         sync(str(tmp_path / "d"), ["memory://custom/docs"], ledger=led, chunker="test_documents:nope")
     # back to the built-in splitter: its identity left the fingerprint, so the document is chunked again
