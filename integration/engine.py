@@ -50,6 +50,7 @@ from embedrail.integration import drift, rebuilds
 from embedrail.integration.context import RunContext, TargetRun, Watermark, spec_dict
 from embedrail.integration.documents import Document, partition_of
 from embedrail.integration.embedding import ModelResolver, TargetNeed
+from embedrail.integration.idsort import SortedIds, absent
 from embedrail.integration.ledger import Lease, Ledger, TargetState
 from embedrail.integration.options import SyncOptions
 from embedrail.integration.pipeline import Lane, PartitionRun
@@ -119,7 +120,7 @@ class SyncEngine:
         self.run_owner = run_owner or _process_owner()
         self.lease_ttl = int(lease_ttl or os.environ.get("EMBEDRAIL_LEASE_TTL") or self.LEASE_TTL)
         # ids a single-partition pass of this process saw; delete_absent re-reads the source without them
-        self._snapshot_ids: set[str] | None = None
+        self._snapshot_ids: SortedIds | None = None
         self._leases: dict[str, Lease] = {}  # run id -> the lease this engine took in prepare()
 
     # ------------------------------------------------------------------------------------ prepare
@@ -348,15 +349,13 @@ class SyncEngine:
                     raise
                 rep.fail(t.key, one_line(e))
                 continue
-            hashes = self.ledger.doc_hashes(t.key, run.generation) if run.generation is not None else {}
-            bad = self.ledger.bad_files(t.key, run.generation) if run.generation is not None and self.source.lists_files else {}
-            lanes[t.key] = Lane(run, store, hashes, bad=bad)
+            lanes[t.key] = Lane(run, store)
         if ctx.watermark:
             self.source.set_watermark(decode_watermark(ctx.watermark.since))
         pipe = PartitionRun(ctx=ctx, ledger=self.ledger, lease=self._lease(ctx), report=rep, lanes=lanes,
                             embedder=lambda: self.models.for_run(ctx), batch_size=self.options.batch_size,
                             queue_depth=self.options.queue_depth, on_bad=self.source.report_bad)  # fmt: skip
-        seen: set[str] | None = set() if count == 1 else None
+        seen = SortedIds() if count == 1 and ctx.deletes == "snapshot" else None
         try:
             for doc in self._documents():
                 if seen is not None:
@@ -367,7 +366,8 @@ class SyncEngine:
         finally:
             pipe.close()
         if seen is not None:
-            self._snapshot_ids = seen | self.source.bad_ids
+            self._forget_snapshot()
+            self._snapshot_ids = seen.update(self.source.bad_ids)
         # every partition reads the source's own bad rows (report them once); a file that could not be read or
         # parsed was read by its own partition only (each reports its own)
         own = {id(b) for b in pipe.load_bad}
@@ -408,27 +408,41 @@ class SyncEngine:
         if ctx.deletes != "snapshot":
             return rep.to_dict()
         seen = self._snapshot_ids
-        if seen is None:  # another process read the source: read its ids again
-            seen = {d.id for d in self.source} | self.source.bad_ids
-        for t, run in bound:
-            if not run.ok or run.generation is None:
-                continue
-            held = self.ledger.doc_ids(t.key, run.generation)
-            absent = sorted(held - seen)
-            if not absent:
-                continue
-            if self._mass_delete(ctx, t.key, len(absent), len(held), rep):
-                continue
-            chunks_of = self.ledger.chunk_fingerprints(t.key, run.generation, absent)
-            rep.plan[t.key]["deleted"] += sum(len(v) for v in chunks_of.values())
-            if not ctx.dry_run:
+        if seen is None:  # another process read the source: read its ids again (the listing, for files)
+            seen = SortedIds().update(d.id for d in self.source)
+            seen.update(self.source.bad_ids)
+        self._snapshot_ids = None
+        try:
+            for t, run in bound:
+                if not run.ok or run.generation is None:
+                    continue
+                # two streaming passes over the ledger's ids, merged with the source's (both sorted): first count,
+                # for the guard, then delete page by page; neither side is ever held whole in memory
+                gen = run.generation
+                held = _Counted(self.ledger.iter_doc_ids(t.key, gen))
+                deleting = sum(1 for _ in absent(held, seen))
+                if not deleting:
+                    continue
+                if self._mass_delete(ctx, t.key, deleting, held.count, rep):
+                    continue
                 try:
-                    self._delete_documents(t, run, absent, chunks_of, rep, self._lease(ctx))
+                    for page in _pages(absent(self.ledger.iter_doc_ids(t.key, gen), seen), 1000):
+                        chunks_of = self.ledger.chunk_fingerprints(t.key, gen, page)
+                        rep.plan[t.key]["deleted"] += sum(len(v) for v in chunks_of.values())
+                        if not ctx.dry_run:
+                            self._delete_documents(t, run, page, chunks_of, rep, self._lease(ctx))
                 except Exception as e:
                     if not is_retryable(e):
                         raise
                     rep.fail(t.key, one_line(e))
+        finally:
+            seen.close()
         return rep.to_dict()
+
+    def _forget_snapshot(self) -> None:
+        if self._snapshot_ids is not None:
+            self._snapshot_ids.close()
+            self._snapshot_ids = None
 
     @staticmethod
     def _mass_delete(ctx: RunContext, key: str, deleting: int, held: int, rep: Report) -> bool:
@@ -532,6 +546,7 @@ class SyncEngine:
         """Close what the engine opened: stores it connected, the embedder it loaded, its ledger, the source."""
         self.targets.close()
         self.models.close()
+        self._forget_snapshot()
         if self._owns_source:
             self.source.close()
         if self._owns_ledger:
@@ -542,6 +557,29 @@ class SyncEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Counted:
+    """An iterator that counts what it yields."""
+
+    def __init__(self, it: Iterable[str]) -> None:
+        self._it, self.count = iter(it), 0
+
+    def __iter__(self) -> Iterator[str]:
+        for x in self._it:
+            self.count += 1
+            yield x
+
+
+def _pages(it: Iterable[str], n: int) -> Iterator[list[str]]:
+    page: list[str] = []
+    for x in it:
+        page.append(x)
+        if len(page) >= n:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 def _process_owner() -> str:

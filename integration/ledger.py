@@ -36,6 +36,7 @@ acknowledged, so the ledger is never ahead of the store.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import random
@@ -43,7 +44,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -339,16 +340,19 @@ class Ledger:
         self._tx(q)
 
     # --- reading ------------------------------------------------------------------------------
-    def doc_hashes(self, target: str, generation: str) -> dict[str, tuple[str, int, str | None]]:
-        """doc id -> (doc hash, chunk count, listing version or None) of every document the target holds."""
+    def doc_hashes(self, target: str, generation: str, doc_ids: Sequence[str] | None = None) -> dict[str, tuple[str, int, str | None]]:
+        """doc id -> (doc hash, chunk count, listing version or None) of the given documents the target holds
+        (``doc_ids=None``: every one; the sync pipeline asks per window of documents, never for all)."""
 
         def q(conn: Connection) -> dict[str, tuple[str, int, str | None]]:
-            rows = conn.execute(
-                select(docs_t.c.doc_id, docs_t.c.doc_hash, docs_t.c.n_chunks, docs_t.c.version).where(
-                    and_(docs_t.c.target == target, docs_t.c.generation == generation)
-                )
-            )
-            return {r[0]: (r[1], r[2], r[3]) for r in rows}
+            cols = select(docs_t.c.doc_id, docs_t.c.doc_hash, docs_t.c.n_chunks, docs_t.c.version)
+            base = and_(docs_t.c.target == target, docs_t.c.generation == generation)
+            if doc_ids is None:
+                return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(cols.where(base))}
+            out: dict[str, tuple[str, int, str | None]] = {}
+            for part in _chunks(list(doc_ids)):
+                out.update((r[0], (r[1], r[2], r[3])) for r in conn.execute(cols.where(and_(base, docs_t.c.doc_id.in_(part)))))
+            return out
 
         return self._tx(q)
 
@@ -369,19 +373,36 @@ class Ledger:
 
         return self._tx(q)
 
+    def iter_doc_ids(self, target: str, generation: str, page: int = 5000) -> Iterator[str]:
+        """Every doc id with a row (committed doc or chunk rows, incl. intents), in code-point order (the order of
+        Python's ``sorted``), read a page at a time: what a streaming snapshot delete merges with the source's
+        sorted ids. Each page is its own short transaction."""
+
+        def pages(table: Table) -> Iterator[str]:
+            col = table.c.doc_id
+            key = col.collate("C") if self.engine.dialect.name == "postgresql" else col  # byte order = code-point order
+            last: str | None = None
+            while True:
+                cond = and_(table.c.target == target, table.c.generation == generation)
+                if last is not None:
+                    cond = and_(cond, key > last)
+                stmt = select(key.label("doc_id")).where(cond).distinct().order_by(key).limit(page)
+                rows = [r[0] for r in self._tx(lambda conn, s=stmt: list(conn.execute(s)))]
+                yield from rows
+                if len(rows) < page:
+                    return
+                last = rows[-1]
+
+        previous = None
+        for doc_id in heapq.merge(pages(docs_t), pages(chunks_t)):
+            if doc_id != previous:
+                yield doc_id
+                previous = doc_id
+
     def doc_ids(self, target: str, generation: str) -> set[str]:
-        """Every doc id with a row (committed doc or chunk rows, incl. intents) in the ledger."""
-
-        def q(conn: Connection) -> set[str]:
-            a = conn.execute(
-                select(docs_t.c.doc_id).where(and_(docs_t.c.target == target, docs_t.c.generation == generation))
-            )
-            b = conn.execute(
-                select(chunks_t.c.doc_id).distinct().where(and_(chunks_t.c.target == target, chunks_t.c.generation == generation))
-            )
-            return {r[0] for r in a} | {r[0] for r in b}
-
-        return self._tx(q)
+        """Every doc id with a row (committed doc or chunk rows, incl. intents) in the ledger, as a set (small
+        ledgers, tests; the sync engine streams :meth:`iter_doc_ids`)."""
+        return set(self.iter_doc_ids(target, generation))
 
     def chunk_map(self, target: str, generation: str) -> dict[str, str | None]:
         """chunk id -> fingerprint for the whole target (status / tests)."""
@@ -515,13 +536,19 @@ class Ledger:
 
         self._tx(q)
 
-    def bad_files(self, target: str, generation: str) -> dict[str, tuple[str, str]]:
-        """doc id -> (listing version, reason) of the listed files that could not be parsed at that version."""
+    def bad_files(self, target: str, generation: str, doc_ids: Sequence[str] | None = None) -> dict[str, tuple[str, str]]:
+        """doc id -> (listing version, reason) of the listed files that could not be parsed at that version (of
+        ``doc_ids``; None: all)."""
 
         def q(conn: Connection) -> dict[str, tuple[str, str]]:
-            rows = conn.execute(select(bad_t.c.doc_id, bad_t.c.version, bad_t.c.reason).where(
-                and_(bad_t.c.target == target, bad_t.c.generation == generation)))  # fmt: skip
-            return {r[0]: (r[1], r[2]) for r in rows}
+            cols = select(bad_t.c.doc_id, bad_t.c.version, bad_t.c.reason)
+            base = and_(bad_t.c.target == target, bad_t.c.generation == generation)
+            if doc_ids is None:
+                return {r[0]: (r[1], r[2]) for r in conn.execute(cols.where(base))}
+            out: dict[str, tuple[str, str]] = {}
+            for part in _chunks(list(doc_ids)):
+                out.update((r[0], (r[1], r[2])) for r in conn.execute(cols.where(and_(base, bad_t.c.doc_id.in_(part)))))
+            return out
 
         return self._tx(q)
 

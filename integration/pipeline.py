@@ -62,9 +62,11 @@ class Lane:
 
     run: TargetRun
     store: VectorStore | None  # None in a dry run
-    doc_hashes: dict[str, tuple[str, int, str | None]]  # doc id -> (doc hash, chunk count, listing version) recorded
     failed_docs: set[str] = field(default_factory=set)  # documents with a rejected write: not committed as done
-    bad: dict[str, tuple[str, str]] = field(default_factory=dict)  # listed files known unparsable: doc -> (version, reason)
+    #: the ledger's rows for the documents of the current intake window (never the whole target's):
+    #: doc id -> (doc hash, chunk count, listing version), and listed files known unparsable: doc -> (version, reason)
+    doc_hashes: dict[str, tuple[str, int, str | None]] = field(default_factory=dict)
+    bad: dict[str, tuple[str, str]] = field(default_factory=dict)
     dead: str | None = None  # the error that took the target out of the rest of this partition
 
     @property
@@ -109,6 +111,7 @@ class PartitionRun:
     """Plan in windows, embed in batches, write in a thread per target. ``add`` each document, then ``finish``;
     ``close`` always (it joins the writer and re-raises its error)."""
 
+    INTAKE = 256  # documents whose ledger rows are read in one round trip per target (memory: this window only)
     WINDOW = 64  # documents planned per ledger round trip
     MAX_DELETES = 1000  # stale chunk ids per batch
     VECTOR_CACHE_BYTES = 64 << 20  # vectors kept for identical texts later in the run (LRU)
@@ -122,6 +125,7 @@ class PartitionRun:
         self.load_bad: list[BadRow] = []
         self._versions: dict[str, list[tuple[str, str, str]]] = {}  # target -> [(doc, hash, version)] to record
         self._pending: list[Document] = []  # listed files to fetch (together) and parse
+        self._intake: list[Document] = []  # documents waiting for their ledger rows
         self._bad_files: dict[str, list[tuple[str, str, str]]] = {}  # target -> [(doc, version, reason)] to record
         self._pool: Any = None
         self._embedder, self.batch_size = embedder, batch_size
@@ -213,6 +217,28 @@ class PartitionRun:
         self._add(got)
 
     def add(self, doc: Document) -> None:
+        """Take a document; it is triaged once its intake window's ledger rows are read (``INTAKE`` at a time)."""
+        self._intake.append(doc)
+        if len(self._intake) >= self.INTAKE:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Read the intake window's ledger rows (one query per target), triage its documents, and fetch the listed
+        files among them that must be read: every document of the window is triaged before the rows are replaced."""
+        intake, self._intake = self._intake, []
+        if not intake:
+            return
+        ids = [d.id for d in intake]
+        listed = [d.id for d in intake if d.lazy]
+        for key, lane in self.lanes.items():
+            gen = lane.run.generation
+            lane.doc_hashes = self.ledger.doc_hashes(key, gen, ids) if gen is not None else {}
+            lane.bad = self.ledger.bad_files(key, gen, listed) if gen is not None and listed else {}
+        for doc in intake:
+            self._route(doc)
+        self._fetch_pending()
+
+    def _route(self, doc: Document) -> None:
         if doc.lazy:
             if self._listed_unchanged(doc):
                 return
@@ -407,7 +433,7 @@ class PartitionRun:
                         raise RuntimeError("writer thread died") from self.writer_error
 
     def finish(self) -> None:
-        self._fetch_pending()
+        self._drain()
         self._plan_window()
         self._flush()
         self._record_versions()

@@ -40,8 +40,6 @@ class Source:
     is_feed: bool = False
     #: an ``Iterable`` that can only be consumed once
     single_pass: bool = False
-    #: yields listed, not yet read documents (files): the ledger's record of unparsable files applies
-    lists_files: bool = False
 
     def __init__(
         self,

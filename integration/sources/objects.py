@@ -101,8 +101,6 @@ class FileSource(Source):
     to use as it is (then ``url`` is the path in it), e.g. from Airflow's ``ObjectStoragePath``.
     """
 
-    lists_files = True
-
     def __init__(self, url: str, *, glob: str | Sequence[str] | None = None, include: str | Sequence[str] | None = None,
                  exclude: str | Sequence[str] | None = None, parsers: Mapping[str, Callable[..., Any] | str] | None = None,
                  storage_options: Mapping[str, Any] | None = None, fetch: str = "changed",
