@@ -1,0 +1,149 @@
+"""Per-task memory and time as the corpus grows (issue 27; not a test).
+
+Synthetic documents (~40 words each) synced by a *null* embedder (the packaged model's tokenizer, so
+chunking is real, and vectors that cost nothing: the framework's own cost is what is measured) into a server
+store, the ledger on SQLite or PostgreSQL. Per corpus size, each step in a fresh process, as an Airflow task
+runs it: the first run, an unchanged re-run, and a run after 1 % of the documents were edited and 1 % deleted.
+Reported per step: seconds, documents/s, the process's peak RSS (``ru_maxrss``), and the ledger's size.
+The baseline is the smallest size of the same run: unchanged seconds per document and peak RSS at each size
+as a ratio of the first size.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 10000,100000] [--store es|pgvector] [--ledger sqlite|pg] [--dims 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _servers import server_url  # noqa: E402
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+WORDS = ("river stone lamp harbor signal copper meadow engine lantern orbit cedar glacier pepper violet anchor "
+         "falcon quartz ribbon summit thunder walnut yarrow zephyr basalt canyon delta ember fjord grove").split()  # fmt: skip
+
+
+def write_corpus(path: Path, n: int, edit: int = 0, seed: int = 0) -> None:
+    """n documents; the first ``edit`` of every hundred get another text (1 % edited = edit 1)."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(n):
+            r = random.Random(i)
+            text = " ".join(r.choice(WORDS) for _ in range(40)) + f" number {i}."
+            if edit and i % 100 < edit:
+                text += f" Edited {rng.random():.6f}."
+            f.write(json.dumps({"id": f"doc-{i:08d}", "text": text, "group": i % 7}) + "\n")
+
+
+def step(source: str, target: str, ledger: str, dims: int) -> dict[str, Any]:
+    """One sync in this process (the child): its report, seconds and peak RSS."""
+    from pipeline import null_embedder
+
+    from embedrail.integration.engine import SyncEngine
+
+    emb = null_embedder(dims)
+    t0 = time.perf_counter()
+    with SyncEngine(source, [target], ledger=ledger, embedder=emb, batch_size=256, progress=False) as engine:
+        rep = engine.run().to_dict()
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(rss, 1), "documents": rep["documents"],
+            "embedded": rep["embedded"], "deleted": sum(rep["deleted"].values()), "ok": rep["ok"],
+            "refused": rep["refused_deletes"]}  # fmt: skip
+
+
+def run_child(*args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ledger_size(ledger: str) -> float:
+    if ledger.startswith("sqlite:///"):
+        p = Path(ledger[len("sqlite:///") :])
+        return round(sum(f.stat().st_size for f in p.parent.glob(p.name + "*")) / 2**20, 1)
+    from sqlalchemy import create_engine, text
+
+    from embedrail.integration.ledger import ledger_url
+
+    eng = create_engine(ledger_url(ledger))
+    with eng.connect() as c:
+        size = c.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+    eng.dispose()
+    return round(size / 2**20, 1)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="10000,100000")
+    p.add_argument("--store", default="es", choices=["es", "pgvector"])
+    p.add_argument("--ledger", default="sqlite", choices=["sqlite", "pg"])
+    p.add_argument("--dims", type=int, default=64)
+    p.add_argument("--child", nargs=4, metavar=("SOURCE", "TARGET", "LEDGER", "DIMS"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(step(a.child[0], a.child[1], a.child[2], int(a.child[3]))))
+        return 0
+
+    from sqlalchemy import create_engine, text
+
+    base = server_url("EMBEDRAIL_ES_URL" if a.store == "es" else "EMBEDRAIL_PG_URL")
+    pg = server_url("EMBEDRAIL_PG_URL")
+    if not base or (a.ledger == "pg" and not pg):
+        raise SystemExit("start the servers first: make servers")
+    results = []
+    for n in [int(x) for x in a.sizes.split(",")]:
+        tmp = Path(tempfile.mkdtemp(prefix="embedrail-scale-"))
+        name = f"scale{n}_{os.getpid()}"
+        target = f"{base}/{name}" if a.store == "es" else base.replace("postgresql", "pgvector", 1).split("?")[0] + f"?table={name}"
+        if a.ledger == "pg":
+            assert pg is not None
+            admin = create_engine(pg.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+            with admin.connect() as c:
+                c.execute(text(f'CREATE DATABASE "{name}"'))
+            admin.dispose()
+            ledger = pg.rsplit("/", 1)[0] + f"/{name}"
+        else:
+            ledger = f"sqlite:///{tmp / 'ledger.sqlite'}"
+        src = tmp / "docs.jsonl"
+        write_corpus(src, n)
+        row: dict[str, Any] = {"documents": n}
+        row["first"] = run_child(str(src), target, ledger, str(a.dims))
+        row["unchanged"] = run_child(str(src), target, ledger, str(a.dims))
+        write_corpus(src, n - n // 100, edit=1, seed=1)  # 1 % edited, the last 1 % deleted
+        row["edited_deleted"] = run_child(str(src), target, ledger, str(a.dims))
+        row["ledger_mib"] = ledger_size(ledger)
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    first = results[0]
+    for r in results:
+        per_doc = r["unchanged"]["seconds"] / r["documents"]
+        r["unchanged_s_per_doc_vs_first"] = round(per_doc / (first["unchanged"]["seconds"] / first["documents"]), 2)
+        for k in ("first", "unchanged", "edited_deleted"):
+            r[f"{k}_rss_vs_first"] = round(r[k]["peak_rss_mib"] / first[k]["peak_rss_mib"], 2)
+    print(f"{'docs':>9} {'step':<15} {'seconds':>8} {'docs/s':>8} {'peak RSS MiB':>13} {'RSS vs first size':>18}")
+    for r in results:
+        for k in ("first", "unchanged", "edited_deleted"):
+            s = r[k]
+            print(f"{r['documents']:>9} {k:<15} {s['seconds']:>8} {round(r['documents'] / s['seconds']):>8} "
+                  f"{s['peak_rss_mib']:>13} {r[f'{k}_rss_vs_first']:>18}")  # fmt: skip
+        print(f"{'':>9} ledger {r['ledger_mib']} MiB; unchanged s/doc vs first size {r['unchanged_s_per_doc_vs_first']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
