@@ -6,9 +6,12 @@ store, the ledger on SQLite or PostgreSQL. Per corpus size, each step in a fresh
 runs it: the first run, an unchanged re-run, and a run after 1 % of the documents were edited and 1 % deleted.
 Reported per step: seconds, documents/s, the process's peak RSS (``ru_maxrss``), and the ledger's size.
 The baseline is the smallest size of the same run: unchanged seconds per document and peak RSS at each size
-as a ratio of the first size.
+as a ratio of the first size. With ``--baseline DIR`` (an older embedrail installed there, e.g.
+``pip install --no-deps --target DIR <checkout>``) the unchanged and edit steps also run with that code, on the
+same index and ledger, right after the current code's (its edit step edits another 1 % and deletes another 1 %).
 
     .venv/bin/python benchmarks/scale.py [--sizes 10000,100000] [--store es|pgvector] [--ledger sqlite|pg] [--dims 64]
+                                         [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from _servers import server_url  # noqa: E402
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 WORDS = ("river stone lamp harbor signal copper meadow engine lantern orbit cedar glacier pepper violet anchor "
          "falcon quartz ribbon summit thunder walnut yarrow zephyr basalt canyon delta ember fjord grove").split()  # fmt: skip
+
+
+STEPS = ("first", "unchanged", "baseline_unchanged", "edited_deleted", "baseline_edited_deleted")
 
 
 def write_corpus(path: Path, n: int, edit: int = 0, seed: int = 0) -> None:
@@ -64,8 +70,9 @@ def step(source: str, target: str, ledger: str, dims: int) -> dict[str, Any]:
             "refused": rep["refused_deletes"]}  # fmt: skip
 
 
-def run_child(*args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+def run_child(*args: str, pythonpath: str | None = None) -> dict[str, Any]:
+    env = dict(os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {}))
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -92,6 +99,7 @@ def main() -> int:
     p.add_argument("--store", default="es", choices=["es", "pgvector"])
     p.add_argument("--ledger", default="sqlite", choices=["sqlite", "pg"])
     p.add_argument("--dims", type=int, default=64)
+    p.add_argument("--baseline", help="a folder holding another embedrail (pip install --target) to compare with")
     p.add_argument("--child", nargs=4, metavar=("SOURCE", "TARGET", "LEDGER", "DIMS"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -123,8 +131,13 @@ def main() -> int:
         row: dict[str, Any] = {"documents": n}
         row["first"] = run_child(str(src), target, ledger, str(a.dims))
         row["unchanged"] = run_child(str(src), target, ledger, str(a.dims))
+        if a.baseline:
+            row["baseline_unchanged"] = run_child(str(src), target, ledger, str(a.dims), pythonpath=a.baseline)
         write_corpus(src, n - n // 100, edit=1, seed=1)  # 1 % edited, the last 1 % deleted
         row["edited_deleted"] = run_child(str(src), target, ledger, str(a.dims))
+        if a.baseline:
+            write_corpus(src, n - 2 * (n // 100), edit=1, seed=2)  # another 1 % edited, another 1 % deleted
+            row["baseline_edited_deleted"] = run_child(str(src), target, ledger, str(a.dims), pythonpath=a.baseline)
         row["ledger_mib"] = ledger_size(ledger)
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -133,13 +146,14 @@ def main() -> int:
     for r in results:
         per_doc = r["unchanged"]["seconds"] / r["documents"]
         r["unchanged_s_per_doc_vs_first"] = round(per_doc / (first["unchanged"]["seconds"] / first["documents"]), 2)
-        for k in ("first", "unchanged", "edited_deleted"):
-            r[f"{k}_rss_vs_first"] = round(r[k]["peak_rss_mib"] / first[k]["peak_rss_mib"], 2)
-    print(f"{'docs':>9} {'step':<15} {'seconds':>8} {'docs/s':>8} {'peak RSS MiB':>13} {'RSS vs first size':>18}")
+        for k in STEPS:
+            if k in r:
+                r[f"{k}_rss_vs_first"] = round(r[k]["peak_rss_mib"] / first[k]["peak_rss_mib"], 2)
+    print(f"{'docs':>9} {'step':<24} {'seconds':>8} {'docs/s':>8} {'peak RSS MiB':>13} {'RSS vs first size':>18}")
     for r in results:
-        for k in ("first", "unchanged", "edited_deleted"):
+        for k in [k for k in STEPS if k in r]:
             s = r[k]
-            print(f"{r['documents']:>9} {k:<15} {s['seconds']:>8} {round(r['documents'] / s['seconds']):>8} "
+            print(f"{r['documents']:>9} {k:<24} {s['seconds']:>8} {round(r['documents'] / s['seconds']):>8} "
                   f"{s['peak_rss_mib']:>13} {r[f'{k}_rss_vs_first']:>18}")  # fmt: skip
         print(f"{'':>9} ledger {r['ledger_mib']} MiB; unchanged s/doc vs first size {r['unchanged_s_per_doc_vs_first']}")
     return 0
