@@ -55,9 +55,9 @@ def write_corpus(path: Path, n: int, edit: int = 0, seed: int = 0) -> None:
 
 def step(source: str, target: str, ledger: str, dims: int) -> dict[str, Any]:
     """One sync in this process (the child): its report, seconds and peak RSS."""
-    from pipeline import null_embedder
-
+    # embedrail first: benchmarks/pipeline.py puts the checkout on sys.path, which would shadow a --baseline
     from embedrail.integration.engine import SyncEngine
+    from pipeline import null_embedder  # isort: skip
 
     t0 = time.perf_counter()
     # the model is loaded when a document needs it (never in an unchanged run), as in production: its load is

@@ -29,7 +29,7 @@ from embedrail.connectors.base import IndexInfo, VectorStore
 from embedrail.integration.ledger import Ledger
 from embedrail.integration.plan import META_FP, TEXT_FP
 
-__all__ = ["Diff", "Drift", "adopt", "diff", "ledger_key", "owner_record", "probe", "record_of", "repair"]
+__all__ = ["Diff", "Drift", "adopt", "diff", "ledger_key", "owner_record", "pages", "probe", "record_of", "repair"]
 
 log = logging.getLogger("embedrail.sync")
 
@@ -62,7 +62,8 @@ def record_of(chunk_id: str, metadata: Mapping[str, Any] | None) -> tuple[str, s
     return chunk_id, doc, fp if isinstance(fp, str) and len(fp) == TEXT_FP + META_FP else None
 
 
-def _pages(ids: Iterable[str], size: int = _PAGE) -> Iterator[list[str]]:
+def pages(ids: Iterable[str], size: int = _PAGE) -> Iterator[list[str]]:
+    """``ids`` in lists of ``size`` (the last one shorter), read lazily."""
     page: list[str] = []
     for i in ids:
         page.append(i)
@@ -79,7 +80,7 @@ def adopt(ledger: Ledger, store: VectorStore, key: str, generation: str) -> int:
     document is planned chunk by chunk on the next run (nothing unchanged is embedded)."""
     ledger.reset(key, generation)
     n = 0
-    for page in _pages(store.iter_ids()):
+    for page in pages(store.iter_ids()):
         got = store.get(page)
         rows = [record_of(c, got[c].metadata if c in got else None) for c in page]
         ledger.record_store(key, generation, held=rows)
@@ -158,7 +159,7 @@ def diff(ledger: Ledger, store: VectorStore, key: str, generation: str, *, finge
     missing, unknown = sorted(known - in_store), sorted(in_store - recorded.keys())
     stale: list[tuple[str, str, str | None]] = []
     if fingerprints:
-        for page in _pages(sorted(known & in_store)):
+        for page in pages(sorted(known & in_store)):
             got = store.get(page)
             for c in page:
                 if c in got and got[c].metadata.get("_fp") != recorded[c]:

@@ -426,7 +426,7 @@ class SyncEngine:
                 if self._mass_delete(ctx, t.key, deleting, held.count, rep):
                     continue
                 try:
-                    for page in _pages(absent(self.ledger.iter_doc_ids(t.key, gen), seen), 1000):
+                    for page in drift.pages(absent(self.ledger.iter_doc_ids(t.key, gen), seen), 1000):
                         chunks_of = self.ledger.chunk_fingerprints(t.key, gen, page)
                         rep.plan[t.key]["deleted"] += sum(len(v) for v in chunks_of.values())
                         if not ctx.dry_run:
@@ -569,17 +569,6 @@ class _Counted:
         for x in self._it:
             self.count += 1
             yield x
-
-
-def _pages(it: Iterable[str], n: int) -> Iterator[list[str]]:
-    page: list[str] = []
-    for x in it:
-        page.append(x)
-        if len(page) >= n:
-            yield page
-            page = []
-    if page:
-        yield page
 
 
 def _process_owner() -> str:

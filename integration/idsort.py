@@ -12,13 +12,14 @@ PostgreSQL's ``COLLATE "C"`` (the ledger sorts by that).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-__all__ = ["SortedIds", "absent"]
+__all__ = ["SeenIds", "SortedIds", "absent"]
 
 
 class SortedIds:
@@ -85,3 +86,47 @@ def absent(held: Iterable[str], seen: Iterable[str]) -> Iterator[str]:
             s = next(it, None)
         if s != h:
             yield h
+
+
+class SeenIds:
+    """Which ids a source has yielded in this run, in 16 bytes per id: a 128-bit digest of each id (a collision
+    is as likely as guessing a random 128-bit key), kept in a sorted numpy array plus a small set of the most
+    recent ones merged into it every ``RECENT`` ids. A set of the ids themselves costs about 90 bytes per id."""
+
+    RECENT = 65536
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._np = np
+        self._sorted = np.empty(0, dtype="S16")
+        self._recent: set[bytes] = set()
+
+    @staticmethod
+    def _digest(doc_id: str) -> bytes:
+        return hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def add(self, doc_id: str) -> bool:
+        """Record ``doc_id``; False if it was recorded before (a repeated id)."""
+        d = self._digest(doc_id)
+        if d in self._recent:
+            return False
+        arr = self._sorted
+        if len(arr):
+            i = int(self._np.searchsorted(arr, d))
+            if i < len(arr) and arr[i] == d.rstrip(b"\x00"):  # numpy hands "S" values back without trailing NULs
+                return False
+        self._recent.add(d)
+        if len(self._recent) >= self.RECENT:
+            self._merge()
+        return True
+
+    def _merge(self) -> None:
+        np = self._np
+        fresh = np.array(sorted(self._recent), dtype="S16")
+        self._sorted = np.concatenate([self._sorted, fresh])
+        self._sorted.sort(kind="stable")
+        self._recent = set()
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent)

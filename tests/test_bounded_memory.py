@@ -18,7 +18,7 @@ from test_integration_support import assert_in_step, expected_records, minilm, s
 from util import LEDGERS
 
 from embedrail.integration.engine import SyncEngine
-from embedrail.integration.idsort import SortedIds, absent
+from embedrail.integration.idsort import SeenIds, SortedIds, absent
 from embedrail.integration.ledger import Ledger
 from embedrail.integration.pipeline import PartitionRun
 
@@ -37,6 +37,20 @@ def test_sorted_ids_spill_to_disk_and_merge_in_str_order() -> None:
         s.update(ids)
         assert list(absent(held, s)) == sorted({"gone1", "gone2", "\u0000first", "\uffffast"})
     assert list(absent([], ["a"])) == [] and list(absent(["a", "b"], [])) == ["a", "b"]
+
+
+def test_seen_ids_finds_every_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SeenIds, "RECENT", 5)  # most ids end in the sorted array, the rest in the recent set
+    rng = random.Random(5)
+    # ids whose 16-byte digest ends in NUL bytes, which numpy hands back without them
+    nul = [i for i in (f"n{k}" for k in range(5000)) if SeenIds._digest(i).endswith(b"\x00")][:3]
+    assert nul
+    ids = [f"{rng.choice(ODD_IDS)}{rng.randrange(300)}" for _ in range(2000)] + ODD_IDS + nul * 2
+    seen, kept, expected = SeenIds(), set(), []
+    for i in ids:
+        expected.append(i not in kept)
+        kept.add(i)
+    assert [seen.add(i) for i in ids] == expected and len(seen) == len(kept)
 
 
 @pytest.mark.parametrize("ledger_kind", LEDGERS)
