@@ -128,5 +128,28 @@ class SeenIds:
         self._sorted.sort(kind="stable")
         self._recent = set()
 
+    def add_many(self, doc_ids: list[str]) -> list[bool]:
+        """``add`` for each id, in order (the first of repeated ids is new), with one vectorised look-up in the
+        sorted array for the whole batch."""
+        digests = [self._digest(i) for i in doc_ids]
+        arr = self._sorted
+        if len(arr):
+            np = self._np
+            probe = np.array(digests, dtype="S16")
+            pos = np.minimum(np.searchsorted(arr, probe), len(arr) - 1)
+            old = (arr[pos] == probe).tolist()
+        else:
+            old = [False] * len(digests)
+        out = []
+        for d, was in zip(digests, old, strict=True):
+            if was or d in self._recent:
+                out.append(False)
+                continue
+            self._recent.add(d)
+            out.append(True)
+        if len(self._recent) >= self.RECENT:
+            self._merge()
+        return out
+
     def __len__(self) -> int:
         return len(self._sorted) + len(self._recent)

@@ -51,6 +51,8 @@ def test_seen_ids_finds_every_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
         expected.append(i not in kept)
         kept.add(i)
     assert [seen.add(i) for i in ids] == expected and len(seen) == len(kept)
+    batched = SeenIds()  # the same, a batch at a time (what a source does), repeats inside a batch included
+    assert [x for k in range(0, len(ids), 64) for x in batched.add_many(ids[k : k + 64])] == expected
 
 
 @pytest.mark.parametrize("ledger_kind", LEDGERS)

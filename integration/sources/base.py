@@ -79,22 +79,34 @@ class Source:
         """Release what reading opened (a database connection pool); the source can be read again after."""
 
     # --- iteration ----------------------------------------------------------------------------
+    #: documents converted before their ids are checked for repeats together (one vectorised look-up)
+    BATCH = 1024
+
     def __iter__(self) -> Iterator[Document]:
         self.bad_rows = []
         self.bad_ids = set()
         seen = SeenIds()  # 16 bytes per id, not a set of the ids (about 90 bytes each)
+        batch: list[tuple[str, Document | BadRow]] = []
         for location, row in self._rows():
+            if not isinstance(row, BadRow) and not isinstance(row, Document):
+                row = self._to_document(row, location)
+            batch.append((location, row))
+            if len(batch) >= self.BATCH:
+                yield from self._checked(batch, seen)
+                batch = []
+        yield from self._checked(batch, seen)
+
+    def _checked(self, batch: list[tuple[str, Document | BadRow]], seen: SeenIds) -> Iterator[Document]:
+        """The batch's documents in order, bad rows reported, a repeated id dropped (first occurrence kept)."""
+        docs = [row for _, row in batch if isinstance(row, Document)]
+        new = iter(seen.add_many([d.id for d in docs]))
+        for location, row in batch:
             if isinstance(row, BadRow):
                 self._bad(row)
-                continue
-            doc = row if isinstance(row, Document) else self._to_document(row, location)
-            if isinstance(doc, BadRow):
-                self._bad(doc)
-                continue
-            if not seen.add(doc.id):
-                self._bad(BadRow(location, f"duplicate id {doc.id!r} (first occurrence kept)", None))
-                continue
-            yield doc
+            elif next(new):
+                yield row
+            else:
+                self._bad(BadRow(location, f"duplicate id {row.id!r} (first occurrence kept)", None))
 
     def report_bad(self, bad: BadRow) -> None:
         """A document found bad after it was listed (its file could not be read or parsed): the policy applies
