@@ -51,7 +51,7 @@ class Watermark:
 class RunContext:
     """Everything the steps after ``prepare()`` need, JSON round-trippable."""
 
-    VERSION = 4  # 4: targets keyed by their ledger key (``given``), drift
+    VERSION = 5  # 4: targets keyed by their ledger key (``given``), drift; 5: source_state
 
     mode: Mode
     dry_run: bool
@@ -71,6 +71,8 @@ class RunContext:
     notes: list[str] = field(default_factory=list)
     watermark: Watermark | None = None
     drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # target key -> what prepare's drift probe found
+    #: what the plan recorded of the source so that every partition's share reads the same data (a file's size)
+    source_state: dict[str, Any] | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started: float = field(default_factory=time.time)
 

@@ -42,7 +42,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from embedrail.connectors.base import IndexInfo, IndexSpec, VectorStore
 from embedrail.errors import ConfigError, IndexMismatchError, IndexOwnershipError, is_retryable
@@ -155,7 +155,8 @@ class SyncEngine:
                              load_dims=choice.load_dims, model_id=choice.info.model_id, spec=choice.spec,
                              chunk_tokens=opts.chunk_tokens, chunk_overlap=opts.chunk_overlap, notes=list(choice.notes),
                              chunk_context=opts.chunk_context, chunker=opts.chunker,
-                             max_delete_fraction=opts.max_delete_fraction, allow_mass_delete=opts.allow_mass_delete)  # fmt: skip
+                             max_delete_fraction=opts.max_delete_fraction, allow_mass_delete=opts.allow_mass_delete,
+                             source_state=self.source.state())  # fmt: skip
             for i, t in enumerate(self.targets):
                 run = TargetRun(index=i, key=t.key, given=t.given if t.given != t.key else None, error=t.error,
                                 spec=choice.specs[t.key])  # fmt: skip
@@ -326,12 +327,34 @@ class SyncEngine:
             self.ledger.set_target(key, generation=generation, fingerprint=spec.fingerprint, spec=spec_dict(spec))
 
     # ------------------------------------------------------------------------------------ partition
-    def sync_partition(self, index: int, count: int, ctx: RunContext | dict[str, Any]) -> dict[str, Any]:
-        """Sync the documents whose stable ``partition_of(doc_id, count) == index``: plan, embed, write,
-        delete their stale chunks, commit the ledger. Returns a partial report (JSON-able) for ``finalize``."""
+    def split(self, ctx: RunContext | dict[str, Any], count: int) -> list[dict[str, Any] | None]:
+        """The share of the source each of ``count`` partitions reads, decided once (the Airflow ``partitions``
+        task; ``sync_partition`` asks itself when not given one): byte ranges of a JSONL/CSV file, key ranges of
+        a SQL query, so that the partitions read the source about once in total. ``[None] * count`` for a source
+        that cannot split: every partition then reads it whole and keeps the documents whose id hashes to it."""
+        ctx = RunContext.of(ctx)
+        if count <= 1:
+            return [None] * max(count, 1)
+        if ctx.watermark:
+            self.source.set_watermark(decode_watermark(ctx.watermark.since))
+        got = self.source.shares(count, ctx.source_state)
+        if got is None:
+            return [None] * count
+        if len(got) != count:
+            raise ConfigError(f"{self.source.name}: split into {len(got)} shares, not {count}")
+        return list(got)
+
+    def sync_partition(self, index: int, count: int, ctx: RunContext | dict[str, Any],
+                       share: dict[str, Any] | None | Literal["auto"] = "auto") -> dict[str, Any]:  # fmt: skip
+        """Sync partition ``index`` of ``count``: plan, embed, write, delete stale chunks, commit the ledger.
+        ``share``: the part of the source it reads (one of ``split(ctx, count)``; ``"auto"``: ask the source;
+        None: read it whole and keep the documents whose stable ``partition_of(doc_id, count) == index``).
+        Returns a partial report (JSON-able) for ``finalize``."""
         if not 0 <= index < max(count, 1):
             raise ConfigError(f"partition {index} out of range for {count} partitions")
         ctx, started = RunContext.of(ctx), time.time()
+        if share == "auto":
+            share = self.split(ctx, count)[index] if count > 1 else None
         bound = self.targets.bind(ctx)
         if count > 1:
             self._check_embedded(bound, count)
@@ -356,22 +379,28 @@ class SyncEngine:
                             embedder=lambda: self.models.for_run(ctx), batch_size=self.options.batch_size,
                             queue_depth=self.options.queue_depth, on_bad=self.source.report_bad)  # fmt: skip
         seen = SortedIds() if count == 1 and ctx.deletes == "snapshot" else None
+        mine = count == 1 or share is not None  # every document read is this partition's
+        self.source.read_share(share)
+        read = 0
         try:
             for doc in self._documents():
+                read += 1
                 if seen is not None:
                     seen.add(doc.id)
-                if count == 1 or partition_of(doc.id, count) == index:
+                if mine or partition_of(doc.id, count) == index:
                     pipe.add(doc)
             pipe.finish()
         finally:
             pipe.close()
+            self.source.read_share(None)
+        rep.read = read
         if seen is not None:
             self._forget_snapshot()
             self._snapshot_ids = seen.update(self.source.bad_ids)
-        # every partition reads the source's own bad rows (report them once); a file that could not be read or
-        # parsed was read by its own partition only (each reports its own)
+        # reading the whole source, every partition meets its bad rows (report them once); a share's bad rows and a
+        # file that could not be read or parsed are this partition's own
         own = {id(b) for b in pipe.load_bad}
-        listed_bad = [b for b in self.source.bad_rows if id(b) not in own] if count == 1 or index == 0 else []
+        listed_bad = [b for b in self.source.bad_rows if id(b) not in own] if mine or index == 0 else []
         rep.skipped_bad_rows = len(listed_bad) + len(pipe.load_bad)
         rep.bad_rows = [b.to_dict() for b in (listed_bad + pipe.load_bad)[: Report.MAX_BAD_ROWS]]
         stats = getattr(self.source, "stats", None)

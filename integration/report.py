@@ -16,6 +16,9 @@ class Report:
     mode: str = "incremental"
     dry_run: bool = False
     documents: int = 0  # source documents seen (tombstones included, bad rows excluded)
+    #: documents the partitions read from the source, all together (a source that splits: about ``documents``;
+    #: one that cannot: each partition reads it whole, so about ``partitions`` times as many)
+    read: int = 0
     chunks: int = 0  # chunks the source documents make (unchanged docs: as recorded)
     embedded: int = 0  # chunks embedded in this run (once, whatever the number of targets)
     reused: int = 0  # chunks to write whose text was already embedded in this run (identical text elsewhere)
@@ -113,6 +116,7 @@ class Report:
             "mode": self.mode,
             "dry_run": self.dry_run,
             "documents": self.documents,
+            "read": self.read,
             "chunks": self.chunks,
             "embedded": self.embedded,
             "reused": self.reused,
@@ -144,7 +148,7 @@ class Report:
     def from_dict(cls, d: dict[str, Any]) -> Report:
         r = cls()
         for k in (
-            "mode", "dry_run", "documents", "chunks", "embedded", "reused", "unchanged", "tombstones", "skipped_bad_rows",
+            "mode", "dry_run", "documents", "read", "chunks", "embedded", "reused", "unchanged", "tombstones", "skipped_bad_rows",
             "model", "dims", "fingerprint", "seconds", "embed_seconds", "partitions", "ledger",
         ):  # fmt: skip
             if k in d:
@@ -165,7 +169,7 @@ class Report:
 
     def merge(self, other: Report) -> Report:
         """Add another partition's counts into this report (used by ``SyncEngine.finalize``)."""
-        for k in ("documents", "chunks", "embedded", "reused", "unchanged", "tombstones", "skipped_bad_rows"):
+        for k in ("documents", "read", "chunks", "embedded", "reused", "unchanged", "tombstones", "skipped_bad_rows"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.embed_seconds += other.embed_seconds
         for mine, theirs in ((self.upserted, other.upserted), (self.deleted, other.deleted), (self.retagged, other.retagged),

@@ -234,6 +234,7 @@ def test_dag_keeps_es_weaviate_and_chroma_in_step(airflow_home, es_url, weaviate
     assert str(dr.state) == "success", task_states(dag.dag_id, dr.run_id)
     assert rep is not None and set(rep) == report_keys()  # the CLI's --json report
     assert rep["ok"] and rep["documents"] == 10 and rep["embedded"] == 10 and rep["partitions"] == 2
+    assert rep["read"] == 10  # the two partition tasks read a byte range of the file each: once in total
     keys = sorted(rep["upserted"])
     assert len(keys) == 3 and all(rep["upserted"][k] == 10 for k in keys)
     for url in urls:

@@ -36,6 +36,7 @@ from embedrail.integration.airflow.tasks import (
     run_deletes,
     run_partition,
     run_report,
+    run_split,
 )
 from embedrail.integration.options import REPAIRS, SyncOptions, truthy
 from embedrail.integration.targets import target_key
@@ -129,15 +130,16 @@ def reindex_tasks(job: ReindexJob, *, partitions: int = 1, assets: Sequence[Asse
         return plan_run(job, **overrides)
 
     @task
-    def partitions(context: dict[str, Any]) -> list[dict[str, int]]:
-        """The shares to map the embedding tasks over: ``[{"index": i, "count": n}]`` (n: the param)."""
+    def partitions(context: dict[str, Any]) -> list[dict[str, Any]]:
+        """The shares to map the embedding tasks over, decided once: ``[{"index": i, "count": n, "share": ...}]``
+        (n: the param; share: the byte or key range of the source task i reads, see ``SyncEngine.split``)."""
         n = int(get_current_context()["params"].get("partitions") or default_partitions)
-        return [{"index": i, "count": n} for i in range(n)]
+        return [{"index": i, "count": n, "share": s} for i, s in enumerate(run_split(job, context, n))]
 
     @task(**embed_opts)
-    def sync_partition(index: int, count: int, context: dict[str, Any]) -> dict[str, Any]:
-        """SyncEngine.sync_partition(index, count, ctx): embed and write this share of the documents."""
-        return run_partition(job, index, count, context)
+    def sync_partition(index: int, count: int, context: dict[str, Any], share: dict[str, Any] | None = None) -> dict[str, Any]:
+        """SyncEngine.sync_partition(index, count, ctx, share): embed and write this share of the documents."""
+        return run_partition(job, index, count, context, share)
 
     @task
     def delete_stale(context: dict[str, Any]) -> dict[str, Any]:

@@ -161,11 +161,21 @@ def _engine_for(job: ReindexJob, context: Mapping[str, Any]) -> tuple[Any, list[
         return job.engine(mode=context["mode"], dims=context["spec"]["dims"], dry_run=context["dry_run"])
 
 
-def run_partition(job: ReindexJob, index: int, count: int, context: dict[str, Any]) -> dict[str, Any]:
+def run_split(job: ReindexJob, context: dict[str, Any], count: int) -> list[dict[str, Any] | None]:
+    """``SyncEngine.split``: the share of the source each partition reads, decided once for all of them."""
+    if count <= 1:
+        return [None] * max(count, 1)
+    engine, secrets = _engine_for(job, context)
+    with engine, fail_fast_on_user_errors(secrets):
+        return scrub_value(engine.split(context, int(count)), secrets)
+
+
+def run_partition(job: ReindexJob, index: int, count: int, context: dict[str, Any],
+                  share: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """``SyncEngine.sync_partition``: embed and write this share of the documents (safe to retry)."""
     engine, secrets = _engine_for(job, context)
     with engine, fail_fast_on_user_errors(secrets):
-        part = engine.sync_partition(int(index), int(count), context)
+        part = engine.sync_partition(int(index), int(count), context, share)
     log.info("embedrail partition %d/%d: %d documents, embedded %d (reused %d), upserted %s, metadata updated %s, "
              "deleted %s, failed %s", index, count, part["documents"], part["embedded"], part.get("reused", 0),
              part["upserted"], part.get("retagged", {}), part["deleted"], part["failed"])  # fmt: skip

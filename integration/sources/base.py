@@ -78,6 +78,24 @@ class Source:
     def close(self) -> None:
         """Release what reading opened (a database connection pool); the source can be read again after."""
 
+    # --- split reads (partitions) -------------------------------------------------------------
+    #: the share the next iteration reads (``read_share``); None: the whole source
+    share: dict[str, Any] | None = None
+
+    def state(self) -> dict[str, Any] | None:
+        """What the plan step records so that every partition reads the same data (a file's size); JSON-able."""
+        return None
+
+    def shares(self, count: int, state: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+        """``count`` JSON-able shares that together read the source once (byte ranges of a file, key ranges of a
+        query), decided once by the plan step; None: this source cannot split, so every partition reads it whole
+        and keeps the documents whose id hashes to it (``partition_of``)."""
+        return None
+
+    def read_share(self, share: dict[str, Any] | None) -> None:
+        """The next iterations read only ``share`` (one of ``shares()``); None: the whole source again."""
+        self.share = share
+
     # --- iteration ----------------------------------------------------------------------------
     #: documents converted before their ids are checked for repeats together (one vectorised look-up)
     BATCH = 1024

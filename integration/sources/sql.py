@@ -101,17 +101,75 @@ class SqlSource(Source):
             return since - (int(lag) if isinstance(since, int) and float(lag).is_integer() else lag)
         raise ConfigError(f"watermark_lag needs a numeric or date/time watermark; {self.watermark} holds {type(since).__name__}")
 
+    # --- split reads: key ranges of the id column, decided once by the plan step -------------------------
+    def shares(self, count: int, state: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+        """``count`` ranges of the id column with about as many rows each (``NTILE`` over the query, one pass
+        over the ids only), so each partition's query reads only its rows; the database evaluates the ranges,
+        so its own ordering decides and a repeated id stays in one share. Rows without an id go to the first
+        share (they are bad rows, reported once). None (every partition reads the whole query and keeps its
+        hash share) when the id column is not a plain name or its values are neither integers nor strings."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        idc = self.id_field
+        if count <= 1 or not _plain_name(idc):
+            return None
+        where, params = "", {}
+        if self.watermark and self._since is not None:
+            where, params = f" AND _src.{self.watermark} >= :_wm", {"_wm": self._lower_bound()}
+        sql = (f"SELECT MIN(_k) FROM (SELECT _src.{idc} AS _k, NTILE({int(count)}) OVER (ORDER BY _src.{idc}) AS _t "
+               f"FROM ({self.query}) _src WHERE _src.{idc} IS NOT NULL{where}) _tiles GROUP BY _t ORDER BY _t")  # fmt: skip
+        try:
+            with self._get_engine().connect() as conn:
+                lows = [r[0] for r in conn.execute(text(sql), params)]
+        except SQLAlchemyError as e:
+            first = str(e).splitlines()[0]
+            if _transient(e):
+                raise SourceUnavailableError(f"{self.name}: splitting the source failed: {first}; run again") from e
+            raise ConfigError(f"SQL source failed: {first}") from None
+        if any(isinstance(v, bool) or not isinstance(v, int | str) for v in lows):
+            return None
+        cuts = lows[1:]  # share k holds ids in [cuts[k-1], cuts[k]); the first also the NULL ids
+        out: list[dict[str, Any]] = []
+        for k in range(count):
+            if k > len(cuts):
+                out.append({"empty": True})  # fewer rows than partitions
+                continue
+            out.append({"ge": cuts[k - 1] if k else None, "lt": cuts[k] if k < len(cuts) else None, "nulls": k == 0})
+        return out
+
+    def _share_predicate(self, share: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        idc, parts, params = self.id_field, [], {}
+        if share.get("ge") is not None:
+            parts.append(f"_src.{idc} >= :_ge")
+            params["_ge"] = share["ge"]
+        if share.get("lt") is not None:
+            parts.append(f"_src.{idc} < :_lt")
+            params["_lt"] = share["lt"]
+        own = " AND ".join(parts) or "1 = 1"
+        if share.get("nulls"):
+            own = f"({own} OR _src.{idc} IS NULL)"
+        return own, params
+
     def _rows(self) -> Iterator[tuple[str, Any]]:
         from sqlalchemy import text
         from sqlalchemy.exc import SQLAlchemyError
 
         sql, params = self.query, {}
-        if self.watermark:
-            wm = self.watermark
-            where = f" WHERE _src.{wm} >= :_wm" if self._since is not None else ""
-            sql = f"SELECT * FROM ({self.query}) _src{where} ORDER BY _src.{wm}"
-            if self._since is not None:
-                params["_wm"] = self._lower_bound()
+        where: list[str] = []
+        if self.watermark and self._since is not None:
+            where.append(f"_src.{self.watermark} >= :_wm")
+            params["_wm"] = self._lower_bound()
+        if self.share is not None:
+            if self.share.get("empty"):
+                return
+            own, bounds = self._share_predicate(self.share)
+            where.append(own)
+            params.update(bounds)
+        if where or self.watermark:
+            sql = f"SELECT * FROM ({self.query}) _src" + (" WHERE " + " AND ".join(where) if where else "")
+            if self.watermark:
+                sql += f" ORDER BY _src.{self.watermark}"
         self._max = self._since
         try:
             with self._get_engine().connect() as conn:
@@ -131,6 +189,10 @@ class SqlSource(Source):
                 raise SourceUnavailableError(f"{self.name}: reading the source failed: {first}; nothing was lost: run "
                                              "again when the database is back") from e  # fmt: skip
             raise ConfigError(f"SQL source failed: {first}") from None
+
+
+def _plain_name(name: str) -> bool:
+    return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) is not None
 
 
 def _transient(e: BaseException) -> bool:
