@@ -365,27 +365,41 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
             raise InputError(f"split_text takes a str, got {type(text).__name__}")
         if not text.strip():
             return []
+        return self.split_texts([text], max_tokens, overlap)[0]
+
+    def split_texts(self, texts: list[str], max_tokens: int | None = None, overlap: int = 0) -> list[list[str]]:
+        """:meth:`split_text` for many texts at once, with the same results: one batched call of the Rust
+        tokenizer (its own threads) instead of one call per text, which is what keeps the CPU side of a sync
+        ahead of a GPU."""
+        for t in texts:
+            if not isinstance(t, str):
+                raise InputError(f"split_text takes a str, got {type(t).__name__}")
         if max_tokens is None:
             prefix = len(self._tok_full.encode(self.document_prefix, add_special_tokens=False).ids) if self.document_prefix else 0
             max_tokens = max(1, self.max_tokens - self._special_overhead - prefix)
-        enc = self._tok_full.encode(text, add_special_tokens=False)
-        seen: dict[str, list[int]] = {text: enc.ids}  # each piece's own encoding (the whole text's is known)
+        out: list[list[str]] = [[] for _ in texts]
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        encs = self._tok_full.encode_batch([texts[i] for i in todo], add_special_tokens=False) if todo else []
+        kept: list[tuple[str, list[int]]] = []
+        for i, enc in zip(todo, encs, strict=True):
+            text = texts[i]
+            seen: dict[str, list[int]] = {text: enc.ids}  # each piece's own encoding (the whole text's is known)
 
-        def ids_of(piece: str) -> list[int]:
-            got = seen.get(piece)
-            if got is None:
-                got = seen[piece] = self._tok_full.encode(piece, add_special_tokens=False).ids
-            return got
+            def ids_of(piece: str, seen: dict[str, list[int]] = seen) -> list[int]:
+                got = seen.get(piece)
+                if got is None:
+                    got = seen[piece] = self._tok_full.encode(piece, add_special_tokens=False).ids
+                return got
 
-        pieces = split_by_offsets(text, enc.offsets, max_tokens, overlap, lambda piece: len(ids_of(piece)))
-        kept = [(piece, ids_of(piece)) for piece in pieces]  # the split measured each piece it returns
+            pieces = out[i] = split_by_offsets(text, enc.offsets, max_tokens, overlap, lambda piece, f=ids_of: len(f(piece)))
+            kept.extend((piece, ids_of(piece)) for piece in pieces)  # the split measured each piece it returns
         with self._split_lock:
             for piece, ids in kept:
                 self._split_ids[piece] = ids
                 self._split_ids.move_to_end(piece)
             while len(self._split_ids) > self.SPLIT_IDS_CACHE:
                 self._split_ids.popitem(last=False)
-        return pieces
+        return out
 
     # ------------------------------------------------------------------------------------------
     # embedding

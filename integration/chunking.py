@@ -18,7 +18,7 @@ configuration string, so changing them re-plans every document (and re-embeds wh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from embedrail.errors import ConfigError, InputError
@@ -92,7 +92,38 @@ class Chunker:
         return s
 
     def chunk(self, doc: Document) -> list[Chunk]:
-        pieces = self._pieces(doc)
+        if self.custom is not None:
+            return self._chunks(doc, self._custom_pieces(doc))
+        budget = self._budget(doc)
+        return self._chunks(doc, self._pieces(doc, lambda text: self._split(text, budget)))
+
+    def chunk_many(self, docs: Sequence[Document]) -> list[list[Chunk]]:
+        """``chunk`` for many documents, with the same chunks: their texts are tokenised in one batched call
+        (``split_texts``) instead of one call per document."""
+        split_many = getattr(self.embedder, "split_texts", None)
+        if self.custom is not None or split_many is None or len(docs) < 2:
+            return [self.chunk(d) for d in docs]
+        budgets = [self._budget(d) for d in docs]
+        texts: dict[int | None, dict[str, list[str] | None]] = {}  # budget -> text -> its pieces
+        for d, b in zip(docs, budgets, strict=True):
+            want = texts.setdefault(b, {})
+            for t in [s.text for s in d.sections] if d.sections else [d.text]:
+                want[t] = None
+        for b, want in texts.items():
+            order = list(want)
+            for t, pieces in zip(order, split_many(order, b, self.overlap), strict=True):
+                want[t] = [p for p in pieces if p.strip()]
+
+        def split_for(b: int | None) -> Callable[[str], list[str]]:
+            def split(text: str) -> list[str]:
+                got = texts[b].get(text)
+                return got if got is not None else self._split(text, b)
+
+            return split
+
+        return [self._chunks(d, self._pieces(d, split_for(b))) for d, b in zip(docs, budgets, strict=True)]
+
+    def _chunks(self, doc: Document, pieces: list[tuple[str, dict[str, Any]]]) -> list[Chunk]:
         title = doc.metadata.get("title") if isinstance(doc.metadata.get("title"), str) else None
         out = []
         for n, (text, meta) in enumerate(pieces):
@@ -100,10 +131,8 @@ class Chunker:
             out.append(Chunk(chunk_id(doc.id, n), doc.id, n, text, meta or None, embed))
         return out
 
-    def _pieces(self, doc: Document) -> list[tuple[str, dict[str, Any]]]:
-        if self.custom is not None:
-            return self._custom_pieces(doc)
-        budget = self._budget(doc)
+    @staticmethod
+    def _pieces(doc: Document, split: Callable[[str], list[str]]) -> list[tuple[str, dict[str, Any]]]:
         if doc.sections:
             out: list[tuple[str, dict[str, Any]]] = []
             for s in doc.sections:
@@ -112,10 +141,10 @@ class Chunker:
                     meta["heading_path"] = " > ".join(s.heading_path)
                 if s.page is not None:
                     meta["page"] = s.page
-                out.extend((p, meta) for p in self._split(s.text, budget))
+                out.extend((p, meta) for p in split(s.text))
             if out:
                 return out
-        pieces = self._split(doc.text, budget)
+        pieces = split(doc.text)
         return [(p, {}) for p in pieces] or [(doc.text, {})]
 
     def _split(self, text: str, budget: int | None) -> list[str]:
@@ -131,7 +160,12 @@ class Chunker:
         widest = max(paths, key=len)
         title = doc.metadata.get("title") if isinstance(doc.metadata.get("title"), str) else None
         header = self._header(doc, "", {"heading_path": widest, "page": 99999}, title)
-        used = self.embedder.count_tokens([header])[0] if hasattr(self.embedder, "count_tokens") else len(header.split()) * 2
+        if not header.strip():  # no title and no heading: nothing is added to the chunk
+            used = 0
+        elif hasattr(self.embedder, "count_tokens"):
+            used = self.embedder.count_tokens([header])[0]
+        else:
+            used = len(header.split()) * 2
         budget = limit - used
         if budget < max(16, self.overlap + 1):
             raise InputError(f"{doc.id}: the chunk context header takes {used} of the {limit} tokens a chunk may have; "

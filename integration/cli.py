@@ -224,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     level = logging.WARNING if a.verbose == 0 else logging.INFO if a.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.command == "serve":  # one worker per core already: the tokenizer's own threads would only compete
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return COMMANDS[a.command](a)
     except EmbedrailError as e:

@@ -305,11 +305,14 @@ class PartitionRun:
             ids = [d.id for d, tri in window if key in tri.need]
             gen = lane.run.generation
             held[key] = self.ledger.chunk_fingerprints(key, gen, ids) if gen is not None and ids else {}
+        # the window's documents are chunked together: one batched tokenizer call, not one per document
+        live = [doc for doc, _ in window if not doc.deleted]
+        chunked = iter(self.chunker().chunk_many(live) if live else ())  # no document to chunk: no model loaded
         for doc, tri in window:
             if doc.deleted:
                 self._plan_removal(doc, tri, held)
             else:
-                self._plan_document(doc, tri, held)
+                self._plan_document(doc, tri, held, next(chunked))
             if len(self.batch.entries) >= self.batch_size or self.batch.n_deletes() >= self.MAX_DELETES:
                 self._flush()
 
@@ -321,8 +324,8 @@ class PartitionRun:
                 self.batch.deletes.setdefault(key, []).extend((c, doc.id) for c in plan.stale)
                 self.batch.docs_removed.setdefault(key, []).append(doc.id)
 
-    def _plan_document(self, doc: Document, tri: Triage, held: dict[str, dict[str, dict[str, str | None]]]) -> None:
-        chunks = self.chunker().chunk(doc)
+    def _plan_document(self, doc: Document, tri: Triage, held: dict[str, dict[str, dict[str, str | None]]],
+                       chunks: list[Chunk]) -> None:  # fmt: skip
         meta_json = canonical_json(doc.metadata)
         planned: dict[str, list[PlannedChunk]] = {}  # embedding fingerprint -> the chunks with their fingerprints
         self.rep.chunks += len(chunks)

@@ -532,3 +532,26 @@ def test_open_source_routes_urls(tmp_path: Path) -> None:
         open_source("s3://bucket/docs?conn_id=aws")
     with pytest.raises(ConfigError, match="fetch must be"):
         open_source(str(tmp_path), fetch="sometimes")
+
+
+@pytest.mark.parametrize(("tokens", "overlap", "context"), [(None, 0, None), (24, 0, None), (24, 6, "default"), (40, 0, "{title}: {text}")])
+def test_chunking_a_window_at_once_gives_the_chunks_of_one_at_a_time(tokens: int | None, overlap: int, context: str | None) -> None:
+    """The pipeline chunks a window of documents with one batched tokenizer call (``chunk_many``): the chunks,
+    and so every fingerprint, are those of chunking each document alone."""
+    long = " ".join(f"Sentence {i} about rivers, stones and the number {i * 7}." for i in range(60))
+    docs = [
+        Document("short", "A short one."),
+        Document("long", long, {"title": "Rivers"}),
+        Document("blank-lines", "First paragraph.\n\n\nSecond paragraph after blank lines.\n" * 9),
+        Document("sections", "x", {"title": "Guide"}, sections=[Section("Install it like this. " * 30, ("Guide", "Install")),
+                                                                Section("   ", ("Guide", "Empty")),
+                                                                Section("Page two text. " * 5, (), 2)]),  # fmt: skip
+        Document("same-text", "A short one."),
+        Document("unicode", "Größe 😀 naïve café " * 40),
+    ]
+    ch = Chunker(minilm(), tokens, overlap, context=context)
+    one_by_one = [ch.chunk(d) for d in docs]
+    assert ch.chunk_many(docs) == one_by_one
+    assert any(len(c) > 1 for c in one_by_one)
+    texts = [d.text for d in docs] + ["", "  \n "]
+    assert minilm().split_texts(texts, tokens, overlap) == [minilm().split_text(t, tokens, overlap) for t in texts]

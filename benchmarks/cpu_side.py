@@ -1,0 +1,133 @@
+"""Can the CPU side keep a GPU fed? (issue 27; not a test.)
+
+A first run of N short synthetic documents (~40 words, one chunk each) with a *null* embedder (the packaged
+model's real tokenizer, vectors that cost nothing: what a GPU fast enough to be free would look like), so the
+whole wall time is embedrail's own: reading, hashing, chunking and tokenising, planning, the ledger, the writes.
+
+- **baseline, Chroma raw**: the same ids, texts, metadata and vectors written by ``collection.upsert`` into a
+  fresh embedded Chroma collection, batches of ``--batch`` (what the pipeline writes at once), nothing else;
+- **embedrail -> Chroma**: ``SyncEngine(...).run()`` into a fresh embedded Chroma collection (ledger on SQLite);
+  reported as documents/s and as a ratio of the baseline's rate (the issue asks >= 0.6x);
+- **embedrail -> null store**: the same run into ``memory://`` (a dict): the framework's own ceiling.
+
+Each measurement runs in a fresh process, so one does not warm the next; the tokenizer uses its own threads
+(``TOKENIZERS_PARALLELISM`` unset, as ``embedrail reindex`` leaves it). ``--profile`` prints where the
+embedrail -> null store run spends its time (cProfile, cumulative).
+
+    .venv/bin/python benchmarks/cpu_side.py [--docs 10000] [--batch 64] [--dims 384] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+WORDS = ("river stone lamp harbor signal copper meadow engine lantern orbit cedar glacier pepper violet anchor "
+         "falcon quartz ribbon summit thunder walnut yarrow zephyr basalt canyon delta ember fjord grove").split()  # fmt: skip
+
+
+def write_corpus(path: Path, n: int) -> None:
+    with path.open("w") as f:
+        for i in range(n):
+            r = random.Random(i)
+            text = " ".join(r.choice(WORDS) for _ in range(40)) + f" number {i}."
+            f.write(json.dumps({"id": f"doc-{i:08d}", "text": text, "group": i % 7}) + "\n")
+
+
+def raw_chroma(corpus: Path, work: Path, batch: int, dims: int) -> dict[str, Any]:
+    import chromadb
+    import numpy as np
+    from pipeline import _vector
+
+    rows = [json.loads(line) for line in corpus.open()]
+    vecs = np.stack([_vector(r["text"], dims) for r in rows])
+    client = chromadb.PersistentClient(path=str(work / "raw"))
+    col = client.get_or_create_collection("raw", metadata={"hnsw:space": "cosine"})
+    t = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        part = rows[i : i + batch]
+        col.upsert(ids=[f"{r['id']}#0" for r in part], embeddings=vecs[i : i + batch], documents=[r["text"] for r in part],
+                   metadatas=[{"_doc": r["id"], "_n": 0, "group": r["group"]} for r in part])  # fmt: skip
+    return {"seconds": time.perf_counter() - t, "count": col.count()}
+
+
+def embedrail_run(corpus: Path, work: Path, target: str, batch: int, dims: int, profile: bool) -> dict[str, Any]:
+    from pipeline import null_embedder
+
+    from embedrail.integration.engine import SyncEngine
+
+    emb = null_embedder(dims)
+    import chromadb  # noqa: F401  (its import is paid once per process, not per document: not timed)
+
+    url = target.replace("DIR", str(work))
+    eng = SyncEngine(str(corpus), [url], ledger=f"sqlite:///{work}/ledger.sqlite", embedder=emb, batch_size=batch,
+                     progress=False)  # fmt: skip
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    t = time.perf_counter()
+    with eng:
+        rep = eng.run()
+    seconds = time.perf_counter() - t
+    if prof is not None:
+        import pstats
+
+        prof.disable()
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    return {"seconds": seconds, "documents": rep.documents, "ok": rep.ok, "upserted": sum(rep.upserted.values())}
+
+
+def child(kind: str, corpus: Path, batch: int, dims: int, profile: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        if kind == "raw":
+            return raw_chroma(corpus, work, batch, dims)
+        target = {"chroma": "chroma:///DIR/chroma?collection=docs", "null": "memory://cpu-side/docs"}[kind]
+        return embedrail_run(corpus, work, target, batch, dims, profile)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--docs", type=int, default=10000)
+    p.add_argument("--batch", type=int, default=64, help="records per write (the pipeline's batch_size)")
+    p.add_argument("--dims", type=int, default=384)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--child", nargs=2, metavar=("KIND", "CORPUS"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(child(a.child[0], Path(a.child[1]), a.batch, a.dims, a.profile)))
+        return 0
+    with tempfile.TemporaryDirectory() as d:
+        corpus = Path(d) / "docs.jsonl"
+        write_corpus(corpus, a.docs)
+        res = {}
+        for kind in ("raw", "chroma", "null"):
+            cmd = [sys.executable, __file__, "--child", kind, str(corpus), "--batch", str(a.batch), "--dims", str(a.dims)]
+            if a.profile and kind == "null":
+                cmd.append("--profile")
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+            res[kind] = json.loads(out.strip().splitlines()[-1])
+    raw_rate = a.docs / res["raw"]["seconds"]
+    print(f"{a.docs} documents, dims {a.dims}, batch {a.batch}")
+    print(f"  Chroma raw upsert (baseline)   {res['raw']['seconds']:8.2f} s  {raw_rate:8.0f} docs/s")
+    for kind, label in (("chroma", "embedrail -> embedded Chroma"), ("null", "embedrail -> null store")):
+        r = res[kind]
+        rate = a.docs / r["seconds"]
+        print(f"  {label:<30} {r['seconds']:8.2f} s  {rate:8.0f} docs/s  {rate / raw_rate:5.2f}x baseline  ok={r['ok']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
