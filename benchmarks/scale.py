@@ -11,7 +11,12 @@ as a ratio of the first size. With ``--baseline DIR`` (an older embedrail instal
 same index and ledger, right after the current code's (its edit step edits another 1 % and deletes another 1 %).
 
     .venv/bin/python benchmarks/scale.py [--sizes 10000,100000] [--store es|pgvector] [--ledger sqlite|pg] [--dims 64]
-                                         [--baseline DIR]
+                                         [--baseline DIR] [--partitions 4]
+
+With ``--partitions P`` each step runs as Airflow runs it: a plan task (prepare, and the split of the source
+into P shares), P partition tasks started at once (each reads only its share), then the deletes and report
+task; a step's seconds are the whole of it, its peak RSS the largest of its tasks', and ``read_per_task``
+counts the documents each partition task read (together: the source once).
 """
 
 from __future__ import annotations
@@ -72,6 +77,64 @@ def step(source: str, target: str, ledger: str, dims: int) -> dict[str, Any]:
             "refused": rep["refused_deletes"]}  # fmt: skip
 
 
+def engine_for(source: str, target: str, ledger: str, dims: int) -> Any:
+    from embedrail.integration.engine import SyncEngine
+    from pipeline import null_embedder  # isort: skip
+
+    return SyncEngine(source, [target], ledger=ledger, embedder_factory=lambda *a, **k: null_embedder(dims), batch_size=256,
+                      progress=False)  # fmt: skip
+
+
+def task(role: str, source: str, target: str, ledger: str, dims: int, extra: list[str]) -> dict[str, Any]:
+    """One task of a run split into partitions, in this process, as Airflow runs it: ``plan`` (prepare and split,
+    written to a file), ``part`` (one partition's share), ``finish`` (snapshot deletes and the report)."""
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    with engine_for(source, target, ledger, dims) as engine:
+        if role == "plan":
+            ctx = engine.prepare().to_dict()
+            Path(extra[0]).write_text(json.dumps({"ctx": ctx, "shares": engine.split(ctx, int(extra[1]))}))
+        elif role == "part":
+            plan = json.loads(Path(extra[0]).read_text())
+            i = int(extra[1])
+            part = engine.sync_partition(i, len(plan["shares"]), plan["ctx"], plan["shares"][i])
+            Path(f"{extra[0]}.part{i}").write_text(json.dumps(part))
+            out = {"read": part["read"], "documents": part["documents"]}
+        else:
+            plan = json.loads(Path(extra[0]).read_text())
+            parts = [json.loads(Path(f"{extra[0]}.part{i}").read_text()) for i in range(len(plan["shares"]))]
+            rep = engine.finalize(plan["ctx"], [*parts, engine.delete_absent(plan["ctx"])])
+            out = {"documents": rep["documents"], "read": rep["read"], "embedded": rep["embedded"],
+                   "deleted": sum(rep["deleted"].values()), "ok": rep["ok"], "refused": rep["refused_deletes"]}  # fmt: skip
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mib": round(rss, 1), **out}
+
+
+def run_partitioned(source: str, target: str, ledger: str, dims: int, count: int) -> dict[str, Any]:
+    """A run as ``count`` partition tasks started at once (plan first, deletes and report after)."""
+    with tempfile.TemporaryDirectory() as d:
+        plan_file = str(Path(d) / "plan.json")
+        t0 = time.perf_counter()
+        plan = run_child("plan", source, target, ledger, str(dims), plan_file, str(count))
+        t1 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, __file__, "--child", "part", source, target, ledger, str(dims), plan_file,
+                                   str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(count)]  # fmt: skip
+        parts = []
+        for pr in procs:
+            out, err = pr.communicate()
+            if pr.returncode != 0:
+                raise SystemExit(err[-3000:])
+            parts.append(json.loads(out.strip().splitlines()[-1]))
+        t2 = time.perf_counter()
+        fin = run_child("finish", source, target, ledger, str(dims), plan_file)
+        t3 = time.perf_counter()
+    return {"seconds": round(t3 - t0, 2), "plan_s": round(t1 - t0, 2), "partitions_s": round(t2 - t1, 2),
+            "finish_s": round(t3 - t2, 2), "peak_rss_mib": max(p["peak_rss_mib"] for p in [plan, *parts, fin]),
+            "read_per_task": [p["read"] for p in parts], **{k: fin[k] for k in ("documents", "read", "embedded", "deleted",
+                                                                                 "ok", "refused")}}  # fmt: skip
+
+
 def run_child(*args: str, pythonpath: str | None = None) -> dict[str, Any]:
     env = dict(os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {}))
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env)
@@ -102,11 +165,23 @@ def main() -> int:
     p.add_argument("--ledger", default="sqlite", choices=["sqlite", "pg"])
     p.add_argument("--dims", type=int, default=64)
     p.add_argument("--baseline", help="a folder holding another embedrail (pip install --target) to compare with")
-    p.add_argument("--child", nargs=4, metavar=("SOURCE", "TARGET", "LEDGER", "DIMS"), help=argparse.SUPPRESS)
+    p.add_argument("--partitions", type=int, default=1, help="run each step as this many partition tasks at once")
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(step(a.child[0], a.child[1], a.child[2], int(a.child[3]))))
+        if a.child[0] in ("plan", "part", "finish"):
+            role, src, tgt, led, dims, *extra = a.child
+            print(json.dumps(task(role, src, tgt, led, int(dims), extra)))
+        else:
+            print(json.dumps(step(a.child[0], a.child[1], a.child[2], int(a.child[3]))))
         return 0
+    if a.partitions > 1 and a.baseline:
+        raise SystemExit("--baseline compares one-process runs: leave --partitions at 1")
+
+    def sync(src: Path, target: str, ledger: str) -> dict[str, Any]:
+        if a.partitions > 1:
+            return run_partitioned(str(src), target, ledger, a.dims, a.partitions)
+        return run_child(str(src), target, ledger, str(a.dims))
 
     from sqlalchemy import create_engine, text
 
@@ -130,13 +205,13 @@ def main() -> int:
             ledger = f"sqlite:///{tmp / 'ledger.sqlite'}"
         src = tmp / "docs.jsonl"
         write_corpus(src, n)
-        row: dict[str, Any] = {"documents": n}
-        row["first"] = run_child(str(src), target, ledger, str(a.dims))
-        row["unchanged"] = run_child(str(src), target, ledger, str(a.dims))
+        row: dict[str, Any] = {"documents": n, "partitions": a.partitions}
+        row["first"] = sync(src, target, ledger)
+        row["unchanged"] = sync(src, target, ledger)
         if a.baseline:
             row["baseline_unchanged"] = run_child(str(src), target, ledger, str(a.dims), pythonpath=a.baseline)
         write_corpus(src, n - n // 100, edit=1, seed=1)  # 1 % edited, the last 1 % deleted
-        row["edited_deleted"] = run_child(str(src), target, ledger, str(a.dims))
+        row["edited_deleted"] = sync(src, target, ledger)
         if a.baseline:
             write_corpus(src, n - 2 * (n // 100), edit=1, seed=2)  # another 1 % edited, another 1 % deleted
             row["baseline_edited_deleted"] = run_child(str(src), target, ledger, str(a.dims), pythonpath=a.baseline)

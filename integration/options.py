@@ -68,7 +68,7 @@ class SyncOptions:
     chunker: str | None = _opt("your own splitter, 'module:function' called as fn(doc, max_tokens, overlap) -> [str | "
                                "(str, metadata)] (Python: the function itself)", default=None)  # fmt: skip
     batch_size: int = _opt("chunks per embedding batch", default=64)
-    queue_depth: int = _opt("embedded batches waiting for the writer (memory bound)", default=2)
+    queue_depth: int = _opt("embedded batches waiting for the writer (memory bound); the writer writes queued batches together", default=8)
     on_bad_row: OnBadRow = _opt("skip (and report) or fail on a bad source row", default="skip")
     source_options: Mapping[str, Any] = _opt("options of the source (id_field, text_field, ...)", cli="",
                                              default_factory=dict)  # fmt: skip

@@ -103,6 +103,21 @@ class _Batch:
     def empty(self) -> bool:
         return not (self.entries or self.deletes or self.docs_done or self.docs_removed)
 
+    @classmethod
+    def merged(cls, batches: list[_Batch], dims: int) -> _Batch:
+        """One batch holding ``batches`` in order (a new object: every target's writer sees the same batches)."""
+        out = cls()
+        rows = []
+        for b in batches:
+            out.entries.extend(b.entries)
+            if b.entries:
+                rows.append(b.vectors if b.vectors is not None else np.zeros((len(b.entries), dims), dtype=np.float32))
+            for mine, theirs in ((out.deletes, b.deletes), (out.docs_done, b.docs_done), (out.docs_removed, b.docs_removed)):
+                for key, items in theirs.items():
+                    mine.setdefault(key, []).extend(items)  # type: ignore[arg-type]
+        out.vectors = np.concatenate(rows) if rows else None
+        return out
+
     def n_deletes(self) -> int:
         return sum(len(v) for v in self.deletes.values())
 
@@ -114,6 +129,8 @@ class PartitionRun:
     INTAKE = 256  # documents whose ledger rows are read in one round trip per target (memory: this window only)
     WINDOW = 64  # documents planned per ledger round trip
     MAX_DELETES = 1000  # stale chunk ids per batch
+    WRITE_MAX = 1024  # records of queued batches one store write takes at most
+    WRITE_WAIT = 0.2  # seconds the writer waits for another batch to write with the one it holds
     VECTOR_CACHE_BYTES = 64 << 20  # vectors kept for identical texts later in the run (LRU)
 
     def __init__(self, *, ctx: RunContext, ledger: Ledger, lease: Lease | None, report: Report, lanes: dict[str, Lane],
@@ -457,13 +474,30 @@ class PartitionRun:
 
     # --------------------------------------------------------------------------- writing (writer thread)
     def _writer_loop(self, lane: Lane, q: queue.Queue[_Batch | None]) -> None:
+        """Write batches together: up to ``queue_depth`` batches and ``WRITE_MAX`` records per store write,
+        waiting at most ``WRITE_WAIT`` seconds for the next one (fewer, larger store requests and ledger
+        transactions; a store's cost per request dominates small writes). Memory: at most ``queue_depth``
+        batches queued and as many in the group being written."""
+        stop = False  # the end mark (None) was taken with a group
         try:
-            while (batch := q.get()) is not None:
-                self._write(lane, batch)
+            while not stop and (batch := q.get()) is not None:
+                group, n = [batch], len(batch.entries)
+                deadline = time.monotonic() + self.WRITE_WAIT
+                while n < self.WRITE_MAX and len(group) < q.maxsize:
+                    try:
+                        more = q.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    group.append(more)
+                    n += len(more.entries)
+                self._write(lane, batch if len(group) == 1 else _Batch.merged(group, self.ctx.dims))
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             if self.writer_error is None:
                 self.writer_error = e
-            while True:  # drain, so the producer never blocks forever
+            while not stop:  # drain, so the producer never blocks forever
                 try:
                     if q.get_nowait() is None:
                         return
