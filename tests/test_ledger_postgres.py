@@ -65,7 +65,7 @@ print("READY", os.getpid(), flush=True)
 t0 = time.time()
 from embedrail.errors import RunConflictError
 with SyncEngine(cfg["src"], cfg["targets"], ledger=cfg["ledger"], embedder=emb, chunk_tokens=cfg["ct"],
-                batch_size=4, progress=False) as e:
+                batch_size=4, queue_depth=1, progress=False) as e:  # one ledger commit per batch of 4 chunks
     try:
         if cfg["mode"] == "run":
             out = e.run().to_dict()
