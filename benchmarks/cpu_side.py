@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import tempfile
@@ -35,16 +34,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-WORDS = ("river stone lamp harbor signal copper meadow engine lantern orbit cedar glacier pepper violet anchor "
-         "falcon quartz ribbon summit thunder walnut yarrow zephyr basalt canyon delta ember fjord grove").split()  # fmt: skip
-
-
-def write_corpus(path: Path, n: int) -> None:
-    with path.open("w") as f:
-        for i in range(n):
-            r = random.Random(i)
-            text = " ".join(r.choice(WORDS) for _ in range(40)) + f" number {i}."
-            f.write(json.dumps({"id": f"doc-{i:08d}", "text": text, "group": i % 7}) + "\n")
+from _corpus import write_corpus  # noqa: E402
 
 
 def raw_chroma(corpus: Path, work: Path, batch: int, dims: int) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import shutil
 import subprocess
@@ -36,28 +35,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _corpus import write_corpus  # noqa: E402
 from _servers import server_url  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-WORDS = ("river stone lamp harbor signal copper meadow engine lantern orbit cedar glacier pepper violet anchor "
-         "falcon quartz ribbon summit thunder walnut yarrow zephyr basalt canyon delta ember fjord grove").split()  # fmt: skip
-
-
 STEPS = ("first", "unchanged", "baseline_unchanged", "edited_deleted", "baseline_edited_deleted")
-
-
-def write_corpus(path: Path, n: int, edit: int = 0, seed: int = 0) -> None:
-    """n documents; the first ``edit`` of every hundred get another text (1 % edited = edit 1)."""
-    rng = random.Random(seed)
-    with path.open("w") as f:
-        for i in range(n):
-            r = random.Random(i)
-            text = " ".join(r.choice(WORDS) for _ in range(40)) + f" number {i}."
-            if edit and i % 100 < edit:
-                text += f" Edited {rng.random():.6f}."
-            f.write(json.dumps({"id": f"doc-{i:08d}", "text": text, "group": i % 7}) + "\n")
-
-
 def step(source: str, target: str, ledger: str, dims: int) -> dict[str, Any]:
     """One sync in this process (the child): its report, seconds and peak RSS."""
     # embedrail first: benchmarks/pipeline.py puts the checkout on sys.path, which would shadow a --baseline

@@ -361,10 +361,6 @@ class Embedder(TokenBudgetBatching, BaseEmbedder):
         ``max_tokens`` is the model limit minus the special tokens and the document prefix, so a
         default chunk is never truncated. Returns ``[]`` for an empty/whitespace text.
         """
-        if not isinstance(text, str):
-            raise InputError(f"split_text takes a str, got {type(text).__name__}")
-        if not text.strip():
-            return []
         return self.split_texts([text], max_tokens, overlap)[0]
 
     def split_texts(self, texts: list[str], max_tokens: int | None = None, overlap: int = 0) -> list[list[str]]:

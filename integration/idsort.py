@@ -108,18 +108,7 @@ class SeenIds:
 
     def add(self, doc_id: str) -> bool:
         """Record ``doc_id``; False if it was recorded before (a repeated id)."""
-        d = self._digest(doc_id)
-        if d in self._recent:
-            return False
-        arr = self._sorted
-        if len(arr):
-            i = int(self._np.searchsorted(arr, d))
-            if i < len(arr) and arr[i] == d.rstrip(b"\x00"):  # numpy hands "S" values back without trailing NULs
-                return False
-        self._recent.add(d)
-        if len(self._recent) >= self.RECENT:
-            self._merge()
-        return True
+        return self.add_many([doc_id])[0]
 
     def _merge(self) -> None:
         np = self._np

@@ -55,10 +55,10 @@ class _SplitFile(Source):
         """Where the records start: byte offset and line number."""
         return 0, 1
 
-    def _lines(self) -> tuple[Iterator[bytes], int]:
-        """The raw lines this iteration reads and the line number of the first."""
+    def _lines(self, body: tuple[int, int]) -> tuple[Iterator[bytes], int]:
+        """The raw lines this iteration reads and the line number of the first (``body``: ``_body()``)."""
         if self.share is None:
-            start, line = self._body()
+            start, line = body
             return split.lines(self.path, start), line
         split.check_state(self.path, self.share)
         return split.lines(self.path, int(self.share["start"]), int(self.share["end"])), int(self.share["line"])
@@ -73,7 +73,7 @@ class JsonlSource(_SplitFile):
             raise ConfigError(f"source file not found: {self.path}")
 
     def _rows(self) -> Iterator[tuple[str, Any]]:
-        raws, first = self._lines()
+        raws, first = self._lines(self._body())
         for lineno, raw in enumerate(raws, first):
             loc = f"{self.path}:{lineno}"
             if not raw.strip():
@@ -116,8 +116,9 @@ class CsvSource(_SplitFile):
 
     def _rows(self) -> Iterator[tuple[str, Any]]:
         csv.field_size_limit(sys.maxsize)
-        raws, first = self._lines()
-        header = self._header(self._body()[0])
+        body = self._body()
+        raws, first = self._lines(body)
+        header = self._header(body[0])
         if not header:
             return
         reader = csv.DictReader((r.decode("utf-8", "surrogateescape") for r in raws), fieldnames=header,

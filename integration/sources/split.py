@@ -70,7 +70,10 @@ def boundaries(path: Path, start: int, size: int, targets: list[int], *, quoted:
                 j = max(pending[ti] - 1 - pos, i)  # the newline ending the record before the target is at >= t - 1
                 if j >= len(block):
                     break
-                lines, quotes, i = lines + block.count(b"\n", i, j), quotes + block.count(b'"', i, j) if quoted else 0, j
+                lines += block.count(b"\n", i, j)
+                if quoted:
+                    quotes += block.count(b'"', i, j)
+                i = j
                 n = block.find(b"\n", i)
                 if n < 0:
                     break

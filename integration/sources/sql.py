@@ -51,7 +51,7 @@ class SqlSource(Source):
             raise ConfigError("a sql+ source needs query=SELECT ... or table=NAME")
         if table and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", table):
             raise ConfigError(f"bad table name {table!r}")
-        if watermark and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", watermark):
+        if watermark and not _plain_name(watermark):
             raise ConfigError(f"bad watermark column {watermark!r}")
         self.url = url
         self.query = query or f"SELECT * FROM {table}"
