@@ -330,7 +330,7 @@ class SyncEngine:
     def split(self, ctx: RunContext | dict[str, Any], count: int) -> list[dict[str, Any] | None]:
         """The share of the source each of ``count`` partitions reads, decided once (the Airflow ``partitions``
         task; ``sync_partition`` asks itself when not given one): byte ranges of a JSONL/CSV file, key ranges of
-        a SQL query, so that the partitions read the source about once in total. ``[None] * count`` for a source
+        a SQL query, path ranges of a folder or bucket, so that the partitions read the source about once in total. ``[None] * count`` for a source
         that cannot split: every partition then reads it whole and keeps the documents whose id hashes to it."""
         ctx = RunContext.of(ctx)
         if count <= 1:
@@ -405,8 +405,8 @@ class SyncEngine:
         rep.bad_rows = [b.to_dict() for b in (listed_bad + pipe.load_bad)[: Report.MAX_BAD_ROWS]]
         stats = getattr(self.source, "stats", None)
         if stats:
-            for k in ("listed", "fetched", "parsed"):
-                rep.count_files(k, stats.get(k, 0))
+            for k in ("listed", "fetched", "parsed"):  # the whole listing, read by every partition, counted once
+                rep.count_files(k, stats.get(k, 0) if k != "listed" or mine or index == 0 else 0)
         d = rep.to_dict()
         d["seconds"] = round(time.time() - started, 3)
         d["watermark_max"] = encode_watermark(self.source.max_watermark()) if ctx.watermark else None

@@ -192,8 +192,8 @@ class Report:
             self.drift.setdefault(t, v)
         for t, v in other.refused_deletes.items():
             self.refused_deletes.setdefault(t, v)
-        for k, n in other.files.items():  # every partition lists the whole source: "listed" once
-            self.files[k] = max(self.files.get(k, 0), n) if k == "listed" else self.files.get(k, 0) + n
+        for k, n in other.files.items():  # a partition that lists the whole source reports "listed" only as the first
+            self.files[k] = self.files.get(k, 0) + n
         self.ledger = self.ledger or other.ledger
         self.model = self.model or other.model
         self.dims = self.dims or other.dims

@@ -452,6 +452,28 @@ def test_reindex_from_an_s3_bucket(s3_env: dict[str, str], es_url: str, tmp_path
         assert (top.metadata.get("title"), top.metadata.get("heading_path"), top.metadata.get("page")) == (title, heading, page)
 
 
+def test_a_bucket_splits_by_path_ranges(s3_env: dict[str, str], unique_name: str) -> None:
+    """Shares of a bucket (issue 27): ranges of relative paths balanced by bytes; each reads its range once, through
+    the store's own listing of prefixes (``a/b`` and ``a/b.c`` sort around ``/``)."""
+    bucket = f"sp{unique_name.replace('_', '')[-20:].lower()}"
+    fs = _bucket(bucket)
+    names = [f"{d}f{i:02d}.md" for i, d in enumerate(["", "a/", "a/b/", "a/b.c/", "ab/", "z/y/", "m/"] * 4)]
+    fs.pipe({f"{bucket}/docs/{n}": f"# {n}\n\n".encode() + b"word " * (10 + 40 * (i % 5)) for i, n in enumerate(names)})
+    src = open_source(f"s3://{bucket}/docs")
+    whole = sorted(d.id for d in src)
+    assert whole == sorted(names)
+    for count in (2, 3, 5):
+        shares = src.shares(count, None)
+        got = []
+        for sh in shares:
+            src.read_share(sh)
+            part = [d.id for d in src]
+            assert part and src.stats["listed"] == len(part)  # listed only its range
+            got += part
+        src.read_share(None)
+        assert sorted(got) == whole, count
+
+
 def test_a_bucket_that_is_down_or_missing(s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 

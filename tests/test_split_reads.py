@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from test_integration_support import assert_in_step, minilm, sentences, write_jsonl
+from test_integration_support import assert_in_step, minilm, sentences, store_records, write_jsonl
 from util import LEDGERS, with_name
 
 from embedrail.errors import SourceUnavailableError
@@ -188,3 +188,90 @@ def test_sql_source_split_into_pgvector(pg_url: str, pgvector_url: str, unique_n
     again = open_source(spec)
     assert again.shares(4, None) == shares  # the same ranges, whoever asks
     again.close()
+
+
+def folder(root: Path, n: int) -> list[str]:
+    """n Markdown/text files spread over nested folders (names that sort around ``/``: ``a/b.c`` and ``a/b``)."""
+    names = []
+    for i in range(n):
+        sub = ["", "a/", "a/b/", "a/b.c/", "ab/", "z/y/x/", "m/"][i * 5 % 7]
+        name = f"{sub}f{i:02d}" + (".md" if i % 3 else ".txt")
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(f"# Title {i}\n\n" + sentences(f"f{i}", 1 + i % 4, 8))
+        names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7, 80])
+def test_a_folder_splits_its_listing(tmp_path: Path, count: int) -> None:
+    """Each share is a range of relative paths: the ranges cover every file once (more shares than files: empty
+    ones), and a partition lists only folders that can hold its range."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    class Seen(LocalFileSystem):  # records what was listed: observation only, the files are real
+        listed: list[str] = []
+
+        def ls(self, path: str, detail: bool = False, **kw: Any) -> Any:
+            self.listed.append(path)
+            return super().ls(path, detail=detail, **kw)
+
+    names = folder(tmp_path / "docs", 40)
+    src = open_source(str(tmp_path / "docs"))
+    whole = sorted(i for i, _ in read(src))
+    assert whole == sorted(names)
+    shares = json.loads(json.dumps(src.shares(count, None)))
+    assert len(shares) == count and shares[0]["from"] is None and shares[-1]["to"] is None
+    got = [sorted(i for i, _ in read(src, sh)) for sh in shares]
+    assert sorted(i for part in got for i in part) == whole  # once each
+    if count <= len(whole):
+        assert all(part for part in got) and max(map(len, got)) <= 3 * len(whole) / count
+    fs = Seen()
+    spy = FileSourceWith(fs, str(tmp_path / "docs"))
+    for sh, part in zip(shares, got, strict=True):
+        Seen.listed = []
+        assert sorted(i for i, _ in read(spy, sh)) == part
+        if count > 1 and sh["to"] is not None and sh["to"] < "z/":
+            assert not any("/z" in p.removeprefix(str(tmp_path)) for p in Seen.listed), Seen.listed  # never looked in z/
+
+
+def FileSourceWith(fs: Any, root: str) -> Any:  # noqa: N802 - reads as the class it builds
+    from embedrail.integration.sources.objects import FileSource
+
+    return FileSource(root, fs=fs)
+
+
+def test_folder_partitions_into_pgvector_then_a_whole_run_finds_nothing_to_do(tmp_path: Path, pgvector_url: str,
+                                                                            unique_name: str) -> None:  # fmt: skip
+    """A folder in 3 partitions (each lists and reads its range), a file added after the plan read by one of
+    them, a deleted file's chunks deleted; then one whole run embeds, writes and deletes nothing."""
+    root = tmp_path / "docs"
+    names = folder(root, 30)
+    target = with_name(pgvector_url, "f" + unique_name[-30:])
+    ledger = f"sqlite:///{tmp_path}/ledger.sqlite"
+
+    def run_in_tasks(n: int, after_plan: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        with SyncEngine(str(root), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
+            ctx = json.loads(json.dumps(e.prepare().to_dict()))
+            shares = json.loads(json.dumps(e.split(ctx, n)))
+        if after_plan:
+            after_plan()
+        parts = []
+        for i, share in enumerate(shares):
+            with SyncEngine(str(root), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
+                parts.append(e.sync_partition(i, n, ctx, share))
+        with SyncEngine(str(root), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
+            return e.finalize(ctx, [*parts, e.delete_absent(ctx)]), parts
+
+    first, parts = run_in_tasks(3, after_plan=lambda: (root / "m" / "late.md").write_text("# Late\n\nAdded after the plan."))
+    assert first["ok"] and first["documents"] == 31 and first["read"] == 31 and all(p["read"] for p in parts)
+    assert first["files"]["listed"] == 31  # the partitions listed the folder once in total
+    (root / names[4]).unlink()
+    second, _ = run_in_tasks(3)
+    assert second["ok"] and second["read"] == 30 and next(iter(second["plan"].values()))["deleted"] == 1
+    with SyncEngine(str(root), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
+        whole = e.run().to_dict()
+    plan = next(iter(whole["plan"].values()))
+    assert whole["ok"] and whole["embedded"] == 0 and plan["deleted"] == 0 and plan["changed"] == 0 and plan["new"] == 0
+    drift = next(iter(whole["drift"].values()))
+    assert not drift["found"] and drift["store_count"] == drift["ledger_count"] > 0, drift
+    assert {cid.rsplit("#", 1)[0] for cid in store_records(target)} == {*names, "m/late.md"} - {names[4]}

@@ -136,9 +136,12 @@ class FileSource(Source):
         return path if self.protocol in ("file", "local") else self.fs.unstrip_protocol(path)
 
     def _list(self) -> dict[str, dict[str, Any]]:
+        """Path -> listing entry of every file under the root, or, reading a share, of the files in its range."""
         try:
             if self.protocol in ("file", "local") and not self.fs.isdir(self.root):
                 raise ConfigError(f"source directory not found: {self.url}")
+            if self.share is not None:
+                return self._list_range(self.share.get("from"), self.share.get("to"))
             found = self.fs.find(self.root, detail=True, withdirs=False)
         except ConfigError:
             raise
@@ -153,6 +156,54 @@ class FileSource(Source):
             raise SourceUnavailableError(f"{self.url}: listing failed: {e}; nothing was deleted: run again when the store "
                                          "is back") from e  # fmt: skip
         return found if isinstance(found, dict) else {p: self.fs.info(p) for p in found}
+
+    def _list_range(self, lo: str | None, hi: str | None) -> dict[str, dict[str, Any]]:
+        """The files whose relative path is in ``[lo, hi)`` (None: unbounded), listing only what can hold them: a
+        folder wholly inside the range in one recursive listing, a folder the range cuts through level by level,
+        a folder outside it not at all. (A flat prefix of an object store is listed whole: S3 lists from a
+        prefix's start.)"""
+        out: dict[str, dict[str, Any]] = {}
+
+        def inside(rel: str) -> bool:
+            return (lo is None or rel >= lo) and (hi is None or rel < hi)
+
+        def walk(path: str) -> None:
+            for info in self.fs.ls(path, detail=True):
+                name = info["name"].rstrip("/")
+                rel = self._rel(name)
+                if info.get("type") == "directory":
+                    p = rel + "/"  # every path below starts with p: p is the least of them, p + U+10FFFF... the greatest
+                    if (lo is None or p >= lo) and (hi is None or (p < hi and not hi.startswith(p))):
+                        found = self.fs.find(name, detail=True, withdirs=False)
+                        out.update(found if isinstance(found, dict) else {f: self.fs.info(f) for f in found})
+                    elif (lo is None or p >= lo or lo.startswith(p)) and (hi is None or p < hi):
+                        walk(name)
+                elif rel and inside(rel):
+                    out[name] = info
+
+        walk(self.root)
+        return out
+
+    #: what reading one file costs beyond its bytes, in bytes, when the plan weighs the shares
+    FILE_WEIGHT = 16 << 10
+
+    def shares(self, count: int, state: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+        """``count`` ranges of relative paths (``from`` inclusive, ``to`` exclusive, None: open), cut where the
+        listed files' bytes (plus ``FILE_WEIGHT`` each) reach 1/count, 2/count, ...: the plan step lists the root
+        once; each partition lists and reads only its range. Together the ranges cover every path, so a file
+        added after the plan is still read by one partition."""
+        files = sorted((self._rel(p), int(i.get("size", i.get("Size", 0)) or 0)) for p, i in self._list().items()
+                       if i.get("type", "file") == "file")  # fmt: skip
+        total = sum(size + self.FILE_WEIGHT for _, size in files)
+        cuts: list[str] = []
+        acc = 0
+        for rel, size in files:
+            while len(cuts) < count - 1 and acc >= total * (len(cuts) + 1) / count:
+                cuts.append(rel)
+            acc += size + self.FILE_WEIGHT
+        cuts += [cuts[-1] if cuts else ""] * (count - 1 - len(cuts))  # fewer files than shares: empty ranges [x, x)
+        bounds: list[str | None] = [None, *cuts, None]
+        return [{"from": bounds[i], "to": bounds[i + 1]} for i in range(count)]
 
     def _rel(self, path: str) -> str:
         root = self.root
