@@ -17,6 +17,12 @@ With ``--partitions P`` each step runs as Airflow runs it: a plan task (prepare,
 into P shares), P partition tasks started at once (each reads only its share), then the deletes and report
 task; a step's seconds are the whole of it, its peak RSS the largest of its tasks', and ``read_per_task``
 counts the documents each partition task read (together: the source once).
+
+With ``--langchain`` (run with ``.venv-bench/bin/python``; ``make bench-peers`` builds it, needs ``--store es``) the
+same three steps also run through LangChain's ``index()`` as its documentation shows it, ``cleanup="full"``, with
+``SQLRecordManager`` on PostgreSQL (a database of its own) into ``langchain_elasticsearch.ElasticsearchStore`` (an
+index of its own), the same free vectors, each step in a fresh process; a size whose LangChain step runs past
+``--langchain-limit`` seconds (an hour) is not carried on to larger sizes.
 """
 
 from __future__ import annotations
@@ -57,6 +63,40 @@ def step(source: str, target: str, ledger: str, dims: int) -> dict[str, Any]:
     return {"seconds": round(seconds, 2), "peak_rss_mib": round(rss, 1), "documents": rep["documents"],
             "embedded": rep["embedded"], "deleted": sum(rep["deleted"].values()), "ok": rep["ok"],
             "refused": rep["refused_deletes"]}  # fmt: skip
+
+
+def langchain_step(source: str, es_url: str, index_name: str, records_url: str, dims: int) -> dict[str, Any]:
+    """LangChain ``index()`` over the JSONL file, in this process (the child): seconds, peak RSS, its counts."""
+    import json as _json
+
+    from langchain_classic.indexes import SQLRecordManager
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.indexing import index
+    from langchain_elasticsearch import ElasticsearchStore
+    from pipeline import _vector
+
+    class FreeEmbeddings(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return [_vector(t, dims).tolist() for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return _vector(text, dims).tolist()
+
+    t0 = time.perf_counter()
+    from elasticsearch import Elasticsearch
+
+    # a client of our own: langchain's es_url= path calls GET /, absent on the test server's minimal distribution
+    store = ElasticsearchStore(index_name=index_name, client=Elasticsearch(es_url), embedding=FreeEmbeddings())
+    rm = SQLRecordManager(f"elasticsearch/{index_name}", db_url=records_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    rm.create_schema()
+    rows = (_json.loads(line) for line in open(source))
+    docs = (Document(page_content=r["text"], metadata={"source": r["id"], "group": r["group"]}) for r in rows)
+    res = index(docs, rm, store, cleanup="full", source_id_key="source")  # its default batch_size (100)
+    seconds = time.perf_counter() - t0
+    store.client.close()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(rss, 1), **{k: int(v) for k, v in res.items()}}
 
 
 def engine_for(source: str, target: str, ledger: str, dims: int) -> Any:
@@ -148,15 +188,22 @@ def main() -> int:
     p.add_argument("--dims", type=int, default=64)
     p.add_argument("--baseline", help="a folder holding another embedrail (pip install --target) to compare with")
     p.add_argument("--partitions", type=int, default=1, help="run each step as this many partition tasks at once")
+    p.add_argument("--langchain", action="store_true", help="also LangChain index() with SQLRecordManager on PostgreSQL")
+    p.add_argument("--langchain-limit", type=float, default=3600, help="seconds after which larger sizes skip LangChain")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        if a.child[0] in ("plan", "part", "finish"):
+        if a.child[0] == "langchain":
+            _, src, es, idx, rm, dims = a.child
+            print(json.dumps(langchain_step(src, es, idx, rm, int(dims))))
+        elif a.child[0] in ("plan", "part", "finish"):
             role, src, tgt, led, dims, *extra = a.child
             print(json.dumps(task(role, src, tgt, led, int(dims), extra)))
         else:
             print(json.dumps(step(a.child[0], a.child[1], a.child[2], int(a.child[3]))))
         return 0
+    if a.langchain and a.store != "es":
+        raise SystemExit("--langchain measures LangChain's ElasticsearchStore: use --store es")
     if a.partitions > 1 and a.baseline:
         raise SystemExit("--baseline compares one-process runs: leave --partitions at 1")
 
@@ -169,20 +216,25 @@ def main() -> int:
 
     base = server_url("EMBEDRAIL_ES_URL" if a.store == "es" else "EMBEDRAIL_PG_URL")
     pg = server_url("EMBEDRAIL_PG_URL")
-    if not base or (a.ledger == "pg" and not pg):
+    if not base or ((a.ledger == "pg" or a.langchain) and not pg):
         raise SystemExit("start the servers first: make servers")
+
+    def new_database(name: str) -> str:
+        assert pg is not None
+        admin = create_engine(pg.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        return pg.rsplit("/", 1)[0] + f"/{name}"
+
     results = []
+    langchain_on = a.langchain
     for n in [int(x) for x in a.sizes.split(",")]:
         tmp = Path(tempfile.mkdtemp(prefix="embedrail-scale-"))
         name = f"scale{n}_{os.getpid()}"
         target = f"{base}/{name}" if a.store == "es" else base.replace("postgresql", "pgvector", 1).split("?")[0] + f"?table={name}"
         if a.ledger == "pg":
-            assert pg is not None
-            admin = create_engine(pg.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
-            with admin.connect() as c:
-                c.execute(text(f'CREATE DATABASE "{name}"'))
-            admin.dispose()
-            ledger = pg.rsplit("/", 1)[0] + f"/{name}"
+            ledger = new_database(name)
         else:
             ledger = f"sqlite:///{tmp / 'ledger.sqlite'}"
         src = tmp / "docs.jsonl"
@@ -198,6 +250,18 @@ def main() -> int:
             write_corpus(src, n - 2 * (n // 100), edit=1, seed=2)  # another 1 % edited, another 1 % deleted
             row["baseline_edited_deleted"] = run_child(str(src), target, ledger, str(a.dims), pythonpath=a.baseline)
         row["ledger_mib"] = ledger_size(ledger)
+        if langchain_on:
+            lc_name, es_http = f"lc_{name}", "http://" + base.split("://", 1)[1].split("/")[0]
+            records = new_database(lc_name)
+            lc = {}
+            write_corpus(src, n)
+            lc["first"] = run_child("langchain", str(src), es_http, lc_name, records, str(a.dims))
+            lc["unchanged"] = run_child("langchain", str(src), es_http, lc_name, records, str(a.dims))
+            write_corpus(src, n - n // 100, edit=1, seed=1)
+            lc["edited_deleted"] = run_child("langchain", str(src), es_http, lc_name, records, str(a.dims))
+            lc["records_mib"] = ledger_size(records)
+            row["langchain"] = lc
+            langchain_on = max(v["seconds"] for v in lc.values() if isinstance(v, dict)) < a.langchain_limit
         results.append(row)
         print(json.dumps(row), flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -215,6 +279,12 @@ def main() -> int:
             print(f"{r['documents']:>9} {k:<24} {s['seconds']:>8} {round(r['documents'] / s['seconds']):>8} "
                   f"{s['peak_rss_mib']:>13} {r[f'{k}_rss_vs_first']:>18}")  # fmt: skip
         print(f"{'':>9} ledger {r['ledger_mib']} MiB; unchanged s/doc vs first size {r['unchanged_s_per_doc_vs_first']}")
+        for k, s in r.get("langchain", {}).items():
+            if isinstance(s, dict):
+                print(f"{r['documents']:>9} {'LangChain ' + k:<24} {s['seconds']:>8} {round(r['documents'] / s['seconds']):>8} "
+                      f"{s['peak_rss_mib']:>13} {'':>18}  (embedrail: {r[k]['seconds']} s)")  # fmt: skip
+        if "langchain" in r:
+            print(f"{'':>9} LangChain's record manager {r['langchain']['records_mib']} MiB")
     return 0
 
 

@@ -184,8 +184,6 @@ class ElasticsearchStore(BaseStore):
             except Exception as e:  # GET / is absent on minimal distributions (integ-test-zip)
                 if not self._store_failure(e):
                     raise  # a bug
-                if not self._store_failure(e):
-                    raise
                 nodes = self._call(lambda: self.client.nodes.info(node_id="_local", filter_path="nodes.*.version"),
                                    "read server version")  # fmt: skip
                 self._version = min((str(n["version"]) for n in nodes["nodes"].values()), key=parse_version)
@@ -407,8 +405,6 @@ class ElasticsearchStore(BaseStore):
             except Exception as e:
                 if not self._store_failure(e):
                     raise  # a bug
-                if not self._store_failure(e):
-                    raise
                 if attempt == 0 and self._read_cache is not None:  # maybe stale after a rebuild: re-resolve
                     self._invalidate()
                     target = self._read_target()
