@@ -1,4 +1,4 @@
-"""The ``embedrail`` command line: ``reindex``, ``search``, ``status``, ``serve``.
+"""The ``embedrail`` command line: ``reindex``, ``search``, ``eval``, ``status``, ``serve``.
 
 User errors (``EmbedrailError``) become one line on stderr and a non-zero exit, never a traceback.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hybrid", action="store_true",
                    help="keyword search on the text fused with kNN (Elasticsearch, OpenSearch, Weaviate, pgvector)")
     s.add_argument("--alpha", type=float, default=0.5, help="hybrid: weight of the vector side, 0 (keywords) to 1 (kNN)")
+    s.add_argument("--fusion", choices=["relative", "rrf"], default="relative",
+                   help="hybrid: relative (min-max normalised scores, weighted) or rrf (weighted reciprocal rank)")
     s.add_argument("--rerank", metavar="MODEL",
                    help="rerank the candidates: a Qwen3-Reranker or cross-encoder directory, a hub id, or a URL "
                         "(http://host/v1#model for /v1/rerank, http://host/rerank for TEI)")  # fmt: skip
@@ -73,6 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rerank-instruction", help="the task of an instruction-aware reranker (Qwen3-Reranker)")
     s.add_argument("--json", action="store_true", help="print the hits as a JSON list")
     s.add_argument("query", nargs="+", help="query text")
+
+    ev = sub.add_parser("eval", help="retrieval quality on your own queries: recall@k, MRR@10, nDCG@10, latency")
+    ev.add_argument("--target", action="append", required=True, metavar="URL", help="a target to evaluate (repeatable)")
+    ev.add_argument("--queries", required=True, metavar="PATH",
+                    help='JSONL of {"query": ..., "relevant": [doc ids]} (or {id: grade}), or a BEIR folder')
+    ev.add_argument("--split", default="test", help="BEIR folder: the qrels split (default: test)")
+    ev.add_argument("--config", action="append", metavar="CONFIG",
+                    help="knn, hybrid, hybrid:ALPHA, hybrid:ALPHA:rrf, each with an optional +rerank (repeatable; "
+                         "default: knn)")  # fmt: skip
+    ev.add_argument("-k", type=positive_int, default=10, help="the k of recall@k (default: 10)")
+    ev.add_argument("--rerank", metavar="MODEL", help="the reranker of the +rerank configurations")
+    ev.add_argument("--candidates", type=positive_int,
+                    help="first-stage hits the reranker rescores (default: max(100, k); at least the max(k, 10) ranked)")
+    ev.add_argument("--tune", action="store_true",
+                    help="sweep the hybrid weight (0 to 1) and fusion on each target; report the best by --metric")
+    ev.add_argument("--metric", default="ndcg@10", help="what --tune maximises and the chart shows: ndcg@10, mrr@10, recall@k")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--chart", metavar="PNG", help="write a chart of quality against latency and bytes per vector")
+    ev.add_argument("--out", metavar="JSON", help="write the report, with each query's ranking, to this file")
+    ev.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
     st = sub.add_parser("status", help="counts, fingerprint, drift between ledger and store")
     st.add_argument("--target", required=True, metavar="URL")
@@ -132,7 +155,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         raise ConfigError("--candidates and --rerank-instruction apply to two-stage search: add --rerank MODEL")
     with Searcher(a.target, model=a.model, dims=a.dims, device=a.device, reranker=a.rerank) as searcher:
         result = searcher.search(" ".join(a.query), a.k, filter=_parse_filters(a.filter), instruction=a.instruction,
-                                 hybrid=a.hybrid, alpha=a.alpha, candidates=a.candidates,
+                                 hybrid=a.hybrid, alpha=a.alpha, fusion=a.fusion, candidates=a.candidates,
                                  rerank_instruction=a.rerank_instruction)  # fmt: skip
     if a.json:
         print(json.dumps(result.to_dict()["hits"]))
@@ -145,6 +168,35 @@ def cmd_search(a: argparse.Namespace) -> int:
     ran = ", ".join(f"{st} {result.timings[st]:.3f}s" for st in result.stages if st in result.timings)
     extra = f"; reranked {len(result.first_stage or [])} candidates with {result.reranker}" if result.reranker else ""
     print(f"({ran}{extra})")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from embedrail.integration.evaluate import evaluate, load_queries, parse_config, tune
+
+    queries = load_queries(a.queries, split=a.split)
+    configs = [parse_config(c) for c in (a.config or ["knn"])]
+    if a.rerank and not any(c.rerank for c in configs):  # a reranker given: each configuration with and without it
+        configs += [dataclasses.replace(c, rerank=True) for c in configs]
+    if a.candidates and not a.rerank:
+        raise ConfigError("--candidates applies to reranking: add --rerank MODEL")
+    opts = {"k": a.k, "reranker": a.rerank, "candidates": a.candidates, "device": a.device, "per_query": bool(a.out)}
+    if a.tune:
+        report = tune(a.target, queries, metric=a.metric, **opts)
+        if a.config:
+            report.rows += evaluate(a.target, queries, configs, **opts).rows
+    else:
+        report = evaluate(a.target, queries, configs, **opts)
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as f:
+            json.dump(report.to_dict(per_query=True), f, indent=1)
+    if a.chart:
+        report.chart(a.chart, metric=a.metric)
+    if a.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(f"{len(queries)} queries, k = {a.k}")
+        print(report.table())
     return 0
 
 
@@ -216,7 +268,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"reindex": cmd_reindex, "search": cmd_search, "status": cmd_status, "serve": cmd_serve}
+COMMANDS = {"reindex": cmd_reindex, "search": cmd_search, "eval": cmd_eval, "status": cmd_status, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -124,12 +124,14 @@ class Searcher:
         return self._reranker
 
     def search(self, query: str, k: int = 10, *, filter: dict[str, Any] | None = None, instruction: str | None = None,
-               distinct_docs: bool = False, hybrid: bool = False, alpha: float = 0.5, candidates: int | None = None,
-               rerank: bool | None = None, rerank_instruction: str | None = None) -> SearchResult:  # fmt: skip
+               distinct_docs: bool = False, hybrid: bool = False, alpha: float = 0.5, fusion: str = "relative",
+               candidates: int | None = None, rerank: bool | None = None,
+               rerank_instruction: str | None = None) -> SearchResult:  # fmt: skip
         """The ``k`` best chunks for ``query`` (``distinct_docs``: the best chunk of each of the ``k`` best
         documents). ``filter``: the portable metadata filter; ``instruction``: the query task of an
         instruction-aware model (Qwen3). ``hybrid``: keyword search on the text fused with kNN
-        (``store.hybrid_search``; ``alpha`` weighs the vector side), where the store supports it.
+        (``store.hybrid_search``; ``alpha`` weighs the vector side, ``fusion`` is ``relative`` or ``rrf``), where the
+        store supports it.
 
         With a reranker (``rerank`` defaults to True when the searcher has one; False skips it for this
         query) the first stage fetches ``candidates`` hits (default ``max(100, k)``), the reranker
@@ -160,7 +162,7 @@ class Searcher:
         n = want * 4 if distinct_docs and not use_rerank else want
         stage = "hybrid" if hybrid else "knn"
         if hybrid:
-            hits = self.store.hybrid_search(query, vec, k=n, filter=filter, alpha=alpha)
+            hits = self.store.hybrid_search(query, vec, k=n, filter=filter, alpha=alpha, fusion=fusion)
         else:
             hits = self.store.search(vec, k=n, filter=filter)
         t3 = time.perf_counter()
@@ -202,7 +204,7 @@ class Searcher:
 def search(target: str | VectorStore, query: str, k: int = 10, **kwargs: Any) -> SearchResult:
     """One query: ``Searcher(target).search(query, k, ...)``, closed afterwards. Keywords go to the
     ``Searcher`` (model, dims, device, embedder, reranker) or to ``search`` (filter, instruction,
-    distinct_docs, hybrid, alpha, candidates, rerank_instruction)."""
+    distinct_docs, hybrid, alpha, fusion, candidates, rerank_instruction)."""
     own = {k_: kwargs.pop(k_) for k_ in ("model", "dims", "device", "embedder", "reranker") if k_ in kwargs}
     with Searcher(target, **own) as s:
         return s.search(query, k, **kwargs)
