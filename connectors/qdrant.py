@@ -10,6 +10,12 @@
 - Distance from the metric (cosine / dot / euclid; euclid scores come back as minus the distance), HNSW
   explicit (``m=16``, ``ef_construct=100``); quantisation off unless asked (``quantization="int8"``:
   scalar int8, always_ram) — local mode searches exactly, so no recall could be measured here to justify a default.
+- Hybrid search: a collection keeps, beside the dense vector, a sparse vector ``bm25`` per record (BM25 term
+  weights of its text, ``connectors._sparse``; the server applies the IDF, ``Modifier.IDF``); ``hybrid_search``
+  fuses kNN with it: ``fusion="rrf"`` in one call through Qdrant's query API (weighted RRF of two prefetches,
+  Qdrant's formula), ``fusion="relative"`` client-side like the other stores. ``sparse=None``
+  (``?sparse=none``) creates collections without it; a collection created before it has none (hybrid search
+  says so: rebuild it).
 - Rebuilds: the name is a collection **alias**; the switch is one ``update_collection_aliases`` call
   (delete + create, atomic on the server).
 - No dimension limit beyond the server's (65,536).
@@ -32,10 +38,11 @@ import numpy as np
 from embedrail.connectors._filters import Cond, parse_filter
 from embedrail.connectors._records import OWNER_KEY, batched, owner_from, spec_from_dict, spec_to_dict
 from embedrail.connectors._retry import BASE_ERRORS
+from embedrail.connectors._sparse import BM25_IDENTITY, Bm25Sparse, sparse_encoder
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget
 from embedrail.connectors._urls import StoreURL, flag
 from embedrail.connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
-from embedrail.errors import ConfigError, StoreUnavailableError
+from embedrail.errors import ConfigError, StoreUnavailableError, UnsupportedError
 
 __all__ = ["QdrantStore"]
 
@@ -44,6 +51,7 @@ _DISTANCES = {"cosine": "Cosine", "dot": "Dot", "l2": "Euclid"}
 _LOCAL: dict[str, list[Any]] = {}  # abs path -> [client, refcount]
 _LOCAL_LOCK = threading.Lock()
 _CREATE_LOCK = threading.Lock()  # one ensure_index at a time per process (alias creation is check-then-act)
+SPARSE = "bm25"  # the sparse vector's name in a collection
 
 
 def point_id(doc_id: str) -> str:
@@ -66,8 +74,17 @@ class QdrantStore(BaseStore):
     )
 
     def __init__(self, client_or_url: Any, collection: str | None = None, *, m: int = 16, ef_construct: int = 100,
-                 quantization: str | None = None, batch_size: int = 256, timeout: float = 30.0, **base: Any) -> None:  # fmt: skip
+                 quantization: str | None = None, batch_size: int = 256, timeout: float = 30.0, sparse: str | None = "bm25",
+                 **base: Any) -> None:  # fmt: skip
         super().__init__(client_or_url, collection, **base)
+        if isinstance(self._u, StoreURL) and self._u.param("sparse"):
+            sparse = self._u.param("sparse")
+        if sparse in ("none", "off", "", None):
+            sparse = None
+        if sparse not in (None, "bm25"):
+            raise ConfigError(f"unknown sparse {sparse!r}; use 'bm25' (keyword vectors for hybrid search) or None")
+        self.sparse = sparse
+        self._sparse_by_physical: dict[str, Bm25Sparse | None] = {}
         if quantization not in (None, "int8"):
             raise ConfigError(f"unknown quantization {quantization!r}; use None or 'int8'")
         self.m, self.ef_construct, self.quantization = int(m), int(ef_construct), quantization
@@ -167,6 +184,13 @@ class QdrantStore(BaseStore):
     def max_dims(self) -> int | None:
         return 65536
 
+    def _sparse_of(self, physical: str) -> Bm25Sparse | None:
+        """The sparse encoder the collection records (None: it has no sparse vectors)."""
+        if physical not in self._sparse_by_physical:
+            md = getattr(self._info(physical).config, "metadata", None) or {}
+            self._sparse_by_physical[physical] = sparse_encoder(md["sparse"]) if md.get("sparse") else None
+        return self._sparse_by_physical[physical]
+
     # ------------------------------------------------------------------------------ creation
     def _create_physical(self, physical: str, spec: IndexSpec) -> None:
         from qdrant_client import models
@@ -174,10 +198,15 @@ class QdrantStore(BaseStore):
         quant = None
         if self.quantization == "int8":
             quant = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True))
+        sparse = {SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)} if self.sparse else None
+        md: dict[str, Any] = {"embedrail": spec_to_dict(spec), "logical": self.name}
+        if self.sparse:
+            md["sparse"] = BM25_IDENTITY
         self._call(lambda: self.client.create_collection(
             physical, vectors_config=models.VectorParams(size=int(spec.dims), distance=models.Distance(_DISTANCES[spec.metric])),
-            hnsw_config=models.HnswConfigDiff(m=self.m, ef_construct=self.ef_construct), quantization_config=quant,
-            metadata={"embedrail": spec_to_dict(spec), "logical": self.name}), "create collection")  # fmt: skip
+            sparse_vectors_config=sparse, hnsw_config=models.HnswConfigDiff(m=self.m, ef_construct=self.ef_construct),
+            quantization_config=quant, metadata=md), "create collection")  # fmt: skip
+        self._sparse_by_physical.pop(physical, None)
 
     def _create_named(self, spec: IndexSpec) -> str:
         from qdrant_client import models
@@ -218,8 +247,15 @@ class QdrantStore(BaseStore):
         from qdrant_client import models
 
         md = json.loads(json.dumps(record.metadata or {}, allow_nan=False))  # JSON only (raises for NaN / objects)
-        return models.PointStruct(id=point_id(record.id), vector=vector.astype(np.float32).tolist(),
-                                  payload={"_id": record.id, "text": record.text or "", "metadata": md})  # fmt: skip
+        dense = vector.astype(np.float32).tolist()
+        enc = self._sparse_of(target.physical)
+        if enc is None:
+            vec: Any = dense
+        else:
+            idx, vals = enc.document(record.text or "")
+            vec = {"": dense, SPARSE: models.SparseVector(indices=idx, values=vals)} if idx else {"": dense}
+        return models.PointStruct(id=point_id(record.id), vector=vec, payload={"_id": record.id, "text": record.text or "",
+                                                                              "metadata": md})  # fmt: skip
 
     def _write_batch(self, target: ReadTarget, batch: Batch) -> dict[str, str]:
         points = [p for _, p in batch]
@@ -251,7 +287,8 @@ class QdrantStore(BaseStore):
         return out
 
     def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
-        return {str(p.payload["_id"]): (np.asarray(p.vector, dtype=np.float32), str(p.payload.get("text") or ""))
+        return {str(p.payload["_id"]): (np.asarray(p.vector[""] if isinstance(p.vector, dict) else p.vector, dtype=np.float32),
+                                        str(p.payload.get("text") or ""))
                 for p in self._retrieve(target.physical, ids, vectors=True)}  # fmt: skip
 
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
@@ -271,11 +308,67 @@ class QdrantStore(BaseStore):
             res = self._call(lambda: self.client.query_points(target.physical, query=vec, limit=k, query_filter=flt,
                                                               with_payload=True), "search")  # fmt: skip
             metric = target.spec.metric if target.spec else "cosine"
-            return [Hit(id=str(p.payload["_id"]), score=-float(p.score) if metric == "l2" else float(p.score),
-                        text=str(p.payload.get("text") or ""), metadata=dict(p.payload.get("metadata") or {}))
-                    for p in res.points]  # fmt: skip
+            return [self._hit(p, metric) for p in res.points]
 
         return self._on_read_target("search", run)
+
+    @property
+    def supports_hybrid(self) -> bool:  # type: ignore[override]
+        """Whether collections this store creates keep sparse vectors (an existing one may not: see hybrid_search)."""
+        return self.sparse is not None
+
+    def _hit(self, p: Any, metric: str = "cosine") -> Hit:
+        return Hit(id=str(p.payload["_id"]), score=-float(p.score) if metric == "l2" else float(p.score),
+                   text=str(p.payload.get("text") or ""), metadata=dict(p.payload.get("metadata") or {}))  # fmt: skip
+
+    def _sparse_target(self, target: ReadTarget) -> Bm25Sparse:
+        enc = self._sparse_of(target.physical)
+        if enc is None:
+            raise UnsupportedError(f"{self.url}: this collection was created without sparse vectors, so it has no keyword "
+                                   "side for hybrid search; rebuild it (embedrail reindex --mode rebuild) to add them")  # fmt: skip
+        return enc
+
+    def sparse_search(self, query: str, k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
+        """Keyword search through the sparse vectors (score: BM25, the IDF from the collection's statistics)."""
+        from qdrant_client import models
+
+        flt = _filter(parse_filter(filter))
+
+        def run(target: ReadTarget) -> list[Hit]:
+            idx, vals = self._sparse_target(target).query(query)
+            if not idx:
+                return []
+            res = self._call(lambda: self.client.query_points(target.physical, query=models.SparseVector(indices=idx, values=vals),
+                                                              using=SPARSE, limit=max(1, int(k)), query_filter=flt,
+                                                              with_payload=True), "keyword search")  # fmt: skip
+            return [self._hit(p) for p in res.points]
+
+        return self._on_read_target("keyword search", run)
+
+    def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
+                      alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative") -> list[Hit]:  # fmt: skip
+        """kNN fused with keyword search through the sparse vectors: ``rrf`` by the server (one query-API call,
+        weighted RRF of the two prefetches), ``relative`` client-side as on the other stores."""
+        from qdrant_client import models
+
+        if fusion == "relative":
+            return self._fused(query, vector, k, filter, alpha, candidates, fusion, self.sparse_search)
+        k, n = self._hybrid_args(query, alpha, k, candidates, fusion)
+        if alpha in (0.0, 1.0):  # one side only (Qdrant would still list the other side's points, at score 0)
+            return self.search(vector, k=k, filter=filter) if alpha == 1.0 else self.sparse_search(query, k, filter)
+        flt = _filter(parse_filter(filter))
+
+        def run(target: ReadTarget) -> list[Hit]:
+            idx, vals = self._sparse_target(target).query(query)
+            dense = self._query_vector(vector, target.spec).astype(np.float32).tolist()
+            pre = [models.Prefetch(query=dense, limit=n, filter=flt),
+                   models.Prefetch(query=models.SparseVector(indices=idx, values=vals), using=SPARSE, limit=n, filter=flt)]  # fmt: skip
+            res = self._call(lambda: self.client.query_points(target.physical, prefetch=pre, limit=k, with_payload=True,
+                                                              query=models.RrfQuery(rrf=models.Rrf(k=60, weights=[float(alpha), 1.0 - float(alpha)]))),
+                             "hybrid search")  # fmt: skip
+            return [self._hit(p) for p in res.points]
+
+        return self._on_read_target("hybrid search", run)
 
     def _count(self, physical: str) -> int:
         return int(self._call(lambda: self.client.count(physical, exact=True), "count").count)

@@ -466,7 +466,7 @@ def test_concurrent_ensure_index_converges_on_one_index(stores: Stores) -> None:
     assert first.count() == 1
 
 
-HYBRID = {"es", "opensearch", "weaviate", "pgvector", "memory"}  # keyword search on the text + kNN; the others refuse clearly
+HYBRID = {"es", "opensearch", "weaviate", "pgvector", "memory", "qdrant"}  # keyword search on the text + kNN; Chroma refuses clearly
 
 
 def test_hybrid_search_finds_a_keyword_match_that_knn_misses(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:

@@ -1,0 +1,90 @@
+"""Qdrant hybrid search through sparse vectors (issue 28): BM25 term weights written with each record, the
+IDF applied by Qdrant (``Modifier.IDF``), checked here against BM25 computed independently; qdrant-client's
+embedded local mode (no Qdrant server can be installed here)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedrail.connectors import connect
+from embedrail.connectors._sparse import Bm25Sparse, terms
+from embedrail.connectors.base import IndexSpec, Record
+from embedrail.errors import UnsupportedError
+
+TEXTS = {
+    "a": "The zorblatt procedure rotates the logs nightly; zorblatt twice.",
+    "b": "Call cgi.parse_header to split a Content-Type header into its value and parameters.",
+    "c": "An ArgumentParser parses command line arguments.",
+    "d": "Logs are rotated by logrotate, not by the application.",
+    "e": "the and of",  # stop words only: no sparse vector, still a record
+}
+
+
+def test_terms_split_identifiers_and_drop_stop_words() -> None:
+    assert terms("Call cgi.parse_header today") == ["call", "cgi.parse_header", "cgi", "parse", "header", "today"]
+    assert terms("An ArgumentParser parses") == ["argumentparser", "argument", "parser", "parses"]
+    assert terms("HTTPServer and the Café") == ["httpserver", "http", "server", "café"]
+    assert terms("the and of") == []
+
+
+def bm25_reference(docs: dict[str, str], query: str, k1: float = 1.2, b: float = 0.75, avg_len: float = 128.0) -> dict[str, float]:
+    """BM25 with Qdrant's IDF (ln(1 + (N - df + 0.5) / (df + 0.5)), N: the records that have a sparse vector),
+    written out again from the terms."""
+    bags = {i: Counter(terms(t)) for i, t in docs.items()}
+    bags = {i: c for i, c in bags.items() if c}
+    n = len(bags)
+    out: dict[str, float] = {}
+    for i, bag in bags.items():
+        length = sum(bag.values())
+        score = 0.0
+        for t in set(terms(query)):
+            tf = bag.get(t, 0)
+            if tf:
+                df = sum(1 for c in bags.values() if t in c)
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avg_len))
+        if score > 0:
+            out[i] = score
+    return out
+
+
+def test_keyword_scores_equal_bm25_and_hybrid_fuses_them(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vecs = {i: rng.normal(size=8).astype(np.float32) for i in TEXTS}
+    with connect(f"qdrant://{tmp_path / 'q'}?collection=docs") as s:
+        s.ensure_index(IndexSpec(dims=8))
+        assert s.upsert([Record(id=i, vector=vecs[i], text=t, metadata={"n": n}) for n, (i, t) in enumerate(TEXTS.items())]).ok
+        for query in ("zorblatt logs", "parse header", "argument parser", "rotated logs"):
+            got = {h.id: h.score for h in s.sparse_search(query, k=10)}
+            assert got == pytest.approx(bm25_reference(TEXTS, query), rel=1e-5), query
+        assert [h.id for h in s.sparse_search("parse header", k=3, filter={"n": 2})] == []
+        q = -vecs["b"]  # kNN puts b last; the keywords bring it back
+        for fusion in ("relative", "rrf"):
+            hyb = [h.id for h in s.hybrid_search("cgi parse_header", q, k=3, fusion=fusion, alpha=0.5)]
+            assert "b" in hyb, (fusion, hyb)
+            assert s.hybrid_search("cgi parse_header", q, k=5, fusion=fusion, alpha=0.0)[0].id == "b"
+            assert [h.id for h in s.hybrid_search("x", q, k=5, fusion=fusion, alpha=1.0)] == [h.id for h in s.search(q, k=5)]
+        # the vector read back for reuse is the dense one
+        assert s.count() == 5
+
+
+def test_a_collection_without_sparse_vectors_says_how_to_get_them(tmp_path: Path) -> None:
+    with connect(f"qdrant://{tmp_path / 'q'}?collection=plain&sparse=none") as s:
+        s.ensure_index(IndexSpec(dims=4))
+        assert not s.supports_hybrid
+        assert s.upsert([Record(id="x", vector=np.ones(4, dtype=np.float32), text="zorblatt")]).ok
+        with pytest.raises(UnsupportedError, match="without sparse vectors.*--mode rebuild"):
+            s.hybrid_search("zorblatt", np.ones(4), k=3)
+
+
+def test_bm25_document_weights_by_hand() -> None:
+    enc = Bm25Sparse(k1=1.2, b=0.75, avg_len=4.0)
+    idx, vals = enc.document("zorblatt zorblatt logs")  # 3 terms, tf 2 and 1
+    norm = 1.2 * (1 - 0.75 + 0.75 * 3 / 4.0)
+    assert sorted(vals) == pytest.approx(sorted([2 * 2.2 / (2 + norm), 1 * 2.2 / (1 + norm)]))
+    assert enc.query("logs logs zorblatt")[1] == [1.0, 1.0] and len(idx) == 2
