@@ -34,7 +34,8 @@ from typing import Any
 
 from embedrail.errors import ConfigError, UnsupportedError
 
-__all__ = ["Config", "EvalReport", "Query", "evaluate", "load_queries", "metrics_of", "parse_config", "tune"]
+__all__ = ["Config", "EvalReport", "Query", "below", "check_settings", "evaluate", "load_queries", "metrics_of", "parse_config",
+           "run_settings", "tune"]
 
 #: the metrics a report carries; ``recall@k`` takes the run's k
 METRICS = ("recall@k", "mrr@10", "ndcg@10")
@@ -343,6 +344,51 @@ def _run(s: Any, row: Row, cfg: Config, queries: Sequence[Query], depth: int, k:
     row.queries = len(queries)
     row.metrics = {m: v / len(queries) for m, v in sums.items()}
     row.latency_ms = {"p50": _percentile(times, 50), "p95": _percentile(times, 95)}
+
+
+#: the keys of an evaluation's settings (``build_reindex_dag(evaluate=...)``, YAML ``evaluate:``)
+SETTINGS = frozenset({"queries", "configs", "k", "split", "rerank", "candidates", "chart", "min"})
+
+
+def check_settings(settings: Any, where: str = "evaluate") -> dict[str, Any]:
+    """Validated evaluation settings (no file read, no network: a DAG file is parsed with them):
+    ``queries`` (required), ``configs`` (default ``["knn"]``), ``k`` (10), ``split`` ("test"), ``rerank``,
+    ``candidates``, ``chart`` (a PNG path), ``min`` (``{metric: lowest value}``: a quality gate, every target
+    and configuration must reach it)."""
+    if not isinstance(settings, dict) or not settings.get("queries"):
+        raise ConfigError(f"{where}: a mapping with at least queries: PATH (JSONL or a BEIR folder)")
+    unknown = set(settings) - SETTINGS
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(SETTINGS)}")
+    out = dict(settings)
+    configs = out.get("configs") or ["knn"]
+    out["configs"] = [parse_config(c).name for c in ([configs] if isinstance(configs, str) else configs)]
+    out["k"] = int(out.get("k") or 10)
+    if out["k"] < 1:
+        raise ConfigError(f"{where}: k must be a positive integer")
+    if any(parse_config(c).rerank for c in out["configs"]) and not out.get("rerank"):
+        raise ConfigError(f"{where}: a +rerank configuration needs rerank: MODEL")
+    gate = out.get("min") or {}
+    if not isinstance(gate, dict) or not all(isinstance(v, (int, float)) for v in gate.values()):
+        raise ConfigError(f"{where}: min is a mapping of metric -> lowest value, e.g. {{ndcg@10: 0.6}}")
+    out["min"] = {_metric_key(m): float(v) for m, v in gate.items()}
+    return out
+
+
+def below(report: EvalReport, gate: dict[str, float]) -> list[str]:
+    """What misses the quality gate: ``"target config: metric value < minimum"``, one per miss."""
+    return [f"{r.target} {r.config}: {_label(m, report.k)} {r.metrics[m]:.4f} < {v:g}"
+            for r in report.rows if not r.error for m, v in gate.items() if r.metrics[m] < v]  # fmt: skip
+
+
+def run_settings(targets: Iterable[Any], settings: dict[str, Any], **kwargs: Any) -> tuple[EvalReport, list[str]]:
+    """One evaluation from checked settings: the report (chart written where asked) and the gate's misses."""
+    s = check_settings(settings)
+    report = evaluate(targets, load_queries(s["queries"], split=s.get("split") or "test"), s["configs"], k=s["k"],
+                      reranker=s.get("rerank"), candidates=s.get("candidates"), **kwargs)  # fmt: skip
+    if s.get("chart"):
+        report.chart(s["chart"], metric=next(iter(s["min"]), "ndcg@10"))
+    return report, below(report, s["min"])
 
 
 def tune(targets: Iterable[Any], queries: Sequence[Query], *, metric: str = "ndcg@10", k: int = 10,

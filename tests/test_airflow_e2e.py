@@ -516,3 +516,42 @@ def test_operator_runs_a_reindex_inside_a_users_own_dag(airflow_home, chroma_pat
     bad = user_dag("opbad_" + unique_name[-8:], dims=128)
     dr = parse(bad.embedrail_test_file).test()
     assert str(dr.state) == "failed" and ("reindex", -1, 1, "failed") in task_states(bad.dag_id, dr.run_id)
+
+
+def xcom(dag_id: str, run_id: str, task_id: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as s:
+        value = s.execute(select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id,
+                                                        XComModel.task_id == task_id, XComModel.key == "return_value")
+                          ).scalar_one_or_none()  # fmt: skip
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def test_evaluate_task_after_a_run_and_its_quality_gate(airflow_home, chroma_path_url, unique_name, tmp_path):  # noqa: F811
+    """``evaluate:`` in a DAG config: after a successful run an ``evaluate`` task measures the targets on the
+    given queries (its XCom: the eval report; the chart written); a ``min`` the index misses fails that task
+    only, the run's report stays a success."""
+    corpus, queries = tmp_path / "c.jsonl", tmp_path / "q.jsonl"
+    write_corpus(corpus, DOCS)
+    queries.write_text("".join(json.dumps({"query": q, "relevant": [d]}) + "\n" for q, d in [
+        ("command line arguments", "doc0"), ("gzip compression", "doc2"), ("sha256 hashing", "doc8"),
+        ("locks and queues", "doc9")]))  # fmt: skip
+    url = with_name(chroma_path_url, unique_name)
+    settings = {"queries": str(queries), "configs": ["knn"], "k": 3, "chart": str(tmp_path / "eval.png"), "min": {"mrr@10": 0.5}}
+    dag = make_dag(airflow_home, "eval_" + unique_name[-8:], {"source": str(corpus), "targets": [url], "model": "minilm",
+                                                               "retries": 0, "evaluate": settings})  # fmt: skip
+    dr, rep = run(dag)
+    assert str(dr.state) == "success" and rep is not None and rep["ok"]
+    got = xcom(dag.dag_id, dr.run_id, "evaluate")
+    (row,) = got["rows"]
+    assert row["config"] == "knn" and row["queries"] == 4 and row["metrics"]["mrr@10"] >= 0.5 and row["target"] == url
+    assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    gate = make_dag(airflow_home, "gate_" + unique_name[-8:], {"source": str(corpus), "targets": [url], "model": "minilm",
+                                                                "retries": 0, "evaluate": {**settings, "min": {"ndcg@10": 1.01}}})  # fmt: skip
+    dr, rep = run(gate)
+    states = {t: s for t, _, _, s in task_states(gate.dag_id, dr.run_id)}
+    assert str(dr.state) == "failed" and states["report"] == "success" and states["evaluate"] == "failed", states
+    assert rep is not None and rep["ok"] and xcom(gate.dag_id, dr.run_id, "evaluate")["rows"][0]["queries"] == 4

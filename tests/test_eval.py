@@ -205,3 +205,19 @@ def test_eval_flags_as_the_docs_show_them(tmp_path: Path, capsys: pytest.Capture
     saved = json.loads((tmp_path / "r.json").read_text())["rows"]
     for qid, ranked in saved[1]["per_query"].items():  # reranked: only the first stage's 10 chunks' documents
         assert ranked and set(ranked) <= set(saved[0]["per_query"][qid][:10]), qid  # (candidates: at least the 10 ranked)
+
+
+def test_evaluation_settings_are_checked_when_the_dag_is_parsed(tmp_path: Path) -> None:
+    from embedrail.integration.airflow.config import load_dag_config
+    from embedrail.integration.evaluate import check_settings
+
+    ok = check_settings({"queries": "q.jsonl", "configs": "hybrid:0.7", "min": {"nDCG@10": 0.5}})
+    assert ok["configs"] == ["hybrid:0.7:relative"] and ok["k"] == 10 and ok["min"] == {"ndcg@10": 0.5}
+    for bad, match in (({"configs": ["knn"]}, "queries"), ({"queries": "q", "quries": 1}, "unknown setting"),
+                       ({"queries": "q", "configs": ["knn+rerank"]}, "needs rerank"), ({"queries": "q", "min": {"bleu": 1}}, "unknown metric"),
+                       ({"queries": "q", "min": 0.5}, "mapping of metric")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            check_settings(bad)
+    cfg = tmp_path / "docs.yaml"
+    cfg.write_text("source: docs.jsonl\ntargets: [memory://x/docs]\nevaluate:\n  queries: q.jsonl\n  min: {ndcg@10: 0.6}\n")
+    assert load_dag_config(cfg)["evaluate"] == {"queries": "q.jsonl", "min": {"ndcg@10": 0.6}}

@@ -34,10 +34,12 @@ from embedrail.integration.airflow.tasks import (
     incomplete_message,
     plan_run,
     run_deletes,
+    run_eval,
     run_partition,
     run_report,
     run_split,
 )
+from embedrail.integration.evaluate import check_settings
 from embedrail.integration.options import REPAIRS, SyncOptions, truthy
 from embedrail.integration.targets import target_key
 from embedrail.secrets import redact_url
@@ -48,7 +50,7 @@ __all__ = ["build_reindex_dag", "index_asset", "reindex_tasks"]
 DAG_SETTINGS = frozenset({
     "dag_id", "source", "targets", "ledger", "schedule", "partitions", "queue", "pool", "pool_slots", "executor_config",
     "embed_task_options", "retries", "retry_delay", "max_active_tis_per_dag", "tags", "description", "max_active_runs",
-    "catchup", "outlets", "start_date", "default_args",
+    "catchup", "outlets", "start_date", "default_args", "evaluate",
 })  # fmt: skip
 
 
@@ -97,7 +99,7 @@ def _asset_extra(report: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 def reindex_tasks(job: ReindexJob, *, partitions: int = 1, assets: Sequence[Asset] = (), publish_assets: bool = True,
-                  embed_task_options: Mapping[str, Any] | None = None) -> Any:  # fmt: skip
+                  embed_task_options: Mapping[str, Any] | None = None, evaluate: Mapping[str, Any] | None = None) -> Any:  # fmt: skip
     """Add the reindex tasks to the DAG being defined (call it inside ``@dag`` or ``with DAG(...)``);
     returns the ``report`` task's output (the run report, as ``embedrail reindex --json`` prints it).
 
@@ -105,13 +107,17 @@ def reindex_tasks(job: ReindexJob, *, partitions: int = 1, assets: Sequence[Asse
     params ``mode``, ``dims``, ``dry_run``, ``repair``, ``allow_mass_delete``, ``adopt`` and ``partitions``
     (if it has them) override ``job.options`` and ``partitions`` per run. ``assets``: one ``Asset`` per
     target, in order, marked updated (with the run's counts) when a run succeeds; none by default.
-    ``embed_task_options`` (``queue``, ``pool``, ...) apply to the embedding tasks only."""
+    ``embed_task_options`` (``queue``, ``pool``, ...) apply to the embedding tasks only. ``evaluate``: the
+    settings of an ``evaluate`` task after a successful run (``embedrail eval`` on the targets: ``queries``,
+    ``configs``, ``k``, ``chart``, ``min`` as a quality gate that fails the task; see ``evaluate.check_settings``);
+    the report task's output is still what this returns."""
     if not isinstance(job, ReindexJob):
         raise ConfigError(f"reindex_tasks takes a ReindexJob, got {type(job).__name__}")
     assets = list(assets)
     if assets and len(assets) != len(job.targets):
         raise ConfigError(f"reindex_tasks: {len(assets)} assets for {len(job.targets)} targets; give one per target, in order, or none")
     embed_opts, default_partitions = dict(embed_task_options or {}), partitions
+    eval_settings = check_settings(dict(evaluate), "reindex_tasks(evaluate=...)") if evaluate is not None else None
 
     @task
     def plan() -> dict[str, Any]:
@@ -165,11 +171,27 @@ def reindex_tasks(job: ReindexJob, *, partitions: int = 1, assets: Sequence[Asse
                 events[asset].extra = _asset_extra(rep, t["key"])
         return rep
 
+    @task(task_id="evaluate")
+    def evaluate_index(rep: dict[str, Any]) -> dict[str, Any]:
+        """``embedrail eval`` on the targets just synced: the report (recall@k, MRR@10, nDCG@10, latency per
+        target and configuration); fails when a metric is below the ``min`` the settings give."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        assert eval_settings is not None
+        out, misses = run_eval(job, eval_settings)
+        if misses:
+            get_current_context()["ti"].xcom_push(key="return_value", value=out)
+            raise AirflowFailException("retrieval quality below the gate: " + "; ".join(misses))
+        return out
+
     context = plan()
     parts = sync_partition.partial(context=context).expand_kwargs(partitions(context))
     dele = delete_stale(context)
     parts >> dele
-    return report(context, parts, dele)
+    final = report(context, parts, dele)
+    if eval_settings is not None:
+        evaluate_index(final)
+    return final
 
 
 def build_reindex_dag(
@@ -198,6 +220,7 @@ def build_reindex_dag(
     description: str | None = None,
     connect: Callable[[str], Any] | None = None,
     embedder_factory: Callable[..., Any] | None = None,
+    evaluate: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Build an Airflow DAG that keeps ``targets`` in step with ``source`` (see the module doc).
@@ -208,7 +231,9 @@ def build_reindex_dag(
     ``None`` (SQLite under ``$AIRFLOW_HOME/embedrail``, one machine only). Run options: ``options`` (a
     ``SyncOptions``) and/or its fields as keywords (``model=``, ``dims=``, ``mode=``, ``batch_size=``...);
     other keywords go to ``@dag``. ``schedule``: a cron string, ``None``, an ``Asset`` or a list of Assets.
-    ``partitions``: how many mapped embedding tasks.
+    ``partitions``: how many mapped embedding tasks. ``evaluate``: an ``evaluate`` task after each successful
+    run (``embedrail eval`` on the targets; ``{queries: PATH, configs: [knn, hybrid:0.7], k: 10, chart: PNG,
+    min: {ndcg@10: 0.6}}``, ``min`` failing the task below it).
 
     GPU routing: ``queue`` (Celery queue), ``pool``/``pool_slots`` (limit concurrent model users per GPU),
     ``executor_config`` (e.g. a Kubernetes pod override requesting ``nvidia.com/gpu``) and
@@ -266,6 +291,7 @@ def build_reindex_dag(
          default_args={"retries": retries, "retry_delay": delay, **dict(default_args or {})}, tags=list(tags),
          description=doc[:1000], doc_md=__doc__, max_active_runs=max_active_runs, **kwargs)  # fmt: skip
     def reindex() -> None:
-        reindex_tasks(job, partitions=partitions, assets=assets, publish_assets=outlets is None, embed_task_options=embed_opts)
+        reindex_tasks(job, partitions=partitions, assets=assets, publish_assets=outlets is None, embed_task_options=embed_opts,
+                      evaluate=evaluate)
 
     return reindex()

@@ -201,6 +201,23 @@ def run_report(job: ReindexJob, context: dict[str, Any], partials: Sequence[dict
     return rep
 
 
+def run_eval(job: ReindexJob, settings: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``embedrail eval`` on the job's targets after a run (``settings``: ``evaluate.check_settings``): the
+    report as a dict, and what misses the quality gate (``min``)."""
+    from embedrail.integration.evaluate import run_settings
+
+    urls, secrets = [], []
+    for t in job.targets:
+        url, s = resolve_target(t)
+        urls.append(url.split("#", 1)[0])  # URL#dims=N: the index is the URL's
+        secrets += s
+    with fail_fast_on_user_errors(secrets):
+        report, misses = run_settings(urls, settings)
+    for line in report.table().splitlines():
+        log.info("embedrail eval: %s", scrub_value(line, secrets))
+    return scrub_value(report.to_dict(), secrets), [str(scrub_value(m, secrets)) for m in misses]
+
+
 def incomplete_message(rep: Mapping[str, Any]) -> str:
     return Report.from_dict(dict(rep)).failure_message()
 
