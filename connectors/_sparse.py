@@ -97,5 +97,5 @@ def sparse_encoder(identity: Any) -> Bm25Sparse:
         from embedrail.errors import ConfigError
 
         raise ConfigError(f"this index's sparse vectors were written by an encoder this embedrail does not know ({identity!r}); "
-                          "upgrade embedrail, or rebuild the index (--mode rebuild)")  # fmt: skip
+                          "upgrade embedrail, or rebuild the index (--mode full)")  # fmt: skip
     return Bm25Sparse(identity.get("k1", 1.2), identity.get("b", 0.75), identity.get("avg_len", 128.0))

@@ -325,7 +325,7 @@ class QdrantStore(BaseStore):
         enc = self._sparse_of(target.physical)
         if enc is None:
             raise UnsupportedError(f"{self.url}: this collection was created without sparse vectors, so it has no keyword "
-                                   "side for hybrid search; rebuild it (embedrail reindex --mode rebuild) to add them")  # fmt: skip
+                                   "side for hybrid search; rebuild it (embedrail reindex --mode full) to add them")  # fmt: skip
         return enc
 
     def sparse_search(self, query: str, k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:

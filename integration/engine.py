@@ -330,8 +330,9 @@ class SyncEngine:
     def split(self, ctx: RunContext | dict[str, Any], count: int) -> list[dict[str, Any] | None]:
         """The share of the source each of ``count`` partitions reads, decided once (the Airflow ``partitions``
         task; ``sync_partition`` asks itself when not given one): byte ranges of a JSONL/CSV file, key ranges of
-        a SQL query, path ranges of a folder or bucket, so that the partitions read the source about once in total. ``[None] * count`` for a source
-        that cannot split: every partition then reads it whole and keeps the documents whose id hashes to it."""
+        a SQL query, path ranges of a folder or bucket, so that the partitions read the source about once in
+        total. ``[None] * count`` for a source that cannot split: every partition then reads it whole and keeps
+        the documents whose id hashes to it."""
         ctx = RunContext.of(ctx)
         if count <= 1:
             return [None] * max(count, 1)

@@ -78,8 +78,13 @@ def test_a_collection_without_sparse_vectors_says_how_to_get_them(tmp_path: Path
         s.ensure_index(IndexSpec(dims=4))
         assert not s.supports_hybrid
         assert s.upsert([Record(id="x", vector=np.ones(4, dtype=np.float32), text="zorblatt")]).ok
-        with pytest.raises(UnsupportedError, match="without sparse vectors.*--mode rebuild"):
+        with pytest.raises(UnsupportedError, match="without sparse vectors.*--mode full"):
             s.hybrid_search("zorblatt", np.ones(4), k=3)
+    with connect(f"qdrant://{tmp_path / 'q'}?collection=plain") as s:  # a full rebuild (what --mode full runs) adds them
+        new = s.begin_rebuild(IndexSpec(dims=4))
+        assert new.upsert([Record(id="x", vector=np.ones(4, dtype=np.float32), text="zorblatt")]).ok
+        s.commit_rebuild(new)
+        assert [h.id for h in s.hybrid_search("zorblatt", -np.ones(4), k=3, alpha=0.0)] == ["x"]
 
 
 def test_bm25_document_weights_by_hand() -> None:

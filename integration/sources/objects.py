@@ -192,7 +192,12 @@ class FileSource(Source):
         listed files' bytes (plus ``FILE_WEIGHT`` each) reach 1/count, 2/count, ...: the plan step lists the root
         once; each partition lists and reads only its range. Together the ranges cover every path, so a file
         added after the plan is still read by one partition."""
-        files = sorted((self._rel(p), int(i.get("size", i.get("Size", 0)) or 0)) for p, i in self._list().items()
+        reading, self.share = self.share, None  # the plan lists the whole root
+        try:
+            listing = self._list()
+        finally:
+            self.share = reading
+        files = sorted((self._rel(p), int(i.get("size", i.get("Size", 0)) or 0)) for p, i in listing.items()
                        if i.get("type", "file") == "file")  # fmt: skip
         total = sum(size + self.FILE_WEIGHT for _, size in files)
         cuts: list[str] = []
