@@ -316,6 +316,8 @@ def evaluate(targets: Iterable[Any], queries: Sequence[Query], configs: Iterable
             name = target if isinstance(target, str) else str(getattr(target, "url", target))
             bytes_per = info.spec.dims * 4 if info.spec else None
             s.search(queries[0].text, k=1, rerank=False)  # warm-up: the model loads, the connection opens
+            if reranker is not None:
+                s.reranker()  # loaded before the first reranked query is timed
             for cfg in parsed:
                 row = Row(name, cfg.name, bytes_per_vector=bytes_per)
                 try:
