@@ -17,6 +17,12 @@ connection you already have (autocommit; never closed by us).
 - Filters run on the JSONB metadata (containment for equality, typed comparisons for ranges) with
   pgvector's iterative HNSW scan (``hnsw.iterative_scan = relaxed_order``, pgvector >= 0.8), so a
   selective filter still returns ``k`` hits; hits are re-sorted by score.
+- Quantisation (``quantization=`` / ``?quantization=``, recorded in the table's comment, so reads follow
+  the table whatever the store was opened with): ``None`` (``vector``, or ``halfvec`` above 2,000 dims);
+  ``"halfvec"`` (16-bit floats in the column and the HNSW graph: half the bytes); ``"bit"`` (the HNSW index
+  on ``binary_quantize(embedding)::bit(d)``, one bit per dimension, Hamming distance; the float column
+  stays, and the ``rescore`` x k nearest by Hamming distance are re-ranked by the exact distance, as
+  pgvector's documentation shows). ``embedrail eval --reference`` measures what each loses against float.
 - Rebuilds: the name is a pointer in a small table (``embedrail_aliases``: name -> physical table) and a
   view of that name for SQL readers; a switch updates both in one transaction (PostgreSQL DDL is
   transactional), so readers see the complete old or the complete new table. A rebuild's table is
@@ -52,6 +58,8 @@ log = logging.getLogger(__name__)
 
 REGISTRY = "embedrail_aliases"
 VECTOR_MAX, HALFVEC_MAX = 2000, 4000  # pgvector's HNSW limits (vector, halfvec)
+COLUMN_MAX = 16000  # a vector column without an HNSW index on it (binary quantisation indexes bits)
+QUANTIZATIONS = (None, "halfvec", "bit")
 _OPS = {"cosine": ("cosine", "<=>"), "dot": ("ip", "<#>"), "l2": ("l2", "<->")}
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")  # + "__v<21>" stays inside PostgreSQL's 63-byte identifiers
 _MEMORY_RE = re.compile(r"^\d+\s*(kB|MB|GB|TB)?$")
@@ -72,8 +80,16 @@ class PgvectorStore(BaseStore):
 
     def __init__(self, client_or_url: Any, table: str | None = None, *, m: int = 16, ef_construction: int = 64,
                  ef_search: int = 100, batch_size: int = 500, schema: str | None = None, text_config: str = "simple",
-                 maintenance_work_mem: str | None = None, **base: Any) -> None:  # fmt: skip
+                 maintenance_work_mem: str | None = None, quantization: str | None = None, rescore: int = 4,
+                 **base: Any) -> None:  # fmt: skip
         super().__init__(client_or_url, table, **base)
+        q = (self._u.param("quantization") if self._u else None) or quantization
+        q = None if q in ("", "none", "float", None) else q
+        if q not in QUANTIZATIONS:
+            raise ConfigError(f"unknown quantization {q!r}; use none, halfvec or bit")
+        self.quantization = q
+        self.rescore = max(1, int((self._u.param("rescore") if self._u else None) or rescore))
+        self._quant: dict[str, str | None] = {}
         self.m, self.ef_construction, self.ef_search, self.batch_size = int(m), int(ef_construction), int(ef_search), int(batch_size)
         self.schema = schema or (self._u.param("schema") if self._u else None) or "public"
         # memory for building a rebuild's HNSW index (None: the server's setting); pgvector builds much
@@ -201,7 +217,15 @@ class PgvectorStore(BaseStore):
         return self._version
 
     def max_dims(self) -> int | None:
+        if self.quantization == "bit":
+            return COLUMN_MAX
         return HALFVEC_MAX if self.pgvector_version() >= (0, 7) else VECTOR_MAX
+
+    def _quant_of(self, physical: str) -> str | None:
+        """The quantisation the table records (its comment); None: float vectors."""
+        if physical not in self._quant:
+            self._quant[physical] = self._comment(physical).get("quantization")
+        return self._quant[physical]
 
     # ------------------------------------------------------------------------------ names -> tables
     def _exists(self, physical: str) -> bool:
@@ -239,7 +263,11 @@ class PgvectorStore(BaseStore):
         return self._vtype(physical)
 
     # ------------------------------------------------------------------------------ creation
-    def _column_type(self, dims: int) -> str:
+    def _column_type(self, dims: int, quantization: str | None = None) -> str:
+        if quantization == "bit" and dims <= COLUMN_MAX:
+            return "vector"  # the graph indexes the bits; the floats stay for rescoring
+        if quantization == "halfvec" and dims <= (self.max_dims() or VECTOR_MAX):
+            return "halfvec"
         if dims <= VECTOR_MAX:
             return "vector"
         limit = self.max_dims() or VECTOR_MAX
@@ -252,8 +280,10 @@ class PgvectorStore(BaseStore):
         )
 
     def _create_physical(self, physical: str, spec: IndexSpec) -> None:
-        vtype = self._column_type(spec.dims)
-        comment = json.dumps({"embedrail": spec_to_dict(spec), "logical": self.name}, sort_keys=True)
+        vtype = self._column_type(spec.dims, self.quantization)
+        comment = json.dumps({"embedrail": spec_to_dict(spec), "logical": self.name,
+                              **({"quantization": self.quantization} if self.quantization else {})}, sort_keys=True)  # fmt: skip
+        self._quant.pop(physical, None)
         # a rebuild's table (this store is bound to it) is loaded first and gets its HNSW index at commit
         # (_finish_physical): inserting row by row into an HNSW index is several times slower than one build
         defer = self._physical_fixed == physical
@@ -264,16 +294,19 @@ class PgvectorStore(BaseStore):
                          "text text NOT NULL DEFAULT '', metadata jsonb NOT NULL DEFAULT '{}')")  # fmt: skip
             # unnamed indexes: PostgreSQL picks unique names (physical + a suffix would pass 63 bytes)
             if not defer:
-                conn.execute(self._hnsw_sql(physical, spec))
+                conn.execute(self._hnsw_sql(physical, spec, self.quantization))
             conn.execute(f"CREATE INDEX ON {t} USING gin (metadata jsonb_path_ops)")
             conn.execute(f"CREATE INDEX ON {t} USING gin (to_tsvector({_literal(self.text_config)}::regconfig, text))")
             conn.execute(f"COMMENT ON TABLE {t} IS {_literal(comment)}")
 
         self._tx(create, "create table")
 
-    def _hnsw_sql(self, physical: str, spec: IndexSpec) -> str:
-        ops = f"{self._column_type(spec.dims)}_{_OPS[spec.metric][0]}_ops"
-        return f"CREATE INDEX ON {self._t(physical)} USING hnsw (embedding {ops}) WITH (m = {self.m}, ef_construction = {self.ef_construction})"
+    def _hnsw_sql(self, physical: str, spec: IndexSpec, quantization: str | None) -> str:
+        if quantization == "bit":
+            column, ops = f"(binary_quantize(embedding)::bit({int(spec.dims)}))", "bit_hamming_ops"
+        else:
+            column, ops = "embedding", f"{self._column_type(spec.dims, quantization)}_{_OPS[spec.metric][0]}_ops"
+        return f"CREATE INDEX ON {self._t(physical)} USING hnsw ({column} {ops}) WITH (m = {self.m}, ef_construction = {self.ef_construction})"
 
     def has_vector_index(self, physical: str | None = None) -> bool:
         """Whether ``physical`` (default: the table this store reads) has its HNSW index (a rebuild's
@@ -295,7 +328,7 @@ class PgvectorStore(BaseStore):
         def build(conn: Any) -> None:
             if self.maintenance_work_mem:
                 conn.execute(f"SET LOCAL maintenance_work_mem = {_literal(str(self.maintenance_work_mem))}")
-            conn.execute(self._hnsw_sql(physical, spec))
+            conn.execute(self._hnsw_sql(physical, spec, self._quant_of(physical)))
 
         log.info("%s: building the HNSW index of %s", self.url, physical)
         self._tx(build, "build vector index")
@@ -331,8 +364,11 @@ class PgvectorStore(BaseStore):
         physical = self._current_physical()
         if physical is None:
             return IndexInfo(name=self.name, exists=False, extra=extra)
-        extra.update(vector_type=self._vtype(physical), url=self.url)
         comment = self._comment(physical)
+        vtype, quant, spec = self._vtype(physical), comment.get("quantization"), spec_from_dict(comment.get("embedrail"))
+        extra.update(vector_type=vtype, quantization=quant, url=self.url)
+        if spec is not None:  # what the HNSW graph holds per vector (a bit index re-ranks with the float column)
+            extra["bytes_per_vector"] = -(-spec.dims // 8) if quant == "bit" else spec.dims * (2 if vtype == "halfvec" else 4)
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec_from_dict(comment.get("embedrail")),
                          count=self._count(physical), extra=extra, owner=owner_from(comment.get("owner")))  # fmt: skip
 
@@ -370,7 +406,8 @@ class PgvectorStore(BaseStore):
 
     def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
         rows = self._sql(f"SELECT id, embedding::vector, text FROM {self._t(target.physical)} WHERE id = ANY(%s)", (ids,), "read back")
-        return {i: (np.asarray(v, dtype=np.float32), txt) for i, v, txt in rows}
+        # pgvector-python >= 0.4 loads a vector as its Vector class
+        return {i: (np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32), txt) for i, v, txt in rows}
 
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
         self._sql(f"DELETE FROM {self._t(physical)} WHERE id = ANY(%s)", (ids,), "delete")
@@ -385,14 +422,24 @@ class PgvectorStore(BaseStore):
             vec = self._query_vector(vector, target.spec)
             metric = target.spec.metric if target.spec else "cosine"
             op, vtype = _OPS[metric][1], target.handle or "vector"
-            sql = (f"SELECT id, text, metadata, embedding {op} %s::{vtype} AS d FROM {self._t(target.physical)}"
-                   f"{' WHERE ' + where if where else ''} ORDER BY embedding {op} %s::{vtype} LIMIT {k}")  # fmt: skip
+            t, cond = self._t(target.physical), f"{' WHERE ' + where if where else ''}"
+            depth = k
+            if self._quant_of(target.physical) == "bit" and target.spec is not None:
+                # the rescore x k nearest by Hamming distance on the bits, re-ranked by the exact distance
+                depth, bits = k * self.rescore, f"bit({int(target.spec.dims)})"
+                sql = (f"SELECT id, text, metadata, d FROM (SELECT id, text, metadata, embedding {op} %s::{vtype} AS d FROM {t}{cond} "
+                       f"ORDER BY binary_quantize(embedding)::{bits} <~> binary_quantize(%s::{vtype})::{bits} LIMIT {depth}) c "
+                       f"ORDER BY d LIMIT {k}")  # fmt: skip
+                args: tuple[Any, ...] = (vec, *params, vec)
+            else:
+                sql = f"SELECT id, text, metadata, embedding {op} %s::{vtype} AS d FROM {t}{cond} ORDER BY embedding {op} %s::{vtype} LIMIT {k}"
+                args = (vec, *params, vec)
 
             def query(conn: Any) -> list[tuple]:
-                conn.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
+                conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(self.ef_search, depth))}")
                 if self.pgvector_version() >= (0, 8):
                     conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-                return conn.execute(sql, (vec, *params, vec)).fetchall()
+                return conn.execute(sql, args).fetchall()
 
             hits = [Hit(id=i, score=_score(metric, float(d)), text=txt or "", metadata=md or {}) for i, txt, md, d in self._tx(query, "search")]
             hits.sort(key=lambda h: -h.score)  # relaxed_order may return neighbours slightly out of order

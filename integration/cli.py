@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tune", action="store_true",
                     help="sweep the hybrid weight (0 to 1) and fusion on each target; report the best by --metric")
     ev.add_argument("--metric", default="ndcg@10", help="what --tune maximises and the chart shows: ndcg@10, mrr@10, recall@k")
+    ev.add_argument("--reference", metavar="URL",
+                    help="a target with the same documents in float vectors: each row also says how much of its kNN top k it keeps "
+                         "(what a quantised index loses)")  # fmt: skip
     ev.add_argument("--device", default="auto")
     ev.add_argument("--chart", metavar="PNG", help="write a chart of quality against latency and bytes per vector")
     ev.add_argument("--out", metavar="JSON", help="write the report, with each query's ranking, to this file")
@@ -180,7 +183,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         configs += [dataclasses.replace(c, rerank=True) for c in configs]
     if a.candidates and not a.rerank:
         raise ConfigError("--candidates applies to reranking: add --rerank MODEL")
-    opts = {"k": a.k, "reranker": a.rerank, "candidates": a.candidates, "device": a.device, "per_query": bool(a.out)}
+    opts = {"k": a.k, "reranker": a.rerank, "candidates": a.candidates, "device": a.device, "per_query": bool(a.out),
+            "reference": a.reference}
     if a.tune:
         report = tune(a.target, queries, metric=a.metric, **opts)
         if a.config:

@@ -33,12 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from embedrail.errors import ConfigError, UnsupportedError
+from embedrail.secrets import redact_url
 
 __all__ = ["Config", "EvalReport", "Query", "below", "check_settings", "evaluate", "load_queries", "metrics_of", "parse_config",
            "run_settings", "tune"]
 
 #: the metrics a report carries; ``recall@k`` takes the run's k
 METRICS = ("recall@k", "mrr@10", "ndcg@10")
+#: with ``reference=``: the share of the reference's k best documents a configuration also ranks in its k best
+REF = "reference@k"
 #: the hybrid weights ``tune`` tries (0: keywords only, 1: kNN only)
 ALPHAS = tuple(round(i / 10, 1) for i in range(11))
 
@@ -198,7 +201,7 @@ class Row:
     queries: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p95 of one query's search, embedding included
-    bytes_per_vector: int | None = None  # the stored float32 vector (dims x 4)
+    bytes_per_vector: int | None = None  # what the store's index holds per vector (dims x 4 for float32)
     error: str | None = None  # why this configuration could not run on this target (no hybrid search, ...)
     per_query: dict[str, list[str]] = field(default_factory=dict)  # query id -> ranked document ids
 
@@ -221,10 +224,11 @@ class EvalReport:
         return {"k": self.k, "rows": rows, "tuned": self.tuned}
 
     def table(self) -> str:
-        heads = ["target", "config", *(_label(m, self.k) for m in METRICS), "p50 ms", "p95 ms", "bytes/vector"]
+        shown = [*METRICS, *([REF] if any(REF in r.metrics for r in self.rows) else [])]
+        heads = ["target", "config", *(_label(m, self.k) for m in shown), "p50 ms", "p95 ms", "bytes/vector"]
         cells = [[r.target, r.config] + ([f"({r.error})"] if r.error else [
-                 *(f"{r.metrics[m]:.4f}" for m in METRICS), f"{r.latency_ms['p50']:.1f}", f"{r.latency_ms['p95']:.1f}",
-                 str(r.bytes_per_vector or "")]) for r in self.rows]  # fmt: skip
+                 *(f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in shown), f"{r.latency_ms['p50']:.1f}",
+                 f"{r.latency_ms['p95']:.1f}", str(r.bytes_per_vector or "")]) for r in self.rows]  # fmt: skip
         widths = [max([len(h)] + [len(c[i]) for c in cells if len(c) == len(heads)]) for i, h in enumerate(heads)]
         out = ["  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(heads, widths, strict=True)))]
         for c in cells:
@@ -273,13 +277,15 @@ class EvalReport:
 
 
 def _label(metric: str, k: int) -> str:
-    return f"recall@{k}" if metric == "recall@k" else metric
+    return f"recall@{k}" if metric == "recall@k" else f"reference@{k}" if metric == REF else metric
 
 
 def _metric_key(metric: str) -> str:
     m = metric.lower()
     if m.startswith("recall@"):
         return "recall@k"
+    if m.startswith("reference@"):
+        return REF
     if m not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}: use recall@k, mrr@10 or ndcg@10")
     return m
@@ -292,11 +298,15 @@ def _short(url: str) -> str:
 # ------------------------------------------------------------------------------------------ running
 def evaluate(targets: Iterable[Any], queries: Sequence[Query], configs: Iterable[str | Config] = ("knn",), *, k: int = 10,
              reranker: Any = None, candidates: int | None = None, embedder: Any = None, device: str = "auto",
-             per_query: bool = False) -> EvalReport:  # fmt: skip
+             per_query: bool = False, reference: Any = None) -> EvalReport:  # fmt: skip
     """Every query against every target (a store URL or ``VectorStore``) under every configuration. The
     query embedder is the one each index records (or ``embedder``, when its fingerprint matches); a
     configuration the target cannot run (hybrid on a store without keyword search) is a row with its
-    ``error``. Latency: one query's ``search`` (embedding, store, rerank), after one warm-up query."""
+    ``error``. Latency: one query's ``search`` (embedding, store, rerank), after one warm-up query.
+
+    ``reference``: a target holding the same documents with float vectors (what a quantised target is
+    compared with): each row then also has ``reference@k``, the share of the reference's k best documents
+    (by kNN) that the row ranks in its own k best."""
     from embedrail.integration.search import Searcher
 
     if not isinstance(k, int) or k < 1:
@@ -309,19 +319,24 @@ def evaluate(targets: Iterable[Any], queries: Sequence[Query], configs: Iterable
     if any(c.rerank for c in parsed) and reranker is None:
         raise ConfigError("a +rerank configuration needs a reranker (--rerank MODEL)")
     depth = max(k, 10)
+    ref_top: dict[str, set[str]] | None = None
+    if reference is not None:
+        with Searcher(reference, embedder=embedder, device=device) as ref:
+            ref_top = {q.id: {str(h.metadata.get("_doc", h.id)) for h in ref.search(q.text, k, distinct_docs=True).hits}
+                       for q in queries}  # fmt: skip
     rows = []
     for target in targets:
         with Searcher(target, embedder=embedder, device=device, reranker=reranker) as s:
             info = s.index()
-            name = target if isinstance(target, str) else str(getattr(target, "url", target))
-            bytes_per = info.spec.dims * 4 if info.spec else None
+            name = redact_url(target) if isinstance(target, str) else str(getattr(target, "url", target))  # no secrets
+            bytes_per = info.extra.get("bytes_per_vector") or (info.spec.dims * 4 if info.spec else None)
             s.search(queries[0].text, k=1, rerank=False)  # warm-up: the model loads, the connection opens
             if reranker is not None:
                 s.reranker()  # loaded before the first reranked query is timed
             for cfg in parsed:
                 row = Row(name, cfg.name, bytes_per_vector=bytes_per)
                 try:
-                    _run(s, row, cfg, queries, depth, k, candidates)
+                    _run(s, row, cfg, queries, depth, k, candidates, ref_top)
                 except UnsupportedError as e:
                     row.error = str(e).split(";")[0]
                     row.metrics, row.latency_ms, row.per_query = {}, {}, {}
@@ -331,8 +346,9 @@ def evaluate(targets: Iterable[Any], queries: Sequence[Query], configs: Iterable
     return EvalReport(k, rows)
 
 
-def _run(s: Any, row: Row, cfg: Config, queries: Sequence[Query], depth: int, k: int, candidates: int | None) -> None:
-    sums = dict.fromkeys(METRICS, 0.0)
+def _run(s: Any, row: Row, cfg: Config, queries: Sequence[Query], depth: int, k: int, candidates: int | None,
+         ref_top: dict[str, set[str]] | None = None) -> None:  # fmt: skip
+    sums = dict.fromkeys([*METRICS, *([REF] if ref_top is not None else [])], 0.0)
     times = []
     for q in queries:
         t = time.perf_counter()
@@ -343,6 +359,9 @@ def _run(s: Any, row: Row, cfg: Config, queries: Sequence[Query], depth: int, k:
         row.per_query[q.id] = ranked
         for m, v in metrics_of(ranked, q.relevant, k).items():
             sums[m] += v
+        if ref_top is not None:
+            want = ref_top[q.id]
+            sums[REF] += len(want & set(ranked[:k])) / len(want) if want else 1.0
     row.queries = len(queries)
     row.metrics = {m: v / len(queries) for m, v in sums.items()}
     row.latency_ms = {"p50": _percentile(times, 50), "p95": _percentile(times, 95)}

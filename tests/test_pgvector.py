@@ -161,7 +161,7 @@ def test_a_rebuild_is_loaded_without_its_hnsw_index_and_indexed_before_the_switc
         assert new.upsert(recs).ok
         assert [h.id for h in new.search(vecs[42], k=3)][0] == "r42"  # searchable (exactly) while loading
 
-        def broken(physical: str, spec: IndexSpec) -> str:  # fault: the build fails
+        def broken(physical: str, spec: IndexSpec, quantization: str | None) -> str:  # fault: the build fails
             return f"CREATE INDEX ON {s._t(physical)} USING hnsw (no_such_column vector_cosine_ops)"
 
         with mock.patch.object(PgvectorStore, "_hnsw_sql", side_effect=broken, autospec=False), pytest.raises(StoreError):
@@ -193,3 +193,44 @@ def test_maintenance_work_mem_is_checked_and_used(pgvector_url: str) -> None:
         s.commit_rebuild(new)
         assert s.has_vector_index() and s.count() == 20
         s.drop()
+
+
+def test_quantised_tables_and_what_they_keep_against_float(pgvector_url: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """One reindex into a float, a halfvec and a bit table (``?quantization=``); each records its quantisation
+    and bytes per vector; the bit table re-ranks its Hamming candidates by the exact distance, so a stored
+    vector finds itself first; ``embedrail eval --reference`` says how much of float's top k each keeps."""
+    import json
+    from urllib.parse import urlsplit
+
+    from embedrail.integration.cli import main
+
+    names = {q: _name() for q in ("float", "halfvec", "bit")}
+    urls = {q: with_name(pgvector_url, n) + ("" if q == "float" else f"&quantization={q}") for q, n in names.items()}
+    docs = [{"id": f"d{i:02d}", "text": sentences(f"d{i}", 1 + i % 3, 10)} for i in range(40)]
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    args = ["reindex", "--source", str(src), "--ledger", f"sqlite:///{tmp_path / 'l.sqlite'}", "--chunk-tokens", "32"]
+    assert main(args + [a for u in urls.values() for a in ("--target", u)]) == 0
+    capsys.readouterr()
+    for q, url in urls.items():
+        with connect(url) as s:
+            info = s.describe()
+            assert info.extra["quantization"] == (None if q == "float" else q)
+            assert info.extra["bytes_per_vector"] == {"float": 384 * 4, "halfvec": 384 * 2, "bit": 384 // 8}[q]
+    with connect(urls["float"]) as f, connect(with_name(pgvector_url, names["bit"])) as b:  # reads follow the table
+        stored = f._stored(f._read_target(), sorted(f.iter_ids())[:8])  # the float vectors as stored
+        assert len(stored) == 8
+        for cid, (vec, _) in stored.items():  # itself, or a chunk of the same text (the corpus repeats some)
+            hit = b.search(vec, k=1)[0]
+            assert hit.id == cid or hit.score > 0.9999, (cid, hit.id, hit.score)
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"query": sentences(f"d{i}", 1, 10), "relevant": [f"d{i:02d}"]} for i in range(0, 40, 4)])
+    assert main(["eval", "--target", urls["float"], "--target", urls["halfvec"], "--target", urls["bit"], "--queries", str(queries),
+                 "--reference", urls["float"], "--json"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    rows = {r["target"]: r for r in json.loads(out)["rows"]}
+    password = urlsplit(pgvector_url).password
+    assert len(rows) == 3 and password and password not in out  # the report names the targets without their secrets
+    float_row = next(r for t, r in rows.items() if "quantization" not in t)
+    assert float_row["metrics"]["reference@10"] == 1.0 and float_row["bytes_per_vector"] == 1536
+    for r in rows.values():
+        assert 0.5 <= r["metrics"]["reference@10"] <= 1.0 and abs(r["metrics"]["mrr@10"] - float_row["metrics"]["mrr@10"]) < 0.2, r
