@@ -17,7 +17,7 @@ from embedrail.connectors.base import Hit, IndexSpec
 from embedrail.errors import ConfigError
 
 __all__ = ["FILTER_FIELD", "INDEX_OPTION_TYPES", "default_index_options", "dims_limit", "es_filter", "filterable",
-           "hit", "index_mapping", "resolve_index_options", "score"]  # fmt: skip
+           "hit", "index_mapping", "resolve_index_options", "score", "vector_bytes"]  # fmt: skip
 
 INDEX_OPTION_TYPES = ("hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat", "int8_flat", "int4_flat", "bbq_flat")
 _MIN_VERSION = {"int8_hnsw": (8, 12), "flat": (8, 13), "int8_flat": (8, 13), "int4_hnsw": (8, 15),
@@ -57,6 +57,19 @@ def resolve_index_options(opt: str | Mapping[str, Any] | None, version: str, spe
         opts.setdefault("m", 16)
         opts.setdefault("ef_construction", 100)
     return opts
+
+
+def vector_bytes(index_options: Mapping[str, Any] | None, dims: int) -> int:
+    """What the kNN graph holds per vector: 4 bytes a dimension as float, 1 as int8, half as int4, one bit as
+    bbq (the float vectors are kept beside them for rescoring)."""
+    typ = str((index_options or {}).get("type", "hnsw"))
+    if typ.startswith("int8"):
+        return dims
+    if typ.startswith("int4"):
+        return -(-dims // 2)
+    if typ.startswith("bbq"):
+        return -(-dims // 8)
+    return dims * 4
 
 
 def index_mapping(name: str, spec: IndexSpec, similarity: str, index_options: Mapping[str, Any]) -> dict[str, Any]:

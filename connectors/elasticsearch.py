@@ -18,7 +18,9 @@
   per batch: ``flush()`` refreshes once at the end of a write session). It replaces
   ``elasticsearch.helpers.bulk`` because it is measurably faster on the same data
   (``benchmarks/upsert_throughput.py`` prints the ratio) and reports every failure by id.
-- Search: kNN with ``num_candidates`` and filters; ``text`` is a ``text`` field (BM25) and
+- Search: kNN with ``num_candidates`` and filters; on a quantised index (int8, int4, bbq) ``rescore=`` (or
+  ``?rescore=``, e.g. 3) asks the server (>= 8.18) to re-rank ``rescore`` x k candidates by the float vectors
+  (``rescore_vector.oversample``); ``text`` is a ``text`` field (BM25) and
   ``text_search()`` queries it.
 - The user-facing name is always an alias of a versioned physical index ``<name>__v<timestamp>``
   (from the first ``ensure_index``), so rebuilds are one atomic ``_aliases`` call.
@@ -45,6 +47,7 @@ from embedrail.connectors._es_schema import (
     index_mapping,
     resolve_index_options,
     score,
+    vector_bytes,
 )
 from embedrail.connectors._filters import parse_filter
 from embedrail.connectors._records import OWNER_KEY, batched, owner_from, parse_version, spec_from_dict
@@ -105,6 +108,7 @@ class ElasticsearchStore(BaseStore):
         index_options: str | Mapping[str, Any] | None = None,
         similarity: str | None = None,
         num_candidates: int | None = None,
+        rescore: float | None = None,
         chunk_docs: int = 500,
         chunk_bytes: int = 10 * 1024 * 1024,
         timeout: float = 30.0,
@@ -116,12 +120,16 @@ class ElasticsearchStore(BaseStore):
             index_options = index_options or self._u.param("index_options")
             similarity = similarity or self._u.param("similarity")
             num_candidates = num_candidates or int(self._u.param("num_candidates") or 0) or None
+            rescore = rescore or float(self._u.param("rescore") or 0) or None
             timeout = float(self._u.param("timeout") or timeout)
         if similarity not in (None, "cosine", "dot_product", "l2_norm", "max_inner_product"):
             raise ConfigError(f"unknown similarity {similarity!r}; use cosine, dot_product, l2_norm or max_inner_product")
         if isinstance(index_options, str) and index_options not in INDEX_OPTION_TYPES:
             raise ConfigError(f"unknown index_options {index_options!r}; use one of {INDEX_OPTION_TYPES} or a dict")
+        if rescore is not None and not 1.0 <= float(rescore) <= 10.0:
+            raise ConfigError(f"rescore={rescore!r}: the oversampling factor is from 1 to 10 (e.g. 3)")
         self.index_options, self.similarity, self.num_candidates = index_options, similarity, num_candidates
+        self.rescore = float(rescore) if rescore is not None else None
         self.chunk_docs, self.chunk_bytes = max(1, chunk_docs), max(1024, chunk_bytes)
         self.timeout, self.settings = timeout, dict(settings or {})
         self._version: str | None = None
@@ -138,6 +146,7 @@ class ElasticsearchStore(BaseStore):
         super()._reset_caches()
         self._specs: dict[str, IndexSpec | None] = {}
         self._sims: dict[str, str] = {}
+        self._types: dict[str, str] = {}  # physical -> its index_options type (hnsw, int8_hnsw, bbq_hnsw, ...)
         self._dirty = False  # written since the last refresh: reads refresh first (read-your-writes)
 
     # ------------------------------------------------------------------------------ client
@@ -219,7 +228,9 @@ class ElasticsearchStore(BaseStore):
         if physical not in self._specs:
             m = self._mapping(physical)
             self._specs[physical] = spec_from_dict((m.get("_meta") or {}).get("embedrail"))
-            self._sims[physical] = str(((m.get("properties") or {}).get("vector") or {}).get("similarity", "cosine"))
+            vec = (m.get("properties") or {}).get("vector") or {}
+            self._sims[physical] = str(vec.get("similarity", "cosine"))
+            self._types[physical] = str((vec.get("index_options") or {}).get("type", "hnsw"))
         return self._specs[physical]
 
     # ------------------------------------------------------------------------------ creation
@@ -246,6 +257,7 @@ class ElasticsearchStore(BaseStore):
             kw["aliases"] = {self.name: {}}
         self._call(lambda: self.client.indices.create(**kw), f"create index {physical}")
         self._specs[physical], self._sims[physical] = spec, sim
+        self._types[physical] = str((mappings["properties"]["vector"].get("index_options") or {}).get("type", "hnsw"))
         log.info("%s: created %s (dims=%d, %s)", self.url, physical, spec.dims, sim)
 
     def _create_physical(self, physical: str, spec: IndexSpec) -> None:
@@ -272,6 +284,8 @@ class ElasticsearchStore(BaseStore):
         m = self._mapping(physical)
         vec = (m.get("properties") or {}).get("vector") or {}
         extra.update(similarity=vec.get("similarity"), index_options=vec.get("index_options"), url=self.url)
+        if vec.get("dims"):
+            extra["bytes_per_vector"] = vector_bytes(vec.get("index_options"), int(vec["dims"]))
         meta = m.get("_meta") or {}
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec_from_dict(meta.get("embedrail")),
                          count=self.count(), extra=extra, owner=owner_from(meta.get(OWNER_KEY)))  # fmt: skip
@@ -397,6 +411,9 @@ class ElasticsearchStore(BaseStore):
         q = es_filter(conds)
         if q is not None:
             knn["filter"] = q
+        quantised = self._types.get(target.physical, "hnsw").startswith(("int8", "int4", "bbq"))
+        if self.rescore and quantised and parse_version(self.server_version()) >= (8, 18):
+            knn["rescore_vector"] = {"oversample": self.rescore}
         for attempt in range(3):
             try:
                 resp = self._call(lambda: self.client.search(index=self._address, knn=knn, size=k, source=_SOURCE), "search")

@@ -523,6 +523,25 @@ def test_es_text_field_is_indexed_for_bm25(request: pytest.FixtureRequest, data:
         s.close()
 
 
+def test_es_quantised_index_types_say_their_bytes_and_rescore(es_url: str, data: tuple[list[str], np.ndarray]) -> None:
+    """``?index_options=`` types: ``describe()`` says the bytes per vector of each graph, and with ``?rescore=3``
+    a bbq (1 bit per dimension) index re-ranks its candidates by the float vectors: each stored vector of 300
+    finds itself first, as on the float index."""
+    texts, vecs = data
+    for typ, want in (("hnsw", 384 * 4), ("int8_hnsw", 384), ("bbq_hnsw", 48)):
+        s = connect(with_name(es_url, f"t_q_{uuid.uuid4().hex[:8]}") + f"?index_options={typ}&rescore=3")
+        try:
+            s.ensure_index(SPEC)
+            assert s.upsert(_records(texts[:300], vecs[:300])).ok
+            s.flush()
+            assert s.describe().extra["bytes_per_vector"] == want
+            found = sum(s.search(vecs[i], k=1)[0].id == f"doc{i}#0" for i in range(0, 300, 10))
+            assert found == 30, (typ, found)
+        finally:
+            s.drop()
+            s.close()
+
+
 def test_rebuild_can_be_reopened_by_another_process(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
     texts, vecs = data
     s = stores.new("ro")
