@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,6 +119,9 @@ def load_queries(path: str | Path, *, split: str = "test") -> list[Query]:
             out.append(Query(str(obj.get("id", lineno)), obj["query"], _grades(obj.get("relevant"), where)))
     if not out:
         raise ConfigError(f"{p}: no queries")
+    repeated = sorted(i for i, n in Counter(q.id for q in out).items() if n > 1)
+    if repeated:
+        raise ConfigError(f"{p}: query id(s) {repeated[:5]} appear more than once; give each query its own id")
     return out
 
 
@@ -309,6 +313,8 @@ def evaluate(targets: Iterable[Any], queries: Sequence[Query], configs: Iterable
     (by kNN) that the row ranks in its own k best."""
     from embedrail.integration.search import Searcher
 
+    if isinstance(targets, str):  # one URL, not its characters
+        targets = [targets]
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
     if not queries:
@@ -419,6 +425,8 @@ def tune(targets: Iterable[Any], queries: Sequence[Query], *, metric: str = "ndc
     worse than kNN on these queries; a tie goes to the configuration nearer kNN (higher alpha), then to
     relative fusion."""
     key = _metric_key(metric)
+    if isinstance(targets, str):
+        targets = [targets]
     configs = ["knn"] + [f"hybrid:{a:g}:{f}" for f in fusions for a in alphas if a < 1.0]
     report = evaluate(targets, queries, configs, k=k, **kwargs)
     by_target: dict[str, list[Row]] = {}

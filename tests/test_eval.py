@@ -163,6 +163,9 @@ def test_query_files_and_their_errors(tmp_path: Path) -> None:
         load_queries(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_queries(tmp_path / "missing.jsonl")
+    bad.write_text('{"id": "a", "query": "one", "relevant": ["x"]}\n{"id": "a", "query": "two", "relevant": ["y"]}\n')
+    with pytest.raises(ConfigError, match=r"\['a'\] appear more than once"):
+        load_queries(bad)
     assert parse_config("hybrid:0.3:rrf+rerank").name == "hybrid:0.3:rrf+rerank"
     for wrong in ("bm25", "hybrid:1.5", "hybrid:x", "hybrid:0.5:max"):
         with pytest.raises(ConfigError):
