@@ -534,7 +534,7 @@ class BaseStore:
         (weighted reciprocal rank). Scores are the fusion's."""
         raise UnsupportedError(f"{self.url}: {type(self).__name__} has no keyword search to fuse with kNN, so no "
                                "hybrid search; use search() (kNN), or a store that has it (Elasticsearch, OpenSearch, "
-                               "Weaviate, pgvector)")  # fmt: skip
+                               "Weaviate, pgvector, Qdrant)")  # fmt: skip
 
     def _hybrid_args(self, query: str, alpha: float, k: int, candidates: int | None, fusion: str = "relative") -> tuple[int, int]:
         if fusion not in ("relative", "rrf"):

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality filter (repeatable)")
     s.add_argument("--instruction", help="query instruction (instruction-aware models such as Qwen3)")
     s.add_argument("--hybrid", action="store_true",
-                   help="keyword search on the text fused with kNN (Elasticsearch, OpenSearch, Weaviate, pgvector)")
+                   help="keyword search on the text fused with kNN (Elasticsearch, OpenSearch, Weaviate, pgvector, Qdrant)")
     s.add_argument("--alpha", type=float, default=0.5, help="hybrid: weight of the vector side, 0 (keywords) to 1 (kNN)")
     s.add_argument("--fusion", choices=["relative", "rrf"], default="relative",
                    help="hybrid: relative (min-max normalised scores, weighted) or rrf (weighted reciprocal rank)")
