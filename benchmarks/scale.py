@@ -67,8 +67,7 @@ def step(source: str, target: str, ledger: str, dims: int) -> dict[str, Any]:
 
 def langchain_step(source: str, es_url: str, index_name: str, records_url: str, dims: int) -> dict[str, Any]:
     """LangChain ``index()`` over the JSONL file, in this process (the child): seconds, peak RSS, its counts."""
-    import json as _json
-
+    from elasticsearch import Elasticsearch
     from langchain_classic.indexes import SQLRecordManager
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
@@ -84,15 +83,14 @@ def langchain_step(source: str, es_url: str, index_name: str, records_url: str, 
             return _vector(text, dims).tolist()
 
     t0 = time.perf_counter()
-    from elasticsearch import Elasticsearch
-
     # a client of our own: langchain's es_url= path calls GET /, absent on the test server's minimal distribution
     store = ElasticsearchStore(index_name=index_name, client=Elasticsearch(es_url), embedding=FreeEmbeddings())
     rm = SQLRecordManager(f"elasticsearch/{index_name}", db_url=records_url.replace("postgresql://", "postgresql+psycopg://", 1))
     rm.create_schema()
-    rows = (_json.loads(line) for line in open(source))
-    docs = (Document(page_content=r["text"], metadata={"source": r["id"], "group": r["group"]}) for r in rows)
-    res = index(docs, rm, store, cleanup="full", source_id_key="source")  # its default batch_size (100)
+    with open(source, encoding="utf-8") as f:
+        rows = (json.loads(line) for line in f)
+        docs = (Document(page_content=r["text"], metadata={"source": r["id"], "group": r["group"]}) for r in rows)
+        res = index(docs, rm, store, cleanup="full", source_id_key="source")  # its default batch_size (100)
     seconds = time.perf_counter() - t0
     store.client.close()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -94,28 +94,25 @@ def parse(dag_file: Path) -> Any:
     return mod.dag
 
 
-def run(dag: Any, conf: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any] | None]:
-    """dag.test() one run on a freshly parsed copy of the DAG (as every Airflow worker does: dag.test()
-    runs the tasks in this process, and the trigger params of one run would otherwise stay on the
-    task objects for the next); returns (dag run, the report task's XCom)."""
+def xcom(dag_id: str, run_id: str, task_id: str) -> Any:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
+    with create_session() as s:
+        value = s.execute(select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id,
+                                                        XComModel.task_id == task_id, XComModel.key == "return_value")
+                          ).scalar_one_or_none()  # fmt: skip
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def run(dag: Any, conf: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any] | None]:
+    """dag.test() one run on a freshly parsed copy of the DAG (as every Airflow worker does: dag.test()
+    runs the tasks in this process, and the trigger params of one run would otherwise stay on the
+    task objects for the next); returns (dag run, the report task's XCom)."""
     dag = parse(dag.embedrail_test_file)
     dr = dag.test(run_conf=conf)
-    with create_session() as s:
-        value = s.execute(
-            select(XComModel.value).where(
-                XComModel.dag_id == dag.dag_id,
-                XComModel.run_id == dr.run_id,
-                XComModel.task_id == "report",
-                XComModel.key == "return_value",
-            )
-        ).scalar_one_or_none()
-    if isinstance(value, str):
-        value = json.loads(value)
-    return dr, value
+    return dr, xcom(dag.dag_id, dr.run_id, "report")
 
 
 def task_states(dag_id: str, run_id: str) -> list[tuple[str, int, int, str]]:
@@ -516,18 +513,6 @@ def test_operator_runs_a_reindex_inside_a_users_own_dag(airflow_home, chroma_pat
     bad = user_dag("opbad_" + unique_name[-8:], dims=128)
     dr = parse(bad.embedrail_test_file).test()
     assert str(dr.state) == "failed" and ("reindex", -1, 1, "failed") in task_states(bad.dag_id, dr.run_id)
-
-
-def xcom(dag_id: str, run_id: str, task_id: str) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as s:
-        value = s.execute(select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id,
-                                                        XComModel.task_id == task_id, XComModel.key == "return_value")
-                          ).scalar_one_or_none()  # fmt: skip
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def test_evaluate_task_after_a_run_and_its_quality_gate(airflow_home, chroma_path_url, unique_name, tmp_path):  # noqa: F811
