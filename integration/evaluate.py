@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from embedrail.errors import ConfigError, UnsupportedError
 from embedrail.secrets import redact_url
 
@@ -184,16 +186,6 @@ def metrics_of(ranked: Sequence[str], relevant: dict[str, float], k: int) -> dic
     dcg = sum(relevant.get(d, 0.0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
     ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted(relevant.values(), reverse=True)[:10]))
     return {"recall@k": recall, "mrr@10": rr, "ndcg@10": dcg / ideal if ideal else 0.0}
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) by linear interpolation between order statistics (numpy's default)."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 @dataclass
@@ -370,7 +362,7 @@ def _run(s: Any, row: Row, cfg: Config, queries: Sequence[Query], depth: int, k:
             sums[REF] += len(want & set(ranked[:k])) / len(want) if want else 1.0
     row.queries = len(queries)
     row.metrics = {m: v / len(queries) for m, v in sums.items()}
-    row.latency_ms = {"p50": _percentile(times, 50), "p95": _percentile(times, 95)}
+    row.latency_ms = {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95))}
 
 
 #: the keys of an evaluation's settings (``build_reindex_dag(evaluate=...)``, YAML ``evaluate:``)
