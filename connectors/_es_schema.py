@@ -16,13 +16,59 @@ from embedrail.connectors._records import parse_version, spec_to_dict
 from embedrail.connectors.base import Hit, IndexSpec
 from embedrail.errors import ConfigError
 
-__all__ = ["FILTER_FIELD", "INDEX_OPTION_TYPES", "default_index_options", "dims_limit", "es_filter", "filterable",
-           "hit", "index_mapping", "resolve_index_options", "score", "vector_bytes"]  # fmt: skip
+__all__ = ["ANALYSIS_PROBE", "FILTER_FIELD", "HEADING_KEYS", "INDEX_OPTION_TYPES", "default_index_options", "dims_limit", "es_filter",
+           "filterable", "hit", "index_mapping", "keyword_query", "resolve_index_options", "score", "text_analysis",
+           "vector_bytes"]  # fmt: skip
 
 INDEX_OPTION_TYPES = ("hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat", "int8_flat", "int4_flat", "bbq_flat")
 _MIN_VERSION = {"int8_hnsw": (8, 12), "flat": (8, 13), "int8_flat": (8, 13), "int4_hnsw": (8, 15),
                 "int4_flat": (8, 15), "bbq_hnsw": (8, 16), "bbq_flat": (8, 16)}  # fmt: skip
 FILTER_FIELD = "m"  # filterable copies of metadata values
+#: metadata keys whose values are also searched as words, boosted (the document title and a chunk's headings)
+HEADING_KEYS = ("title", "heading_path")
+HEADING_BOOST = 2
+_ANALYZER, _QUERY_ANALYZER = "embedrail_text", "embedrail_query"
+
+
+def text_analysis(settings: Mapping[str, Any] | None = None, *, full: bool = True) -> dict[str, Any]:
+    """``settings`` (the user's index settings) with the analysis of a new index added: English words for
+    keyword search. ``full`` (a server with the ``analysis-common`` module, as every full distribution):
+    the standard tokenizer, identifiers split into their parts (``cgi.parse_header`` -> cgi, parse, header;
+    ``ArgumentParser`` -> argument, parser; the whole identifier kept as well), lowercased, English stop
+    words removed, Porter stemming; the query side is the same chain without ``flatten_graph`` (which only
+    an index needs). Without the module (a minimal build) the mapping names the built-in ``stop`` analyzer
+    (letters only, lowercased, English stop words: ``cgi.parse_header`` is still split, camel case and
+    stems are not) and no analysis is added."""
+    parts = ["embedrail_parts", "lowercase", "embedrail_stop", "embedrail_stem"]
+    ours: dict[str, Any] = {
+        "filter": {
+            "embedrail_parts": {"type": "word_delimiter_graph", "preserve_original": True, "split_on_numerics": False},
+            "embedrail_stop": {"type": "stop", "stopwords": "_english_"},
+            "embedrail_stem": {"type": "stemmer", "language": "english"},
+        },
+        "analyzer": {
+            _ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": [parts[0], "flatten_graph", *parts[1:]]},
+            _QUERY_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": parts},
+        },
+    } if full else {}  # fmt: skip
+    out = dict(settings or {})
+    theirs = out.get("analysis") if isinstance(out.get("analysis"), Mapping) else {}
+    # the user's own analysis settings are kept beside ours (theirs win on a name clash)
+    if ours or theirs:
+        out["analysis"] = {part: {**ours.get(part, {}), **dict(theirs.get(part) or {})} for part in {*ours, *theirs}}
+    return out
+
+
+#: what ``text_analysis(full=True)`` needs from the server (``_analyze`` with these tells whether it has them)
+ANALYSIS_PROBE = {"tokenizer": "standard", "filter": [{"type": "word_delimiter_graph"}, {"type": "stemmer", "language": "english"}],
+                  "text": "ArgumentParser"}  # fmt: skip
+
+
+def keyword_query(query: str) -> dict[str, Any]:
+    """BM25 over the chunk text and, boosted, the title and headings (an index created before these fields
+    existed has only ``text``: a field it lacks matches nothing)."""
+    fields = ["text", *(f"{FILTER_FIELD}.{k}.words^{HEADING_BOOST}" for k in HEADING_KEYS)]
+    return {"multi_match": {"query": query, "fields": fields, "type": "most_fields"}}
 
 
 def dims_limit(version: str | tuple[int, ...]) -> int:
@@ -72,27 +118,34 @@ def vector_bytes(index_options: Mapping[str, Any] | None, dims: int) -> int:
     return dims * 4
 
 
-def index_mapping(name: str, spec: IndexSpec, similarity: str, index_options: Mapping[str, Any]) -> dict[str, Any]:
+def index_mapping(name: str, spec: IndexSpec, similarity: str, index_options: Mapping[str, Any], *,
+                  full_analysis: bool = True) -> dict[str, Any]:  # fmt: skip
     """The mapping of a physical index: strict, the spec in ``_meta``, vectors and filter copies not in
-    ``_source``."""
+    ``_source``; ``text`` and the headings analysed by ``text_analysis`` (``full_analysis``: which one)."""
 
-    def template(tname: str, kind: str, mapping: dict[str, Any]) -> dict[str, Any]:
-        return {tname: {"path_match": f"{FILTER_FIELD}.*", "match_mapping_type": kind, "mapping": mapping}}
+    def template(tname: str, kind: str, mapping: dict[str, Any], path: str = "*") -> dict[str, Any]:
+        return {tname: {"path_match": f"{FILTER_FIELD}.{path}", "match_mapping_type": kind, "mapping": mapping}}
 
+    words = ({"type": "text", "analyzer": _ANALYZER, "search_analyzer": _QUERY_ANALYZER} if full_analysis else
+             {"type": "text", "analyzer": "stop"})  # fmt: skip
     return {
-        "_meta": {"embedrail": spec_to_dict(spec), "logical_name": name, "created": datetime.now(UTC).isoformat()},
+        "_meta": {"embedrail": spec_to_dict(spec), "logical_name": name, "created": datetime.now(UTC).isoformat(),
+                  "lexical": {"analyzer": _ANALYZER if full_analysis else "stop", "headings": list(HEADING_KEYS)}},
         "_source": {"excludes": ["vector", FILTER_FIELD]},
         "dynamic": "strict",
         "date_detection": False,
         "numeric_detection": False,
         "dynamic_templates": [
+            # the title and headings: filterable as given, and searchable as words (keyword_query)
+            *(template(f"heading_{k}", "string", {"type": "keyword", "ignore_above": 2048, "fields": {"words": words}}, k)
+              for k in HEADING_KEYS),
             template("filter_strings", "string", {"type": "keyword", "ignore_above": 2048}),
             template("filter_longs", "long", {"type": "double"}),
             template("filter_doubles", "double", {"type": "double"}),
         ],
         "properties": {
             "id": {"type": "keyword"},
-            "text": {"type": "text"},
+            "text": dict(words),
             "vector": {"type": "dense_vector", "dims": spec.dims, "index": True, "similarity": similarity,
                        "index_options": dict(index_options)},  # fmt: skip
             # the metadata exactly as given (any JSON), kept in _source, not indexed

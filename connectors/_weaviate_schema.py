@@ -14,12 +14,15 @@ import numpy as np
 from embedrail.connectors.base import Hit, Record
 from embedrail.errors import ConfigError
 
-__all__ = ["META_PREFIX", "PROP_RE", "RETURN_PROPS", "condition", "normalize_name", "object_properties", "object_uuid",
+__all__ = ["HEADINGS", "HEADING_BOOST", "META_PREFIX", "PROP_RE", "RETURN_PROPS", "condition", "normalize_name", "object_properties", "object_uuid",
            "to_hit", "to_score", "type_of"]  # fmt: skip
 
 PROP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
 META_PREFIX = "m_"
 RETURN_PROPS = ["doc_id", "text", "meta_json"]
+HEADINGS = "headings"  # the title and heading path as words (a searchable property of new collections)
+HEADING_BOOST = 2
+_HEADING_KEYS = ("title", "heading_path")
 
 
 def normalize_name(name: str) -> str:
@@ -52,10 +55,14 @@ def condition(p: Any, op: str, val: Any, many: bool) -> Any:
     return {"$gt": p.greater_than, "$gte": p.greater_or_equal, "$lt": p.less_than, "$lte": p.less_or_equal}[op](val)
 
 
-def object_properties(r: Record) -> tuple[dict[str, Any], dict[str, str]]:
+def object_properties(r: Record, *, headings: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the object's properties, the types of its ``m_<key>`` ones); ``headings``: the collection has the
+    ``headings`` property (the metadata title and heading path, searched as words)."""
     md = dict(r.metadata or {})
     props: dict[str, Any] = {"doc_id": r.id, "text": r.text or "",
                              "meta_json": json.dumps(md, ensure_ascii=False, separators=(",", ":"), allow_nan=False)}  # fmt: skip
+    if headings:
+        props[HEADINGS] = " ".join(v for k in _HEADING_KEYS if isinstance(v := md.get(k), str))
     types: dict[str, str] = {}
     for k, v in md.items():
         t = type_of(v) if isinstance(k, str) and PROP_RE.match(k) else None

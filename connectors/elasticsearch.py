@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from embedrail.connectors._es_schema import (
+    ANALYSIS_PROBE,
     FILTER_FIELD,
     INDEX_OPTION_TYPES,
     default_index_options,
@@ -45,8 +46,10 @@ from embedrail.connectors._es_schema import (
     filterable,
     hit,
     index_mapping,
+    keyword_query,
     resolve_index_options,
     score,
+    text_analysis,
     vector_bytes,
 )
 from embedrail.connectors._filters import parse_filter
@@ -248,7 +251,23 @@ class ElasticsearchStore(BaseStore):
             )
         version = self.server_version()
         sim, index_options = self._similarity(spec), resolve_index_options(self.index_options, version, spec, self.url)
-        return index_mapping(self.name, spec, sim, index_options), {"number_of_shards": 1, **self.settings}, sim
+        full = self._full_analysis()
+        settings = {"number_of_shards": 1, **text_analysis(self.settings, full=full)}
+        return index_mapping(self.name, spec, sim, index_options, full_analysis=full), settings, sim
+
+    def _full_analysis(self) -> bool:
+        """Whether the server has the ``analysis-common`` module that keyword search's analyzer is built from
+        (every full distribution has it; a minimal build such as the integ-test zip does not): one
+        ``_analyze`` request when an index is created; a 400 answer means it has not."""
+        try:
+            self._call(lambda: self.client.indices.analyze(**ANALYSIS_PROBE), "check analyzers")
+            return True
+        except StoreRejectedError as e:
+            if e.__cause__ is None or _status(e.__cause__) != 400:
+                raise
+        log.warning("%s: the server has no analysis-common module: keyword search uses the 'stop' analyzer "
+                    "(no stemming, no camel-case splitting)", self.url)  # fmt: skip
+        return False
 
     def _create_index(self, physical: str, spec: IndexSpec, alias: bool) -> None:
         mappings, settings, sim = self._index_body(spec)
@@ -287,6 +306,8 @@ class ElasticsearchStore(BaseStore):
         if vec.get("dims"):
             extra["bytes_per_vector"] = vector_bytes(vec.get("index_options"), int(vec["dims"]))
         meta = m.get("_meta") or {}
+        # keyword search: the analyzer and boosted heading fields (absent: an index created before 0.2.0 has the standard analyzer)
+        extra["lexical"] = meta.get("lexical") or {"analyzer": "standard", "headings": []}
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec_from_dict(meta.get("embedrail")),
                          count=self.count(), extra=extra, owner=owner_from(meta.get(OWNER_KEY)))  # fmt: skip
 
@@ -447,12 +468,12 @@ class ElasticsearchStore(BaseStore):
         return self._fused(query, vector, k, filter, alpha, candidates, fusion, self.text_search)
 
     def text_search(self, query: str, k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
-        """BM25 search over the ``text`` field (score is the BM25 score)."""
+        """BM25 search over the ``text`` field and, boosted, the title and headings (score is the BM25 score)."""
         conds = parse_filter(filter)
         self._require("text_search")
         self._fresh()
         f = es_filter(conds)
-        body = {"bool": {"must": [{"match": {"text": query}}], **({"filter": [f]} if f else {})}}
+        body = {"bool": {"must": [keyword_query(query)], **({"filter": [f]} if f else {})}}
         resp = self._call(lambda: self.client.search(index=self._address, query=body, size=k, source=_SOURCE), "text search")
         return [hit(h, float(h["_score"] or 0.0)) for h in resp["hits"]["hits"]]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from embedrail.connectors._es_schema import index_mapping
+from embedrail.connectors._es_schema import index_mapping, text_analysis
 from embedrail.connectors._retry import BASE_ERRORS
 from embedrail.connectors._store import ReadTarget
 from embedrail.connectors._urls import StoreURL, flag
@@ -80,6 +80,8 @@ class _Client:
                 return ind.create(index=index, body=body)
 
             return create
+        if name == "analyze":
+            return lambda **body: ind.analyze(body=body)
         if name == "update_aliases":
             return lambda actions: ind.update_aliases(body={"actions": actions})
         if name == "put_mapping":
@@ -187,14 +189,15 @@ class OpenSearchStore(ElasticsearchStore):
             raise DimensionLimitError(f"{self.url}: OpenSearch's Lucene k-NN engine indexes at most {LUCENE_MAX_DIMS} dims, "
                                       f"{spec.dims} were requested; nothing was written. Use a smaller dimension (MRL truncation).")  # fmt: skip
         space = _SPACES[spec.metric]
-        mappings = index_mapping(self.name, spec, "cosine", {})
+        full = self._full_analysis()
+        mappings = index_mapping(self.name, spec, "cosine", {}, full_analysis=full)
         mappings["_source"] = {"excludes": ["m"]}  # vectors stay in _source: the only place to read them back
         mappings["properties"]["vector"] = {
             "type": "knn_vector", "dimension": spec.dims,
             "method": {"name": "hnsw", "engine": "lucene", "space_type": space,
                        "parameters": {"m": self.m, "ef_construction": self.ef_construction}},
         }  # fmt: skip
-        return mappings, {"number_of_shards": 1, "index.knn": True, **self.settings}, _SIM_OF_SPACE[space]
+        return mappings, {"number_of_shards": 1, "index.knn": True, **text_analysis(self.settings, full=full)}, _SIM_OF_SPACE[space]
 
     def describe(self) -> Any:
         info = super().describe()

@@ -79,7 +79,7 @@ class PgvectorStore(BaseStore):
                                 rejected=("psycopg.DataError",))  # a value the driver cannot send (a NUL in text)
 
     def __init__(self, client_or_url: Any, table: str | None = None, *, m: int = 16, ef_construction: int = 64,
-                 ef_search: int = 100, batch_size: int = 500, schema: str | None = None, text_config: str = "simple",
+                 ef_search: int = 100, batch_size: int = 500, schema: str | None = None, text_config: str | None = None,
                  maintenance_work_mem: str | None = None, quantization: str | None = None, rescore: int = 4,
                  **base: Any) -> None:  # fmt: skip
         super().__init__(client_or_url, table, **base)
@@ -100,7 +100,10 @@ class PgvectorStore(BaseStore):
         self.maintenance_work_mem = memory
         self._lock = threading.RLock()
         self._version: tuple[int, ...] | None = None
-        self.text_config = text_config  # the full-text search configuration of keyword/hybrid search
+        # the full-text search configuration of a new table's keyword search (None: english); a table
+        # keeps the one it was created with (its comment)
+        self.text_config = text_config or (self._u.param("text_config") if self._u else None)
+        self._lexical: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------------------ names, client
     def _name_from_url(self, u: StoreURL) -> str | None:
@@ -227,6 +230,14 @@ class PgvectorStore(BaseStore):
             self._quant[physical] = self._comment(physical).get("quantization")
         return self._quant[physical]
 
+    def _lexical_of(self, physical: str) -> dict[str, Any]:
+        """How the table's keyword search works: ``{"config": ..., "column": "lex"}`` for a table with the
+        ``lex`` column, ``{"config": ...}`` for one created before it (an expression index on ``text``)."""
+        if physical not in self._lexical:
+            lex = self._comment(physical).get("lexical")
+            self._lexical[physical] = dict(lex) if isinstance(lex, dict) else {"config": self.text_config or "simple"}
+        return self._lexical[physical]
+
     # ------------------------------------------------------------------------------ names -> tables
     def _exists(self, physical: str) -> bool:
         rows = self._sql("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -281,9 +292,11 @@ class PgvectorStore(BaseStore):
 
     def _create_physical(self, physical: str, spec: IndexSpec) -> None:
         vtype = self._column_type(spec.dims, self.quantization)
-        comment = json.dumps({"embedrail": spec_to_dict(spec), "logical": self.name,
+        lexical = {"config": self.text_config or "english", "column": "lex", "headings": list(HEADING_KEYS)}
+        comment = json.dumps({"embedrail": spec_to_dict(spec), "logical": self.name, "lexical": lexical,
                               **({"quantization": self.quantization} if self.quantization else {})}, sort_keys=True)  # fmt: skip
         self._quant.pop(physical, None)
+        self._lexical.pop(physical, None)
         # a rebuild's table (this store is bound to it) is loaded first and gets its HNSW index at commit
         # (_finish_physical): inserting row by row into an HNSW index is several times slower than one build
         defer = self._physical_fixed == physical
@@ -291,12 +304,13 @@ class PgvectorStore(BaseStore):
         def create(conn: Any) -> None:
             t = self._t(physical)
             conn.execute(f"CREATE TABLE {t} (id text PRIMARY KEY, embedding {vtype}({int(spec.dims)}) NOT NULL, "
-                         "text text NOT NULL DEFAULT '', metadata jsonb NOT NULL DEFAULT '{}')")  # fmt: skip
+                         "text text NOT NULL DEFAULT '', metadata jsonb NOT NULL DEFAULT '{}', "
+                         f"lex tsvector GENERATED ALWAYS AS ({_lex_expr(lexical['config'])}) STORED)")  # fmt: skip
             # unnamed indexes: PostgreSQL picks unique names (physical + a suffix would pass 63 bytes)
             if not defer:
                 conn.execute(self._hnsw_sql(physical, spec, self.quantization))
             conn.execute(f"CREATE INDEX ON {t} USING gin (metadata jsonb_path_ops)")
-            conn.execute(f"CREATE INDEX ON {t} USING gin (to_tsvector({_literal(self.text_config)}::regconfig, text))")
+            conn.execute(f"CREATE INDEX ON {t} USING gin (lex)")
             conn.execute(f"COMMENT ON TABLE {t} IS {_literal(comment)}")
 
         self._tx(create, "create table")
@@ -366,7 +380,7 @@ class PgvectorStore(BaseStore):
             return IndexInfo(name=self.name, exists=False, extra=extra)
         comment = self._comment(physical)
         vtype, quant, spec = self._vtype(physical), comment.get("quantization"), spec_from_dict(comment.get("embedrail"))
-        extra.update(vector_type=vtype, quantization=quant, url=self.url)
+        extra.update(vector_type=vtype, quantization=quant, url=self.url, lexical=self._lexical_of(physical))
         if spec is not None:  # what the HNSW graph holds per vector (a bit index re-ranks with the float column)
             extra["bytes_per_vector"] = -(-spec.dims // 8) if quant == "bit" else spec.dims * (2 if vtype == "halfvec" else 4)
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec_from_dict(comment.get("embedrail")),
@@ -450,18 +464,25 @@ class PgvectorStore(BaseStore):
     supports_hybrid = True
 
     def text_search(self, query: str, k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
-        """PostgreSQL full-text search over ``text`` (``text_config``, default ``simple``: no stemming,
-        any language): documents with any of the query's words, ranked by ``ts_rank`` (normalised by length); GIN-indexed on
-        tables this connector created."""
+        """PostgreSQL full-text search: documents with any of the query's words, ranked by ``ts_rank``
+        (normalised by length). A table this connector creates keeps a ``lex`` column (GIN-indexed): the
+        text and, weighted higher, the title and headings, as English words (stemmed, without stop
+        words; ``text_config`` for another configuration) with identifiers split into their parts
+        (``cgi.parse_header`` -> cgi, parse, header; ``ArgumentParser`` -> argument, parser). A table
+        created before that column has an index on ``to_tsvector(config, text)``, searched as before."""
         where, params = _where(parse_filter(filter))
         target = self._require("text_search")
-        cfg = _literal(self.text_config)
+        lexical = self._lexical_of(target.physical)
+        cfg = _literal(str(lexical.get("config") or "simple"))
+        if lexical.get("column") == "lex":
+            doc, query_text = "lex", _words("%s", cfg)
+        else:
+            doc, query_text = f"to_tsvector({cfg}::regconfig, text)", f"plainto_tsquery({cfg}::regconfig, %s)"
         # any query word may match (OR), ranked by how many and how close: plainto_tsquery alone ANDs every
         # word, so a sentence-long query would match almost nothing (docs/benchmarks.md has the MRR of both)
-        sql = (f"SELECT id, text, metadata, ts_rank(to_tsvector({cfg}::regconfig, text), qq.q, 1) AS r "
-               f"FROM {self._t(target.physical)}, "
-               f"(SELECT NULLIF(replace(plainto_tsquery({cfg}::regconfig, %s)::text, '&', '|'), '')::tsquery AS q) qq "
-               f"WHERE to_tsvector({cfg}::regconfig, text) @@ qq.q{' AND ' + where if where else ''} ORDER BY r DESC LIMIT {max(1, int(k))}")  # fmt: skip
+        sql = (f"SELECT id, text, metadata, ts_rank({doc}, qq.q, 1) AS r FROM {self._t(target.physical)}, "
+               f"(SELECT NULLIF(replace({query_text}::text, '&', '|'), '')::tsquery AS q) qq "
+               f"WHERE {doc} @@ qq.q{' AND ' + where if where else ''} ORDER BY r DESC LIMIT {max(1, int(k))}")  # fmt: skip
         rows = self._sql(sql, (query, *params), "text search")
         return [Hit(id=i, score=float(r), text=txt or "", metadata=md or {}) for i, txt, md, r in rows]
 
@@ -550,3 +571,27 @@ def _where(conds: list[Cond]) -> tuple[str, list[Any]]:
             parts.append(f"(jsonb_typeof(metadata -> %s) = 'number' AND (metadata ->> %s)::float8 {sym} %s)")
             params += [c.field, c.field, float(c.value)]
     return " AND ".join(parts), params
+
+
+#: metadata keys searched as words beside the text, weighted higher (the document title, a chunk's headings)
+HEADING_KEYS = ("title", "heading_path")
+
+
+def _split_identifiers(sql: str) -> str:
+    """SQL that splits identifiers in the text expression ``sql`` into words: ``.`` and ``_`` become spaces,
+    a lower-case letter or digit followed by a capital gets a space between (``ArgumentParser`` ->
+    ``Argument Parser``). Applied to the stored text and to the query alike."""
+    return f"regexp_replace(translate({sql}, '._', '  '), '([[:lower:][:digit:]])([[:upper:]])', '\\1 \\2', 'g')"
+
+
+def _words(sql: str, cfg: str) -> str:
+    """The OR-able ``tsquery`` of a query text (``sql``: its expression)."""
+    return f"plainto_tsquery({cfg}::regconfig, {_split_identifiers(sql)})"
+
+
+def _lex_expr(config: str) -> str:
+    """The ``lex`` column's expression: the title and headings (weight B) and the text (weight D) as words."""
+    cfg = _literal(config)
+    heads = " || ' ' || ".join(f"coalesce(metadata->>{_literal(k)}, '')" for k in HEADING_KEYS)
+    return (f"setweight(to_tsvector({cfg}::regconfig, {_split_identifiers(heads)}), 'B') || "
+            f"to_tsvector({cfg}::regconfig, {_split_identifiers('text')})")

@@ -33,6 +33,8 @@ from embedrail.connectors._retry import BASE_ERRORS, log
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget
 from embedrail.connectors._urls import StoreURL
 from embedrail.connectors._weaviate_schema import (
+    HEADING_BOOST,
+    HEADINGS,
     META_PREFIX,
     PROP_RE,
     RETURN_PROPS,
@@ -173,6 +175,8 @@ class WeaviateStore(BaseStore):
         props = [
             Property(name="doc_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
             Property(name="text", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+            # the title and headings of the chunk (metadata title, heading_path): keyword search boosts them
+            Property(name=HEADINGS, data_type=DataType.TEXT, tokenization=Tokenization.WORD, index_filterable=False),
             Property(name="meta_json", data_type=DataType.TEXT, index_filterable=False, index_searchable=False),
         ]
         hnsw = Configure.VectorIndex.hnsw(distance_metric=dist, **self.hnsw)
@@ -191,7 +195,7 @@ class WeaviateStore(BaseStore):
                 raise  # a bug
             self._fail(e, f"create collection {physical}")
         self._specs[physical] = spec
-        self._props[physical] = {"doc_id": "text", "text": "text", "meta_json": "text"}
+        self._props[physical] = {"doc_id": "text", "text": "text", HEADINGS: "text", "meta_json": "text"}
         log.info("%s: created collection %s (dims=%d, %s)", self.url, physical, spec.dims, spec.metric)
 
     def _create_named(self, spec: IndexSpec) -> str:
@@ -267,7 +271,7 @@ class WeaviateStore(BaseStore):
         new_props: dict[str, str] = {}
         for r, vec in items:
             try:
-                props, types = object_properties(r)
+                props, types = object_properties(r, headings=HEADINGS in known)
             except (TypeError, ValueError) as e:
                 result.failed[r.id] = f"metadata is not JSON-serialisable: {e}"
                 continue
@@ -374,7 +378,7 @@ class WeaviateStore(BaseStore):
         name = self._physical_fixed or (self.name if target.physical != self.name and self.supports_aliases() else target.physical)
         try:
             res = self._call(lambda: self._col(name).query.hybrid(
-                query=query, vector=vec.tolist(), alpha=float(alpha), limit=k, filters=flt, query_properties=["text"],
+                query=query, vector=vec.tolist(), alpha=float(alpha), limit=k, filters=flt, query_properties=self._keyword_props(target.physical),
                 fusion_type=HybridFusion.RANKED if fusion == "rrf" else HybridFusion.RELATIVE_SCORE, return_metadata=MetadataQuery(score=True),
                 return_properties=RETURN_PROPS), "hybrid search")  # fmt: skip
         except StoreUnavailableError:
@@ -387,6 +391,12 @@ class WeaviateStore(BaseStore):
                 return self.hybrid_search(query, vector, k, filter, alpha=alpha, candidates=candidates, fusion=fusion, _again=False)
             self._fail(e, "hybrid search")
         return [to_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
+
+    def _keyword_props(self, physical: str) -> list[str]:
+        """What BM25 searches: the text and, boosted, the headings (a collection created before that
+        property has only the text)."""
+        self._spec_of(physical)
+        return ["text", f"{HEADINGS}^{HEADING_BOOST}"] if HEADINGS in self._props.get(physical, {}) else ["text"]
 
     def _filter(self, physical: str, conds: list[Cond]) -> tuple[Any, bool]:
         """(weaviate filter or None, True if no object can match)."""

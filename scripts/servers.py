@@ -478,17 +478,20 @@ def provision_opensearch() -> Path:
         "painless": (f"{MAVEN}/org/opensearch/plugin/lang-painless/{v}/lang-painless-{v}.jar", cache / f"lang-painless-{v}.jar"),
         "spi": (f"{MAVEN}/org/opensearch/plugin/opensearch-scripting-painless-spi/{v}/opensearch-scripting-painless-spi-{v}.jar",
                 cache / f"opensearch-scripting-painless-spi-{v}.jar"),
+        # the analyzers every full distribution has (stemmers, word_delimiter_graph, stop, ...): keyword search
+        "analysis": (f"{MAVEN}/org/opensearch/plugin/analysis-common/{v}/analysis-common-{v}.jar", cache / f"analysis-common-{v}.jar"),
     }  # fmt: skip
     for i, dep in enumerate(_PAINLESS_DEPS):
         files[f"dep{i}"] = (f"{MAVEN}/{dep}", cache / Path(dep).name)
     home = _search_base() / f"opensearch-{v}"
-    if (home / "bin" / "opensearch").exists() and (home / "plugins" / "opensearch-knn").is_dir():
+    if (home / "bin" / "opensearch").exists() and (home / "plugins" / "opensearch-knn").is_dir() and (
+            home / "modules" / "analysis-common").is_dir():
         if is_root():
             ensure_es_user()
         return home
     for url, dest in files.values():
         download(url, dest)
-    log(f"assembling OpenSearch {v} + k-NN + lang-painless into {home}")
+    log(f"assembling OpenSearch {v} + k-NN + lang-painless + analysis-common into {home}")
     tmp, src = _unpack_search_zip(files["dist"][1], f"opensearch-{v}", _search_base())
     painless = src / "modules" / "lang-painless"
     painless.mkdir(parents=True, exist_ok=True)
@@ -503,6 +506,14 @@ def provision_opensearch() -> Path:
     (painless / "plugin-security.policy").write_text(
         'grant {\n  permission java.lang.RuntimePermission "createClassLoader";\n'
         '  permission java.lang.RuntimePermission "getClassLoader";\n};\n'
+    )
+    analysis = src / "modules" / "analysis-common"
+    analysis.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(files["analysis"][1], analysis / files["analysis"][1].name)
+    (analysis / "plugin-descriptor.properties").write_text(
+        'description=Adds "built in" analyzers to OpenSearch.\n'
+        f"version={v}\nname=analysis-common\nclassname=org.opensearch.analysis.common.CommonAnalysisPlugin\n"
+        f"java.version=11\nopensearch.version={v}\nextended.plugins=lang-painless\nhas.native.controller=false\n"
     )
     with zipfile.ZipFile(files["knn"][1]) as z:
         z.extractall(src / "plugins" / "opensearch-knn")

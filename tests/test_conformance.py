@@ -505,6 +505,85 @@ def test_hybrid_search_finds_a_keyword_match_that_knn_misses(stores: Stores, dat
         s.hybrid_search("x", q, k=5, fusion="max")
 
 
+@pytest.mark.parametrize("kind", ["es", "opensearch", "weaviate", "pgvector"])
+def test_keyword_side_splits_identifiers_stems_and_boosts_headings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                                                                  kind: str) -> None:  # fmt: skip
+    """Keyword search (alpha 0) on the analysis each store's new index gets: identifiers split on . and _
+    everywhere, camel case and English stems where the store analyses text that way (Elasticsearch with
+    the analysis-common module, OpenSearch, pgvector: what describe() says), the title / heading path found
+    and ranked above the same word in a chunk's text."""
+    stores = Stores(_base_url(request, kind, tmp_path_factory), kind)
+    request.addfinalizer(stores.cleanup)
+    s = stores.new("lex")
+    s.ensure_index(IndexSpec(dims=8, metric="cosine"))
+    rng = np.random.default_rng(7)
+    texts = {
+        "ident": "Returns the values that cgi.parse_header found in a Content-type line.",
+        "camel": "The ArgumentParser object holds all the information.",
+        "stem": "Running dogs were barking at the cats.",
+        "titled": "Where configuration files are kept.",
+        "mention": "Notes on many systems: Windows, macOS, Linux, the BSDs and others, in no particular order at all.",
+        **{f"filler{i}": f"Filler text number {i} about tables, chairs and lamps." for i in range(6)},
+    }
+    meta = {i: {"title": "Furniture and other things"} for i in texts}  # as a document source gives every chunk
+    meta["titled"] = {"title": "Installing on Linux", "heading_path": "Setup > Paths"}
+    meta["mention"] = {"title": "Operating systems"}
+    vecs = rng.standard_normal((len(texts) + 1, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    recs = [Record(id=i, vector=v, text=t, metadata=meta[i]) for (i, t), v in zip(texts.items(), vecs, strict=False)]
+    res = s.upsert(recs)
+    assert res.ok, res.failed
+    s.flush()
+    q = vecs[-1]
+
+    def top(query: str) -> list[str]:
+        return [h.id for h in s.hybrid_search(query, q, k=3, alpha=0.0)]
+
+    assert top("parse header")[:1] == ["ident"]
+    assert top("linux")[:2] == ["titled", "mention"]  # the title outranks a mention in a longer text
+    assert top("setup paths")[:1] == ["titled"]
+    lexical = s.describe().extra.get("lexical") or {}
+    full = lexical.get("analyzer") == "embedrail_text" or lexical.get("config") == "english"
+    if kind == "opensearch" or kind == "pgvector":
+        assert full, lexical  # the test servers have what the full analysis needs
+    if full:
+        assert top("argument parser")[:1] == ["camel"]
+        assert top("run dog")[:1] == ["stem"]
+        assert top("the")[:1] != ["camel"]  # a stop word alone matches nothing in particular
+    if kind == "es" and not full:
+        assert lexical == {"analyzer": "stop", "headings": ["title", "heading_path"]}
+
+
+def test_pgvector_table_from_before_the_lex_column_keeps_its_keyword_search(pgvector_url: str) -> None:
+    """A table created by an earlier release (an expression index on to_tsvector('simple', text), no
+    ``lex`` column, no ``lexical`` in its comment) is searched the way it was indexed."""
+    import json
+
+    import psycopg
+
+    s = connect(with_name(pgvector_url, f"t_oldlex_{uuid.uuid4().hex[:8]}"))
+    try:
+        s.ensure_index(IndexSpec(dims=4, metric="cosine"))
+        t = s._t(s._current_physical())  # type: ignore[attr-defined]
+        dsn = pgvector_url.replace("pgvector://", "postgresql://").split("?")[0]
+        with psycopg.connect(dsn, autocommit=True) as c:
+            comment = json.loads(c.execute("SELECT obj_description(%s::regclass, 'pg_class')", (t,)).fetchone()[0])
+            comment.pop("lexical")
+            c.execute(f"ALTER TABLE {t} DROP COLUMN lex")
+            c.execute(f"CREATE INDEX ON {t} USING gin (to_tsvector('simple'::regconfig, text))")
+            c.execute(f"COMMENT ON TABLE {t} IS '{json.dumps(comment)}'")
+        s.close()
+        s = connect(with_name(pgvector_url, s.name))
+        v = np.eye(4, dtype=np.float32)
+        assert s.upsert([Record(id="a", vector=v[0], text="running dogs"), Record(id="b", vector=v[1], text="a cat")]).ok
+        assert s.describe().extra["lexical"] == {"config": "simple"}
+        assert [h.id for h in s.text_search("running", k=2)] == ["a"]  # type: ignore[attr-defined]
+        assert s.text_search("run", k=2) == []  # type: ignore[attr-defined]  # 'simple': no stemming, as indexed
+    finally:
+        s.drop()
+        s.close()
+
+
 @pytest.mark.parametrize("kind", ["es", "opensearch"])
 def test_es_text_field_is_indexed_for_bm25(request: pytest.FixtureRequest, data: tuple[list[str], np.ndarray], kind: str) -> None:
     texts, vecs = data
