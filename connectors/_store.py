@@ -406,13 +406,24 @@ class BaseStore:
     def _write(self, target: ReadTarget, items: list[tuple[Record, np.ndarray]], result: UpsertResult) -> None:
         """Encode each record (a record that cannot be encoded fails alone), then send batches."""
         batch: Batch = []
-        for r, vec in items:
-            try:
-                batch.append((r.id, self._encode(target, r, vec)))
-            except (TypeError, ValueError) as e:
-                result.failed[r.id] = f"metadata is not JSON-serialisable: {e}"
+        for r, encoded in zip((r for r, _ in items), self._encode_all(target, items), strict=True):
+            if isinstance(encoded, _Unencodable):
+                result.failed[r.id] = f"metadata is not JSON-serialisable: {encoded.error}"
+            else:
+                batch.append((r.id, encoded))
         for part in batched(batch, self._batch_size()):
             self._send(list(part), lambda b: self._write_batch(target, b), result)
+
+    def _encode_all(self, target: ReadTarget, items: list[tuple[Record, np.ndarray]]) -> list[Any]:
+        """Each record as the store's client takes it (``_encode``), or ``_Unencodable`` for one that cannot be
+        (a store that encodes a batch at once, e.g. sparse vectors from a model, overrides this)."""
+        out: list[Any] = []
+        for r, vec in items:
+            try:
+                out.append(self._encode(target, r, vec))
+            except (TypeError, ValueError) as e:
+                out.append(_Unencodable(e))
+        return out
 
     def _encode(self, target: ReadTarget, record: Record, vector: np.ndarray) -> Any:  # native
         raise NotImplementedError
@@ -622,3 +633,10 @@ class BaseStore:
 
     def _drop_physical(self, physical: str) -> None:  # native; no error if it is already gone
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _Unencodable:
+    """A record ``_encode`` refused (its metadata is not JSON): it fails alone."""
+
+    error: Exception

@@ -15,7 +15,11 @@
   fuses kNN with it: ``fusion="rrf"`` in one call through Qdrant's query API (weighted RRF of two prefetches,
   Qdrant's formula), ``fusion="relative"`` client-side like the other stores. ``sparse=None``
   (``?sparse=none``) creates collections without it; a collection created before it has none (hybrid search
-  says so: rebuild it).
+  says so: rebuild it). ``sparse_encoder=`` (an object with ``identity``, ``documents(texts)`` and
+  ``query(text)``, e.g. ``embed_core.sparse.SparseEncoder``, a SPLADE model) keeps learned sparse vectors
+  ``splade`` instead (no IDF: the model's weights are the term weights); the collection records the
+  encoder's identity, and a store opened on it without that encoder refuses to write or search its
+  sparse side (``Searcher`` opens the recorded model itself).
 - Rebuilds: the name is a collection **alias**; the switch is one ``update_collection_aliases`` call
   (delete + create, atomic on the server).
 - No dimension limit beyond the server's (65,536).
@@ -38,8 +42,8 @@ import numpy as np
 from embedrail.connectors._filters import Cond, parse_filter
 from embedrail.connectors._records import OWNER_KEY, batched, owner_from, spec_from_dict, spec_to_dict
 from embedrail.connectors._retry import BASE_ERRORS
-from embedrail.connectors._sparse import BM25_IDENTITY, Bm25Sparse, sparse_encoder
-from embedrail.connectors._store import BaseStore, Batch, ReadTarget
+from embedrail.connectors._sparse import BM25_IDENTITY, sparse_encoder
+from embedrail.connectors._store import BaseStore, Batch, ReadTarget, _Unencodable
 from embedrail.connectors._urls import StoreURL, flag
 from embedrail.connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
 from embedrail.errors import ConfigError, StoreUnavailableError, UnsupportedError
@@ -51,7 +55,8 @@ _DISTANCES = {"cosine": "Cosine", "dot": "Dot", "l2": "Euclid"}
 _LOCAL: dict[str, list[Any]] = {}  # abs path -> [client, refcount]
 _LOCAL_LOCK = threading.Lock()
 _CREATE_LOCK = threading.Lock()  # one ensure_index at a time per process (alias creation is check-then-act)
-SPARSE = "bm25"  # the sparse vector's name in a collection
+SPARSE = "bm25"  # the sparse vector's name in a collection (BM25 term weights)
+LEARNED = "splade"  # ... and of learned sparse vectors (a model's, sparse_encoder=)
 
 
 def point_id(doc_id: str) -> str:
@@ -75,7 +80,7 @@ class QdrantStore(BaseStore):
 
     def __init__(self, client_or_url: Any, collection: str | None = None, *, m: int = 16, ef_construct: int = 100,
                  quantization: str | None = None, batch_size: int = 256, timeout: float = 30.0, sparse: str | None = "bm25",
-                 **base: Any) -> None:  # fmt: skip
+                 sparse_encoder: Any = None, **base: Any) -> None:  # fmt: skip
         super().__init__(client_or_url, collection, **base)
         if isinstance(self._u, StoreURL) and self._u.param("sparse"):
             sparse = self._u.param("sparse")
@@ -83,8 +88,14 @@ class QdrantStore(BaseStore):
             sparse = None
         if sparse not in (None, "bm25"):
             raise ConfigError(f"unknown sparse {sparse!r}; use 'bm25' (keyword vectors for hybrid search) or None")
-        self.sparse = sparse
-        self._sparse_by_physical: dict[str, Bm25Sparse | None] = {}
+        if sparse_encoder is not None:
+            if not all(hasattr(sparse_encoder, a) for a in ("identity", "documents", "query")):
+                raise ConfigError("sparse_encoder must have identity, documents(texts) and query(text) "
+                                  "(e.g. embedrail.embed_core.sparse.open_sparse_encoder(MODEL))")  # fmt: skip
+            sparse = LEARNED
+        self.sparse, self.sparse_encoder = sparse, sparse_encoder
+        # per collection: (its encoder, its sparse vector's name); None: it keeps no sparse vectors
+        self._sparse_by_physical: dict[str, tuple[Any, str] | None] = {}
         if quantization not in (None, "int8"):
             raise ConfigError(f"unknown quantization {quantization!r}; use None or 'int8'")
         self.m, self.ef_construct, self.quantization = int(m), int(ef_construct), quantization
@@ -184,12 +195,41 @@ class QdrantStore(BaseStore):
     def max_dims(self) -> int | None:
         return 65536
 
-    def _sparse_of(self, physical: str) -> Bm25Sparse | None:
-        """The sparse encoder the collection records (None: it has no sparse vectors)."""
+    def _sparse_of(self, physical: str) -> tuple[Any, str] | None:
+        """(the sparse encoder, the sparse vector's name) the collection records (None: it keeps no sparse
+        vectors). Learned vectors need this store's ``sparse_encoder`` to be the recorded one."""
         if physical not in self._sparse_by_physical:
             md = getattr(self._info(physical).config, "metadata", None) or {}
-            self._sparse_by_physical[physical] = sparse_encoder(md["sparse"]) if md.get("sparse") else None
+            ident = md.get("sparse")
+            if not ident:
+                self._sparse_by_physical[physical] = None
+            elif isinstance(ident, dict) and ident.get("name") == LEARNED:
+                self._sparse_by_physical[physical] = (self._learned(ident), LEARNED)
+            else:
+                self._sparse_by_physical[physical] = (sparse_encoder(ident), SPARSE)
         return self._sparse_by_physical[physical]
+
+    def sparse_identity(self) -> dict[str, Any] | None:
+        """The sparse encoder the current collection records (None: no collection, or no sparse vectors)."""
+        physical = self._current_physical()
+        if physical is None:
+            return None
+        ident = (getattr(self._info(physical).config, "metadata", None) or {}).get("sparse")
+        return dict(ident) if isinstance(ident, dict) else None
+
+    def use_sparse_encoder(self, encoder: Any) -> None:
+        """Use this learned sparse encoder from now on (what ``Searcher`` does with the recorded model)."""
+        self.sparse_encoder, self.sparse = encoder, LEARNED
+        self._sparse_by_physical.clear()
+
+    def _learned(self, recorded: dict[str, Any]) -> Any:
+        enc = self.sparse_encoder
+        if enc is None or not _same_encoder(enc.identity, recorded):
+            have = f"this store's encoder is {enc.identity}" if enc is not None else "this store has no encoder"
+            raise ConfigError(f"{self.url}: the collection's sparse vectors come from the model {recorded.get('model')} "
+                              f"({recorded}; {have}): open it with that model (QdrantStore(..., sparse_encoder=...), the target's "
+                              "?sparse_model=), or rebuild it with --mode full")  # fmt: skip
+        return enc
 
     # ------------------------------------------------------------------------------ creation
     def _create_physical(self, physical: str, spec: IndexSpec) -> None:
@@ -198,10 +238,12 @@ class QdrantStore(BaseStore):
         quant = None
         if self.quantization == "int8":
             quant = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True))
-        sparse = {SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)} if self.sparse else None
         md: dict[str, Any] = {"embedrail": spec_to_dict(spec), "logical": self.name}
-        if self.sparse:
-            md["sparse"] = BM25_IDENTITY
+        sparse = None
+        if self.sparse == LEARNED:
+            sparse, md["sparse"] = {LEARNED: models.SparseVectorParams()}, dict(self.sparse_encoder.identity)
+        elif self.sparse:
+            sparse, md["sparse"] = {SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)}, BM25_IDENTITY
         self._call(lambda: self.client.create_collection(
             physical, vectors_config=models.VectorParams(size=int(spec.dims), distance=models.Distance(_DISTANCES[spec.metric])),
             sparse_vectors_config=sparse, hnsw_config=models.HnswConfigDiff(m=self.m, ef_construct=self.ef_construct),
@@ -243,17 +285,33 @@ class QdrantStore(BaseStore):
     def _batch_size(self) -> int:
         return self.batch_size
 
-    def _encode(self, target: ReadTarget, record: Record, vector: np.ndarray) -> Any:
+    def _encode_all(self, target: ReadTarget, items: list[tuple[Record, np.ndarray]]) -> list[Any]:
+        sparse = self._sparse_of(target.physical)
+        if sparse is None:
+            vecs: list[Any] = [None] * len(items)
+        elif sparse[1] == LEARNED:  # a model: one batched call
+            vecs = list(sparse[0].documents([r.text or "" for r, _ in items]))
+        else:
+            vecs = [sparse[0].document(r.text or "") for r, _ in items]
+        out: list[Any] = []
+        for (r, vec), sv in zip(items, vecs, strict=True):
+            try:
+                out.append(self._point(r, vec, sparse and (sparse[1], sv)))
+            except (TypeError, ValueError) as e:
+                out.append(_Unencodable(e))
+        return out
+
+    def _point(self, record: Record, vector: np.ndarray, sparse: tuple[str, tuple[list[int], list[float]]] | None) -> Any:
+        """The point of a record; ``sparse``: (the sparse vector's name, its (indices, values)), None in a
+        collection without sparse vectors (where the vector is the dense one alone, unnamed)."""
         from qdrant_client import models
 
         md = json.loads(json.dumps(record.metadata or {}, allow_nan=False))  # JSON only (raises for NaN / objects)
         dense = vector.astype(np.float32).tolist()
-        enc = self._sparse_of(target.physical)
-        if enc is None:
-            vec: Any = dense
-        else:
-            idx, vals = enc.document(record.text or "")
-            vec = {"": dense, SPARSE: models.SparseVector(indices=idx, values=vals)} if idx else {"": dense}
+        vec: Any = dense
+        if sparse is not None:
+            name, (idx, vals) = sparse
+            vec = {"": dense, name: models.SparseVector(indices=list(idx), values=list(vals))} if len(idx) else {"": dense}
         return models.PointStruct(id=point_id(record.id), vector=vec, payload={"_id": record.id, "text": record.text or "",
                                                                               "metadata": md})  # fmt: skip
 
@@ -321,7 +379,7 @@ class QdrantStore(BaseStore):
         return Hit(id=str(p.payload["_id"]), score=-float(p.score) if metric == "l2" else float(p.score),
                    text=str(p.payload.get("text") or ""), metadata=dict(p.payload.get("metadata") or {}))  # fmt: skip
 
-    def _sparse_target(self, target: ReadTarget) -> Bm25Sparse:
+    def _sparse_target(self, target: ReadTarget) -> tuple[Any, str]:
         enc = self._sparse_of(target.physical)
         if enc is None:
             raise UnsupportedError(f"{self.url}: this collection was created without sparse vectors, so it has no keyword "
@@ -335,11 +393,12 @@ class QdrantStore(BaseStore):
         flt = _filter(parse_filter(filter))
 
         def run(target: ReadTarget) -> list[Hit]:
-            idx, vals = self._sparse_target(target).query(query)
+            enc, name = self._sparse_target(target)
+            idx, vals = enc.query(query)
             if not idx:
                 return []
             res = self._call(lambda: self.client.query_points(target.physical, query=models.SparseVector(indices=idx, values=vals),
-                                                              using=SPARSE, limit=max(1, int(k)), query_filter=flt,
+                                                              using=name, limit=max(1, int(k)), query_filter=flt,
                                                               with_payload=True), "keyword search")  # fmt: skip
             return [self._hit(p) for p in res.points]
 
@@ -359,10 +418,11 @@ class QdrantStore(BaseStore):
         flt = _filter(parse_filter(filter))
 
         def run(target: ReadTarget) -> list[Hit]:
-            idx, vals = self._sparse_target(target).query(query)
+            enc, name = self._sparse_target(target)
+            idx, vals = enc.query(query)
             dense = self._query_vector(vector, target.spec).astype(np.float32).tolist()
             pre = [models.Prefetch(query=dense, limit=n, filter=flt),
-                   models.Prefetch(query=models.SparseVector(indices=idx, values=vals), using=SPARSE, limit=n, filter=flt)]  # fmt: skip
+                   models.Prefetch(query=models.SparseVector(indices=idx, values=vals), using=name, limit=n, filter=flt)]  # fmt: skip
             res = self._call(lambda: self.client.query_points(target.physical, prefetch=pre, limit=k, with_payload=True,
                                                               query=models.RrfQuery(rrf=models.Rrf(k=60, weights=[float(alpha), 1.0 - float(alpha)]))),
                              "hybrid search")  # fmt: skip
@@ -457,3 +517,10 @@ def _filter(conds: list[Cond]) -> Any:
             rng = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}[c.op]
             must.append(models.FieldCondition(key=key, range=models.Range(**{rng: float(c.value)})))
     return models.Filter(must=must or None, must_not=must_not or None)
+
+
+def _same_encoder(have: dict[str, Any], recorded: dict[str, Any]) -> bool:
+    """Whether a learned sparse encoder is the one a collection records (model files and settings; the path
+    it is loaded from may differ)."""
+    keys = ("name", "hash", "max_tokens", "top_k")
+    return all(have.get(k) == recorded.get(k) for k in keys)

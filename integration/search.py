@@ -75,9 +75,9 @@ class Searcher:
     def __init__(self, target: str | VectorStore, *, model: str | None = None, dims: int | None = None,
                  device: str = "auto", embedder: Any = None, reranker: Any = None) -> None:  # fmt: skip
         if isinstance(target, str):
-            from embedrail.connectors import connect
+            from embedrail.integration.targets import connect_target
 
-            self.store, self._owns_store = connect(target), True
+            self.store, self._owns_store = connect_target(target, device=device), True
         else:
             self.store, self._owns_store = target, False
         self.model, self.dims, self.device = model, dims, device
@@ -114,6 +114,18 @@ class Searcher:
             raise ConfigError(f"the model gives {emb.dims} dims but {self.store.url} holds {spec.dims}; pass --dims {spec.dims}")
         self._embedder, self._owns_embedder = emb, True
         return emb
+
+    def _sparse_model(self) -> None:
+        """Give the store the SPLADE model its collection's sparse vectors come from (what the index
+        records), the first time a hybrid search needs it."""
+        recorded = getattr(self.store, "sparse_identity", lambda: None)()
+        if not recorded or recorded.get("name") != "splade" or getattr(self.store, "sparse_encoder", None) is not None:
+            return
+        from embedrail.embed_core.sparse import open_sparse_encoder
+
+        enc = open_sparse_encoder(str(recorded["model"]), device=self.device, max_tokens=recorded.get("max_tokens"),
+                                  top_k=recorded.get("top_k"))  # fmt: skip
+        self.store.use_sparse_encoder(enc)  # type: ignore[attr-defined]
 
     def reranker(self) -> Any:
         """The reranker (loaded on first use), or None when this searcher has none."""
@@ -162,6 +174,7 @@ class Searcher:
         n = want * 4 if distinct_docs and not use_rerank else want
         stage = "hybrid" if hybrid else "knn"
         if hybrid:
+            self._sparse_model()
             hits = self.store.hybrid_search(query, vec, k=n, filter=filter, alpha=alpha, fusion=fusion)
         else:
             hits = self.store.search(vec, k=n, filter=filter)

@@ -129,12 +129,7 @@ class TargetSet:
         """The target's user-facing store (connected now if it was given as a URL)."""
         if t.store is None:
             assert t.url is not None
-            if self._connect is not None:
-                t.store = self._connect(t.url)
-            else:
-                from embedrail.connectors import connect
-
-                t.store = connect(t.url)
+            t.store = self._connect(t.url) if self._connect is not None else connect_target(t.url)
             t.owned = True
         return t.store
 
@@ -191,3 +186,19 @@ def _close(store: VectorStore) -> None:
         store.close()
     except Exception as e:  # noqa: BLE001 - closing must not hide the run's own outcome
         log.debug("closing %s: %s", getattr(store, "url", store), one_line(e))
+
+
+def connect_target(url: str, *, device: str = "auto") -> VectorStore:
+    """``connect(url)``, with the models a URL names loaded here, where the embedding models live:
+    ``?sparse_model=MODEL`` (a Qdrant target) opens that SPLADE model (``embed_core.sparse``) and gives it
+    to the store as its ``sparse_encoder``: the collection then keeps the model's learned sparse vectors
+    for hybrid search instead of BM25 ones."""
+    from embedrail.connectors import connect
+    from embedrail.connectors._urls import parse_url
+
+    model = parse_url(url).param("sparse_model")
+    if not model:
+        return connect(url)
+    from embedrail.embed_core.sparse import open_sparse_encoder
+
+    return connect(url, sparse_encoder=open_sparse_encoder(model, device=device))

@@ -77,6 +77,24 @@ def build_tiny_cross_encoder(out: Path, *, seed: int = 0, max_length: int = 128)
     return out
 
 
+def build_tiny_splade(out: Path, *, seed: int = 0, max_length: int = 128) -> Path:
+    """Save a 2-layer random ``BertForMaskedLM`` (a SPLADE model's architecture) with the packaged MiniLM's
+    WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from embedrail.embed_core import packaged_minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=max_length)  # fmt: skip
+    BertForMaskedLM(config).eval().save_pretrained(out)
+    tok.model_max_length = max_length
+    tok.save_pretrained(out)
+    return out
+
+
 def build_tiny_qwen3(out: Path, *, eos_post_processor: bool = False, seed: int = 0) -> Path:
     """Save a 2-layer random Qwen3Model + a Qwen-like tokenizer to ``out``.
 

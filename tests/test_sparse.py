@@ -93,3 +93,41 @@ def test_bm25_document_weights_by_hand() -> None:
     norm = 1.2 * (1 - 0.75 + 0.75 * 3 / 4.0)
     assert sorted(vals) == pytest.approx(sorted([2 * 2.2 / (2 + norm), 1 * 2.2 / (1 + norm)]))
     assert enc.query("logs logs zorblatt")[1] == [1.0, 1.0] and len(idx) == 2
+
+
+def test_learned_sparse_vectors_from_a_splade_model_end_to_end(tmp_path: Path) -> None:
+    """``?sparse_model=`` on a Qdrant target: sync writes each chunk's SPLADE vector (equal to the encoder's
+    own output for the chunk text), the collection records the model, ``Searcher`` loads it for hybrid
+    search (both fusions, Qdrant's query API for rrf), and a store given another model refuses to write."""
+    from test_embed_fixtures import build_tiny_splade
+
+    from embedrail import Searcher, sync
+    from embedrail.embed_core.sparse import open_sparse_encoder
+    from embedrail.errors import ConfigError
+
+    model = build_tiny_splade(tmp_path / "splade")
+    base = f"qdrant://{tmp_path / 'q'}?collection=docs"
+    docs = [{"id": i, "text": t} for i, t in TEXTS.items()]
+    report = sync(docs, [f"{base}&sparse_model={model}"], ledger=f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    report.raise_for_failures()
+    enc = open_sparse_encoder(str(model), device="cpu")
+    with connect(base) as s:
+        ident = s.sparse_identity()  # type: ignore[attr-defined]
+        assert ident is not None and ident["name"] == "splade" and ident["hash"] == enc.identity["hash"]
+        physical = s._current_physical()  # type: ignore[attr-defined]
+        points, _ = s.client.scroll(physical, limit=100, with_payload=True, with_vectors=True)  # type: ignore[attr-defined]
+        by_text = {p.payload["text"]: p.vector for p in points}
+        stored = by_text[TEXTS["b"]]["splade"]
+        idx, val = enc.document(TEXTS["b"])
+        assert list(stored.indices) == idx and np.allclose(stored.values, val, rtol=1e-5)
+        with pytest.raises(ConfigError, match="sparse vectors come from the model"):  # no encoder given: no guessing
+            s.sparse_search("logs")  # type: ignore[attr-defined]
+    with Searcher(base, device="cpu") as searcher:  # the recorded model, loaded by the searcher
+        for fusion in ("rrf", "relative"):
+            hits = searcher.search("rotate the logs", k=3, hybrid=True, fusion=fusion).hits
+            assert len(hits) == 3 and {h.metadata["_doc"] for h in hits} <= set(TEXTS)
+    other = open_sparse_encoder(str(model), device="cpu", top_k=5)  # other settings: another encoding
+    with connect(base, sparse_encoder=other) as s, pytest.raises(ConfigError, match="'top_k': None"):
+        s.upsert([Record(id="z", vector=np.ones(384, dtype=np.float32) / np.sqrt(384), text="new")])
+    with connect(base) as s:
+        assert s.count() == len(TEXTS)  # nothing written by the refused store
