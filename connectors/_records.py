@@ -110,6 +110,9 @@ def spec_from_dict(d: Mapping[str, Any] | None) -> IndexSpec | None:
 
 
 OWNER_KEY = "embedrail_owner"  # where an index's metadata records its owner (beside the spec)
+SEARCH_KEY = "embedrail_search"  # ... and its search defaults (set_search_defaults)
+#: the metadata key of each of embedrail's entries (``_set_meta``) in stores whose metadata is one flat map
+META_KEYS = {"owner": OWNER_KEY, "search": SEARCH_KEY}
 
 
 def owner_from(raw: Any) -> dict[str, str] | None:
@@ -122,6 +125,16 @@ def owner_from(raw: Any) -> dict[str, str] | None:
     if isinstance(raw, Mapping) and isinstance(raw.get("ledger"), str) and isinstance(raw.get("key"), str):
         return {"ledger": raw["ledger"], "key": raw["key"]}
     return None
+
+
+def search_from(raw: Any) -> dict[str, Any] | None:
+    """Search defaults as ``set_search_defaults`` stores them (a mapping, or its JSON), or None."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    return dict(raw) if isinstance(raw, Mapping) and raw else None
 
 
 def check_spec(name: str, recorded: IndexSpec | None, wanted: IndexSpec, where: str) -> None:

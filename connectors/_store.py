@@ -24,6 +24,7 @@ name switch of a rebuild, and search. ``BaseStore`` owns the rest:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 import time
@@ -46,6 +47,8 @@ from embedrail.connectors._retry import (
 )
 from embedrail.connectors._urls import StoreURL, is_embedded, parse_url
 from embedrail.connectors.base import (
+    DEFAULT_ALPHA,
+    DEFAULT_FUSION,
     NOT_STORED,
     DeleteResult,
     Hit,
@@ -527,9 +530,20 @@ class BaseStore:
         physical = self._current_physical()
         if physical is None:
             raise StoreError(f"{self.url}: index {self.name!r} does not exist; call ensure_index(spec) first (set owner)")
-        self._set_owner(physical, record)
+        self._set_meta(physical, "owner", record)
 
-    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:  # native
+    def set_search_defaults(self, defaults: Mapping[str, Any] | None) -> None:
+        """Record in the index's own metadata how it is best searched (``{"hybrid": True, "alpha": 0.7,
+        "fusion": "relative", ...}``, as ``embedrail eval --tune --save`` measured it; None clears them);
+        ``describe().search`` reads them back and ``Searcher`` uses them for a query that does not say."""
+        self._invalidate()
+        physical = self._current_physical()
+        if physical is None:
+            raise StoreError(f"{self.url}: index {self.name!r} does not exist; call ensure_index(spec) first (set search defaults)")
+        self._set_meta(physical, "search", json.loads(json.dumps(dict(defaults))) if defaults else None)
+
+    def _set_meta(self, physical: str, key: str, value: Any) -> None:  # native
+        """Set (None: remove) one of embedrail's entries in the index's metadata: ``owner`` or ``search``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------ hybrid
@@ -537,7 +551,7 @@ class BaseStore:
     supports_hybrid: ClassVar[bool] = False
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
-                      alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative") -> list[Hit]:  # fmt: skip
+                      alpha: float = DEFAULT_ALPHA, candidates: int | None = None, fusion: str = DEFAULT_FUSION) -> list[Hit]:  # fmt: skip
         """Keyword (BM25-like) search on the text fused with kNN on ``vector``: ``alpha`` weighs the vector
         side (1.0: kNN only, 0.0: keywords only); ``candidates`` per side (default ``max(50, 5·k)``); the
         filter applies to both sides. ``fusion``: ``relative`` (each side's scores min-max normalised, then

@@ -16,7 +16,7 @@ import numpy as np
 
 from embedrail.errors import ConfigError, WriteError
 
-__all__ = ["METRICS", "NOT_STORED", "DeleteResult", "Hit", "IndexInfo", "IndexSpec", "Metric", "Record", "UpsertResult", "VectorStore"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_FUSION", "METRICS", "NOT_STORED", "DeleteResult", "Hit", "IndexInfo", "IndexSpec", "Metric", "Record", "UpsertResult", "VectorStore"]
 
 Metric = str  # "cosine" | "dot" | "l2"
 NOT_STORED = "not in the store"  # the reason ``update_metadata`` gives for an id the store does not hold
@@ -68,6 +68,9 @@ class IndexInfo:
     #: who keeps the index in step, as recorded in its own metadata by ``set_owner`` (for embedrail: the
     #: sync ledger's id and the key it knows the index by, ``{"ledger": ..., "key": ...}``); None: nobody
     owner: dict[str, str] | None = None
+    #: how the index is best searched, as recorded by ``set_search_defaults`` (``embedrail eval --tune
+    #: --save``): ``{"hybrid": ..., "alpha": ..., "fusion": ...}``; None: nothing recorded
+    search: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -118,6 +121,13 @@ class DeleteResult:
         return self
 
 
+#: hybrid search's defaults: the weight of the vector side and the fusion, chosen by measurement on three
+#: corpora and four stores so that hybrid search is not below kNN on any of them (docs/search.md, the figures
+#: in docs/benchmarks.md#hybrid-search-defaults)
+DEFAULT_ALPHA = 0.7
+DEFAULT_FUSION = "relative"
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """The connector contract. All methods raise ``StoreError`` subclasses on failure. Connectors are
@@ -166,7 +176,7 @@ class VectorStore(Protocol):
 
     def hybrid_search(
         self, query: str, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None, *,
-        alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative",
+        alpha: float = DEFAULT_ALPHA, candidates: int | None = None, fusion: str = DEFAULT_FUSION,
     ) -> list[Hit]: ...
 
     def count(self) -> int: ...

@@ -36,12 +36,15 @@ import numpy as np
 
 from embedrail.connectors._filters import Cond, parse_filter
 from embedrail.connectors._records import (
+    META_KEYS,
     OWNER_KEY,
+    SEARCH_KEY,
     batched,
     check_spec,
     decode_scalar_metadata,
     encode_scalar_metadata,
     owner_from,
+    search_from,
     spec_from_dict,
     spec_to_dict,
 )
@@ -333,13 +336,17 @@ class ChromaStore(BaseStore):
         return IndexInfo(name=self.name, exists=True, physical_name=physical,
                          spec=self._spec_of(physical) or self._infer_spec(physical), count=int(self._call(col.count, "count")),
                          extra={"store": "chroma", "space": self._space_of(col), "url": self.url},
-                         owner=owner_from((col.metadata or {}).get(OWNER_KEY)))  # fmt: skip
+                         owner=owner_from((col.metadata or {}).get(OWNER_KEY)),
+                         search=search_from((col.metadata or {}).get(SEARCH_KEY)))  # fmt: skip
 
-    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
+    def _set_meta(self, physical: str, key: str, value: Any) -> None:
         col = self._get_col(physical)
         md = {k: v for k, v in (col.metadata or {}).items() if not str(k).startswith("hnsw:")}  # modify replaces the metadata
-        md[OWNER_KEY] = json.dumps(owner, sort_keys=True)
-        self._call(lambda: col.modify(metadata=md), "record owner")
+        if value is None:
+            md.pop(META_KEYS[key], None)
+        else:
+            md[META_KEYS[key]] = json.dumps(value, sort_keys=True)
+        self._call(lambda: col.modify(metadata=md), f"record {key}")
 
     # ------------------------------------------------------------------------------ writing
     def _encode(self, target: ReadTarget, record: Record, vector: np.ndarray) -> Any:

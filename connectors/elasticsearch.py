@@ -53,11 +53,28 @@ from embedrail.connectors._es_schema import (
     vector_bytes,
 )
 from embedrail.connectors._filters import parse_filter
-from embedrail.connectors._records import OWNER_KEY, batched, owner_from, parse_version, spec_from_dict
+from embedrail.connectors._records import (
+    META_KEYS,
+    OWNER_KEY,
+    SEARCH_KEY,
+    batched,
+    owner_from,
+    parse_version,
+    search_from,
+    spec_from_dict,
+)
 from embedrail.connectors._retry import BASE_ERRORS, TRANSIENT_STATUS, log
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget
 from embedrail.connectors._urls import StoreURL, flag
-from embedrail.connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.connectors.base import (
+    DEFAULT_ALPHA,
+    DEFAULT_FUSION,
+    Hit,
+    IndexInfo,
+    IndexSpec,
+    Record,
+    UpsertResult,
+)
 from embedrail.errors import (
     ConfigError,
     DimensionLimitError,
@@ -309,11 +326,14 @@ class ElasticsearchStore(BaseStore):
         # keyword search: the analyzer and boosted heading fields (absent: an index created before 0.2.0 has the standard analyzer)
         extra["lexical"] = meta.get("lexical") or {"analyzer": "standard", "headings": []}
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec_from_dict(meta.get("embedrail")),
-                         count=self.count(), extra=extra, owner=owner_from(meta.get(OWNER_KEY)))  # fmt: skip
+                         count=self.count(), extra=extra, owner=owner_from(meta.get(OWNER_KEY)),
+                         search=search_from(meta.get(SEARCH_KEY)))  # fmt: skip
 
-    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
-        meta = {**(self._mapping(physical).get("_meta") or {}), OWNER_KEY: owner}  # _meta is replaced as a whole
-        self._call(lambda: self.client.indices.put_mapping(index=physical, meta=meta), "record owner")
+    def _set_meta(self, physical: str, key: str, value: Any) -> None:
+        meta = {**(self._mapping(physical).get("_meta") or {}), META_KEYS[key]: value}  # _meta is replaced as a whole
+        if value is None:
+            meta.pop(META_KEYS[key])
+        self._call(lambda: self.client.indices.put_mapping(index=physical, meta=meta), f"record {key}")
 
     # ------------------------------------------------------------------------------ writing
     def _dumps(self, obj: Any) -> bytes:
@@ -461,7 +481,7 @@ class ElasticsearchStore(BaseStore):
     supports_hybrid = True
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
-                      alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative") -> list[Hit]:  # fmt: skip
+                      alpha: float = DEFAULT_ALPHA, candidates: int | None = None, fusion: str = DEFAULT_FUSION) -> list[Hit]:  # fmt: skip
         """BM25 on ``text`` and kNN, each ``candidates`` deep with the same filter, fused client-side
         (``fusion``: relative score or weighted RRF; the server's ``rrf`` retriever needs a paid licence on
         8.x, client-side fusion ranks the same on every version and licence)."""

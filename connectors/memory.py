@@ -34,7 +34,7 @@ from embedrail.connectors._filters import Cond, parse_filter
 from embedrail.connectors._records import batched
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget
 from embedrail.connectors._urls import StoreURL
-from embedrail.connectors.base import Hit, IndexInfo, IndexSpec, Record
+from embedrail.connectors.base import DEFAULT_ALPHA, DEFAULT_FUSION, Hit, IndexInfo, IndexSpec, Record
 from embedrail.errors import ConfigError, StoreError
 
 __all__ = ["MemoryStore"]
@@ -48,6 +48,7 @@ class _Index:
     spec: IndexSpec
     rows: dict[str, tuple[np.ndarray, str, dict[str, Any]]] = field(default_factory=dict)
     owner: dict[str, str] | None = None
+    search: dict[str, Any] | None = None
     dropped: bool = False  # a reader still holding it is told, as a server answers for a deleted index
 
 
@@ -136,10 +137,10 @@ class MemoryStore(BaseStore):
         index = self._index(physical)
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=index.spec, count=len(index.rows),
                          extra={"store": "memory", "url": self.url},
-                         owner=dict(index.owner) if index.owner else None)  # fmt: skip
+                         owner=dict(index.owner) if index.owner else None, search=index.search)  # fmt: skip
 
-    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
-        self._index(physical).owner = dict(owner)
+    def _set_meta(self, physical: str, key: str, value: Any) -> None:
+        setattr(self._index(physical), key, value)
 
     # ------------------------------------------------------------------------------ writing
     def _encode(self, target: ReadTarget, record: Record, vector: np.ndarray) -> Any:
@@ -196,7 +197,7 @@ class MemoryStore(BaseStore):
         return self._on_read_target("search", run)
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
-                      alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative") -> list[Hit]:  # fmt: skip
+                      alpha: float = DEFAULT_ALPHA, candidates: int | None = None, fusion: str = DEFAULT_FUSION) -> list[Hit]:  # fmt: skip
         """BM25 on the texts and exact kNN, each ``candidates`` deep, fused as the other stores fuse."""
         return self._fused(query, vector, k, filter, alpha, candidates, fusion, self.text_search)
 

@@ -45,11 +45,20 @@ from typing import Any
 import numpy as np
 
 from embedrail.connectors._filters import Cond, parse_filter
-from embedrail.connectors._records import batched, owner_from, spec_from_dict, spec_to_dict
+from embedrail.connectors._records import batched, owner_from, search_from, spec_from_dict, spec_to_dict
 from embedrail.connectors._retry import BASE_ERRORS, ErrorKind, sqlstate_kind
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget
 from embedrail.connectors._urls import StoreURL
-from embedrail.connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.connectors.base import (
+    DEFAULT_ALPHA,
+    DEFAULT_FUSION,
+    NOT_STORED,
+    Hit,
+    IndexInfo,
+    IndexSpec,
+    Record,
+    UpsertResult,
+)
 from embedrail.errors import ConfigError, DimensionLimitError
 
 __all__ = ["PgvectorStore"]
@@ -261,9 +270,11 @@ class PgvectorStore(BaseStore):
     def _spec_of(self, physical: str) -> IndexSpec | None:
         return spec_from_dict(self._comment(physical).get("embedrail"))
 
-    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
-        comment = json.dumps({**self._comment(physical), "owner": owner}, sort_keys=True)
-        self._sql(f"COMMENT ON TABLE {self._t(physical)} IS {_literal(comment)}", what="record owner")
+    def _set_meta(self, physical: str, key: str, value: Any) -> None:
+        comment = {**self._comment(physical), key: value}
+        if value is None:
+            comment.pop(key)
+        self._sql(f"COMMENT ON TABLE {self._t(physical)} IS {_literal(json.dumps(comment, sort_keys=True))}", what=f"record {key}")
 
     def _vtype(self, physical: str) -> str:
         rows = self._sql("SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = %s::regclass "
@@ -384,7 +395,8 @@ class PgvectorStore(BaseStore):
         if spec is not None:  # what the HNSW graph holds per vector (a bit index re-ranks with the float column)
             extra["bytes_per_vector"] = -(-spec.dims // 8) if quant == "bit" else spec.dims * (2 if vtype == "halfvec" else 4)
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec_from_dict(comment.get("embedrail")),
-                         count=self._count(physical), extra=extra, owner=owner_from(comment.get("owner")))  # fmt: skip
+                         count=self._count(physical), extra=extra, owner=owner_from(comment.get("owner")),
+                         search=search_from(comment.get("search")))  # fmt: skip
 
     # ------------------------------------------------------------------------------ writing
     def _batch_size(self) -> int:
@@ -487,7 +499,7 @@ class PgvectorStore(BaseStore):
         return [Hit(id=i, score=float(r), text=txt or "", metadata=md or {}) for i, txt, md, r in rows]
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
-                      alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative") -> list[Hit]:  # fmt: skip
+                      alpha: float = DEFAULT_ALPHA, candidates: int | None = None, fusion: str = DEFAULT_FUSION) -> list[Hit]:  # fmt: skip
         """Full-text search and kNN, each ``candidates`` deep with the same filter, fused client-side (``fusion``)."""
         return self._fused(query, vector, k, filter, alpha, candidates, fusion, self.text_search)
 

@@ -40,12 +40,30 @@ from typing import Any
 import numpy as np
 
 from embedrail.connectors._filters import Cond, parse_filter
-from embedrail.connectors._records import OWNER_KEY, batched, owner_from, spec_from_dict, spec_to_dict
+from embedrail.connectors._records import (
+    META_KEYS,
+    OWNER_KEY,
+    SEARCH_KEY,
+    batched,
+    owner_from,
+    search_from,
+    spec_from_dict,
+    spec_to_dict,
+)
 from embedrail.connectors._retry import BASE_ERRORS
 from embedrail.connectors._sparse import BM25_IDENTITY, sparse_encoder
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget, _Unencodable
 from embedrail.connectors._urls import StoreURL, flag
-from embedrail.connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.connectors.base import (
+    DEFAULT_ALPHA,
+    DEFAULT_FUSION,
+    NOT_STORED,
+    Hit,
+    IndexInfo,
+    IndexSpec,
+    Record,
+    UpsertResult,
+)
 from embedrail.errors import ConfigError, StoreUnavailableError, UnsupportedError
 
 __all__ = ["QdrantStore"]
@@ -275,11 +293,12 @@ class QdrantStore(BaseStore):
                      "ef_construct": info.config.hnsw_config.ef_construct}, url=self.url)  # fmt: skip
         md = getattr(info.config, "metadata", None) or {}
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=self._spec_of(physical),
-                         count=self._count(physical), extra=extra, owner=owner_from(md.get(OWNER_KEY)))  # fmt: skip
+                         count=self._count(physical), extra=extra, owner=owner_from(md.get(OWNER_KEY)),
+                         search=search_from(md.get(SEARCH_KEY)))  # fmt: skip
 
-    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
-        # the server (and local mode) merge the given keys into the collection's metadata
-        self._call(lambda: self.client.update_collection(physical, metadata={OWNER_KEY: owner}), "record owner")
+    def _set_meta(self, physical: str, key: str, value: Any) -> None:
+        # the server (and local mode) merge the given keys into the collection's metadata (None: a null entry)
+        self._call(lambda: self.client.update_collection(physical, metadata={META_KEYS[key]: value}), f"record {key}")
 
     # ------------------------------------------------------------------------------ writing
     def _batch_size(self) -> int:
@@ -405,7 +424,7 @@ class QdrantStore(BaseStore):
         return self._on_read_target("keyword search", run)
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
-                      alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative") -> list[Hit]:  # fmt: skip
+                      alpha: float = DEFAULT_ALPHA, candidates: int | None = None, fusion: str = DEFAULT_FUSION) -> list[Hit]:  # fmt: skip
         """kNN fused with keyword search through the sparse vectors: ``rrf`` by the server (one query-API call,
         weighted RRF of the two prefetches), ``relative`` client-side as on the other stores."""
         from qdrant_client import models

@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from embedrail.connectors._filters import Cond, parse_filter
-from embedrail.connectors._records import batched, owner_from, parse_version, spec_from_dict, spec_to_dict
+from embedrail.connectors._records import (
+    batched,
+    owner_from,
+    parse_version,
+    search_from,
+    spec_from_dict,
+    spec_to_dict,
+)
 from embedrail.connectors._retry import BASE_ERRORS, log
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget
 from embedrail.connectors._urls import StoreURL
@@ -45,7 +52,15 @@ from embedrail.connectors._weaviate_schema import (
     to_hit,
     to_score,
 )
-from embedrail.connectors.base import Hit, IndexInfo, IndexSpec, Record, UpsertResult
+from embedrail.connectors.base import (
+    DEFAULT_ALPHA,
+    DEFAULT_FUSION,
+    Hit,
+    IndexInfo,
+    IndexSpec,
+    Record,
+    UpsertResult,
+)
 from embedrail.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 
 __all__ = ["WeaviateStore", "normalize_name"]
@@ -230,11 +245,13 @@ class WeaviateStore(BaseStore):
             vic = next(iter(cfg.vector_config.values())).vector_index_config
         extra.update(distance=str(getattr(getattr(vic, "distance_metric", None), "value", "")), url=self.url)
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec, count=self._count(physical), extra=extra,
-                         owner=owner_from(_description(cfg).get("owner")))  # fmt: skip
+                         owner=owner_from(_description(cfg).get("owner")), search=search_from(_description(cfg).get("search")))  # fmt: skip
 
-    def _set_owner(self, physical: str, owner: dict[str, str]) -> None:
-        desc = {**_description(self._config(physical)), "owner": owner}
-        self._call(lambda: self._col(physical).config.update(description=json.dumps(desc, sort_keys=True)), "record owner")
+    def _set_meta(self, physical: str, key: str, value: Any) -> None:
+        desc = {**_description(self._config(physical)), key: value}
+        if value is None:
+            desc.pop(key)
+        self._call(lambda: self._col(physical).config.update(description=json.dumps(desc, sort_keys=True)), f"record {key}")
 
     # ------------------------------------------------------------------------------ writing
     def _ensure_props(self, physical: str, needed: Mapping[str, str]) -> None:
@@ -364,7 +381,7 @@ class WeaviateStore(BaseStore):
     supports_hybrid = True
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
-                      alpha: float = 0.5, candidates: int | None = None, fusion: str = "relative", _again: bool = True) -> list[Hit]:  # fmt: skip
+                      alpha: float = DEFAULT_ALPHA, candidates: int | None = None, fusion: str = DEFAULT_FUSION, _again: bool = True) -> list[Hit]:  # fmt: skip
         """Weaviate's native ``hybrid`` query: BM25 on ``text`` and the vector, fused server-side
         (``fusion``: relative score or ranked, ``alpha`` as given); ``candidates`` is Weaviate's own choice here."""
         from weaviate.classes.query import HybridFusion, MetadataQuery

@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from embedrail.connectors.base import DEFAULT_ALPHA, DEFAULT_FUSION
 from embedrail.errors import ConfigError, EmbedrailError, SyncError
 from embedrail.integration.ledger import default_ledger_url
 from embedrail.integration.options import SyncOptions, positive_int
@@ -64,11 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=positive_int, default=10, help="number of hits")
     s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality filter (repeatable)")
     s.add_argument("--instruction", help="query instruction (instruction-aware models such as Qwen3)")
-    s.add_argument("--hybrid", action="store_true",
-                   help="keyword search on the text fused with kNN (Elasticsearch, OpenSearch, Weaviate, pgvector, Qdrant)")
-    s.add_argument("--alpha", type=float, default=0.5, help="hybrid: weight of the vector side, 0 (keywords) to 1 (kNN)")
-    s.add_argument("--fusion", choices=["relative", "rrf"], default="relative",
-                   help="hybrid: relative (min-max normalised scores, weighted) or rrf (weighted reciprocal rank)")
+    s.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=None,
+                   help="keyword search on the text fused with kNN (Elasticsearch, OpenSearch, Weaviate, pgvector, Qdrant); "
+                        "default: what `eval --tune --save` recorded on the index, else kNN")  # fmt: skip
+    s.add_argument("--alpha", type=float, help=f"hybrid: weight of the vector side, 0 (keywords) to 1 (kNN); default: the "
+                                               f"index's tuned one, else {DEFAULT_ALPHA}")  # fmt: skip
+    s.add_argument("--fusion", choices=["relative", "rrf"],
+                   help="hybrid: relative (min-max normalised scores, weighted) or rrf (weighted reciprocal rank); default: "
+                        f"the index's tuned one, else {DEFAULT_FUSION}")  # fmt: skip
     s.add_argument("--rerank", metavar="MODEL",
                    help="rerank the candidates: a Qwen3-Reranker or cross-encoder directory, a hub id, or a URL "
                         "(http://host/v1#model for /v1/rerank, http://host/rerank for TEI)")  # fmt: skip
@@ -91,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first-stage hits the reranker rescores (default: max(100, k); at least the max(k, 10) ranked)")
     ev.add_argument("--tune", action="store_true",
                     help="sweep the hybrid weight (0 to 1) and fusion on each target; report the best by --metric")
+    ev.add_argument("--save", action="store_true",
+                    help="with --tune: record each target's best setting on its index as its search defaults "
+                         "(embedrail search and Searcher use them when a query does not say)")  # fmt: skip
     ev.add_argument("--metric", default="ndcg@10", help="what --tune maximises and the chart shows: ndcg@10, mrr@10, recall@k")
     ev.add_argument("--reference", metavar="URL",
                     help="a target with the same documents in float vectors: each row also says how much of its kNN top k it keeps "
@@ -183,10 +190,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
         configs += [dataclasses.replace(c, rerank=True) for c in configs]
     if a.candidates and not a.rerank:
         raise ConfigError("--candidates applies to reranking: add --rerank MODEL")
+    if a.save and not a.tune:
+        raise ConfigError("--save records what --tune chose: add --tune")
     opts = {"k": a.k, "reranker": a.rerank, "candidates": a.candidates, "device": a.device, "per_query": bool(a.out),
             "reference": a.reference}
     if a.tune:
-        report = tune(a.target, queries, metric=a.metric, **opts)
+        report = tune(a.target, queries, metric=a.metric, save=a.save, **opts)
         if a.config:
             report.rows += evaluate(a.target, queries, configs, **opts).rows
     else:

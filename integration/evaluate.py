@@ -30,11 +30,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from embedrail.connectors.base import DEFAULT_ALPHA, DEFAULT_FUSION
 from embedrail.errors import ConfigError, UnsupportedError
 from embedrail.secrets import redact_url
 
@@ -62,8 +64,8 @@ class Config:
     rrf), each with ``rerank`` (the evaluation's reranker rescoring ``candidates`` first-stage hits)."""
 
     hybrid: bool = False
-    alpha: float = 0.5
-    fusion: str = "relative"
+    alpha: float = DEFAULT_ALPHA
+    fusion: str = DEFAULT_FUSION
     rerank: bool = False
 
     @property
@@ -86,7 +88,7 @@ def parse_config(spec: str | Config) -> Config:
         raise ConfigError(f"unknown search configuration {spec!r}: use knn, hybrid, hybrid:ALPHA or hybrid:ALPHA:rrf, "
                           "each with an optional +rerank")  # fmt: skip
     try:
-        alpha = float(parts[1]) if len(parts) > 1 else 0.5
+        alpha = float(parts[1]) if len(parts) > 1 else DEFAULT_ALPHA
     except ValueError:
         raise ConfigError(f"{spec!r}: the hybrid weight must be a number from 0 (keywords) to 1 (kNN)") from None
     if not 0.0 <= alpha <= 1.0:
@@ -326,7 +328,7 @@ def evaluate(targets: Iterable[Any], queries: Sequence[Query], configs: Iterable
     for target in targets:
         with Searcher(target, embedder=embedder, device=device, reranker=reranker) as s:
             info = s.index()
-            name = redact_url(target) if isinstance(target, str) else str(getattr(target, "url", target))  # no secrets
+            name = _name(target)
             bytes_per = info.extra.get("bytes_per_vector") or (info.spec.dims * 4 if info.spec else None)
             s.search(queries[0].text, k=1, rerank=False)  # warm-up: the model loads, the connection opens
             if reranker is not None:
@@ -342,6 +344,11 @@ def evaluate(targets: Iterable[Any], queries: Sequence[Query], configs: Iterable
                     row.per_query = {}
                 rows.append(row)
     return EvalReport(k, rows)
+
+
+def _name(target: Any) -> str:
+    """A target's name in a report (no secrets)."""
+    return redact_url(target) if isinstance(target, str) else str(getattr(target, "url", target))
 
 
 def _run(s: Any, row: Row, cfg: Config, queries: Sequence[Query], depth: int, k: int, candidates: int | None,
@@ -411,14 +418,15 @@ def run_settings(targets: Iterable[Any], settings: dict[str, Any], **kwargs: Any
 
 
 def tune(targets: Iterable[Any], queries: Sequence[Query], *, metric: str = "ndcg@10", k: int = 10,
-         fusions: Sequence[str] = ("relative", "rrf"), alphas: Sequence[float] = ALPHAS, **kwargs: Any) -> EvalReport:  # fmt: skip
+         fusions: Sequence[str] = ("relative", "rrf"), alphas: Sequence[float] = ALPHAS, save: bool = False,
+         **kwargs: Any) -> EvalReport:  # fmt: skip
     """Sweep the hybrid weight (and fusion) on each target; ``report.tuned[target]`` is the configuration
     with the best ``metric`` on these queries. kNN (``alpha`` 1) is among the candidates, so the choice is never
     worse than kNN on these queries; a tie goes to the configuration nearer kNN (higher alpha), then to
-    relative fusion."""
+    relative fusion. ``save``: record each choice on its index (``set_search_defaults``), where ``Searcher``
+    and ``embedrail search`` take it for queries that do not say."""
     key = _metric_key(metric)
-    if isinstance(targets, str):
-        targets = [targets]
+    targets = [targets] if isinstance(targets, str) else list(targets)
     configs = ["knn"] + [f"hybrid:{a:g}:{f}" for f in fusions for a in alphas if a < 1.0]
     report = evaluate(targets, queries, configs, k=k, **kwargs)
     by_target: dict[str, list[Row]] = {}
@@ -438,4 +446,20 @@ def tune(targets: Iterable[Any], queries: Sequence[Query], *, metric: str = "ndc
         report.tuned[target] = {"config": best.config, "metric": _label(key, k), "value": round(best.metrics[key], 4),
                                 "knn": round(knn.metrics[key], 4), "alpha": cfg.alpha if cfg.hybrid else 1.0,
                                 "fusion": cfg.fusion, "hybrid": cfg.hybrid, "search_flags": flags}  # fmt: skip
+    if save:
+        for target in targets:
+            _save_defaults(target, report.tuned[_name(target)], len(queries))
     return report
+
+
+def _save_defaults(target: Any, tuned: dict[str, Any], queries: int) -> None:
+    from embedrail.connectors import connect
+
+    defaults = {"hybrid": tuned["hybrid"], "alpha": tuned["alpha"], "fusion": tuned["fusion"], "metric": tuned["metric"],
+                "value": tuned["value"], "knn": tuned["knn"], "queries": queries,
+                "tuned_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    if isinstance(target, str):
+        with connect(target) as store:
+            store.set_search_defaults(defaults)
+    else:
+        target.set_search_defaults(defaults)

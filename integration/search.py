@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedrail.connectors.base import Hit, IndexInfo, VectorStore
+from embedrail.connectors.base import DEFAULT_ALPHA, DEFAULT_FUSION, Hit, IndexInfo, VectorStore
 from embedrail.errors import ConfigError
 
 __all__ = ["DEFAULT_CANDIDATES", "SearchResult", "Searcher", "search"]
@@ -115,6 +115,19 @@ class Searcher:
         self._embedder, self._owns_embedder = emb, True
         return emb
 
+    def settings(self, hybrid: bool | None = None, alpha: float | None = None, fusion: str | None = None) -> tuple[bool, float, str]:
+        """(hybrid, alpha, fusion) of a query: what it gives, else the index's recorded search defaults, else
+        kNN (hybrid: ``DEFAULT_ALPHA``, ``DEFAULT_FUSION``). Giving ``alpha`` or ``fusion`` implies hybrid."""
+        rec = self.index().search or {}
+        if hybrid is None:
+            hybrid = True if (alpha is not None or fusion is not None) else bool(rec.get("hybrid", False))
+        if not hybrid:
+            return False, 1.0, DEFAULT_FUSION
+        use_rec = bool(rec.get("hybrid"))
+        a = alpha if alpha is not None else float(rec["alpha"]) if use_rec and "alpha" in rec else DEFAULT_ALPHA
+        f = fusion if fusion is not None else str(rec["fusion"]) if use_rec and "fusion" in rec else DEFAULT_FUSION
+        return True, a, f
+
     def _sparse_model(self) -> None:
         """Give the store the SPLADE model its collection's sparse vectors come from (what the index
         records), the first time a hybrid search needs it."""
@@ -136,14 +149,15 @@ class Searcher:
         return self._reranker
 
     def search(self, query: str, k: int = 10, *, filter: dict[str, Any] | None = None, instruction: str | None = None,
-               distinct_docs: bool = False, hybrid: bool = False, alpha: float = 0.5, fusion: str = "relative",
-               candidates: int | None = None, rerank: bool | None = None,
+               distinct_docs: bool = False, hybrid: bool | None = None, alpha: float | None = None,
+               fusion: str | None = None, candidates: int | None = None, rerank: bool | None = None,
                rerank_instruction: str | None = None) -> SearchResult:  # fmt: skip
         """The ``k`` best chunks for ``query`` (``distinct_docs``: the best chunk of each of the ``k`` best
         documents). ``filter``: the portable metadata filter; ``instruction``: the query task of an
         instruction-aware model (Qwen3). ``hybrid``: keyword search on the text fused with kNN
         (``store.hybrid_search``; ``alpha`` weighs the vector side, ``fusion`` is ``relative`` or ``rrf``), where the
-        store supports it.
+        store supports it. What a query leaves out (None) comes from the search defaults the index records
+        (``embedrail eval --tune --save``), else kNN, and for hybrid ``DEFAULT_ALPHA`` / ``DEFAULT_FUSION``.
 
         With a reranker (``rerank`` defaults to True when the searcher has one; False skips it for this
         query) the first stage fetches ``candidates`` hits (default ``max(100, k)``), the reranker
@@ -151,6 +165,7 @@ class Searcher:
         Without one, ``candidates`` is an error: it would change nothing."""
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("the query is empty")
+        hybrid, alpha, fusion = self.settings(hybrid, alpha, fusion)
         if not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
         use_rerank = (self._reranker is not None or self._reranker_spec is not None) if rerank is None else rerank

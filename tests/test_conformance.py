@@ -469,6 +469,23 @@ def test_concurrent_ensure_index_converges_on_one_index(stores: Stores) -> None:
 HYBRID = {"es", "opensearch", "weaviate", "pgvector", "memory", "qdrant"}  # keyword search on the text + kNN; Chroma refuses clearly
 
 
+def test_search_defaults_round_trip_beside_the_owner(stores: Stores) -> None:
+    """``set_search_defaults`` is kept in the index's own metadata beside the owner stamp (neither overwrites
+    the other), read back by ``describe().search``, and cleared by None."""
+    s = stores.new("sdef")
+    s.ensure_index(SPEC)
+    s.set_owner({"ledger": "L1", "key": "k1"})
+    defaults = {"hybrid": True, "alpha": 0.8, "fusion": "relative", "metric": "ndcg@10", "value": 0.61}
+    s.set_search_defaults(defaults)
+    info = s.describe()
+    assert info.search == defaults and info.owner == {"ledger": "L1", "key": "k1"}
+    s.set_owner({"ledger": "L1", "key": "k2"})
+    assert s.describe().search == defaults
+    s.set_search_defaults(None)
+    info = s.describe()
+    assert info.search is None and info.owner == {"ledger": "L1", "key": "k2"}
+
+
 def test_hybrid_search_finds_a_keyword_match_that_knn_misses(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
     texts, vecs = data
     s = stores.new("hyb")

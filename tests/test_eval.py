@@ -210,6 +210,40 @@ def test_eval_flags_as_the_docs_show_them(tmp_path: Path, capsys: pytest.Capture
         assert ranked and set(ranked) <= set(saved[0]["per_query"][qid][:10]), qid  # (candidates: at least the 10 ranked)
 
 
+def test_tune_save_records_the_choice_and_search_uses_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``eval --tune --save`` writes the best setting into the index's metadata; ``search`` without flags then
+    runs it (hybrid at the tuned weight and fusion), flags still win, ``--no-hybrid`` is kNN; ``--save``
+    without ``--tune`` is refused."""
+    from embedrail.integration.search import Searcher
+
+    target = "memory://eval-save/docs"
+    assert sync(str(corpus(tmp_path)), [target], ledger=f"sqlite:///{tmp_path / 'l.sqlite'}", embedder=minilm()).ok
+    with Searcher(target, embedder=minilm()) as s:
+        assert s.index().search is None and s.settings() == (False, 1.0, "relative")  # nothing recorded: kNN
+        assert s.settings(alpha=0.4) == (True, 0.4, "relative")  # a weight given: hybrid
+    assert main(["eval", "--target", target, "--queries", str(query_file(tmp_path)), "--save"]) == 2
+    assert "add --tune" in capsys.readouterr().err
+    assert main(["eval", "--target", target, "--queries", str(query_file(tmp_path)), "--tune", "--metric", "mrr@10",
+                 "--save", "--json"]) == 0  # fmt: skip
+    tuned = json.loads(capsys.readouterr().out)["tuned"][target]
+    with connect(target) as store:
+        recorded = store.describe().search
+    assert recorded is not None
+    assert {k: recorded[k] for k in ("hybrid", "alpha", "fusion", "value", "knn")} == {k: tuned[k] for k in ("hybrid", "alpha", "fusion", "value", "knn")}
+    assert recorded["metric"] == "mrr@10" and recorded["queries"] == len(QUERIES)
+    with Searcher(target, embedder=minilm()) as s:
+        want = (tuned["hybrid"], tuned["alpha"] if tuned["hybrid"] else 1.0, tuned["fusion"] if tuned["hybrid"] else "relative")
+        assert s.settings() == want
+        assert s.settings(hybrid=False) == (False, 1.0, "relative")
+        assert s.settings(hybrid=True, alpha=0.2, fusion="rrf") == (True, 0.2, "rrf")
+        # the recorded setting is what a plain search runs: the same hits as asking for it
+        plain = [h.id for h in s.search("birds that catch fish", k=5).hits]
+        asked = [h.id for h in s.search("birds that catch fish", k=5, hybrid=want[0], alpha=want[1], fusion=want[2]).hits]
+        assert plain == asked
+    assert main(["search", "--target", target, "--no-hybrid", "--json", "-k", "2", "birds"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
 def test_evaluation_settings_are_checked_when_the_dag_is_parsed(tmp_path: Path) -> None:
     from embedrail.integration.airflow.config import load_dag_config
     from embedrail.integration.evaluate import check_settings
