@@ -2,7 +2,8 @@
 
 Three retrieval sets the project builds without a network, each synced with ``embedrail.sync`` (packaged MiniLM,
 the default chunking) into every store that runs, then measured with ``embedrail.integration.evaluate`` (the
-code behind ``embedrail eval``): kNN, and hybrid with relative-score fusion at several weights and with RRF.
+code behind ``embedrail eval``): kNN, and hybrid with relative-score fusion at several weights, with RRF, and
+guarded fusion (relative, the keyword side trusted only where it agrees with kNN or matched a rare word).
 
 - ``stdlib`` (API reference): a document per public stdlib class/function (``pydoc:?per=member``) without its
   summary sentence; the query is that sentence (``--max-queries``: 300 of them, evenly spaced) (a paraphrase-like description; retrieval_quality.py's set).
@@ -34,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _servers import store_urls  # noqa: E402
 from retrieval_quality import retrieval_set, with_name  # noqa: E402
 
-CONFIGS = ["knn", *(f"hybrid:{a}" for a in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)), "hybrid:0.5:rrf", "hybrid:0.7:rrf"]
+CONFIGS = ["knn", *(f"hybrid:{a}:relative" for a in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)), "hybrid:0.5:rrf", "hybrid:0.7:rrf",
+           *(f"hybrid:{a}:guarded" for a in (0.5, 0.6, 0.7))]
 
 QA = [  # (question, the members that answer it)
  ("how do I delete a directory and everything in it", ["shutil.rmtree"]),

@@ -7,7 +7,11 @@ from collections.abc import Sequence
 
 from embedrail.connectors.base import Hit
 
-__all__ = ["RRF_K", "relative_score", "rrf"]
+__all__ = ["FUSIONS", "GUARD_ALPHA", "GUARD_PEAK", "RRF_K", "fuse", "guarded", "relative_score", "rrf"]
+
+FUSIONS = ("relative", "rrf", "guarded")
+GUARD_ALPHA = 0.9  # guarded fusion's weight of the vector side when the keyword side is not trusted
+GUARD_PEAK = 2.5  # ... which it is where its best score is this many times its second (a rare word matched)
 
 RRF_K = 60  # the constant of Cormack et al. (2009), also the default of Elasticsearch's and Weaviate's RRF
 
@@ -42,3 +46,29 @@ def relative_score(lists: Sequence[Sequence[Hit]], weights: Sequence[float], k: 
             first.setdefault(h.id, h)
     best = sorted(scores, key=lambda i: -scores[i])[:k]
     return [Hit(id=i, score=scores[i], text=first[i].text, metadata=first[i].metadata) for i in best]
+
+
+def _doc(h: Hit) -> str:
+    return str(h.metadata.get("_doc", h.id)) if h.metadata else h.id
+
+
+def guarded(lists: Sequence[Sequence[Hit]], weights: Sequence[float], k: int) -> list[Hit]:
+    """Relative-score fusion that gives the keyword side its weight only where it can be trusted: both
+    sides rank the same document (``_doc``, else the id) first, or the keyword side's best score is at
+    least ``GUARD_PEAK`` times its second (a rare word matched one record: an identifier, an error code, a
+    name). Otherwise the vector side weighs ``GUARD_ALPHA`` and the keyword side only breaks near-ties.
+    ``lists``: (kNN, keywords). On queries in other words than the documents (a paraphrase, a question)
+    the keyword side's best is rarely kNN's and its scores are flat, so it cannot pull a weak keyword
+    match above kNN's; figures in docs/benchmarks.md."""
+    dense, sparse = lists
+    agree = bool(dense) and bool(sparse) and _doc(dense[0]) == _doc(sparse[0])
+    peaked = bool(sparse) and (len(sparse) == 1 or (sparse[1].score > 0 and sparse[0].score >= GUARD_PEAK * sparse[1].score))
+    if not (agree or peaked) and weights[0] > 0:
+        a = max(float(weights[0]), GUARD_ALPHA)
+        weights = [a, 1.0 - a]
+    return relative_score(lists, weights, k)
+
+
+def fuse(fusion: str, lists: Sequence[Sequence[Hit]], weights: Sequence[float], k: int) -> list[Hit]:
+    """The fusion named ``fusion`` (one of ``FUSIONS``) of (kNN, keyword) lists."""
+    return {"rrf": rrf, "guarded": guarded}.get(fusion, relative_score)(lists, weights, k)

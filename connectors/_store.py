@@ -35,6 +35,7 @@ from typing import Any, ClassVar, NoReturn, TypeVar
 
 import numpy as np
 
+from embedrail.connectors._fusion import FUSIONS
 from embedrail.connectors._records import batched, check_query, check_record, check_spec, dedupe_last
 from embedrail.connectors._retry import (
     BASE_ERRORS,
@@ -562,8 +563,8 @@ class BaseStore:
                                "Weaviate, pgvector, Qdrant)")  # fmt: skip
 
     def _hybrid_args(self, query: str, alpha: float, k: int, candidates: int | None, fusion: str = "relative") -> tuple[int, int]:
-        if fusion not in ("relative", "rrf"):
-            raise ConfigError(f"unknown fusion {fusion!r}; use 'relative' or 'rrf'")
+        if fusion not in FUSIONS:
+            raise ConfigError(f"unknown fusion {fusion!r}; use 'relative', 'rrf' or 'guarded'")
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("hybrid search needs a non-empty query text")
         if not 0.0 <= float(alpha) <= 1.0:
@@ -574,12 +575,12 @@ class BaseStore:
     def _fused(self, query: str, vector: Any, k: int, filter: Mapping[str, Any] | None, alpha: float,
                candidates: int | None, fusion: str, keyword: Callable[[str, int, Mapping[str, Any] | None], list[Hit]]) -> list[Hit]:  # fmt: skip
         """Client-side hybrid: kNN and ``keyword`` search, ``candidates`` each, fused (``fusion``)."""
-        from embedrail.connectors._fusion import relative_score, rrf
+        from embedrail.connectors._fusion import fuse
 
         k, n = self._hybrid_args(query, alpha, k, candidates, fusion)
         dense = self.search(vector, k=n, filter=filter) if alpha > 0 else []  # type: ignore[attr-defined]
         sparse = keyword(query, n, filter) if alpha < 1 else []
-        return (rrf if fusion == "rrf" else relative_score)([dense, sparse], [float(alpha), 1.0 - float(alpha)], k)
+        return fuse(fusion, [dense, sparse], [float(alpha), 1.0 - float(alpha)], k)
 
     # ----------------------------------------------------------------------------------- rebuilds
     def _new_physical_name(self) -> str:

@@ -124,8 +124,8 @@ class DeleteResult:
 #: hybrid search's defaults: the weight of the vector side and the fusion, chosen by measurement on three
 #: corpora and four stores so that hybrid search is not below kNN on any of them (docs/search.md, the figures
 #: in docs/benchmarks.md#hybrid-search-defaults)
-DEFAULT_ALPHA = 0.7
-DEFAULT_FUSION = "relative"
+DEFAULT_ALPHA = 0.5
+DEFAULT_FUSION = "guarded"
 
 
 @runtime_checkable

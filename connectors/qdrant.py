@@ -429,7 +429,7 @@ class QdrantStore(BaseStore):
         weighted RRF of the two prefetches), ``relative`` client-side as on the other stores."""
         from qdrant_client import models
 
-        if fusion == "relative":
+        if fusion != "rrf":  # relative and guarded: client-side, like the other stores
             return self._fused(query, vector, k, filter, alpha, candidates, fusion, self.sparse_search)
         k, n = self._hybrid_args(query, alpha, k, candidates, fusion)
         if alpha in (0.0, 1.0):  # one side only (Qdrant would still list the other side's points, at score 0)

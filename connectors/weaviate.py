@@ -382,10 +382,13 @@ class WeaviateStore(BaseStore):
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
                       alpha: float = DEFAULT_ALPHA, candidates: int | None = None, fusion: str = DEFAULT_FUSION, _again: bool = True) -> list[Hit]:  # fmt: skip
-        """Weaviate's native ``hybrid`` query: BM25 on ``text`` and the vector, fused server-side
-        (``fusion``: relative score or ranked, ``alpha`` as given); ``candidates`` is Weaviate's own choice here."""
+        """Weaviate's native ``hybrid`` query: BM25 on ``text`` (and the headings) and the vector, fused
+        server-side (``fusion``: relative score or ranked, ``alpha`` as given; ``candidates`` is Weaviate's own
+        choice there); ``guarded`` runs BM25 and kNN apart and fuses client-side, like the other stores."""
         from weaviate.classes.query import HybridFusion, MetadataQuery
 
+        if fusion == "guarded":
+            return self._fused(query, vector, k, filter, alpha, candidates, fusion, self.text_search)
         k, _ = self._hybrid_args(query, alpha, k, candidates, fusion)
         target = self._read_target()
         vec = self._query_vector(vector, target.spec)
@@ -408,6 +411,22 @@ class WeaviateStore(BaseStore):
                 return self.hybrid_search(query, vector, k, filter, alpha=alpha, candidates=candidates, fusion=fusion, _again=False)
             self._fail(e, "hybrid search")
         return [to_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
+
+    def text_search(self, query: str, k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
+        """BM25 over the text and, boosted, the headings (Weaviate's ``bm25`` query; score: its BM25)."""
+        from weaviate.classes.query import MetadataQuery
+
+        def run(target: ReadTarget) -> list[Hit]:
+            flt, empty = self._filter(target.physical, parse_filter(filter))
+            if empty:
+                return []
+            name = self._physical_fixed or (self.name if target.physical != self.name and self.supports_aliases() else target.physical)
+            res = self._call(lambda: self._col(name).query.bm25(
+                query=query, query_properties=self._keyword_props(target.physical), limit=max(1, int(k)), filters=flt,
+                return_metadata=MetadataQuery(score=True), return_properties=RETURN_PROPS), "keyword search")  # fmt: skip
+            return [to_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
+
+        return self._on_read_target("keyword search", run)
 
     def _keyword_props(self, physical: str) -> list[str]:
         """What BM25 searches: the text and, boosted, the headings (a collection created before that

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: what `eval --tune --save` recorded on the index, else kNN")  # fmt: skip
     s.add_argument("--alpha", type=float, help=f"hybrid: weight of the vector side, 0 (keywords) to 1 (kNN); default: the "
                                                f"index's tuned one, else {DEFAULT_ALPHA}")  # fmt: skip
-    s.add_argument("--fusion", choices=["relative", "rrf"],
-                   help="hybrid: relative (min-max normalised scores, weighted) or rrf (weighted reciprocal rank); default: "
+    s.add_argument("--fusion", choices=["relative", "rrf", "guarded"],
+                   help="hybrid: relative (min-max normalised scores, weighted), rrf (weighted reciprocal rank) or guarded "
+                        "(relative, the keyword side at full weight only where both sides agree on the best document); default: "
                         f"the index's tuned one, else {DEFAULT_FUSION}")  # fmt: skip
     s.add_argument("--rerank", metavar="MODEL",
                    help="rerank the candidates: a Qwen3-Reranker or cross-encoder directory, a hub id, or a URL "

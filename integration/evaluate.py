@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from embedrail.connectors._fusion import FUSIONS
 from embedrail.connectors.base import DEFAULT_ALPHA, DEFAULT_FUSION
 from embedrail.errors import ConfigError, UnsupportedError
 from embedrail.secrets import redact_url
@@ -75,7 +76,8 @@ class Config:
 
 
 def parse_config(spec: str | Config) -> Config:
-    """``knn``, ``hybrid``, ``hybrid:0.7``, ``hybrid:0.7:rrf``, each with an optional ``+rerank``."""
+    """``knn``, ``hybrid``, ``hybrid:0.7``, ``hybrid:0.7:rrf`` (or ``:relative``, ``:guarded``), each with an
+    optional ``+rerank``."""
     if isinstance(spec, Config):
         return spec
     text = spec.strip().lower()
@@ -94,8 +96,8 @@ def parse_config(spec: str | Config) -> Config:
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"{spec!r}: the hybrid weight must be from 0 (keywords) to 1 (kNN)")
     fusion = parts[2] if len(parts) > 2 else "relative"
-    if fusion not in ("relative", "rrf"):
-        raise ConfigError(f"{spec!r}: fusion must be relative or rrf")
+    if fusion not in FUSIONS:
+        raise ConfigError(f"{spec!r}: fusion must be one of {', '.join(FUSIONS)}")
     return Config(hybrid=True, alpha=alpha, fusion=fusion, rerank=rerank)
 
 
@@ -418,7 +420,7 @@ def run_settings(targets: Iterable[Any], settings: dict[str, Any], **kwargs: Any
 
 
 def tune(targets: Iterable[Any], queries: Sequence[Query], *, metric: str = "ndcg@10", k: int = 10,
-         fusions: Sequence[str] = ("relative", "rrf"), alphas: Sequence[float] = ALPHAS, save: bool = False,
+         fusions: Sequence[str] = FUSIONS, alphas: Sequence[float] = ALPHAS, save: bool = False,
          **kwargs: Any) -> EvalReport:  # fmt: skip
     """Sweep the hybrid weight (and fusion) on each target; ``report.tuned[target]`` is the configuration
     with the best ``metric`` on these queries. kNN (``alpha`` 1) is among the candidates, so the choice is never

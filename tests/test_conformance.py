@@ -508,6 +508,8 @@ def test_hybrid_search_finds_a_keyword_match_that_knn_misses(stores: Stores, dat
     hyb = [h.id for h in s.hybrid_search("zorblatt logs", q, k=10)]
     assert "kw#0" in hyb and "doc0#0" in hyb[:2], hyb
     assert "kw#0" in [h.id for h in s.hybrid_search("zorblatt logs", q, k=10, fusion="rrf")]
+    # guarded: a rare word's match is trusted (its keyword score far above the next one's)
+    assert "kw#0" in [h.id for h in s.hybrid_search("zorblatt logs", q, k=10, fusion="guarded")]
     # the filter applies to both sides
     hits = s.hybrid_search("zorblatt logs", q, k=10, filter={"lang": "de"})
     assert hits and all(h.metadata["lang"] == "de" for h in hits) and "kw#0" not in {h.id for h in hits}

@@ -12,6 +12,7 @@ import pytest
 from test_integration_support import minilm, write_jsonl
 
 from embedrail import connect, sync
+from embedrail.connectors.base import DEFAULT_ALPHA, DEFAULT_FUSION
 from embedrail.errors import ConfigError
 from embedrail.integration.cli import main
 from embedrail.integration.evaluate import evaluate, load_queries, metrics_of, parse_config, tune
@@ -120,14 +121,14 @@ def test_eval_from_the_command_line_equals_a_brute_force_reference(tmp_path: Pat
 
 
 def test_tune_picks_the_best_weight_and_never_loses_to_knn(tmp_path: Path) -> None:
-    """On a store with hybrid search: the sweep has kNN and 20 hybrid settings; the choice is the best of them by
+    """On a store with hybrid search: the sweep has kNN and 30 hybrid settings (10 weights, 3 fusions); the choice is the best of them by
     the metric, equal to evaluating that one configuration alone, and at least kNN's."""
     target = "memory://eval-tune/docs"
     rep = sync(str(corpus(tmp_path)), [target], ledger=f"sqlite:///{tmp_path / 'l.sqlite'}", embedder=minilm())
     assert rep.ok
     queries = load_queries(query_file(tmp_path))
     report = tune([target], queries, metric="mrr@10", embedder=minilm())
-    assert len(report.rows) == 21 and not any(r.error for r in report.rows)
+    assert len(report.rows) == 31 and not any(r.error for r in report.rows)
     chosen = report.tuned[target]
     best = max(r.metrics["mrr@10"] for r in report.rows)
     assert chosen["value"] == pytest.approx(best, abs=1e-4) and chosen["value"] >= chosen["knn"]
@@ -219,8 +220,9 @@ def test_tune_save_records_the_choice_and_search_uses_it(tmp_path: Path, capsys:
     target = "memory://eval-save/docs"
     assert sync(str(corpus(tmp_path)), [target], ledger=f"sqlite:///{tmp_path / 'l.sqlite'}", embedder=minilm()).ok
     with Searcher(target, embedder=minilm()) as s:
-        assert s.index().search is None and s.settings() == (False, 1.0, "relative")  # nothing recorded: kNN
-        assert s.settings(alpha=0.4) == (True, 0.4, "relative")  # a weight given: hybrid
+        assert s.index().search is None and s.settings() == (False, 1.0, DEFAULT_FUSION)  # nothing recorded: kNN
+        assert s.settings(alpha=0.4) == (True, 0.4, DEFAULT_FUSION)  # a weight given: hybrid
+        assert s.settings(hybrid=True) == (True, DEFAULT_ALPHA, DEFAULT_FUSION)
     assert main(["eval", "--target", target, "--queries", str(query_file(tmp_path)), "--save"]) == 2
     assert "add --tune" in capsys.readouterr().err
     assert main(["eval", "--target", target, "--queries", str(query_file(tmp_path)), "--tune", "--metric", "mrr@10",
@@ -232,9 +234,9 @@ def test_tune_save_records_the_choice_and_search_uses_it(tmp_path: Path, capsys:
     assert {k: recorded[k] for k in ("hybrid", "alpha", "fusion", "value", "knn")} == {k: tuned[k] for k in ("hybrid", "alpha", "fusion", "value", "knn")}
     assert recorded["metric"] == "mrr@10" and recorded["queries"] == len(QUERIES)
     with Searcher(target, embedder=minilm()) as s:
-        want = (tuned["hybrid"], tuned["alpha"] if tuned["hybrid"] else 1.0, tuned["fusion"] if tuned["hybrid"] else "relative")
+        want = (tuned["hybrid"], tuned["alpha"] if tuned["hybrid"] else 1.0, tuned["fusion"] if tuned["hybrid"] else DEFAULT_FUSION)
         assert s.settings() == want
-        assert s.settings(hybrid=False) == (False, 1.0, "relative")
+        assert s.settings(hybrid=False) == (False, 1.0, DEFAULT_FUSION)
         assert s.settings(hybrid=True, alpha=0.2, fusion="rrf") == (True, 0.2, "rrf")
         # the recorded setting is what a plain search runs: the same hits as asking for it
         plain = [h.id for h in s.search("birds that catch fish", k=5).hits]

@@ -131,3 +131,26 @@ def test_learned_sparse_vectors_from_a_splade_model_end_to_end(tmp_path: Path) -
         s.upsert([Record(id="z", vector=np.ones(384, dtype=np.float32) / np.sqrt(384), text="new")])
     with connect(base) as s:
         assert s.count() == len(TEXTS)  # nothing written by the refused store
+
+
+def test_guarded_fusion_trusts_keywords_only_on_agreement_or_a_rare_match() -> None:
+    """The three cases of ``guarded`` against ``relative_score`` written out: agreement on the best document
+    (the given weight), a peaked keyword side (the given weight), neither (the vector side at GUARD_ALPHA)."""
+    from embedrail.connectors._fusion import GUARD_ALPHA, guarded, relative_score
+    from embedrail.connectors.base import Hit
+
+    def hits(*pairs: tuple[str, float]) -> list[Hit]:
+        return [Hit(id=i, score=s, text="", metadata={"_doc": i.split("#")[0]}) for i, s in pairs]
+
+    dense = hits(("a#0", 0.9), ("b#0", 0.8), ("c#0", 0.7), ("d#0", 0.1))
+    agree = hits(("a#1", 5.0), ("c#0", 4.5), ("b#0", 1.0))  # another chunk of a: the same document first
+    flat = hits(("c#0", 5.0), ("d#0", 4.5), ("b#0", 4.0))
+    peaked = hits(("d#0", 12.0), ("c#0", 3.0))
+    for kw, trusted in ((agree, True), (flat, False), (peaked, True)):
+        want_w = [0.6, 0.4] if trusted else [GUARD_ALPHA, 1 - GUARD_ALPHA]
+        got = [(h.id, round(h.score, 9)) for h in guarded([dense, kw], [0.6, 0.4], 4)]
+        want = [(h.id, round(h.score, 9)) for h in relative_score([dense, kw], want_w, 4)]
+        assert got == want
+    assert [h.id for h in guarded([dense, flat], [0.6, 0.4], 4)][0] == "a#0"  # kNN's best kept
+    score = {h.id: h.score for h in guarded([dense, peaked], [0.6, 0.4], 4)}
+    assert score["d#0"] == 0.4  # the rare word's match keeps the keyword side's full weight (kNN ranked it last)
