@@ -21,7 +21,7 @@ import zlib
 from collections import Counter
 from typing import Any
 
-__all__ = ["BM25_IDENTITY", "Bm25Sparse", "sparse_encoder", "terms"]
+__all__ = ["BM25_IDENTITY", "LEARNED", "Bm25Sparse", "check_learned", "learned_encoder", "sparse_encoder", "terms"]
 
 _TOKEN = re.compile(r"\w+(?:[.'’]\w+)*")
 _PARTS = re.compile(r"[._'’]+")
@@ -99,3 +99,31 @@ def sparse_encoder(identity: Any) -> Bm25Sparse:
         raise ConfigError(f"this index's sparse vectors were written by an encoder this embedrail does not know ({identity!r}); "
                           "upgrade embedrail, or rebuild the index (--mode full)")  # fmt: skip
     return Bm25Sparse(identity.get("k1", 1.2), identity.get("b", 0.75), identity.get("avg_len", 128.0))
+
+
+LEARNED = "splade"  # the name learned sparse vectors (a model's: ``sparse_encoder=``) go under
+
+
+def learned_encoder(encoder: Any) -> Any:
+    """``encoder`` if it has what a store calls on a learned sparse encoder (``identity``, ``documents``,
+    ``query``), else a ``ConfigError``."""
+    if not all(hasattr(encoder, a) for a in ("identity", "documents", "query")):
+        from embedrail.errors import ConfigError
+
+        raise ConfigError("sparse_encoder must have identity, documents(texts) and query(text) "
+                          "(e.g. embedrail.embed_core.sparse.open_sparse_encoder(MODEL))")  # fmt: skip
+    return encoder
+
+
+def check_learned(url: str, encoder: Any, recorded: dict[str, Any]) -> Any:
+    """The store's learned encoder when it is the one an index records (model files and settings; the path
+    it is loaded from may differ), else a ``ConfigError`` that says what to do."""
+    same = encoder is not None and all(encoder.identity.get(k) == recorded.get(k) for k in ("name", "hash", "max_tokens", "top_k"))
+    if not same:
+        from embedrail.errors import ConfigError
+
+        have = f"this store's encoder is {encoder.identity}" if encoder is not None else "this store has no encoder"
+        raise ConfigError(f"{url}: the index's sparse vectors come from the model {recorded.get('model')} ({recorded}; "
+                          f"{have}): open it with that model (sparse_encoder=..., the target's ?sparse_model=), or "
+                          "rebuild it with --mode full")  # fmt: skip
+    return encoder

@@ -47,7 +47,8 @@ import numpy as np
 from embedrail.connectors._filters import Cond, parse_filter
 from embedrail.connectors._records import batched, owner_from, search_from, spec_from_dict, spec_to_dict
 from embedrail.connectors._retry import BASE_ERRORS, ErrorKind, sqlstate_kind
-from embedrail.connectors._store import BaseStore, Batch, ReadTarget
+from embedrail.connectors._sparse import check_learned, learned_encoder
+from embedrail.connectors._store import BaseStore, Batch, ReadTarget, _Unencodable
 from embedrail.connectors._urls import StoreURL
 from embedrail.connectors.base import (
     DEFAULT_ALPHA,
@@ -59,7 +60,7 @@ from embedrail.connectors.base import (
     Record,
     UpsertResult,
 )
-from embedrail.errors import ConfigError, DimensionLimitError
+from embedrail.errors import ConfigError, DimensionLimitError, UnsupportedError
 
 __all__ = ["PgvectorStore"]
 
@@ -90,7 +91,7 @@ class PgvectorStore(BaseStore):
     def __init__(self, client_or_url: Any, table: str | None = None, *, m: int = 16, ef_construction: int = 64,
                  ef_search: int = 100, batch_size: int = 500, schema: str | None = None, text_config: str | None = None,
                  maintenance_work_mem: str | None = None, quantization: str | None = None, rescore: int = 4,
-                 **base: Any) -> None:  # fmt: skip
+                 sparse_encoder: Any = None, **base: Any) -> None:  # fmt: skip
         super().__init__(client_or_url, table, **base)
         q = (self._u.param("quantization") if self._u else None) or quantization
         q = None if q in ("", "none", "float", None) else q
@@ -113,6 +114,9 @@ class PgvectorStore(BaseStore):
         # keeps the one it was created with (its comment)
         self.text_config = text_config or (self._u.param("text_config") if self._u else None)
         self._lexical: dict[str, dict[str, Any]] = {}
+        # learned sparse vectors (a SPLADE model, embed_core.sparse): new tables get a sparsevec column
+        self.sparse_encoder = learned_encoder(sparse_encoder) if sparse_encoder is not None else None
+        self._sparse: dict[str, tuple[Any, int] | None] = {}  # table -> (its encoder, its vocabulary size)
 
     # ------------------------------------------------------------------------------ names, client
     def _name_from_url(self, u: StoreURL) -> str | None:
@@ -239,6 +243,25 @@ class PgvectorStore(BaseStore):
             self._quant[physical] = self._comment(physical).get("quantization")
         return self._quant[physical]
 
+    def _sparse_of(self, physical: str) -> tuple[Any, int] | None:
+        """(the learned sparse encoder, the sparsevec's dims) of a table with a ``sparse`` column; None."""
+        if physical not in self._sparse:
+            ident = self._comment(physical).get("sparse")
+            self._sparse[physical] = ((check_learned(self.url, self.sparse_encoder, ident), int(ident["dims"]))
+                                      if isinstance(ident, dict) else None)  # fmt: skip
+        return self._sparse[physical]
+
+    def sparse_identity(self) -> dict[str, Any] | None:
+        """The learned sparse encoder the current table records (None: no table, or no sparse column)."""
+        physical = self._current_physical()
+        ident = self._comment(physical).get("sparse") if physical is not None else None
+        return dict(ident) if isinstance(ident, dict) else None
+
+    def use_sparse_encoder(self, encoder: Any) -> None:
+        """Use this learned sparse encoder from now on (what ``Searcher`` does with the recorded model)."""
+        self.sparse_encoder = learned_encoder(encoder)
+        self._sparse.clear()
+
     def _lexical_of(self, physical: str) -> dict[str, Any]:
         """How the table's keyword search works: ``{"config": ..., "column": "lex"}`` for a table with the
         ``lex`` column, ``{"config": ...}`` for one created before it (an expression index on ``text``)."""
@@ -304,10 +327,21 @@ class PgvectorStore(BaseStore):
     def _create_physical(self, physical: str, spec: IndexSpec) -> None:
         vtype = self._column_type(spec.dims, self.quantization)
         lexical = {"config": self.text_config or "english", "column": "lex", "headings": list(HEADING_KEYS)}
+        sparse_col, sparse = "", None
+        if self.sparse_encoder is not None:
+            if self.pgvector_version() < (0, 7):
+                raise ConfigError(f"{self.url}: learned sparse vectors need pgvector >= 0.7 (sparsevec); the server has "
+                                  f"{'.'.join(map(str, self.pgvector_version()))}")  # fmt: skip
+            vocab = int(getattr(self.sparse_encoder, "vocab_size", 0) or 0)
+            if vocab < 1:
+                raise ConfigError("the sparse encoder must say its vocab_size (the sparsevec column's dims)")
+            sparse, sparse_col = {**self.sparse_encoder.identity, "dims": vocab}, f", sparse sparsevec({vocab})"
         comment = json.dumps({"embedrail": spec_to_dict(spec), "logical": self.name, "lexical": lexical,
-                              **({"quantization": self.quantization} if self.quantization else {})}, sort_keys=True)  # fmt: skip
+                              **({"quantization": self.quantization} if self.quantization else {}),
+                              **({"sparse": sparse} if sparse else {})}, sort_keys=True)  # fmt: skip
         self._quant.pop(physical, None)
         self._lexical.pop(physical, None)
+        self._sparse.pop(physical, None)
         # a rebuild's table (this store is bound to it) is loaded first and gets its HNSW index at commit
         # (_finish_physical): inserting row by row into an HNSW index is several times slower than one build
         defer = self._physical_fixed == physical
@@ -316,7 +350,7 @@ class PgvectorStore(BaseStore):
             t = self._t(physical)
             conn.execute(f"CREATE TABLE {t} (id text PRIMARY KEY, embedding {vtype}({int(spec.dims)}) NOT NULL, "
                          "text text NOT NULL DEFAULT '', metadata jsonb NOT NULL DEFAULT '{}', "
-                         f"lex tsvector GENERATED ALWAYS AS ({_lex_expr(lexical['config'])}) STORED)")  # fmt: skip
+                         f"lex tsvector GENERATED ALWAYS AS ({_lex_expr(lexical['config'])}) STORED{sparse_col})")  # fmt: skip
             # unnamed indexes: PostgreSQL picks unique names (physical + a suffix would pass 63 bytes)
             if not defer:
                 conn.execute(self._hnsw_sql(physical, spec, self.quantization))
@@ -391,7 +425,8 @@ class PgvectorStore(BaseStore):
             return IndexInfo(name=self.name, exists=False, extra=extra)
         comment = self._comment(physical)
         vtype, quant, spec = self._vtype(physical), comment.get("quantization"), spec_from_dict(comment.get("embedrail"))
-        extra.update(vector_type=vtype, quantization=quant, url=self.url, lexical=self._lexical_of(physical))
+        extra.update(vector_type=vtype, quantization=quant, url=self.url, lexical=self._lexical_of(physical),
+                     sparse=comment.get("sparse"))
         if spec is not None:  # what the HNSW graph holds per vector (a bit index re-ranks with the float column)
             extra["bytes_per_vector"] = -(-spec.dims // 8) if quant == "bit" else spec.dims * (2 if vtype == "halfvec" else 4)
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=spec_from_dict(comment.get("embedrail")),
@@ -405,8 +440,23 @@ class PgvectorStore(BaseStore):
     def _encode(self, target: ReadTarget, record: Record, vector: np.ndarray) -> Any:
         return vector.astype(np.float32, copy=False), record.text or "", json.dumps(record.metadata or {}, allow_nan=False)
 
+    def _encode_all(self, target: ReadTarget, items: list[tuple[Record, np.ndarray]]) -> list[Any]:
+        out = super()._encode_all(target, items)
+        sparse = self._sparse_of(target.physical)
+        if sparse is None:
+            return out
+        enc, dims = sparse
+        vecs = enc.documents([r.text or "" for r, _ in items])  # the model: one batched call
+        return [o if isinstance(o, _Unencodable) else (*o, _sparsevec(idx, vals, dims)) for o, (idx, vals) in zip(out, vecs, strict=True)]
+
     def _write_batch(self, target: ReadTarget, batch: Batch) -> dict[str, str]:
         t, vtype = self._t(target.physical), target.handle or "vector"
+        if batch and len(batch[0][1]) == 4:  # a table with learned sparse vectors
+            sql = (f"INSERT INTO {t} (id, embedding, text, metadata, sparse) VALUES (%s, %s::{vtype}, %s, %s::jsonb, %s::sparsevec) "
+                   "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, text = EXCLUDED.text, "
+                   "metadata = EXCLUDED.metadata, sparse = EXCLUDED.sparse")  # fmt: skip
+            self._sql(sql, [(i, *row) for i, row in batch], "upsert", many=True)
+            return {}
         sql = (f"INSERT INTO {t} (id, embedding, text, metadata) VALUES (%s, %s::{vtype}, %s, %s::jsonb) ON CONFLICT (id) "
                "DO UPDATE SET embedding = EXCLUDED.embedding, text = EXCLUDED.text, metadata = EXCLUDED.metadata")  # fmt: skip
         self._sql(sql, [(i, v, txt, md) for i, (v, txt, md) in batch], "upsert", many=True)
@@ -500,8 +550,34 @@ class PgvectorStore(BaseStore):
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
                       alpha: float = DEFAULT_ALPHA, candidates: int | None = None, fusion: str = DEFAULT_FUSION) -> list[Hit]:  # fmt: skip
-        """Full-text search and kNN, each ``candidates`` deep with the same filter, fused client-side (``fusion``)."""
-        return self._fused(query, vector, k, filter, alpha, candidates, fusion, self.text_search)
+        """Keyword search and kNN, each ``candidates`` deep with the same filter, fused client-side (``fusion``).
+        The keyword side is the learned sparse vectors where the table has them, else full-text search."""
+        return self._fused(query, vector, k, filter, alpha, candidates, fusion, self._keyword_search)
+
+    def _keyword_search(self, query: str, k: int, filter: Mapping[str, Any] | None) -> list[Hit]:
+        target = self._require("hybrid search")
+        return (self.sparse_search if self._sparse_of(target.physical) else self.text_search)(query, k, filter)
+
+    def sparse_search(self, query: str, k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
+        """The records whose learned sparse vectors have the largest inner product with the query's (the model
+        the table records; records sharing no term with the query are left out). An exact scan: pgvector's
+        HNSW index on sparsevec takes at most 1,000 non-zero terms per vector, more than a SPLADE document
+        may have."""
+        where, params = _where(parse_filter(filter))
+        target = self._require("sparse search")
+        sparse = self._sparse_of(target.physical)
+        if sparse is None:
+            raise UnsupportedError(f"{self.url}: this table has no learned sparse vectors (create it with ?sparse_model=)")
+        enc, dims = sparse
+        idx, vals = enc.query(query)
+        if not len(idx):
+            return []
+        q = _sparsevec(idx, vals, dims)
+        sql = (f"SELECT id, text, metadata, -(sparse <#> %s::sparsevec) AS r FROM {self._t(target.physical)} "
+               f"WHERE (sparse <#> %s::sparsevec) < 0{' AND ' + where if where else ''} "
+               f"ORDER BY sparse <#> %s::sparsevec LIMIT {max(1, int(k))}")  # fmt: skip
+        rows = self._sql(sql, (q, q, *params, q), "sparse search")
+        return [Hit(id=i, score=float(r), text=txt or "", metadata=md or {}) for i, txt, md, r in rows]
 
     def _count(self, physical: str) -> int:
         return int(self._sql(f"SELECT count(*) FROM {self._t(physical)}", None, "count")[0][0])
@@ -607,3 +683,8 @@ def _lex_expr(config: str) -> str:
     heads = " || ' ' || ".join(f"coalesce(metadata->>{_literal(k)}, '')" for k in HEADING_KEYS)
     return (f"setweight(to_tsvector({cfg}::regconfig, {_split_identifiers(heads)}), 'B') || "
             f"to_tsvector({cfg}::regconfig, {_split_identifiers('text')})")
+
+
+def _sparsevec(indices: Sequence[int], values: Sequence[float], dims: int) -> str:
+    """pgvector's text form of a sparse vector: ``{i:v,...}/dims`` with 1-based indices."""
+    return "{" + ",".join(f"{int(i) + 1}:{float(v):.7g}" for i, v in zip(indices, values, strict=True)) + f"}}/{int(dims)}"

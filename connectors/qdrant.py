@@ -51,7 +51,13 @@ from embedrail.connectors._records import (
     spec_to_dict,
 )
 from embedrail.connectors._retry import BASE_ERRORS
-from embedrail.connectors._sparse import BM25_IDENTITY, sparse_encoder
+from embedrail.connectors._sparse import (
+    BM25_IDENTITY,
+    LEARNED,
+    check_learned,
+    learned_encoder,
+    sparse_encoder,
+)
 from embedrail.connectors._store import BaseStore, Batch, ReadTarget, _Unencodable
 from embedrail.connectors._urls import StoreURL, flag
 from embedrail.connectors.base import (
@@ -74,7 +80,6 @@ _LOCAL: dict[str, list[Any]] = {}  # abs path -> [client, refcount]
 _LOCAL_LOCK = threading.Lock()
 _CREATE_LOCK = threading.Lock()  # one ensure_index at a time per process (alias creation is check-then-act)
 SPARSE = "bm25"  # the sparse vector's name in a collection (BM25 term weights)
-LEARNED = "splade"  # ... and of learned sparse vectors (a model's, sparse_encoder=)
 
 
 def point_id(doc_id: str) -> str:
@@ -107,10 +112,7 @@ class QdrantStore(BaseStore):
         if sparse not in (None, "bm25"):
             raise ConfigError(f"unknown sparse {sparse!r}; use 'bm25' (keyword vectors for hybrid search) or None")
         if sparse_encoder is not None:
-            if not all(hasattr(sparse_encoder, a) for a in ("identity", "documents", "query")):
-                raise ConfigError("sparse_encoder must have identity, documents(texts) and query(text) "
-                                  "(e.g. embedrail.embed_core.sparse.open_sparse_encoder(MODEL))")  # fmt: skip
-            sparse = LEARNED
+            sparse_encoder, sparse = learned_encoder(sparse_encoder), LEARNED
         self.sparse, self.sparse_encoder = sparse, sparse_encoder
         # per collection: (its encoder, its sparse vector's name); None: it keeps no sparse vectors
         self._sparse_by_physical: dict[str, tuple[Any, str] | None] = {}
@@ -222,7 +224,7 @@ class QdrantStore(BaseStore):
             if not ident:
                 self._sparse_by_physical[physical] = None
             elif isinstance(ident, dict) and ident.get("name") == LEARNED:
-                self._sparse_by_physical[physical] = (self._learned(ident), LEARNED)
+                self._sparse_by_physical[physical] = (check_learned(self.url, self.sparse_encoder, ident), LEARNED)
             else:
                 self._sparse_by_physical[physical] = (sparse_encoder(ident), SPARSE)
         return self._sparse_by_physical[physical]
@@ -239,15 +241,6 @@ class QdrantStore(BaseStore):
         """Use this learned sparse encoder from now on (what ``Searcher`` does with the recorded model)."""
         self.sparse_encoder, self.sparse = encoder, LEARNED
         self._sparse_by_physical.clear()
-
-    def _learned(self, recorded: dict[str, Any]) -> Any:
-        enc = self.sparse_encoder
-        if enc is None or not _same_encoder(enc.identity, recorded):
-            have = f"this store's encoder is {enc.identity}" if enc is not None else "this store has no encoder"
-            raise ConfigError(f"{self.url}: the collection's sparse vectors come from the model {recorded.get('model')} "
-                              f"({recorded}; {have}): open it with that model (QdrantStore(..., sparse_encoder=...), the target's "
-                              "?sparse_model=), or rebuild it with --mode full")  # fmt: skip
-        return enc
 
     # ------------------------------------------------------------------------------ creation
     def _create_physical(self, physical: str, spec: IndexSpec) -> None:
@@ -537,9 +530,3 @@ def _filter(conds: list[Cond]) -> Any:
             must.append(models.FieldCondition(key=key, range=models.Range(**{rng: float(c.value)})))
     return models.Filter(must=must or None, must_not=must_not or None)
 
-
-def _same_encoder(have: dict[str, Any], recorded: dict[str, Any]) -> bool:
-    """Whether a learned sparse encoder is the one a collection records (model files and settings; the path
-    it is loaded from may differ)."""
-    keys = ("name", "hash", "max_tokens", "top_k")
-    return all(have.get(k) == recorded.get(k) for k in keys)

@@ -190,15 +190,18 @@ def _close(store: VectorStore) -> None:
 
 def connect_target(url: str, *, device: str = "auto") -> VectorStore:
     """``connect(url)``, with the models a URL names loaded here, where the embedding models live:
-    ``?sparse_model=MODEL`` (a Qdrant target) opens that SPLADE model (``embed_core.sparse``) and gives it
-    to the store as its ``sparse_encoder``: the collection then keeps the model's learned sparse vectors
-    for hybrid search instead of BM25 ones."""
+    ``?sparse_model=MODEL`` (a Qdrant or pgvector target) opens that SPLADE model (``embed_core.sparse``) and
+    gives it to the store as its ``sparse_encoder``: the index then keeps the model's learned sparse vectors,
+    the keyword side of its hybrid search."""
     from embedrail.connectors import connect
     from embedrail.connectors._urls import parse_url
 
-    model = parse_url(url).param("sparse_model")
+    parsed = parse_url(url)
+    model = parsed.param("sparse_model")
     if not model:
         return connect(url)
+    if parsed.store not in ("qdrant", "pgvector"):
+        raise ConfigError(f"{redact_url(url)}: ?sparse_model= is for Qdrant and pgvector targets (learned sparse vectors)")
     from embedrail.embed_core.sparse import open_sparse_encoder
 
     return connect(url, sparse_encoder=open_sparse_encoder(model, device=device))

@@ -234,3 +234,52 @@ def test_quantised_tables_and_what_they_keep_against_float(pgvector_url: str, tm
     assert float_row["metrics"]["reference@10"] == 1.0 and float_row["bytes_per_vector"] == 1536
     for r in rows.values():
         assert 0.5 <= r["metrics"]["reference@10"] <= 1.0 and abs(r["metrics"]["mrr@10"] - float_row["metrics"]["mrr@10"]) < 0.2, r
+
+
+def test_learned_sparse_vectors_in_a_sparsevec_column(tmp_path: Path, pgvector_url: str) -> None:
+    """A SPLADE model (tiny, random) on a pgvector target: sync writes each chunk's sparse vector into a
+    ``sparsevec`` column (equal to the encoder's output), the table records the model, hybrid search's keyword
+    side is the inner product with the query's sparse vector (checked against numpy), ``Searcher`` loads the
+    recorded model; a store without that encoder refuses; ``?sparse_model=`` on another store is an error."""
+    from test_embed_fixtures import build_tiny_splade
+
+    from embedrail import Searcher, sync
+    from embedrail.embed_core.sparse import open_sparse_encoder
+    from embedrail.integration.targets import connect_target
+
+    model = build_tiny_splade(tmp_path / "splade")
+    enc = open_sparse_encoder(str(model), device="cpu", top_k=64)  # a random model activates most terms: keep 64
+    url = with_name(pgvector_url, _name())
+    docs = [{"id": f"d{i}", "text": sentences(f"doc{i}", 2)} for i in range(12)]
+    with connect(url, sparse_encoder=enc) as store:
+        assert sync(docs, [store], ledger=f"sqlite:///{tmp_path / 'l.sqlite'}", embedder=minilm()).ok
+        ident = store.sparse_identity()  # type: ignore[attr-defined]
+        assert ident is not None and ident["hash"] == enc.identity["hash"] and ident["dims"] == enc.vocab_size
+        assert store.describe().extra["sparse"] == ident
+        physical = store._current_physical()  # type: ignore[attr-defined]
+        with _conn(pgvector_url) as c:
+            rows = dict(c.execute(f"SELECT text, sparse::text FROM {physical}").fetchall())
+        text = docs[3]["text"]
+        idx, val = enc.document(text)
+        stored = dict(kv.split(":") for kv in rows[text].split("}")[0].lstrip("{").split(","))
+        assert sorted(int(i) - 1 for i in stored) == idx
+        assert np.allclose([float(stored[str(i + 1)]) for i in idx], val, rtol=1e-5)
+        # the keyword side: inner products, computed here from the encoder's own vectors
+        query = "a question about " + docs[5]["text"].split()[0]
+        qi, qv = enc.query(query)
+        qd = dict(zip(qi, qv, strict=True))
+        want = {}
+        for d in docs:
+            di, dv = enc.document(d["text"])
+            s = sum(v * qd.get(i, 0.0) for i, v in zip(di, dv, strict=True))
+            if s > 0:
+                want[d["text"]] = s
+        got = store.sparse_search(query, k=20)  # type: ignore[attr-defined]
+        assert {h.text: round(h.score, 3) for h in got} == {t: round(s, 3) for t, s in want.items()}
+    with connect(url) as bare, pytest.raises(ConfigError, match="sparse vectors come from the model"):
+        bare.hybrid_search(query, np.ones(384, dtype=np.float32) / np.sqrt(384), k=3)
+    with Searcher(url, device="cpu") as s:  # loads the recorded model (its top_k too)
+        hits = s.search(query, k=3, hybrid=True).hits
+        assert len(hits) == 3
+    with pytest.raises(ConfigError, match="Qdrant and pgvector"):
+        connect_target(f"chroma://{tmp_path / 'c'}?collection=x&sparse_model={model}")
