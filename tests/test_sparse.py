@@ -4,6 +4,7 @@ embedded local mode (no Qdrant server can be installed here)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -101,15 +102,18 @@ def test_learned_sparse_vectors_from_a_splade_model_end_to_end(tmp_path: Path) -
     search (both fusions, Qdrant's query API for rrf), and a store given another model refuses to write."""
     from test_embed_fixtures import build_tiny_splade
 
-    from embedrail import Searcher, sync
+    from embedrail import Searcher
     from embedrail.embed_core.sparse import open_sparse_encoder
     from embedrail.errors import ConfigError
+    from embedrail.integration.cli import main
 
     model = build_tiny_splade(tmp_path / "splade")
     base = f"qdrant://{tmp_path / 'q'}?collection=docs"
-    docs = [{"id": i, "text": t} for i, t in TEXTS.items()]
-    report = sync(docs, [f"{base}&sparse_model={model}"], ledger=f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    report.raise_for_failures()
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in TEXTS.items()))
+    # as the docs show it: embedrail reindex --target "qdrant:///...?collection=docs&sparse_model=MODEL"
+    assert main(["reindex", "--source", str(source), "--target", f"{base}&sparse_model={model}",
+                 "--ledger", f"sqlite:///{tmp_path / 'ledger.sqlite'}"]) == 0  # fmt: skip
     enc = open_sparse_encoder(str(model), device="cpu")
     with connect(base) as s:
         ident = s.sparse_identity()  # type: ignore[attr-defined]
@@ -122,6 +126,7 @@ def test_learned_sparse_vectors_from_a_splade_model_end_to_end(tmp_path: Path) -
         assert list(stored.indices) == idx and np.allclose(stored.values, val, rtol=1e-5)
         with pytest.raises(ConfigError, match="sparse vectors come from the model"):  # no encoder given: no guessing
             s.sparse_search("logs")  # type: ignore[attr-defined]
+    assert main(["search", "--target", base, "--hybrid", "--fusion", "rrf", "rotate the logs"]) == 0
     with Searcher(base, device="cpu") as searcher:  # the recorded model, loaded by the searcher
         for fusion in ("rrf", "relative"):
             hits = searcher.search("rotate the logs", k=3, hybrid=True, fusion=fusion).hits
