@@ -115,13 +115,19 @@ SEARCH_KEY = "embedrail_search"  # ... and its search defaults (set_search_defau
 META_KEYS = {"owner": OWNER_KEY, "search": SEARCH_KEY}
 
 
-def owner_from(raw: Any) -> dict[str, str] | None:
-    """An owner record as ``set_owner`` stores it (a mapping, or its JSON), or None if absent or malformed."""
+def _mapping(raw: Any) -> Any:
+    """A metadata entry as a store keeps it: a mapping, or its JSON (stores whose metadata holds strings)."""
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            return json.loads(raw)
         except ValueError:
             return None
+    return raw
+
+
+def owner_from(raw: Any) -> dict[str, str] | None:
+    """An owner record as ``set_owner`` stores it (a mapping, or its JSON), or None if absent or malformed."""
+    raw = _mapping(raw)
     if isinstance(raw, Mapping) and isinstance(raw.get("ledger"), str) and isinstance(raw.get("key"), str):
         return {"ledger": raw["ledger"], "key": raw["key"]}
     return None
@@ -129,11 +135,7 @@ def owner_from(raw: Any) -> dict[str, str] | None:
 
 def search_from(raw: Any) -> dict[str, Any] | None:
     """Search defaults as ``set_search_defaults`` stores them (a mapping, or its JSON), or None."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            return None
+    raw = _mapping(raw)
     return dict(raw) if isinstance(raw, Mapping) and raw else None
 
 

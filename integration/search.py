@@ -155,8 +155,8 @@ class Searcher:
         """The ``k`` best chunks for ``query`` (``distinct_docs``: the best chunk of each of the ``k`` best
         documents). ``filter``: the portable metadata filter; ``instruction``: the query task of an
         instruction-aware model (Qwen3). ``hybrid``: keyword search on the text fused with kNN
-        (``store.hybrid_search``; ``alpha`` weighs the vector side, ``fusion`` is ``relative`` or ``rrf``), where the
-        store supports it. What a query leaves out (None) comes from the search defaults the index records
+        (``store.hybrid_search``; ``alpha`` weighs the vector side, ``fusion`` is ``guarded``, ``relative`` or
+        ``rrf``), where the store supports it. What a query leaves out (None) comes from the search defaults the index records
         (``embedrail eval --tune --save``), else kNN, and for hybrid ``DEFAULT_ALPHA`` / ``DEFAULT_FUSION``.
 
         With a reranker (``rerank`` defaults to True when the searcher has one; False skips it for this
