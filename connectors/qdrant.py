@@ -8,7 +8,9 @@
   the text ``text``, the metadata ``metadata`` (any JSON; filters address ``metadata.<key>``).
 - The ``IndexSpec`` is the collection's ``metadata`` (Qdrant >= 1.16 / qdrant-client >= 1.16).
 - Distance from the metric (cosine / dot / euclid; euclid scores come back as minus the distance), HNSW
-  explicit (``m=16``, ``ef_construct=100``); quantisation off unless asked (``quantization="int8"``:
+  explicit (``m=16``, ``ef_construct=100``); quantisation off unless asked (``quantization="int8"`` /
+  ``?quantization=int8``, or ``binary``; searches then re-rank ``rescore`` × k candidates by the original
+  vectors, Qdrant's ``rescore`` with ``oversampling``, default 2:
   scalar int8, always_ram) — local mode searches exactly, so no recall could be measured here to justify a default.
 - Hybrid search: a collection keeps, beside the dense vector, a sparse vector ``bm25`` per record (BM25 term
   weights of its text, ``connectors._sparse``; the server applies the IDF, ``Modifier.IDF``); ``hybrid_search``
@@ -102,7 +104,8 @@ class QdrantStore(BaseStore):
     )
 
     def __init__(self, client_or_url: Any, collection: str | None = None, *, m: int = 16, ef_construct: int = 100,
-                 quantization: str | None = None, batch_size: int = 256, timeout: float = 30.0, sparse: str | None = "bm25",
+                 quantization: str | None = None, rescore: float = 2.0, batch_size: int = 256, timeout: float = 30.0,
+                 sparse: str | None = "bm25",
                  sparse_encoder: Any = None, **base: Any) -> None:  # fmt: skip
         super().__init__(client_or_url, collection, **base)
         if isinstance(self._u, StoreURL) and self._u.param("sparse"):
@@ -116,8 +119,16 @@ class QdrantStore(BaseStore):
         self.sparse, self.sparse_encoder = sparse, sparse_encoder
         # per collection: (its encoder, its sparse vector's name); None: it keeps no sparse vectors
         self._sparse_by_physical: dict[str, tuple[Any, str] | None] = {}
-        if quantization not in (None, "int8"):
-            raise ConfigError(f"unknown quantization {quantization!r}; use None or 'int8'")
+        if isinstance(self._u, StoreURL):
+            quantization = self._u.param("quantization") or quantization
+            rescore = float(self._u.param("rescore") or rescore)
+        quantization = None if quantization in ("", "none", "float") else quantization
+        if quantization not in (None, "int8", "binary"):
+            raise ConfigError(f"unknown quantization {quantization!r}; use None, 'int8' (scalar) or 'binary'")
+        if not 1.0 <= float(rescore) <= 16.0:
+            raise ConfigError(f"rescore must be from 1 to 16 (the oversampling of a quantised search), got {rescore!r}")
+        self.rescore = float(rescore)
+        self._quant_by_physical: dict[str, str | None] = {}
         self.m, self.ef_construct, self.quantization = int(m), int(ef_construct), quantization
         self.batch_size, self.timeout = max(1, int(batch_size)), timeout
         self._local_path: str | None = None
@@ -205,6 +216,17 @@ class QdrantStore(BaseStore):
     def _info(self, physical: str) -> Any:
         return self._call(lambda: self.client.get_collection(physical), "read collection")
 
+    @property
+    def _is_local(self) -> bool:
+        """Local (embedded) mode: exact search, where search parameters have no effect."""
+        return bool(self._local_path or (self._u and not self._u.host))
+
+    def _quantized(self, physical: str) -> str | None:
+        """The collection's quantisation (read once per collection: it cannot change)."""
+        if physical not in self._quant_by_physical:
+            self._quant_by_physical[physical] = _quantization_of(self._info(physical))
+        return self._quant_by_physical[physical]
+
     def _spec_of(self, physical: str) -> IndexSpec | None:
         md = getattr(self._info(physical).config, "metadata", None) or {}
         try:
@@ -249,7 +271,11 @@ class QdrantStore(BaseStore):
         quant = None
         if self.quantization == "int8":
             quant = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True))
+        elif self.quantization == "binary":
+            quant = models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
         md: dict[str, Any] = {"embedrail": spec_to_dict(spec), "logical": self.name}
+        if self.quantization:  # also in the metadata: local mode does not report a collection's quantization_config
+            md["quantization"] = self.quantization
         sparse = None
         if self.sparse == LEARNED:
             sparse, md["sparse"] = {LEARNED: models.SparseVectorParams()}, dict(self.sparse_encoder.identity)
@@ -276,7 +302,7 @@ class QdrantStore(BaseStore):
             return physical
 
     def describe(self) -> IndexInfo:
-        extra: dict[str, Any] = {"store": "qdrant", "mode": "local" if self._local_path or (self._u and not self._u.host) else "server"}
+        extra: dict[str, Any] = {"store": "qdrant", "mode": "local" if self._is_local else "server"}
         physical = self._current_physical()
         if physical is None:
             return IndexInfo(name=self.name, exists=False, extra=extra)
@@ -284,6 +310,10 @@ class QdrantStore(BaseStore):
         params = info.config.params.vectors
         extra.update(distance=str(getattr(params, "distance", "")), hnsw={"m": info.config.hnsw_config.m,
                      "ef_construct": info.config.hnsw_config.ef_construct}, url=self.url)  # fmt: skip
+        quant, dims = _quantization_of(info), int(getattr(params, "size", 0) or 0)
+        extra["quantization"] = quant
+        if dims:  # what the HNSW graph searches per vector (the originals are kept for rescoring)
+            extra["bytes_per_vector"] = dims if quant == "int8" else -(-dims // 8) if quant == "binary" else dims * 4
         md = getattr(info.config, "metadata", None) or {}
         return IndexInfo(name=self.name, exists=True, physical_name=physical, spec=self._spec_of(physical),
                          count=self._count(physical), extra=extra, owner=owner_from(md.get(OWNER_KEY)),
@@ -370,13 +400,18 @@ class QdrantStore(BaseStore):
 
     # ------------------------------------------------------------------------------ reading
     def search(self, vector: np.ndarray | Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None) -> list[Hit]:
+        from qdrant_client import models
+
         flt = _filter(parse_filter(filter))
         k = max(1, int(k))
 
         def run(target: ReadTarget) -> list[Hit]:
             vec = self._query_vector(vector, target.spec).astype(np.float32).tolist()
+            params = None
+            if self._quantized(target.physical) and not self._is_local:  # re-rank oversampled candidates by the originals
+                params = models.SearchParams(quantization=models.QuantizationSearchParams(rescore=True, oversampling=self.rescore))
             res = self._call(lambda: self.client.query_points(target.physical, query=vec, limit=k, query_filter=flt,
-                                                              with_payload=True), "search")  # fmt: skip
+                                                              with_payload=True, search_params=params), "search")  # fmt: skip
             metric = target.spec.metric if target.spec else "cosine"
             return [self._hit(p, metric) for p in res.points]
 
@@ -530,3 +565,12 @@ def _filter(conds: list[Cond]) -> Any:
             must.append(models.FieldCondition(key=key, range=models.Range(**{rng: float(c.value)})))
     return models.Filter(must=must or None, must_not=must_not or None)
 
+
+def _quantization_of(info: Any) -> str | None:
+    """The quantisation a collection was created with: ``int8``, ``binary`` or None (its config, else what
+    its metadata records)."""
+    q = getattr(info.config, "quantization_config", None)
+    if q is not None:
+        return "binary" if getattr(q, "binary", None) is not None else "int8" if getattr(q, "scalar", None) is not None else None
+    recorded = (getattr(info.config, "metadata", None) or {}).get("quantization")
+    return recorded if recorded in ("int8", "binary") else None

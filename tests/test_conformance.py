@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -638,6 +639,24 @@ def test_es_quantised_index_types_say_their_bytes_and_rescore(es_url: str, data:
         finally:
             s.drop()
             s.close()
+
+
+def test_qdrant_quantised_collections_say_their_bytes_and_search(tmp_path: Path, data: tuple[list[str], np.ndarray]) -> None:
+    """``?quantization=int8|binary&rescore=N``: the collection is created with that quantisation, ``describe()``
+    says it and the graph's bytes per vector, and searches (with Qdrant's rescore, oversampled N times) find
+    each stored vector first. Local mode searches exactly, so this checks the plumbing, not the recall."""
+    texts, vecs = data
+    for quant, want in (("none", 384 * 4), ("int8", 384), ("binary", 48)):
+        with connect(f"qdrant://{tmp_path / quant}?collection=q&quantization={quant}&rescore=3") as s:
+            s.ensure_index(SPEC)
+            assert s.upsert(_records(texts[:100], vecs[:100])).ok
+            extra = s.describe().extra
+            assert extra["bytes_per_vector"] == want and extra["quantization"] == (None if quant == "none" else quant)
+            assert all(s.search(vecs[i], k=1)[0].id == f"doc{i}#0" for i in range(0, 100, 10))
+    with pytest.raises(ConfigError, match="unknown quantization"):
+        connect(f"qdrant://{tmp_path / 'x'}?collection=q&quantization=pq")
+    with pytest.raises(ConfigError, match="rescore"):
+        connect(f"qdrant://{tmp_path / 'x'}?collection=q&quantization=int8&rescore=0.5")
 
 
 def test_rebuild_can_be_reopened_by_another_process(stores: Stores, data: tuple[list[str], np.ndarray]) -> None:
