@@ -6,7 +6,9 @@
 
 For each token position the MLM head gives a logit per vocabulary entry; the weight of entry ``v`` is
 ``max over positions t of log(1 + relu(logit[t, v]))``, padding excluded (SPLADE-max, Formal et al.
-2021, as the models of naver/splade and sentence-transformers' ``SpladePooling`` compute it). Entries of
+2021, as the models of naver/splade and sentence-transformers' ``SpladePooling`` compute it). On a CPU with
+native bf16 the weights are loaded in bf16 unless ``dtype`` says otherwise; on a GPU as the embedder's
+(bf16 where supported). Entries of
 weight 0 are left out; ``top_k`` keeps only the largest. Queries and documents are encoded alike (the
 SPLADE models with one encoder).
 
@@ -59,7 +61,7 @@ class SparseEncoder:
         import torch
         from transformers import AutoModelForMaskedLM
 
-        from embedrail.embed_core.device import available_cpus, choose_placement
+        from embedrail.embed_core.device import available_cpus, choose_placement, cpu_fast_bf16
         from embedrail.embed_core.loading import load_fast_tokenizer, load_transformer
 
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -70,6 +72,9 @@ class SparseEncoder:
         self._resolved = resolved
         self.model_id = resolved.model_id
         self.placement = choose_placement(device, dtype)
+        if dtype is None and self.placement.device.type == "cpu" and cpu_fast_bf16():
+            # bf16 weights on a CPU with native bf16: the project rule (cosine to float32 >= 0.9999; docs/benchmarks.md)
+            self.placement = choose_placement(device, "bfloat16")
         if self.placement.device.type == "cpu":
             torch.set_num_threads(num_threads or available_cpus())
         archs = json.loads((resolved.path / "config.json").read_text()).get("architectures") or []
