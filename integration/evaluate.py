@@ -61,8 +61,8 @@ class Query:
 
 @dataclass(frozen=True)
 class Config:
-    """One way of searching: ``knn``, ``hybrid`` (``alpha`` weighs the vector side, ``fusion`` relative or
-    rrf), each with ``rerank`` (the evaluation's reranker rescoring ``candidates`` first-stage hits)."""
+    """One way of searching: ``knn``, ``hybrid`` (``alpha`` weighs the vector side, ``fusion`` guarded,
+    relative or rrf; the defaults are ``search --hybrid``'s), each with ``rerank`` (the evaluation's reranker rescoring ``candidates`` first-stage hits)."""
 
     hybrid: bool = False
     alpha: float = DEFAULT_ALPHA
@@ -95,7 +95,7 @@ def parse_config(spec: str | Config) -> Config:
         raise ConfigError(f"{spec!r}: the hybrid weight must be a number from 0 (keywords) to 1 (kNN)") from None
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"{spec!r}: the hybrid weight must be from 0 (keywords) to 1 (kNN)")
-    fusion = parts[2] if len(parts) > 2 else "relative"
+    fusion = parts[2] if len(parts) > 2 else DEFAULT_FUSION
     if fusion not in FUSIONS:
         raise ConfigError(f"{spec!r}: fusion must be one of {', '.join(FUSIONS)}")
     return Config(hybrid=True, alpha=alpha, fusion=fusion, rerank=rerank)

@@ -86,6 +86,7 @@ class Searcher:
         if reranker is not None and not isinstance(reranker, str):
             self._reranker = reranker
         self._info: IndexInfo | None = None
+        self._sparse_checked = False
 
     def index(self) -> IndexInfo:
         if self._info is None:
@@ -131,6 +132,9 @@ class Searcher:
     def _sparse_model(self) -> None:
         """Give the store the SPLADE model its collection's sparse vectors come from (what the index
         records), the first time a hybrid search needs it."""
+        if self._sparse_checked:
+            return
+        self._sparse_checked = True  # one look per searcher (a metadata read), not one per query
         recorded = getattr(self.store, "sparse_identity", lambda: None)()
         if not recorded or recorded.get("name") != "splade" or getattr(self.store, "sparse_encoder", None) is not None:
             return

@@ -93,7 +93,7 @@ def test_eval_from_the_command_line_equals_a_brute_force_reference(tmp_path: Pat
     assert code == 0
     knn, hybrid = printed["rows"]
     assert knn["config"] == "knn" and knn["queries"] == len(QUERIES) and set(knn["metrics"]) == {"recall@3", "mrr@10", "ndcg@10"}
-    assert hybrid["config"] == "hybrid:0.5:relative" and "no keyword search" in hybrid["error"]  # Chroma has none
+    assert hybrid["config"] == f"hybrid:{DEFAULT_ALPHA:g}:{DEFAULT_FUSION}" and "no keyword search" in hybrid["error"]  # Chroma has none
     assert knn["latency_ms"]["p95"] >= knn["latency_ms"]["p50"] > 0 and knn["bytes_per_vector"] == 384 * 4
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5000
 
@@ -251,7 +251,7 @@ def test_evaluation_settings_are_checked_when_the_dag_is_parsed(tmp_path: Path) 
     from embedrail.integration.evaluate import check_settings
 
     ok = check_settings({"queries": "q.jsonl", "configs": "hybrid:0.7", "min": {"nDCG@10": 0.5}})
-    assert ok["configs"] == ["hybrid:0.7:relative"] and ok["k"] == 10 and ok["min"] == {"ndcg@10": 0.5}
+    assert ok["configs"] == [f"hybrid:0.7:{DEFAULT_FUSION}"] and ok["k"] == 10 and ok["min"] == {"ndcg@10": 0.5}
     for bad, match in (({"configs": ["knn"]}, "queries"), ({"queries": "q", "quries": 1}, "unknown setting"),
                        ({"queries": "q", "configs": ["knn+rerank"]}, "needs rerank"), ({"queries": "q", "min": {"bleu": 1}}, "unknown metric"),
                        ({"queries": "q", "min": 0.5}, "mapping of metric")):  # fmt: skip
