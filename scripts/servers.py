@@ -51,6 +51,7 @@ import contextlib
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -62,7 +63,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,24 +117,48 @@ def log(msg: str) -> None:
 # helpers
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_ports(n: int) -> list[int]:
-    # Hold all sockets open while choosing so the n ports are distinct.
-    socks = []
+    """``n`` distinct free loopback ports, taken from below the kernel's ephemeral range.
+
+    A port that ``bind(0)`` hands out comes from the ephemeral range, the same range every outgoing connection
+    draws its local port from: between choosing it and the server binding it, any connection on the machine (a
+    server's own internal gRPC dial included) can take it, and the server dies with "address already in use".
+    Ports below that range are never handed to outgoing connections. All sockets stay open while choosing so the
+    ports are distinct; ``start`` still restarts a server that loses a port race."""
+    low, _ = _ephemeral_range()
+    lo, hi = max(1024, low - 16384), low
+    rng = random.Random()
+    socks: list[socket.socket] = []
     try:
-        for _ in range(n):
+        for _ in range(200 * n):
+            if len(socks) == n:
+                break
+            port = rng.randrange(lo, hi) if hi - lo >= 256 else 0
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
+        if len(socks) < n:
+            raise ProvisionError(f"could not find {n} free loopback ports in {lo}-{hi - 1}")
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
             s.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -807,8 +832,15 @@ def tail(path: str, n: int = 60) -> str:
     return "\n".join(lines[-n:])
 
 
-def wait_healthy(servers: Iterable[Server]) -> None:
+START_ATTEMPTS = 3
+
+
+def wait_healthy(servers: list[Server], restart: Callable[[Server], Server] | None = None) -> None:
+    """Wait until every server answers its health check. A server that exits during start-up is started again
+    (``restart``, fresh ports and data directory) up to ``START_ATTEMPTS`` times in all: most such exits are a
+    port that something else bound first. ``servers`` is updated in place so the caller can stop what runs."""
     pending = {s.kind: s for s in servers}
+    attempts = dict.fromkeys(pending, 1)
     deadline = {k: time.monotonic() + TIMEOUTS[k] for k in pending}
     while pending:
         for kind, s in list(pending.items()):
@@ -816,7 +848,16 @@ def wait_healthy(servers: Iterable[Server]) -> None:
                 log(f"{kind} is up: {redact(s.url)}")
                 del pending[kind]
             elif not pid_alive(s.pid):
-                raise ProvisionError(f"{kind} exited during start-up; its log ({s.log}) ends with:\n{tail(s.log)}")
+                if restart is None or attempts[kind] >= START_ATTEMPTS:
+                    raise ProvisionError(f"{kind} exited during start-up; its log ({s.log}) ends with:\n{tail(s.log)}")
+                log(f"{kind} exited during start-up (attempt {attempts[kind]}); its log ends with:\n{tail(s.log, 5)}\n"
+                    f"starting it again on fresh ports")  # fmt: skip
+                stop_server(s)
+                fresh = restart(s)
+                servers[servers.index(s)] = fresh
+                pending[kind] = fresh
+                attempts[kind] += 1
+                deadline[kind] = time.monotonic() + TIMEOUTS[kind]
             elif time.monotonic() > deadline[kind]:
                 raise ProvisionError(
                     f"{kind} did not become healthy within {TIMEOUTS[kind]:.0f}s; its log ({s.log}) ends with:\n"
@@ -883,7 +924,7 @@ def start(kinds: Iterable[str]) -> list[Server]:
                 ensure_debian_package("redis-server", "redis-server")
         for k in kinds:
             started.append(STARTERS[k]())
-        wait_healthy(started)
+        wait_healthy(started, restart=lambda s: STARTERS[s.kind]())
     except BaseException:
         for s in started:
             stop_server(s)

@@ -62,3 +62,48 @@ def test_with_name_builds_store_urls():
     assert with_name("weaviate://h:1?grpc_port=2", "Docs") == "weaviate://h:1/Docs?grpc_port=2"
     assert with_name("chroma+http://h:1", "docs") == "chroma+http://h:1/docs"
     assert with_name("chroma:///tmp/x", "docs") == "chroma:///tmp/x?collection=docs"
+
+
+def test_a_server_that_loses_its_port_is_started_again(monkeypatch):
+    """A port chosen free can be taken before the server binds it (the CI failure of 2026-12-05: SeaweedFS's filer
+    died with "address already in use"). ``start`` starts such a server again on fresh ports instead of failing
+    the whole test run. Fault injected: the first port handed to Redis is one a socket here is listening on."""
+    import socket
+
+    from conftest import servers
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    real = servers.free_ports
+    handed = []
+
+    def first_one_taken(n):
+        handed.append(n)
+        return [taken.getsockname()[1]] if len(handed) == 1 else real(n)
+
+    monkeypatch.setattr(servers, "free_ports", first_one_taken)
+    port = taken.getsockname()[1]
+    try:
+        (srv,) = servers.start(["redis"])
+    finally:
+        taken.close()
+    try:
+        assert f":{port}/" not in srv.url
+        assert len(handed) == 2, "the first start must have failed on the taken port and been retried once"
+        import redis
+
+        client = redis.Redis.from_url(srv.url)
+        assert client.ping()
+        client.close()
+    finally:
+        servers.stop_server(srv)
+
+
+def test_free_ports_avoid_the_ephemeral_range():
+    from conftest import servers
+
+    low, high = servers._ephemeral_range()
+    ports = servers.free_ports(8)
+    assert len(set(ports)) == 8
+    assert all(p < low or p > high for p in ports), (ports, low, high)
