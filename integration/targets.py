@@ -192,16 +192,23 @@ def connect_target(url: str, *, device: str = "auto") -> VectorStore:
     """``connect(url)``, with the models a URL names loaded here, where the embedding models live:
     ``?sparse_model=MODEL`` (a Qdrant or pgvector target) opens that SPLADE model (``embed_core.sparse``) and
     gives it to the store as its ``sparse_encoder``: the index then keeps the model's learned sparse vectors,
-    the keyword side of its hybrid search."""
+    the keyword side of its hybrid search. ``&sparse_top_k=N`` keeps each vector's N heaviest terms (pgvector
+    stores at most 16,000 non-zero terms per ``sparsevec``)."""
     from embedrail.connectors import connect
     from embedrail.connectors._urls import parse_url
 
     parsed = parse_url(url)
     model = parsed.param("sparse_model")
+    top_k = parsed.param("sparse_top_k")
     if not model:
+        if top_k is not None:
+            raise ConfigError(f"{redact_url(url)}: ?sparse_top_k= goes with ?sparse_model= (the SPLADE model it bounds)")
         return connect(url)
     if parsed.store not in ("qdrant", "pgvector"):
         raise ConfigError(f"{redact_url(url)}: ?sparse_model= is for Qdrant and pgvector targets (learned sparse vectors)")
+    if top_k is not None and not (top_k.isdigit() and int(top_k) > 0):
+        raise ConfigError(f"{redact_url(url)}: ?sparse_top_k= must be a positive integer, got {top_k!r}")
     from embedrail.embed_core.sparse import open_sparse_encoder
 
-    return connect(url, sparse_encoder=open_sparse_encoder(model, device=device))
+    encoder = open_sparse_encoder(model, device=device, top_k=int(top_k) if top_k else None)
+    return connect(url, sparse_encoder=encoder)

@@ -283,3 +283,32 @@ def test_learned_sparse_vectors_in_a_sparsevec_column(tmp_path: Path, pgvector_u
         assert len(hits) == 3
     with pytest.raises(ConfigError, match="Qdrant and pgvector"):
         connect_target(f"chroma://{tmp_path / 'c'}?collection=x&sparse_model={model}")
+    with pytest.raises(ConfigError, match="positive integer"):
+        connect_target(f"{url}&sparse_model={model}&sparse_top_k=many")
+    with pytest.raises(ConfigError, match="goes with"):
+        connect_target(f"{url}&sparse_top_k=64")
+
+
+def test_sparse_model_on_the_command_line_as_the_docs_show(tmp_path: Path, pgvector_url: str) -> None:
+    """docs/search.md: ``embedrail reindex --source docs.jsonl --target "pgvector://...?table=docs&sparse_model=MODEL
+    &sparse_top_k=256"`` (64 here: the tiny random model activates most of its vocabulary), then ``embedrail search
+    --hybrid`` on the plain URL: the table keeps at most top_k terms per record and records the setting."""
+    from test_embed_fixtures import build_tiny_splade
+
+    from embedrail.embed_core.sparse import open_sparse_encoder
+    from embedrail.integration.cli import main
+
+    model = build_tiny_splade(tmp_path / "splade")
+    url = with_name(pgvector_url, _name())
+    write_jsonl(tmp_path / "docs.jsonl", [{"id": f"d{i}", "text": sentences(f"doc{i}", 2)} for i in range(6)])
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    assert main(["reindex", "--source", str(tmp_path / "docs.jsonl"), "--ledger", ledger,
+                 "--target", f"{url}&sparse_model={model}&sparse_top_k=64"]) == 0  # fmt: skip
+    with connect(url) as store:
+        ident = store.sparse_identity()  # type: ignore[attr-defined]
+        assert ident["top_k"] == 64 and ident["hash"] == open_sparse_encoder(str(model), device="cpu").identity["hash"]
+        physical = store._current_physical()  # type: ignore[attr-defined]
+    with _conn(pgvector_url) as c:
+        nnz = [r[0] for r in c.execute(f"SELECT array_length(string_to_array(split_part(sparse::text, '}}', 1), ','), 1) FROM {physical}")]
+    assert len(nnz) == 6 and max(nnz) == 64
+    assert main(["search", "--target", url, "--hybrid", "a question about doc3"]) == 0
