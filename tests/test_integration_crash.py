@@ -66,12 +66,12 @@ def _ledger_progress(url: str, key: str) -> tuple[int, int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_sigkill_at_random_points_then_rerun_repairs(tmp_path: Path, es_url: str, opensearch_url: str, pgvector_url: str,
-                                                    unique_name: str, ledger_url: str) -> None:  # fmt: skip
+                                                    weaviate_url: str, unique_name: str, ledger_url: str) -> None:  # fmt: skip
     rng = random.Random(int(os.environ.get("EMBEDRAIL_CRASH_SEED", "7")))
     src = tmp_path / "docs.jsonl"
     targets = [f"chroma://{tmp_path / 'chroma'}?collection={unique_name}", with_name(es_url, unique_name),
                with_name(opensearch_url, unique_name), with_name(pgvector_url, unique_name[:40]),
-               f"qdrant://{tmp_path / 'qdrant'}?collection={unique_name}"]  # fmt: skip
+               f"qdrant://{tmp_path / 'qdrant'}?collection={unique_name}", with_name(weaviate_url, "T" + unique_name[1:])]  # fmt: skip
     ledger = ledger_url
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     kills = 0
