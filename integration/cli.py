@@ -266,9 +266,9 @@ def _status(store: Any, ledger: Any, key: str, *, verify: bool) -> dict[str, Any
         in_sync = False
     if verify and info.exists:
         found = drift.diff(ledger, store, key, gen)
-        drift_out.update(missing_in_store=len(found.missing), unknown_in_store=len(found.unknown), stale_fingerprints=len(found.stale),
-                         examples=(found.missing + found.unknown + [c for c, _, _ in found.stale])[:10])  # fmt: skip
-        in_sync = in_sync and not (found.missing or found.unknown or found.stale)
+        drift_out.update(missing_in_store=found.missing, unknown_in_store=found.unknown, stale_fingerprints=found.stale,
+                         examples=found.examples)  # fmt: skip
+        in_sync = in_sync and not found.found
     out["drift"], out["in_sync"] = drift_out, in_sync
     return out
 

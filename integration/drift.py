@@ -12,10 +12,10 @@ finding and repairing drift between the ledger and the store.
   differs and snapshot deletes remove what the source no longer has.
 - **Drift.** ``probe`` compares the store's count and a random sample of records with the ledger (every
   incremental run: a count and one read of ``sample`` records); ``diff`` compares every id (and
-  fingerprint); ``repair`` makes the ledger describe what the store really holds (missing records are
-  forgotten, stale fingerprints replaced by the stored ones) and deletes the records the ledger does not
-  know, so the run that follows rewrites exactly the difference: a missing record is embedded again, a
-  record whose stored vector is still right only gets its metadata.
+  fingerprint), and with ``apply`` repairs as it goes: it makes the ledger describe what the store really
+  holds (missing records are forgotten, stale fingerprints replaced by the stored ones) and deletes the
+  records the ledger does not know, so the run that follows rewrites exactly the difference: a missing
+  record is embedded again, a record whose stored vector is still right only gets its metadata.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from embedrail.connectors.base import IndexInfo, VectorStore
 from embedrail.integration.ledger import Ledger
 from embedrail.integration.plan import META_FP, TEXT_FP
 
-__all__ = ["Diff", "Drift", "adopt", "diff", "ledger_key", "owner_record", "pages", "probe", "record_of", "repair"]
+__all__ = ["Diff", "Drift", "adopt", "diff", "ledger_key", "owner_record", "pages", "probe", "record_of"]
 
 log = logging.getLogger("embedrail.sync")
 
@@ -137,44 +137,108 @@ def probe(ledger: Ledger, store: VectorStore, key: str, generation: str, sample:
 
 @dataclass
 class Diff:
-    """Every difference between a target's ledger rows and its index."""
+    """What comparing every id (and fingerprint) of a target's ledger rows with its index found: counts and
+    the first few ids, never the lists themselves (a store that lost everything would make them as long as the
+    corpus)."""
 
-    missing: list[str]  # recorded as written, not in the store
-    unknown: list[str]  # in the store, not in the ledger at all
-    stale: list[tuple[str, str, str | None]]  # (chunk id, doc id, stored fingerprint) where it is not the ledger's
-    store_count: int
+    missing: int = 0  # recorded as written, not in the store
+    unknown: int = 0  # in the store, not in the ledger at all
+    stale: int = 0  # stored with a fingerprint that is not the ledger's
+    store_count: int = 0
+    examples: list[str] = field(default_factory=list)
+    applied: bool = False  # the ledger now describes the store and the unknown records were deleted
+    deleted: int = 0  # unknown records the store acknowledged deleting
+
+    @property
+    def found(self) -> bool:
+        return bool(self.missing or self.unknown or self.stale)
 
     def drift(self, ledger_count: int, in_flight: int) -> Drift:
-        return Drift(store_count=self.store_count, ledger_count=ledger_count, in_flight=in_flight, missing=len(self.missing),
-                     stale=len(self.stale), unknown=len(self.unknown), full=True,
-                     examples=(self.missing + self.unknown + [c for c, _, _ in self.stale])[:10])  # fmt: skip
+        return Drift(store_count=self.store_count, ledger_count=ledger_count, in_flight=in_flight, missing=self.missing,
+                     stale=self.stale, unknown=self.unknown, full=True, repaired=self.applied,
+                     examples=self.examples[:10])  # fmt: skip
 
 
-def diff(ledger: Ledger, store: VectorStore, key: str, generation: str, *, fingerprints: bool = True) -> Diff:
-    """Compare every id (and, with ``fingerprints``, every stored record's ``_fp``) with the ledger."""
+def _merge(ledger_rows: Iterable[tuple[str, str | None]], store_ids: Iterable[str]) -> Iterator[tuple[str, str | None, bool, bool]]:
+    """(id, ledger fingerprint, in the ledger, in the store) for the union of two id streams, both sorted
+    (``str`` order) without repeats."""
+    led, sto = iter(ledger_rows), iter(store_ids)
+    lrow, sid = next(led, None), next(sto, None)
+    while lrow is not None or sid is not None:
+        if sid is None or (lrow is not None and lrow[0] < sid):
+            assert lrow is not None
+            yield lrow[0], lrow[1], True, False
+            lrow = next(led, None)
+        elif lrow is None or sid < lrow[0]:
+            yield sid, None, False, True
+            sid = next(sto, None)
+        else:
+            yield sid, lrow[1], True, True
+            lrow, sid = next(led, None), next(sto, None)
+
+
+def diff(ledger: Ledger, store: VectorStore, key: str, generation: str, *, fingerprints: bool = True,
+         apply: bool = False, page: int | None = None) -> Diff:  # fmt: skip
+    """Compare every id (and, with ``fingerprints``, every stored record's ``_fp``) with the ledger; with
+    ``apply``, repair as it goes, a page at a time: the ledger is made to describe the store
+    (``Ledger.record_store``: missing records forgotten, stale fingerprints replaced by the stored ones) and
+    records the ledger does not know are deleted, so the run that follows rewrites exactly the difference.
+
+    Memory does not grow with the index: the store's ids are sorted in runs spilled to temporary files
+    (``SortedIds``), the ledger's are read a page at a time in the same order, and the two streams are
+    walked once."""
+    from embedrail.integration.idsort import SortedIds
+
+    page = page or _PAGE
     store.flush()
-    recorded = ledger.chunk_map(key, generation)
-    in_store = set(store.iter_ids())
-    known = {c for c, fp in recorded.items() if fp is not None}
-    missing, unknown = sorted(known - in_store), sorted(in_store - recorded.keys())
+    out = Diff()
+    missing: list[str] = []
+    unknown: list[str] = []
     stale: list[tuple[str, str, str | None]] = []
-    if fingerprints:
-        for page in pages(sorted(known & in_store)):
-            got = store.get(page)
-            for c in page:
-                if c in got and got[c].metadata.get("_fp") != recorded[c]:
-                    stale.append(record_of(c, got[c].metadata))
-    return Diff(missing, unknown, stale, len(in_store))
+    check: dict[str, str] = {}  # chunk id -> the ledger's fingerprint, to compare with the stored record's
 
+    def note(ids: Iterable[str]) -> None:
+        for c in ids:
+            if len(out.examples) < 10:
+                out.examples.append(c)
 
-def repair(ledger: Ledger, store: VectorStore, key: str, generation: str, found: Diff) -> int:
-    """Make the ledger describe the store (``Ledger.record_store``) and delete the records it does not know;
-    returns how many of those the store acknowledged deleting. The run's plan then rewrites the rest."""
-    ledger.record_store(key, generation, held=found.stale, missing=found.missing)
-    if not found.unknown:
-        return 0
-    res = store.delete(found.unknown)
-    if res.failed:
-        log.warning("%s: %d of the records the ledger does not know could not be deleted", key, len(res.failed))
-    return len(found.unknown) - len(res.failed)
+    def flush(final: bool = False) -> None:
+        nonlocal missing, unknown, stale, check
+        if check and (final or len(check) >= page):
+            got = store.get(list(check))
+            found = [record_of(c, got[c].metadata) for c, fp in check.items() if c in got and got[c].metadata.get("_fp") != fp]
+            out.stale += len(found)
+            note(c for c, _, _ in found)
+            stale += found
+            check = {}
+        if apply and (final or len(missing) + len(stale) >= page):
+            ledger.record_store(key, generation, held=stale, missing=missing)
+            missing, stale = [], []
+        if apply and unknown and (final or len(unknown) >= page):
+            res = store.delete(unknown)
+            if res.failed:
+                log.warning("%s: %d of the records the ledger does not know could not be deleted", key, len(res.failed))
+            out.deleted += len(unknown) - len(res.failed)
+            unknown = []
+        if not apply:  # counted and noted: nothing to keep
+            missing, unknown, stale = [], [], []
 
+    with SortedIds() as in_store:
+        in_store.update(store.iter_ids())
+        for chunk_id, fp, in_ledger, stored in _merge(ledger.iter_chunks(key, generation), in_store):
+            out.store_count += stored
+            if stored and not in_ledger:
+                out.unknown += 1
+                note([chunk_id])
+                unknown.append(chunk_id)
+            elif in_ledger and fp is not None:  # an intent (fp None) may or may not have reached the store
+                if not stored:
+                    out.missing += 1
+                    note([chunk_id])
+                    missing.append(chunk_id)
+                elif fingerprints:
+                    check[chunk_id] = fp
+            flush()
+        flush(final=True)
+    out.applied = apply
+    return out

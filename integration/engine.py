@@ -296,23 +296,22 @@ class SyncEngine:
         """Probe the store against the ledger (``repair``: auto / on / off), repair what drifted, report it."""
         opts, gen = self.options, run.generation
         assert gen is not None
+        apply = not ctx.dry_run
         found: drift.Diff | None = None
         if opts.repair == "on":
-            found = drift.diff(self.ledger, store, t.key, gen)
-            counts = self.ledger.counts(t.key, gen)
+            counts = self.ledger.counts(t.key, gen)  # before the repair changes them
+            found = drift.diff(self.ledger, store, t.key, gen, apply=apply)
             d = found.drift(counts["chunks"], counts["pending_chunks"])
         else:
             d = drift.probe(self.ledger, store, t.key, gen, opts.drift_sample)
             if d.found and opts.repair == "auto":
-                found = drift.diff(self.ledger, store, t.key, gen, fingerprints=d.stale > 0)
+                found = drift.diff(self.ledger, store, t.key, gen, fingerprints=d.stale > 0, apply=apply)
                 sampled, d = d.sampled, found.drift(d.ledger_count, d.in_flight)
                 d.sampled = sampled
         if d.found:
-            if found is not None and not ctx.dry_run:
-                deleted = drift.repair(self.ledger, store, t.key, gen, found)
-                d.repaired = True
-                ctx.notes.append(f"{t.key}: drift repaired ({d.summary()}): {len(found.missing)} missing and "
-                                 f"{len(found.stale)} stale records planned again, {deleted} unknown records deleted")  # fmt: skip
+            if found is not None and found.applied:
+                ctx.notes.append(f"{t.key}: drift repaired ({d.summary()}): {found.missing} missing and "
+                                 f"{found.stale} stale records planned again, {found.deleted} unknown records deleted")  # fmt: skip
             else:
                 ctx.notes.append(f"{t.key}: the store and the ledger disagree ({d.summary()}); "
                                  + ("a run would repair it" if ctx.dry_run and opts.repair != "off" else "run with --repair to repair it"))  # fmt: skip

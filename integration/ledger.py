@@ -399,6 +399,23 @@ class Ledger:
                 yield doc_id
                 previous = doc_id
 
+    def iter_chunks(self, target: str, generation: str, page: int = 5000) -> Iterator[tuple[str, str | None]]:
+        """(chunk id, fingerprint; None: an intent) of every chunk row, in code-point order of the chunk id, read a
+        page at a time (each page its own short transaction): what a drift diff merges with the store's ids."""
+        col = chunks_t.c.chunk_id
+        key = col.collate("C") if self.engine.dialect.name == "postgresql" else col
+        last: str | None = None
+        while True:
+            cond = and_(chunks_t.c.target == target, chunks_t.c.generation == generation)
+            if last is not None:
+                cond = and_(cond, key > last)
+            stmt = select(key.label("chunk_id"), chunks_t.c.fingerprint).where(cond).order_by(key).limit(page)
+            rows = [(r[0], r[1]) for r in self._tx(lambda conn, s=stmt: list(conn.execute(s)))]
+            yield from rows
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
     def doc_ids(self, target: str, generation: str) -> set[str]:
         """Every doc id with a row (committed doc or chunk rows, incl. intents) in the ledger, as a set (small
         ledgers, tests; the sync engine streams :meth:`iter_doc_ids`)."""

@@ -240,6 +240,46 @@ def test_repair_rewrites_only_what_drifted(tmp_path: Path, es_url: str, unique_n
     assert again.embedded == 0 and not again.drift[key]["found"]
 
 
+def test_repair_walks_the_index_in_pages_not_in_memory(tmp_path: Path, chroma_path_url: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """``--repair`` on an index of any size: the store's ids sorted in runs spilled to files, the ledger read a
+    page at a time, the repair applied a page at a time (runs of 4 ids, pages of 3 here, so every stream spills
+    and every kind of drift crosses page boundaries); the counts equal a brute-force comparison, the run
+    restores exactly the source, and a dry run counts the same drift and changes nothing."""
+    from embedrail.integration import drift, idsort
+
+    monkeypatch.setattr(idsort.SortedIds, "RUN", 4)
+    monkeypatch.setattr(drift, "_PAGE", 3)
+    url = with_name(chroma_path_url, "pages")
+    docs = corpus(12)
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    key = target_key(url)
+    assert run_sync(src, [url], ledger).ok
+    emb = minilm()
+    with opened(url) as store:
+        held = store_records(store)
+        ids = sorted(held)
+        lost, changed = ids[::5], ids[2::7]
+        changed = [c for c in changed if c not in lost]
+        assert store.delete(lost).ok  # an older version of the metadata on the others: the same text
+        assert store.update_metadata([(c, {"_doc": c.split("#")[0], "_fp": held[c][:32] + "0" * 16}) for c in changed]).ok
+        strays = [f"stray{i}#0" for i in range(5)]
+        vecs = emb.embed_documents([f"stray {i}" for i in range(5)])
+        assert store.upsert([Record(c, v, c, {"_doc": c.split("#")[0]}) for c, v in zip(strays, vecs, strict=True)]).ok
+        store.flush()
+    want = (len(lost), len(changed), len(strays))
+    dry = run_sync(src, [url], ledger, repair=True, dry_run=True)
+    assert (dry.drift[key]["missing"], dry.drift[key]["stale"], dry.drift[key]["unknown"]) == want
+    assert not dry.drift[key]["repaired"] and set(strays) <= set(store_records(url))
+    r = run_sync(src, [url], ledger, repair=True)
+    d = r.drift[key]
+    assert r.ok and d["repaired"] and (d["missing"], d["stale"], d["unknown"]) == want, d
+    assert d["store_count"] == len(ids) - len(lost) + len(strays)
+    assert r.embedded == len(lost) and r.retagged[key] == len(changed)
+    assert_in_step(url, emb, docs, CT)
+
+
 # ------------------------------------------------------------------------------------------------ honest errors
 def test_a_client_library_bug_is_raised_once_with_its_traceback(tmp_path: Path, chroma_path_url: str,
                                                                 capsys: pytest.CaptureFixture[str],
