@@ -207,17 +207,21 @@ def test_an_index_another_ledger_adopted_is_refused_by_the_first(tmp_path: Path,
 
 
 # ------------------------------------------------------------------------------------------------ repair
+def _synced(tmp_path: Path, url: str, n: int) -> tuple[list[dict[str, Any]], Path, str, str, Any]:
+    """``corpus(n)`` synced into ``url``: (docs, source file, ledger URL, target key, the model)."""
+    docs = corpus(n)
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    assert run_sync(src, [url], ledger).ok
+    return docs, src, ledger, target_key(url), minilm()
+
+
 def test_repair_rewrites_only_what_drifted(tmp_path: Path, es_url: str, unique_name: str) -> None:
     """``repair=on`` compares every record: a record whose metadata was changed out of band gets its metadata
     back without the model, a record the ledger does not know is deleted, one lost is embedded again; a dry
     run reports the drift and changes nothing; ``repair=off`` only reports it."""
     url = with_name(es_url, unique_name)
-    docs = corpus(10)
-    src = write_jsonl(tmp_path / "docs.jsonl", docs)
-    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    key = target_key(url)
-    assert run_sync(src, [url], ledger).ok
-    emb = minilm()
+    docs, src, ledger, key, emb = _synced(tmp_path, url, 10)
     with opened(url) as store:
         held = store_records(store)
         ids = sorted(held)
@@ -251,12 +255,7 @@ def test_repair_walks_the_index_in_pages_not_in_memory(tmp_path: Path, chroma_pa
     monkeypatch.setattr(idsort.SortedIds, "RUN", 4)
     monkeypatch.setattr(drift, "_PAGE", 3)
     url = with_name(chroma_path_url, "pages")
-    docs = corpus(12)
-    src = write_jsonl(tmp_path / "docs.jsonl", docs)
-    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    key = target_key(url)
-    assert run_sync(src, [url], ledger).ok
-    emb = minilm()
+    docs, src, ledger, key, emb = _synced(tmp_path, url, 12)
     with opened(url) as store:
         held = store_records(store)
         ids = sorted(held)
