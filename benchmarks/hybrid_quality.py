@@ -15,6 +15,7 @@ guarded fusion (relative, the keyword side trusted only where it agrees with kNN
   the members that answer it.
 
     .venv/bin/python benchmarks/hybrid_quality.py [--corpora stdlib,prose,qa] [--stores es,opensearch,weaviate,pgvector,qdrant]
+        [--configs knn,hybrid:0.5:guarded] [--guard 1.0:2.5 ...]   # other guard constants on the same indexes
 
 Servers from ``make servers`` (.servers.env) or EMBEDRAIL_*_URL; ``qdrant`` is its local (embedded) mode.
 """
@@ -29,6 +30,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -142,12 +144,15 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--max-queries", type=int, default=300, help="per corpus, an evenly spaced sample (0: all)")
     ap.add_argument("--json", metavar="PATH", help="also write every row here")
+    ap.add_argument("--guard", action="append", default=[], metavar="ALPHA:PEAK",
+                    help="also run the guarded configurations with these constants (GUARD_ALPHA:GUARD_PEAK; repeatable)")
     args = ap.parse_args()
     from embedrail import sync
-    from embedrail.connectors import connect
+    from embedrail.connectors import _fusion, connect
     from embedrail.integration.evaluate import Query, evaluate
 
     configs = args.configs.split(",")
+    guards = [tuple(float(x) for x in g.split(":")) for g in args.guard]
     urls = store_urls(("es", "opensearch", "weaviate", "pgvector"))
     out: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,9 +173,15 @@ def main() -> None:
             print(f"\n== {corpus}: {len(queries)} queries; synced into {', '.join(targets)} in {time.perf_counter() - t:.0f}s")
             try:
                 for kind, url in targets.items():
-                    rep = evaluate([url], queries, configs, k=10)
-                    base = next(r.metrics["mrr@10"] for r in rep.rows if r.config == "knn")
-                    for r in rep.rows:
+                    rows = evaluate([url], queries, configs, k=10).rows
+                    for alpha, peak in guards:  # the same configurations under other guard constants
+                        with mock.patch.object(_fusion, "GUARD_ALPHA", alpha), mock.patch.object(_fusion, "GUARD_PEAK", peak):
+                            more = evaluate([url], queries, [c for c in configs if c.endswith(":guarded")], k=10).rows
+                        for r in more:
+                            r.config = f"{r.config}@{alpha}:{peak}"
+                        rows += more
+                    base = next(r.metrics["mrr@10"] for r in rows if r.config == "knn")
+                    for r in rows:
                         if r.error:
                             continue
                         m = r.metrics
@@ -186,7 +197,7 @@ def main() -> None:
     # the default must hold on every (corpus, store): the worst ratio to kNN per configuration
     print("\nworst MRR@10 ratio to kNN over every corpus and store, per configuration:")
     knn = {(r["corpus"], r["store"]): r["mrr@10"] for r in out if r["config"] == "knn"}
-    for cfg in configs[1:]:
+    for cfg in dict.fromkeys(r["config"] for r in out if r["config"] != "knn"):
         ratios = [r["mrr@10"] / knn[(r["corpus"], r["store"])] for r in out if r["config"] == cfg and knn.get((r["corpus"], r["store"]))]
         if ratios:
             print(f"  {cfg:<17}min {min(ratios):.3f}  mean {sum(ratios) / len(ratios):.3f}")
