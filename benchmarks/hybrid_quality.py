@@ -16,6 +16,7 @@ guarded fusion (relative, the keyword side trusted only where it agrees with kNN
 
     .venv/bin/python benchmarks/hybrid_quality.py [--corpora stdlib,prose,qa] [--stores es,opensearch,weaviate,pgvector,qdrant]
         [--configs knn,hybrid:0.5:guarded] [--guard 1.0:2.5 ...]   # other guard constants on the same indexes
+        [--plain-ts-rank]                                           # pgvector's keyword side without IDF too
 
 Servers from ``make servers`` (.servers.env) or EMBEDRAIL_*_URL; ``qdrant`` is its local (embedded) mode.
 """
@@ -146,9 +147,12 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH", help="also write every row here")
     ap.add_argument("--guard", action="append", default=[], metavar="ALPHA:PEAK",
                     help="also run the guarded configurations with these constants (GUARD_ALPHA:GUARD_PEAK; repeatable)")
+    ap.add_argument("--plain-ts-rank", action="store_true",
+                    help="pgvector: also run every hybrid configuration ranked by plain ts_rank (no IDF; before 2026-12-05)")
     args = ap.parse_args()
     from embedrail import sync
     from embedrail.connectors import _fusion, connect
+    from embedrail.connectors.pgvector import PgvectorStore
     from embedrail.integration.evaluate import Query, evaluate
 
     configs = args.configs.split(",")
@@ -174,6 +178,12 @@ def main() -> None:
             try:
                 for kind, url in targets.items():
                     rows = evaluate([url], queries, configs, k=10).rows
+                    if args.plain_ts_rank and kind == "pgvector":  # the baseline of pgvector's IDF weighting
+                        with mock.patch.object(PgvectorStore, "_idf_rank", lambda *a, **kw: None):
+                            more = evaluate([url], queries, configs[1:], k=10).rows
+                        for r in more:
+                            r.config = f"{r.config}@ts_rank"
+                        rows += more
                     for alpha, peak in guards:  # the same configurations under other guard constants
                         with mock.patch.object(_fusion, "GUARD_ALPHA", alpha), mock.patch.object(_fusion, "GUARD_PEAK", peak):
                             more = evaluate([url], queries, [c for c in configs if c.endswith(":guarded")], k=10).rows

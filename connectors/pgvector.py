@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -114,6 +116,7 @@ class PgvectorStore(BaseStore):
         # keeps the one it was created with (its comment)
         self.text_config = text_config or (self._u.param("text_config") if self._u else None)
         self._lexical: dict[str, dict[str, Any]] = {}
+        self._stats: dict[str, tuple[float, tuple[dict[str, float], float, float] | None]] = {}  # see _term_stats
         # learned sparse vectors (a SPLADE model, embed_core.sparse): new tables get a sparsevec column
         self.sparse_encoder = learned_encoder(sparse_encoder) if sparse_encoder is not None else None
         self._sparse: dict[str, tuple[Any, int] | None] = {}  # table -> (its encoder, its vocabulary size)
@@ -341,6 +344,7 @@ class PgvectorStore(BaseStore):
                               **({"sparse": sparse} if sparse else {})}, sort_keys=True)  # fmt: skip
         self._quant.pop(physical, None)
         self._lexical.pop(physical, None)
+        self._stats.pop(physical, None)
         self._sparse.pop(physical, None)
         # a rebuild's table (this store is bound to it) is loaded first and gets its HNSW index at commit
         # (_finish_physical): inserting row by row into an HNSW index is several times slower than one build
@@ -536,17 +540,71 @@ class PgvectorStore(BaseStore):
         target = self._require("text_search")
         lexical = self._lexical_of(target.physical)
         cfg = _literal(str(lexical.get("config") or "simple"))
+        rank, rank_params = "ts_rank({doc}, qq.q, 1)", []
         if lexical.get("column") == "lex":
             doc, query_text = "lex", _words("%s", cfg)
+            weighted = self._idf_rank(target.physical, query, cfg)
+            if weighted is not None:
+                rank, rank_params = weighted
         else:
             doc, query_text = f"to_tsvector({cfg}::regconfig, text)", f"plainto_tsquery({cfg}::regconfig, %s)"
         # any query word may match (OR), ranked by how many and how close: plainto_tsquery alone ANDs every
         # word, so a sentence-long query would match almost nothing (docs/benchmarks.md has the MRR of both)
-        sql = (f"SELECT id, text, metadata, ts_rank({doc}, qq.q, 1) AS r FROM {self._t(target.physical)}, "
+        sql = (f"SELECT id, text, metadata, {rank.format(doc=doc)} AS r FROM {self._t(target.physical)}, "
                f"(SELECT NULLIF(replace({query_text}::text, '&', '|'), '')::tsquery AS q) qq "
                f"WHERE {doc} @@ qq.q{' AND ' + where if where else ''} ORDER BY r DESC LIMIT {max(1, int(k))}")  # fmt: skip
-        rows = self._sql(sql, (query, *params), "text search")
+        rows = self._sql(sql, (*rank_params, query, *params), "text search")
         return [Hit(id=i, score=float(r), text=txt or "", metadata=md or {}) for i, txt, md, r in rows]
+
+    #: seconds a table's term statistics (``pg_stats``) are kept before they are read again
+    TERM_STATS_TTL = 300.0
+    MAX_QUERY_TERMS = 32
+
+    def _term_stats(self, physical: str) -> tuple[dict[str, float], float, float] | None:
+        """(lexeme -> fraction of rows holding it, the fraction assumed for any other lexeme, rows) of a table's
+        ``lex`` column, from the statistics ``ANALYZE`` keeps for the planner (``pg_stats.most_common_elems``:
+        about ten times the statistics target of the most common lexemes; a lexeme not among them is taken at
+        half the least frequent one's frequency, as PostgreSQL's own selectivity estimate does). A table never
+        analysed is analysed once here (a sample of rows, as autovacuum would). None where there are none."""
+        now = time.monotonic()
+        cached = self._stats.get(physical)
+        if cached is not None and now - cached[0] < self.TERM_STATS_TTL:
+            return cached[1]
+        query = ("SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, c.reltuples FROM pg_stats s "
+                 "JOIN pg_namespace n ON n.nspname = s.schemaname JOIN pg_class c ON c.relnamespace = n.oid AND "
+                 "c.relname = s.tablename WHERE s.schemaname = %s AND s.tablename = %s AND s.attname = 'lex'")  # fmt: skip
+        rows = self._sql(query, (self.schema, physical), "term statistics")
+        if not rows and physical not in self._stats:
+            self._sql(f"ANALYZE {self._t(physical)} (lex)", None, "analyze")
+            rows = self._sql(query, (self.schema, physical), "term statistics")
+        stats = None
+        if rows and rows[0][0] and rows[0][1] and float(rows[0][2] or 0) > 0:
+            elems, freqs, n = rows[0]
+            # the frequencies are followed by their minimum, their maximum and the frequency of nulls
+            stats = (dict(zip(elems, (float(f) for f in freqs[: len(elems)]), strict=True)), float(freqs[len(elems)]) / 2, float(n))
+        self._stats[physical] = (now, stats)
+        return stats
+
+    def _idf_rank(self, physical: str, query: str, cfg: str) -> tuple[str, list[Any]] | None:
+        """The rank expression (``{doc}``: the tsvector) that weights each query lexeme by its BM25 inverse
+        document frequency, ``sum_t idf(t) * ts_rank(doc, t, 1)``: a word most records hold counts little, a
+        rare one (an identifier, a name) much; plain ``ts_rank`` weighs every word alike. None without term
+        statistics (plain ``ts_rank`` then)."""
+        stats = self._term_stats(physical)
+        if stats is None:
+            return None
+        freq, other, n = stats
+        rows = self._sql(f"SELECT tsvector_to_array(to_tsvector({cfg}::regconfig, {_split_identifiers('%s')}))", (query,), "query terms")
+        terms = list(rows[0][0] or [])[: self.MAX_QUERY_TERMS] if rows else []
+        if not terms:
+            return None
+        parts, params = [], []
+        for t in terms:
+            f = min(max(freq.get(t, other), 0.5 / n), 1.0)
+            idf = math.log(1.0 + (1.0 - f + 0.5 / n) / (f + 0.5 / n))
+            parts.append(f"{idf:.6g} * ts_rank({{doc}}, %s::tsquery, 1)")
+            params.append("'" + t.replace("\\", "\\\\").replace("'", "''") + "'")
+        return " + ".join(parts), params
 
     def hybrid_search(self, query: str, vector: Any, k: int = 10, filter: Mapping[str, Any] | None = None, *,
                       alpha: float = DEFAULT_ALPHA, candidates: int | None = None, fusion: str = DEFAULT_FUSION) -> list[Hit]:  # fmt: skip

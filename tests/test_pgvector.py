@@ -312,3 +312,38 @@ def test_sparse_model_on_the_command_line_as_the_docs_show(tmp_path: Path, pgvec
         nnz = [r[0] for r in c.execute(f"SELECT array_length(string_to_array(split_part(sparse::text, '}}', 1), ','), 1) FROM {physical}")]
     assert len(nnz) == 6 and max(nnz) == 64
     assert main(["search", "--target", url, "--hybrid", "a question about doc3"]) == 0
+
+
+def test_keyword_ranking_weighs_a_rare_word_above_a_common_one(pgvector_url: str) -> None:
+    """``text_search`` weights each query word by its inverse document frequency, from the statistics
+    PostgreSQL keeps for the ``lex`` column (the table is analysed on first use): the one record with the
+    rare word comes first, far enough ahead of the records with only the common word for guarded fusion to
+    trust it; plain ``ts_rank`` (no IDF) puts them nearly level. The weights are BM25's IDF from ``pg_stats``."""
+    import math
+
+    from embedrail.connectors._fusion import GUARD_PEAK
+
+    url = with_name(pgvector_url, _name())
+    vecs = _unit(21, 8)
+    with connect(url) as s:
+        s.ensure_index(IndexSpec(dims=8))
+        recs = [Record(id=f"c{i}", vector=vecs[i], text=f"the nightly job rotates the logs of service {i}") for i in range(20)]
+        recs.append(Record(id="rare", vector=vecs[20], text="the zorblatt procedure"))
+        assert s.upsert(recs).ok
+        hits = s.text_search("zorblatt logs", k=5)  # type: ignore[attr-defined]
+        assert hits[0].id == "rare" and hits[0].score >= GUARD_PEAK * hits[1].score, hits
+        stats = s._term_stats(s._current_physical())  # type: ignore[attr-defined]
+        assert stats is not None
+        freq, other, n = stats
+        assert n == 21 and freq["log"] == pytest.approx(20 / 21, abs=1e-6)
+        f = freq.get("zorblatt", other)
+        with mock.patch.object(PgvectorStore, "_idf_rank", lambda *a, **kw: None):  # plain ts_rank, as before
+            plain = s.text_search("zorblatt logs", k=21)  # type: ignore[attr-defined]
+        score = {h.id: h.score for h in plain}
+        assert score["rare"] < GUARD_PEAK * score["c0"]  # one matched word each: only the shorter text ahead
+        idf = {t: math.log(1 + (1 - q + 0.5 / n) / (q + 0.5 / n)) for t, q in (("zorblatt", f), ("log", freq["log"]))}
+        ratio = hits[0].score / hits[1].score
+        assert ratio == pytest.approx(idf["zorblatt"] / idf["log"] * score["rare"] / score["c0"], rel=1e-3)
+        for odd in ("O'Reilly's \\ back:slash | !& () <-> *", "the and of", ""):  # quotes, operators; stop words only
+            assert isinstance(s.text_search(odd, k=3), list)  # type: ignore[attr-defined]
+        s.drop()
