@@ -11,7 +11,7 @@ __all__ = ["FUSIONS", "GUARD_ALPHA", "GUARD_PEAK", "RRF_K", "fuse", "guarded", "
 
 FUSIONS = ("relative", "rrf", "guarded")
 GUARD_ALPHA = 0.9  # guarded fusion's weight of the vector side when the keyword side is not trusted
-GUARD_PEAK = 2.5  # ... which it is where its best score is this many times its second (a rare word matched)
+GUARD_PEAK = 3.0  # ... which it is where its best score is this many times its second (a rare word matched)
 
 RRF_K = 60  # the constant of Cormack et al. (2009), also the default of Elasticsearch's and Weaviate's RRF
 

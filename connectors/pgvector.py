@@ -62,7 +62,7 @@ from embedrail.connectors.base import (
     Record,
     UpsertResult,
 )
-from embedrail.errors import ConfigError, DimensionLimitError, UnsupportedError
+from embedrail.errors import ConfigError, DimensionLimitError, StoreRejectedError, UnsupportedError
 
 __all__ = ["PgvectorStore"]
 
@@ -575,7 +575,10 @@ class PgvectorStore(BaseStore):
                  "c.relname = s.tablename WHERE s.schemaname = %s AND s.tablename = %s AND s.attname = 'lex'")  # fmt: skip
         rows = self._sql(query, (self.schema, physical), "term statistics")
         if not rows and physical not in self._stats:
-            self._sql(f"ANALYZE {self._t(physical)} (lex)", None, "analyze")
+            try:
+                self._sql(f"ANALYZE {self._t(physical)} (lex)", None, "analyze")
+            except StoreRejectedError as e:  # a read-only replica: no weights until its primary analyses the table
+                log.info("%s: no term statistics for keyword weights (%s): plain ts_rank", self.url, e)
             rows = self._sql(query, (self.schema, physical), "term statistics")
         stats = None
         if rows and rows[0][0] and rows[0][1] and float(rows[0][2] or 0) > 0:

@@ -347,3 +347,26 @@ def test_keyword_ranking_weighs_a_rare_word_above_a_common_one(pgvector_url: str
         for odd in ("O'Reilly's \\ back:slash | !& () <-> *", "the and of", ""):  # quotes, operators; stop words only
             assert isinstance(s.text_search(odd, k=3), list)  # type: ignore[attr-defined]
         s.drop()
+
+
+def test_keyword_search_without_term_statistics_ranks_by_plain_ts_rank(pgvector_url: str) -> None:
+    """Where the table cannot be analysed (a read-only replica refuses ANALYZE: fault injected) keyword search
+    still answers, ranked by plain ``ts_rank``."""
+    from embedrail.errors import StoreRejectedError
+
+    url = with_name(pgvector_url, _name())
+    with connect(url) as s:
+        s.ensure_index(IndexSpec(dims=8))
+        assert s.upsert([Record(id=f"r{i}", vector=v, text=f"rotate the logs {i}") for i, v in enumerate(_unit(3, 8))]).ok
+        real = s._sql  # type: ignore[attr-defined]
+
+        def replica(sql: str, *a: object, **kw: object) -> list[tuple]:
+            if sql.startswith("ANALYZE"):
+                raise StoreRejectedError("cannot execute ANALYZE during recovery")
+            return real(sql, *a, **kw)
+
+        with mock.patch.object(s, "_sql", replica):
+            hits = s.text_search("logs", k=3)  # type: ignore[attr-defined]
+            assert s._term_stats(s._current_physical()) is None  # type: ignore[attr-defined]
+        assert {h.id for h in hits} == {"r0", "r1", "r2"}
+        s.drop()
