@@ -850,8 +850,11 @@ def wait_healthy(servers: list[Server], restart: Callable[[Server], Server] | No
             elif not pid_alive(s.pid):
                 if restart is None or attempts[kind] >= START_ATTEMPTS:
                     raise ProvisionError(f"{kind} exited during start-up; its log ({s.log}) ends with:\n{tail(s.log)}")
-                log(f"{kind} exited during start-up (attempt {attempts[kind]}); its log ends with:\n{tail(s.log, 5)}\n"
-                    f"starting it again on fresh ports")  # fmt: skip
+                kept = f"{s.log}.attempt{attempts[kind]}"  # the next attempt writes the same log: keep this one
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(s.log, kept)
+                log(f"{kind} exited during start-up (attempt {attempts[kind]}); its log ({kept}) ends with:\n"
+                    f"{tail(s.log, 25)}\nstarting it again on fresh ports")  # fmt: skip
                 stop_server(s)
                 fresh = restart(s)
                 servers[servers.index(s)] = fresh
