@@ -422,7 +422,8 @@ class Ledger:
         return set(self.iter_doc_ids(target, generation))
 
     def chunk_map(self, target: str, generation: str) -> dict[str, str | None]:
-        """chunk id -> fingerprint for the whole target (status / tests)."""
+        """chunk id -> fingerprint for the whole target, in memory (tests, small ledgers; the drift compare streams
+        :meth:`iter_chunks`)."""
 
         def q(conn: Connection) -> dict[str, str | None]:
             rows = conn.execute(
