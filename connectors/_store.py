@@ -491,16 +491,42 @@ class BaseStore:
         records = []
         for i, md in part:
             if i in stored:
-                vector, text = stored[i]
+                vector, text, _ = stored[i]
                 records.append(Record(i, vector, text, md))
             else:
                 result.failed[i] = NOT_STORED
         if records:
             result.merge(self.upsert(records))
 
-    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:  # native
-        """The stored vector and text of each of ``ids`` the index holds."""
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:  # native
+        """The stored vector, text and metadata of each of ``ids`` the index holds (as ``get`` decodes the
+        metadata), every write acknowledged so far included."""
         raise NotImplementedError
+
+    def _vectors_as_written(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:
+        """``_stored``, where a store can skip making the latest writes visible first (Elasticsearch's refresh)."""
+        return self._stored(target, ids)
+
+    def _lossless(self, target: ReadTarget) -> bool:
+        """Whether a vector read back is the float32 vector written (not a lower-precision copy)."""
+        return True
+
+    def stored_vectors(self, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+        """The vectors of the records among ``ids`` the index holds, as written (float32), each with its own
+        record's metadata (``_fp`` included, read with the vector): what a run takes instead of embedding a
+        text again. A record written in the last moments may be missing (nothing is refreshed for this read).
+        Empty where the index keeps vectors at a lower precision (pgvector ``halfvec``), or holds none yet."""
+        unique = list(dict.fromkeys(str(i) for i in ids))
+        physical = self._current_physical() if unique else None
+        if physical is None:
+            return {}
+        target = ReadTarget(physical, self._spec_of(physical), self._handle(physical))
+        if not self._lossless(target):
+            return {}
+        out: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+        for part in batched(unique, self._batch_size()):
+            out.update((i, (vec, md)) for i, (vec, _, md) in self._vectors_as_written(target, list(part)).items())
+        return out
 
     def delete(self, ids: Iterable[str]) -> DeleteResult:
         """Delete by id; deleting an id that is not there counts as done."""

@@ -397,6 +397,11 @@ class ChromaStore(BaseStore):
                        "update metadata")  # fmt: skip
             result.written += len(pairs)
 
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:
+        got = self._call(lambda: target.handle.get(ids=ids, include=["embeddings", "documents", "metadatas"]), "read vectors")
+        rows = zip(got["ids"], got["embeddings"], got["documents"], got["metadatas"], strict=False)
+        return {i: (np.asarray(v, dtype=np.float32), doc or "", decode_scalar_metadata(md)) for i, v, doc, md in rows if v is not None}
+
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
         col = self._get_col(physical)
         self._call(lambda: col.delete(ids=ids), "delete")

@@ -369,19 +369,25 @@ class ElasticsearchStore(BaseStore):
         if batch:
             self._send(batch, self._bulk, result)
 
-    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:
         """Vectors and texts by id. The mapping keeps vectors out of ``_source`` (they would double the
         index size), so they are read from the vector field's doc values (the stored float32 values,
         also under a quantised ``index_options``) by a search, after a refresh: a search sees only refreshed
         changes, and a record deleted by anyone since the last refresh must not come back."""
         self.flush()
+        return self._vectors_as_written(target, ids)
+
+    def _vectors_as_written(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:
+        """What search sees, without a refresh first: a vector with its own record's ``_fp`` is right whenever it
+        was written (a refresh per read would cost a run writing into the index small segments)."""
         resp = self._call(lambda: self.client.search(index=self._address, query={"ids": {"values": ids}}, size=len(ids),
-                                                     source=["text"], docvalue_fields=["vector"]), "read vectors")  # fmt: skip
-        out: dict[str, tuple[np.ndarray, str]] = {}
+                                                     source=_SOURCE, docvalue_fields=["vector"]), "read vectors")  # fmt: skip
+        out: dict[str, tuple[np.ndarray, str, dict[str, Any]]] = {}
         for d in resp["hits"]["hits"]:
             vec = (d.get("fields") or {}).get("vector")
             if vec:
-                out[str(d["_id"])] = (np.asarray(vec[0], dtype=np.float32), str((d.get("_source") or {}).get("text") or ""))
+                h = hit(d, 1.0)
+                out[h.id] = (np.asarray(vec[0], dtype=np.float32), h.text, h.metadata)
         return out
 
     def _splittable(self, e: StoreError) -> bool:

@@ -155,9 +155,10 @@ class MemoryStore(BaseStore):
                 index.rows[i] = row
         return {}
 
-    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
-        rows = target.handle.rows
-        return {i: (rows[i][0].copy(), rows[i][1]) for i in ids if i in rows}
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:
+        with self.client.lock:
+            rows = target.handle.rows
+            return {i: (rows[i][0].copy(), rows[i][1], json.loads(json.dumps(rows[i][2]))) for i in ids if i in rows}
 
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
         index = self.client.indexes.get(physical)

@@ -208,14 +208,13 @@ class OpenSearchStore(ElasticsearchStore):
         return info
 
     # ------------------------------------------------------------------------------ reading
-    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
-        """Vectors and texts by id, from ``_source`` (after a refresh: a record deleted since must not come back)."""
-        self.flush()
-        resp = self._call(lambda: self.client.search(index=self._address, query={"ids": {"values": ids}}, size=len(ids),
-                                                     source=["text", "vector"]), "read vectors")  # fmt: skip
-        out: dict[str, tuple[np.ndarray, str]] = {}
-        for d in resp["hits"]["hits"]:
+    def _vectors_as_written(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:
+        """Vectors, texts and metadata by id, from ``_source`` (``mget``: real time, every acknowledged write)."""
+        out: dict[str, tuple[np.ndarray, str, dict[str, Any]]] = {}
+        resp = self._call(lambda: self.client.mget(index=self._address, ids=ids, source=["text", "vector", "metadata"]), "read vectors")
+        for d in resp["docs"]:
             src = d.get("_source") or {}
-            if src.get("vector") is not None:
-                out[str(d["_id"])] = (np.asarray(src["vector"], dtype=np.float32), str(src.get("text") or ""))
+            if d.get("found") and src.get("vector") is not None:
+                out[str(d["_id"])] = (np.asarray(src["vector"], dtype=np.float32), str(src.get("text") or ""),
+                                      dict(src.get("metadata") or {}))  # fmt: skip
         return out

@@ -484,10 +484,16 @@ class PgvectorStore(BaseStore):
             self._sql(f"UPDATE {t} SET metadata = %s::jsonb WHERE id = %s", todo, "update metadata", many=True)
             result.written += len(todo)
 
-    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
-        rows = self._sql(f"SELECT id, embedding::vector, text FROM {self._t(target.physical)} WHERE id = ANY(%s)", (ids,), "read back")
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:
+        rows = self._sql(f"SELECT id, embedding::vector, text, metadata FROM {self._t(target.physical)} WHERE id = ANY(%s)", (ids,),
+                         "read back")  # fmt: skip
         # pgvector-python >= 0.4 loads a vector as its Vector class
-        return {i: (np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32), txt) for i, v, txt in rows}
+        return {i: (np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32), txt, md or {})
+                for i, v, txt, md in rows}  # fmt: skip
+
+    def _lossless(self, target: ReadTarget) -> bool:
+        """A ``halfvec`` table keeps 16-bit floats: what it reads back is not the vector written."""
+        return (target.handle or "vector") == "vector"
 
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
         self._sql(f"DELETE FROM {self._t(physical)} WHERE id = ANY(%s)", (ids,), "delete")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -81,6 +81,9 @@ _DISTANCES = {"cosine": "Cosine", "dot": "Dot", "l2": "Euclid"}
 _LOCAL: dict[str, list[Any]] = {}  # abs path -> [client, refcount]
 _LOCAL_LOCK = threading.Lock()
 _CREATE_LOCK = threading.Lock()  # one ensure_index at a time per process (alias creation is check-then-act)
+# qdrant-client's local mode is plain Python over dicts and arrays with no lock of its own: the calls of a
+# process into it take turns (a run's writer thread upserts while the planning thread reads vectors back)
+_LOCAL_CALLS = threading.RLock()
 SPARSE = "bm25"  # the sparse vector's name in a collection (BM25 term weights)
 
 
@@ -215,6 +218,16 @@ class QdrantStore(BaseStore):
 
     def _info(self, physical: str) -> Any:
         return self._call(lambda: self.client.get_collection(physical), "read collection")
+
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        if not self._is_local:
+            return super()._call(fn, what)
+
+        def turn() -> Any:
+            with _LOCAL_CALLS:
+                return fn()
+
+        return super()._call(turn, what)
 
     @property
     def _is_local(self) -> bool:
@@ -386,9 +399,9 @@ class QdrantStore(BaseStore):
                                                                   with_vectors=vectors), "retrieve")  # fmt: skip
         return out
 
-    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:
         return {str(p.payload["_id"]): (np.asarray(p.vector[""] if isinstance(p.vector, dict) else p.vector, dtype=np.float32),
-                                        str(p.payload.get("text") or ""))
+                                        str(p.payload.get("text") or ""), dict(p.payload.get("metadata") or {}))
                 for p in self._retrieve(target.physical, ids, vectors=True)}  # fmt: skip
 
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:

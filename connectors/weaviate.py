@@ -322,21 +322,21 @@ class WeaviateStore(BaseStore):
         ret = self._call(lambda: col.data.insert_many([o for _, o in batch]), "upsert")
         return {batch[idx][0]: str(getattr(err, "message", err))[:500] for idx, err in (ret.errors or {}).items()}
 
-    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+    def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:
         from weaviate.classes.query import Filter
 
-        out: dict[str, tuple[np.ndarray, str]] = {}
+        out: dict[str, tuple[np.ndarray, str, dict[str, Any]]] = {}
         col = self._col(target.physical)
         for batch in batched(ids, 1000):
             uuids = [object_uuid(i) for i in batch]
             res = self._call(lambda u=uuids: col.query.fetch_objects(filters=Filter.by_id().contains_any(u), limit=len(u),
-                                                                     return_properties=["doc_id", "text"], include_vector=True),
+                                                                     return_properties=RETURN_PROPS, include_vector=True),
                              "read vectors")  # fmt: skip
             for o in res.objects:
                 vec = o.vector.get("default") if isinstance(o.vector, dict) else o.vector
                 if vec is not None:
-                    p = o.properties or {}
-                    out[str(p.get("doc_id"))] = (np.asarray(vec, dtype=np.float32), str(p.get("text") or ""))
+                    h = to_hit(o, 1.0)
+                    out[h.id] = (np.asarray(vec, dtype=np.float32), h.text, h.metadata)
         return out
 
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:

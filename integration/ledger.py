@@ -68,6 +68,7 @@ from embedrail.errors import ConfigError, LedgerError, RunConflictError
 from embedrail.integration.ledger_schema import (
     bad_t,
     chunks_t,
+    chunks_text_part,
     docs_t,
     leases_t,
     meta_t,
@@ -76,6 +77,7 @@ from embedrail.integration.ledger_schema import (
     targets_t,
     watermarks_t,
 )
+from embedrail.integration.plan import TEXT_FP
 from embedrail.secrets import redact_url
 
 __all__ = ["Lease", "Ledger", "TargetState", "default_ledger_url"]
@@ -369,6 +371,29 @@ class Ledger:
                 )
                 for d, c, fp in rows:
                     out.setdefault(d, {})[c] = fp
+            return out
+
+        return self._tx(q)
+
+    def chunks_with_text(self, target: str, generation: str, text_fps: Sequence[str], per_text: int = 2) -> dict[str, list[str]]:
+        """text fingerprint -> up to ``per_text`` chunk ids whose recorded fingerprint has that text part (committed
+        rows only, any document): the records whose vectors a chunk of the same text can take (an index lookup)."""
+        wanted = list(dict.fromkeys(t for t in text_fps if len(t) == TEXT_FP))
+        if not wanted:
+            return {}
+
+        def q(conn: Connection) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for part in _chunks(wanted):
+                rows = conn.execute(
+                    select(chunks_text_part.label("t"), chunks_t.c.chunk_id).where(
+                        and_(chunks_t.c.target == target, chunks_t.c.generation == generation, chunks_text_part.in_(part))
+                    )
+                )
+                for t, c in rows:
+                    have = out.setdefault(t, [])
+                    if len(have) < per_text:
+                        have.append(c)
             return out
 
         return self._tx(q)

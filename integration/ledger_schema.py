@@ -8,11 +8,25 @@ nothing else is migrated.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, inspect, text
+from sqlalchemy import (
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    inspect,
+    literal_column,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["ADDED_COLUMNS", "bad_t", "chunks_t", "docs_t", "leases_t", "meta_t", "metadata", "migrate", "targets_t", "watermarks_t"]
+from embedrail.integration.plan import TEXT_FP
+
+__all__ = ["ADDED_COLUMNS", "ADDED_INDEXES", "bad_t", "chunks_by_text", "chunks_t", "chunks_text_part", "docs_t", "leases_t", "meta_t", "metadata", "migrate", "targets_t", "watermarks_t"]
 
 metadata = MetaData()
 targets_t = Table(
@@ -48,6 +62,11 @@ chunks_t = Table(
     Column("fingerprint", String(64), nullable=True),
     Index("er_chunks_doc", "target", "generation", "doc_id"),
 )
+#: a chunk row by the text part of its fingerprint (``plan.TEXT_FP`` characters: what its vector depends on), so a
+#: chunk of the same text under another id (a renamed or moved document) finds the record whose vector it can take.
+#: The expression is spelt with literals, so that a query written the same way matches it on every database.
+chunks_text_part = func.substr(chunks_t.c.fingerprint, literal_column("1"), literal_column(str(TEXT_FP)))
+chunks_by_text = Index("er_chunks_text", chunks_t.c.target, chunks_t.c.generation, chunks_text_part)
 bad_t = Table(
     "er_bad",
     metadata,
@@ -83,11 +102,13 @@ meta_t = Table(
 
 #: (table, column) added after the first release: nullable, so an ALTER TABLE ... ADD COLUMN is enough
 ADDED_COLUMNS = (("er_docs", "version"),)
+#: indexes added after the first release (made on an existing table, once: on a large ledger this takes a while)
+ADDED_INDEXES = (chunks_by_text,)
 
 
 def migrate(engine: Engine) -> None:
-    """Add the columns of ``ADDED_COLUMNS`` that an older ledger lacks. Two processes may race: the loser's
-    ALTER fails and it checks again."""
+    """Add the columns of ``ADDED_COLUMNS`` and the indexes of ``ADDED_INDEXES`` that an older ledger lacks. Two
+    processes may race: the loser's ALTER or CREATE fails and it checks again."""
     for table, column in ADDED_COLUMNS:
         for attempt in range(3):
             have = {c["name"] for c in inspect(engine).get_columns(table)}
@@ -102,3 +123,27 @@ def migrate(engine: Engine) -> None:
             except DBAPIError:
                 if attempt == 2:
                     raise
+    for index in ADDED_INDEXES:
+        for attempt in range(3):
+            if _has_index(engine, str(index.name)):
+                break
+            try:
+                index.create(engine)
+                break
+            except DBAPIError:
+                if attempt == 2:
+                    raise
+
+
+def _has_index(engine: Engine, name: str) -> bool:
+    """Whether the index exists (read from the catalogue: SQLAlchemy does not reflect expression indexes). On a
+    database other than SQLite and PostgreSQL it counts as made: the queries work without it, more slowly."""
+    dialect = engine.dialect.name
+    if dialect == "sqlite":
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = :name"
+    elif dialect == "postgresql":
+        sql = "SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() AND indexname = :name"
+    else:
+        return True
+    with engine.connect() as conn:
+        return conn.execute(text(sql), {"name": name}).first() is not None

@@ -3,7 +3,7 @@ batch jobs cannot be scraped, so the CLI pushes its counters when a run ends (Ai
 Airflow's own StatsD task metrics beside them, and a task of the DAG can call ``push_report`` too).
 
 Metrics (labels ``target`` where per target): ``embedrail_run_documents``, ``_chunks``, ``_embedded``,
-``_reused``, ``_unchanged``, ``_seconds``, ``_embed_seconds``, ``_ok``, ``_upserted``, ``_deleted``,
+``_reused``, ``_from_index``, ``_unchanged``, ``_seconds``, ``_embed_seconds``, ``_ok``, ``_upserted``, ``_deleted``,
 ``_retagged``, ``_failed``, ``_drift_found``, ``_refused_deletes``, and ``embedrail_run_last_success_unixtime``
 (set when the run was ok: alert on its age). ``prometheus-client`` comes with the ``serve`` extra.
 """
@@ -36,6 +36,7 @@ def report_registry(report: Report) -> Any:
 
     for name, help_ in (("documents", "source documents seen"), ("chunks", "chunks the documents make"),
                         ("embedded", "chunks embedded"), ("reused", "chunks reusing a vector of the run"),
+                        ("from_index", "chunks taking a stored vector of the same text"),
                         ("unchanged", "chunks every target held"), ("seconds", "run seconds"),
                         ("embed_seconds", "seconds in the model")):  # fmt: skip
         gauge(name, help_, float(getattr(report, name)))

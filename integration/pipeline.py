@@ -7,9 +7,12 @@ the targets are written in parallel.
 
 Nothing is embedded twice: each chunk once per run, whatever the number of targets that need it; a chunk
 whose text was already embedded in this run (the same text in another document: boilerplate, licences,
-repeated sections) reuses that vector (a bounded cache keyed by the text fingerprint); and a chunk whose
-text is unchanged but whose document metadata changed is not embedded at all: each target updates the
-stored record's metadata in place (``VectorStore.update_metadata``).
+repeated sections) reuses that vector (a bounded cache keyed by the text fingerprint); a chunk whose text
+a target's index already holds under another id (a renamed or moved document, a section that moved) takes
+that record's vector, read back from the index (``VectorStore.stored_vectors``; the ledger finds the ids by
+the text part of their fingerprints, and the record's own ``_fp``, read with its vector, must carry the same
+text part); and a chunk whose text is unchanged but whose document metadata changed is not embedded at
+all: each target updates the stored record's metadata in place (``VectorStore.update_metadata``).
 
 A file source yields documents *listed, not read* (``Document.loader``): one whose listing version every
 target recorded under its configuration (or that could not be parsed at that very version) is neither
@@ -32,7 +35,7 @@ import numpy as np
 
 from embedrail.connectors.base import IndexSpec, Record, VectorStore
 from embedrail.embed_core.mrl import truncate_and_normalize
-from embedrail.errors import ModelError, is_retryable
+from embedrail.errors import ModelError, StoreError, is_retryable
 from embedrail.integration.chunking import Chunker
 from embedrail.integration.context import RunContext, TargetRun
 from embedrail.integration.documents import Chunk, Document, canonical_json, sha256
@@ -150,6 +153,7 @@ class PartitionRun:
         self.batch = _Batch()
         self._chunker: Chunker | None = None
         self._vectors: OrderedDict[str, np.ndarray | None] = OrderedDict()  # text fingerprint -> vector (LRU)
+        self._no_reads: set[str] = set()  # targets whose stored vectors could not be read back: not asked again
         self._cache_size = max(1, self.VECTOR_CACHE_BYTES // (4 * max(1, ctx.dims or 1)))
         # each target at its own dims holds its own vectors: its own fingerprint and document hashes
         self._specs: dict[str, IndexSpec] = {key: ctx.spec_of(lane.run) for key, lane in lanes.items()}
@@ -400,8 +404,9 @@ class PartitionRun:
             self._put(batch)
 
     def _vectors_for(self, entries: list[_Entry]) -> np.ndarray | None:
-        """One row per entry (zeros for a metadata-only entry). Each distinct text not embedded earlier in
-        the run is embedded once; the others reuse the vector of its first occurrence."""
+        """One row per entry (zeros for a metadata-only entry). Each distinct text not met earlier in the run
+        takes the vector of a record of the same text in a target's index, else is embedded, once; its later
+        occurrences reuse that vector."""
         needed = [e for e in entries if e.targets]
         todo: dict[str, str] = {}  # text fingerprint -> text, first occurrence order
         for e in needed:
@@ -410,22 +415,26 @@ class PartitionRun:
                 self._vectors.move_to_end(tfp)
             elif tfp not in todo:
                 todo[tfp] = e.chunk.to_embed
-        self.rep.embedded += len(todo)
         self.rep.reused += len(needed) - len(todo)
         if self.ctx.dry_run:  # remember the texts (not vectors), so the counts are those of a real run
+            self.rep.embedded += len(todo)
             for tfp in todo:
                 self._remember(tfp, None)
             return None
         if not needed:
             return None
-        fresh: dict[str, np.ndarray] = {}
+        fresh = self._from_index(todo) if todo else {}
+        self.rep.from_index += len(fresh)
+        for tfp in fresh:
+            del todo[tfp]
+        self.rep.embedded += len(todo)
         if todo:
             t0 = time.perf_counter()
             vecs = np.asarray(self._embedder().embed_documents(list(todo.values())), dtype=np.float32)
             self.rep.embed_seconds += time.perf_counter() - t0
             if vecs.shape != (len(todo), self.ctx.dims):
                 raise ModelError(f"embedder returned shape {vecs.shape}, expected ({len(todo)}, {self.ctx.dims})")
-            fresh = dict(zip(todo, vecs, strict=True))
+            fresh.update(zip(todo, vecs, strict=True))
         out = np.zeros((len(entries), self.ctx.dims), dtype=np.float32)
         for row, e in enumerate(entries):
             if e.targets:
@@ -434,6 +443,37 @@ class PartitionRun:
         for tfp, vec in fresh.items():
             self._remember(tfp, vec)
         return out
+
+    def _from_index(self, todo: dict[str, str]) -> dict[str, np.ndarray]:
+        """text fingerprint -> the vector of a record of the same text that a target's index holds under another id
+        (found through the ledger by the text part of its fingerprint), for the texts of ``todo`` that have one.
+        A record counts only if its own ``_fp``, read with its vector, has that text part: a record rewritten
+        since the ledger's row (by this run's writer, say) is not taken. Only targets at the run's own dims
+        (their vectors are the model's, not a cut) that keep float32 vectors can give one."""
+        found: dict[str, np.ndarray] = {}
+        for key, lane in self.lanes.items():
+            want = [t for t in todo if t not in found]
+            if not want:
+                break
+            if (lane.store is None or lane.dead is not None or lane.run.generation is None or key in self._no_reads
+                    or self._specs[key].fingerprint != self.ctx.fingerprint):  # fmt: skip
+                continue
+            ids = self.ledger.chunks_with_text(key, lane.run.generation, want)
+            if not ids:
+                continue
+            try:
+                stored = lane.store.stored_vectors([c for cs in ids.values() for c in cs])
+            except StoreError as e:  # the writer meets the same store: its error decides the run; here, embed instead
+                log.warning("reading stored vectors back from %s failed (%s): embedding instead", key, one_line(e))
+                self._no_reads.add(key)
+                continue
+            for tfp, cids in ids.items():
+                for cid in cids:
+                    got = stored.get(cid)
+                    if got is not None and str(got[1].get("_fp") or "")[:TEXT_FP] == tfp and got[0].shape == (self.ctx.dims,):
+                        found[tfp] = got[0]
+                        break
+        return found
 
     def _remember(self, tfp: str, vec: np.ndarray | None) -> None:
         self._vectors[tfp] = None if vec is None else vec.copy()  # a copy: never pin a whole batch's array

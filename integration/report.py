@@ -22,6 +22,10 @@ class Report:
     chunks: int = 0  # chunks the source documents make (unchanged docs: as recorded)
     embedded: int = 0  # chunks embedded in this run (once, whatever the number of targets)
     reused: int = 0  # chunks to write whose text was already embedded in this run (identical text elsewhere)
+    #: texts whose vector was read back from a target's index instead of embedded: the same text stored under
+    #: another id (a renamed or moved document, a section that moved within its document); once per text, as
+    #: ``embedded`` (further chunks of that text count as ``reused``)
+    from_index: int = 0
     unchanged: int = 0  # chunks every target already held
     tombstones: int = 0
     upserted: dict[str, int] = field(default_factory=dict)
@@ -120,6 +124,7 @@ class Report:
             "chunks": self.chunks,
             "embedded": self.embedded,
             "reused": self.reused,
+            "from_index": self.from_index,
             "unchanged": self.unchanged,
             "tombstones": self.tombstones,
             "upserted": dict(self.upserted),
@@ -148,8 +153,8 @@ class Report:
     def from_dict(cls, d: dict[str, Any]) -> Report:
         r = cls()
         for k in (
-            "mode", "dry_run", "documents", "read", "chunks", "embedded", "reused", "unchanged", "tombstones", "skipped_bad_rows",
-            "model", "dims", "fingerprint", "seconds", "embed_seconds", "partitions", "ledger",
+            "mode", "dry_run", "documents", "read", "chunks", "embedded", "reused", "from_index", "unchanged", "tombstones",
+            "skipped_bad_rows", "model", "dims", "fingerprint", "seconds", "embed_seconds", "partitions", "ledger",
         ):  # fmt: skip
             if k in d:
                 setattr(r, k, d[k])
@@ -169,7 +174,7 @@ class Report:
 
     def merge(self, other: Report) -> Report:
         """Add another partition's counts into this report (used by ``SyncEngine.finalize``)."""
-        for k in ("documents", "read", "chunks", "embedded", "reused", "unchanged", "tombstones", "skipped_bad_rows"):
+        for k in ("documents", "read", "chunks", "embedded", "reused", "from_index", "unchanged", "tombstones", "skipped_bad_rows"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.embed_seconds += other.embed_seconds
         for mine, theirs in ((self.upserted, other.upserted), (self.deleted, other.deleted), (self.retagged, other.retagged),
@@ -207,6 +212,7 @@ class Report:
         lines = [
             f"{self.documents} documents, {self.chunks} chunks: {verb} {self.embedded}, unchanged {self.unchanged}"
             + (f", {self.reused} reused (same text)" if self.reused else "")
+            + (f", {self.from_index} vectors taken from the index (same text, another id)" if self.from_index else "")
             + (f", {self.skipped_bad_rows} bad rows skipped" if self.skipped_bad_rows else "")
             + f" ({self.model}, {self.dims} dims{' embedded' if per_target else ''}, {self.seconds:.1f}s)"
         ]

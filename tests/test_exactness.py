@@ -8,6 +8,9 @@ store, against real servers, with the packaged model.
 | ran without ``--ledger`` from another directory, after deleting   | refuse, naming ``--adopt`` / ``--mode    |
 | documents from the source                                          | full``; ``--adopt`` then deletes them    |
 | pointed the run at a truncated source (10 % of the documents)     | refuse the mass delete (exit code 1)    |
+
+and one more that costs users GPU hours rather than exactness: documents renamed or moved in the source take
+the vectors their chunks already have in the index (embed nothing).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 from test_integration_support import (
     OtherFingerprint,
@@ -119,6 +123,27 @@ def test_the_four_everyday_drifts_on_every_store(kind: str, request: pytest.Fixt
     assert r["embedded"] == 3 and r["upserted"][key] == 3
     assert_in_step(url, emb, docs, CT)
 
+    # renamed (moved) documents: their chunks are written under the new ids with the vectors the index holds
+    # for the old ones, read back from it; nothing is embedded, the old ids are deleted
+    moved = {d["id"]: f"moved/{d['id']}" for d in docs[:3]}
+    with opened(url) as store:
+        before_move = {c: v for c, (v, _) in store.stored_vectors([c for c in store_records(store) if c.rpartition("#")[0] in moved]).items()}
+    docs = [{**d, "id": moved.get(d["id"], d["id"])} for d in docs]
+    write_jsonl(src, docs)
+    rc, r, err = reindex(capsys, "--source", str(src), "--target", url, "--ledger", ledger)
+    assert rc == 0 and r is not None, err
+    n = len(before_move)
+    assert n >= 6 and r["embedded"] == 0 and r["from_index"] == n, r
+    assert r["upserted"][key] == n and r["deleted"][key] == n
+    assert_in_step(url, emb, docs, CT)
+    with opened(url) as store:
+        after_move = store.stored_vectors([f"moved/{c}" for c in before_move])
+        for c, v in before_move.items():
+            np.testing.assert_allclose(after_move[f"moved/{c}"][0], v, atol=1e-6)
+        hits = store.search(v, k=8)
+        ties = [h.id for h in hits if h.score >= hits[0].score - 1e-4]  # chunk tails repeat; ES scores int8 graphs
+        assert f"moved/{c}" in ties, [(h.id, h.score) for h in hits]  # in the index's graph, not only stored
+
     # 3. another working directory, no --ledger, documents deleted from the source meanwhile: refused (the
     #    ledger there does not know the index), then --adopt keeps the index exact without embedding
     kept = docs[:-4]
@@ -216,6 +241,31 @@ def _synced(tmp_path: Path, url: str, n: int) -> tuple[list[dict[str, Any]], Pat
     return docs, src, ledger, target_key(url), minilm()
 
 
+def test_a_vector_is_taken_from_the_index_only_from_a_record_of_that_text(tmp_path: Path, unique_name: str) -> None:
+    """A new document whose chunks repeat texts the index holds under other ids takes their stored vectors; the
+    ledger finds those records by the text part of their fingerprints, but the record's own ``_fp``, read with
+    its vector, decides: a record rewritten behind the ledger's back (another vector and ``_fp`` under the same
+    id) gives nothing, and its text is embedded."""
+    url = f"memory://{unique_name}/docs"
+    docs, src, ledger, key, emb = _synced(tmp_path, url, 4)
+    with opened(url) as store:
+        first = sorted(c for c in store_records(store) if c.startswith("doc00#"))
+        assert len(first) >= 2
+        hit = store.get([first[0]])[first[0]]
+        bogus = np.ones(emb.dims, dtype=np.float32) / np.sqrt(emb.dims)
+        assert store.upsert([Record(first[0], bogus, hit.text, {**hit.metadata, "_fp": "f" * 48})]).ok
+    write_jsonl(src, [*docs, {"id": "copy", "text": docs[0]["text"], "part": 0}])
+    r = run_sync(src, [url], ledger, repair="off", drift_sample=0)  # no probe: the ledger still names the rewritten record
+    assert r.ok and r.embedded == 1 and r.from_index == len(first) - 1, (r.embedded, r.from_index)
+    with opened(url) as store:
+        copies = store.stored_vectors([f"copy#{c.rpartition('#')[2]}" for c in first])
+        originals = store.stored_vectors(first[1:])
+    fresh = np.asarray(emb.embed_documents([hit.text]), dtype=np.float32)[0]
+    assert float(copies[f"copy#{first[0].rpartition('#')[2]}"][0] @ fresh) > 0.999  # embedded, not the bogus vector
+    for c in first[1:]:
+        np.testing.assert_array_equal(copies[f"copy#{c.rpartition('#')[2]}"][0], originals[c][0])
+
+
 def test_repair_rewrites_only_what_drifted(tmp_path: Path, es_url: str, unique_name: str) -> None:
     """``repair=on`` compares every record: a record whose metadata was changed out of band gets its metadata
     back without the model, a record the ledger does not know is deleted, one lost is embedded again; a dry
@@ -275,7 +325,7 @@ def test_repair_walks_the_index_in_pages_not_in_memory(tmp_path: Path, chroma_pa
     d = r.drift[key]
     assert r.ok and d["repaired"] and (d["missing"], d["stale"], d["unknown"]) == want, d
     assert d["store_count"] == len(ids) - len(lost) + len(strays)
-    assert r.embedded == len(lost) and r.retagged[key] == len(changed)
+    assert r.embedded + r.from_index == len(lost) and r.retagged[key] == len(changed)  # a lost text stored elsewhere: taken from there
     assert_in_step(url, emb, docs, CT)
 
 

@@ -305,3 +305,40 @@ def test_run_leases_one_run_per_target_and_when_a_lease_is_taken_over(ledger_url
     finally:
         led.close()
         other.close()
+
+
+@pytest.mark.parametrize("ledger_kind", LEDGERS)
+def test_chunks_are_found_by_their_text_and_an_older_ledger_gains_the_index(ledger_url: str) -> None:
+    """``chunks_with_text`` finds committed chunk rows of any document by the text part of their fingerprints
+    (intents and other targets or generations never); a ledger made before that index existed gets it when it
+    is opened, and the lookup uses it (SQLite's plan)."""
+    from sqlalchemy import text
+
+    from embedrail.integration.ledger_schema import _has_index
+
+    led = Ledger(ledger_url)
+    try:
+        led.commit("t", "g", written=[(f"d{i}#0", f"d{i}", f"{i:032x}" + "m" * 16) for i in range(50)])
+        led.commit("t", "g", written=[("dup#0", "dup", f"{7:032x}" + "n" * 16)])  # the same text, other metadata
+        led.commit("t", "other-gen", written=[("x#0", "x", f"{5:032x}" + "m" * 16)])
+        led.commit("u", "g", written=[("y#0", "y", f"{5:032x}" + "m" * 16)])
+        led.mark_intent("t", "g", [("i#0", "i")])
+        found = led.chunks_with_text("t", "g", [f"{5:032x}", f"{7:032x}", f"{99:032x}", "short"])
+        assert found[f"{5:032x}"] == ["d5#0"] and sorted(found[f"{7:032x}"]) == ["d7#0", "dup#0"] and len(found) == 2
+        assert led.chunks_with_text("t", "g", [f"{7:032x}"], per_text=1)[f"{7:032x}"][0] in ("d7#0", "dup#0")
+        with led.engine.begin() as conn:  # the ledger as an older embedrail left it
+            conn.execute(text("DROP INDEX er_chunks_text"))
+        assert not _has_index(led.engine, "er_chunks_text")
+    finally:
+        led.close()
+    again = Ledger(ledger_url)
+    try:
+        assert _has_index(again.engine, "er_chunks_text")
+        assert again.chunks_with_text("t", "g", [f"{5:032x}"]) == {f"{5:032x}": ["d5#0"]}
+        if again.engine.dialect.name == "sqlite":
+            sql = ("EXPLAIN QUERY PLAN SELECT chunk_id FROM er_chunks WHERE target = 't' AND generation = 'g' "
+                   "AND substr(er_chunks.fingerprint, 1, 32) IN ('a', 'b')")  # fmt: skip
+            with again.engine.connect() as conn:
+                assert "er_chunks_text" in " ".join(str(r) for r in conn.execute(text(sql)))
+    finally:
+        again.close()

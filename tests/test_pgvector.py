@@ -218,7 +218,7 @@ def test_quantised_tables_and_what_they_keep_against_float(pgvector_url: str, tm
             assert info.extra["quantization"] == (None if q == "float" else q)
             assert info.extra["bytes_per_vector"] == {"float": 384 * 4, "halfvec": 384 * 2, "bit": 384 // 8}[q]
     with connect(urls["float"]) as f, connect(with_name(pgvector_url, names["bit"])) as b:  # reads follow the table
-        stored = f._stored(f._read_target(), sorted(f.iter_ids())[:8])  # the float vectors as stored
+        stored = f.stored_vectors(sorted(f.iter_ids())[:8])  # the float vectors as stored
         assert len(stored) == 8
         for cid, (vec, _) in stored.items():  # itself, or a chunk of the same text (the corpus repeats some)
             hit = b.search(vec, k=1)[0]

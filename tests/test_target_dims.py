@@ -50,7 +50,7 @@ def stored_vectors(url: str, ids: list[str]) -> np.ndarray:
             got = col.get(ids=ids, include=["embeddings"])
             by_id = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), strict=True))
         else:
-            by_id = {i: v for i, (v, _) in store._stored(store._read_target(), ids).items()}
+            by_id = {i: v for i, (v, _) in store.stored_vectors(ids).items()}
     return np.stack([by_id[i] for i in ids])
 
 

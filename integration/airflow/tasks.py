@@ -176,9 +176,9 @@ def run_partition(job: ReindexJob, index: int, count: int, context: dict[str, An
     engine, secrets = _engine_for(job, context)
     with engine, fail_fast_on_user_errors(secrets):
         part = engine.sync_partition(int(index), int(count), context, share)
-    log.info("embedrail partition %d/%d: %d documents, embedded %d (reused %d), upserted %s, metadata updated %s, "
-             "deleted %s, failed %s", index, count, part["documents"], part["embedded"], part.get("reused", 0),
-             part["upserted"], part.get("retagged", {}), part["deleted"], part["failed"])  # fmt: skip
+    log.info("embedrail partition %d/%d: %d documents, embedded %d (reused %d, from the index %d), upserted %s, metadata "
+             "updated %s, deleted %s, failed %s", index, count, part["documents"], part["embedded"], part.get("reused", 0),
+             part.get("from_index", 0), part["upserted"], part.get("retagged", {}), part["deleted"], part["failed"])  # fmt: skip
     return scrub_value(part, secrets)
 
 
