@@ -7,8 +7,10 @@ A few thousand real documents (the standard library's docs, one per public class
 1. full first run, 2. unchanged re-run, 3. a run with 1% of the documents edited, 4. a run with the
 metadata of 10% of the documents changed (re-tagged in place: nothing embedded), 5. a run adding copies
 of 5% of the documents under new ids, each copy twice (the copies' texts are new to the run's vector
-cache only once: embedded once, reused for the second copy); then the embedder alone on the same
-chunks (same batch size) for the throughput ratio.
+cache only once: embedded once, reused for the second copy), 6. a run with 10% of the documents renamed
+(moved: new ids, the same texts), whose chunks take the vectors the index holds, and its baseline in the
+same run: the same documents moved back with that reuse turned off (every moved chunk embedded again);
+then the embedder alone on the same chunks (same batch size) for the throughput ratio.
 
 Targets: re-run <= 2% of the first run, 1% run <= 5%, first-run throughput >= 0.9x embedder alone.
 
@@ -94,7 +96,7 @@ def main() -> int:
             r = e.run()
         secs = time.perf_counter() - t
         print(f"{label:>10}: {secs:8.2f}s  documents={r.documents} chunks={r.chunks} embedded={r.embedded} "
-              f"reused={r.reused} upserted={sum(r.upserted.values())} retagged={sum(r.retagged.values())} "
+              f"reused={r.reused} from_index={r.from_index} upserted={sum(r.upserted.values())} retagged={sum(r.retagged.values())} "
               f"deleted={sum(r.deleted.values())} ok={r.ok}", flush=True)  # fmt: skip
         print(f"{'':>12}embed {r.embed_seconds:.2f}s of {r.seconds:.2f}s", flush=True)
         return {"seconds": secs, **r.to_dict()}
@@ -115,6 +117,16 @@ def main() -> int:
     copies = [{**r, "id": f"{r['id']}~copy{k}", "text": r["text"] + " (mirrored)"} for r in retag[::20] for k in (1, 2)]
     write(retag + copies)
     dup_run = run("copies")
+    before_move = retag + copies
+    write([{**r, "id": f"moved/{r['id']}"} if i % 10 == 0 else r for i, r in enumerate(before_move)])
+    move_run = run("10% moved")
+    from embedrail.integration import pipeline
+
+    reuse = pipeline.PartitionRun._from_index
+    pipeline.PartitionRun._from_index = lambda self, todo: {}  # the baseline: no vector taken from the index
+    write(before_move)
+    back_run = run("moved back, no reuse")
+    pipeline.PartitionRun._from_index = reuse
     alone_after = embed_alone()
     print(f"{'embedder':>10}: {alone_after:8.2f}s  (alone, after)", flush=True)
     alone = (alone_before + alone_after) / 2
@@ -136,6 +148,12 @@ def main() -> int:
         "copies_embedded": dup_run["embedded"],
         "copies_reused": dup_run["reused"],
         "first_run_reused": first["reused"],
+        "moved_s": round(move_run["seconds"], 3),
+        "moved_embedded": move_run["embedded"],
+        "moved_from_index": move_run["from_index"],
+        "moved_upserted": sum(move_run["upserted"].values()),
+        "moved_back_no_reuse_s": round(back_run["seconds"], 3),
+        "moved_back_no_reuse_embedded": back_run["embedded"],
         "embedder_alone_s": round(alone, 2),
         "embedder_alone_before_after_s": [round(alone_before, 2), round(alone_after, 2)],
         "embedder_chunks_per_s": round(len(texts) / alone, 1),
@@ -151,6 +169,9 @@ def main() -> int:
         f"{res['metadata_10pct_retagged']} records per target\n"
         f"copies:           {res['copies_docs']} new documents (each text twice): embedded {res['copies_embedded']}, "
         f"reused {res['copies_reused']}; first run reused {res['first_run_reused']} (identical texts in the corpus)\n"
+        f"10% moved:        {res['moved_s']:.2f}s, embedded {res['moved_embedded']}, taken from the index "
+        f"{res['moved_from_index']}; moved back without reuse: {res['moved_back_no_reuse_s']:.2f}s, embedded "
+        f"{res['moved_back_no_reuse_embedded']} ({res['moved_back_no_reuse_s'] / res['moved_s']:.2f}x the time)\n"
         f"throughput:       {res['e2e_chunks_per_s']} chunks/s end-to-end vs {res['embedder_chunks_per_s']} "
         f"embedder alone = {res['e2e_vs_embedder']:.2f}x (target >= 0.9x)"
     )
