@@ -143,6 +143,9 @@ class VectorStore(Protocol):
       pairs), keeping their vector and text: nothing is embedded. An id the store does not hold fails
       with ``NOT_STORED`` in ``failed``; like ``upsert`` it reports per-id failures instead of raising.
     - ``flush()`` makes writes so far visible to search (ES refresh); call once per write session.
+    - Optional, outside the protocol: ``stored_vectors(ids)`` (every store of this package has it) returns the
+      stored float32 vectors with their records' metadata; a sync takes vectors from it for texts the index
+      already holds under other ids. A store without it has those texts embedded again.
     - ``set_owner({"ledger": ID, "key": KEY})`` records in the index's own metadata (next to its spec) who
       keeps it in step; ``describe().owner`` reads it back. A rebuild's store records it on the rebuild.
     - Rebuilds: ``begin_rebuild(spec)`` creates a new versioned physical index and returns a

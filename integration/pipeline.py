@@ -455,14 +455,15 @@ class PartitionRun:
             want = [t for t in todo if t not in found]
             if not want:
                 break
-            if (lane.store is None or lane.dead is not None or lane.run.generation is None or key in self._no_reads
+            read = getattr(lane.store, "stored_vectors", None)  # optional: a store of the user's own may not have it
+            if (read is None or lane.dead is not None or lane.run.generation is None or key in self._no_reads
                     or self._specs[key].fingerprint != self.ctx.fingerprint):  # fmt: skip
                 continue
             ids = self.ledger.chunks_with_text(key, lane.run.generation, want)
             if not ids:
                 continue
             try:
-                stored = lane.store.stored_vectors([c for cs in ids.values() for c in cs])
+                stored = read([c for cs in ids.values() for c in cs])
             except StoreError as e:  # the writer meets the same store: its error decides the run; here, embed instead
                 log.warning("reading stored vectors back from %s failed (%s): embedding instead", key, one_line(e))
                 self._no_reads.add(key)

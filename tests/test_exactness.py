@@ -266,6 +266,42 @@ def test_a_vector_is_taken_from_the_index_only_from_a_record_of_that_text(tmp_pa
         np.testing.assert_array_equal(copies[f"copy#{c.rpartition('#')[2]}"][0], originals[c][0])
 
 
+class _ProtocolOnly:
+    """A store of the user's own: the ``VectorStore`` protocol and nothing more (no ``stored_vectors``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "stored_vectors":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def __enter__(self) -> _ProtocolOnly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.close()
+
+
+def test_a_store_that_cannot_read_vectors_back_gets_a_renamed_document_embedded(tmp_path: Path, unique_name: str) -> None:
+    from embedrail.connectors import connect
+    from embedrail.connectors.base import VectorStore
+
+    store = _ProtocolOnly(connect(f"memory://{unique_name}/docs"))
+    assert isinstance(store, VectorStore) and not hasattr(store, "stored_vectors")
+    docs = corpus(4)
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    first = run_sync(src, [store], ledger)
+    assert first.ok and first.from_index == 0
+    renamed = [{**docs[0], "id": "renamed"}, *docs[1:]]
+    write_jsonl(src, renamed)
+    r = run_sync(src, [store], ledger)
+    assert r.ok and r.from_index == 0 and r.embedded + r.reused == len([c for c in store_records(store) if c.startswith("renamed#")]) > 0
+    assert_in_step(store, minilm(), renamed, CT)
+
+
 def test_repair_rewrites_only_what_drifted(tmp_path: Path, es_url: str, unique_name: str) -> None:
     """``repair=on`` compares every record: a record whose metadata was changed out of band gets its metadata
     back without the model, a record the ledger does not know is deleted, one lost is embedded again; a dry
