@@ -375,6 +375,15 @@ class Ledger:
 
         return self._tx(q)
 
+    def has_chunks(self, target: str, generation: str) -> bool:
+        """Whether the target holds any committed chunk row in ``generation`` (one indexed row read)."""
+
+        def q(conn: Connection) -> bool:
+            cond = and_(chunks_t.c.target == target, chunks_t.c.generation == generation, chunks_t.c.fingerprint.is_not(None))
+            return conn.execute(select(chunks_t.c.chunk_id).where(cond).limit(1)).first() is not None
+
+        return self._tx(q)
+
     def chunks_with_text(self, target: str, generation: str, text_fps: Sequence[str], per_text: int = 2) -> dict[str, list[str]]:
         """text fingerprint -> up to ``per_text`` chunk ids whose recorded fingerprint has that text part (committed
         rows only, any document): the records whose vectors a chunk of the same text can take (an index lookup)."""

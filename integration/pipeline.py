@@ -153,7 +153,10 @@ class PartitionRun:
         self.batch = _Batch()
         self._chunker: Chunker | None = None
         self._vectors: OrderedDict[str, np.ndarray | None] = OrderedDict()  # text fingerprint -> vector (LRU)
-        self._no_reads: set[str] = set()  # targets whose stored vectors could not be read back: not asked again
+        # targets whose stored vectors are not looked up: a read failed, or the target held nothing when the
+        # partition began (a first run: its own texts are in the vector cache above; no ledger query per batch)
+        self._no_reads: set[str] = {key for key, lane in lanes.items()
+                                    if ctx.dry_run or lane.run.generation is None or not ledger.has_chunks(key, lane.run.generation)}
         self._cache_size = max(1, self.VECTOR_CACHE_BYTES // (4 * max(1, ctx.dims or 1)))
         # each target at its own dims holds its own vectors: its own fingerprint and document hashes
         self._specs: dict[str, IndexSpec] = {key: ctx.spec_of(lane.run) for key, lane in lanes.items()}
