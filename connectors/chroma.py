@@ -54,7 +54,7 @@ from embedrail.connectors._urls import StoreURL
 from embedrail.connectors.base import NOT_STORED, Hit, IndexInfo, IndexSpec, Record, UpsertResult
 from embedrail.errors import ConfigError, IndexMismatchError, StoreUnavailableError
 
-__all__ = ["ChromaStore"]
+__all__ = ["ChromaStore", "close_client"]
 
 SPEC_META_KEY = "embedrail:spec"
 REGISTRY = "embedrail_aliases"
@@ -63,6 +63,23 @@ _METRIC_OF_SPACE = {v: k for k, v in _SPACES.items()}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
 _CLIENT_LOCK = threading.Lock()
 DEFAULT_HNSW = {"ef_construction": 100, "ef_search": 100, "max_neighbors": 16}
+
+
+def close_client(client: Any) -> None:
+    """Close a chromadb client: ``client.close()`` releases chromadb's shared systems (refcounted per path /
+    server, one for the client and one for its internal admin client); the HTTP session of a system that
+    stopped is closed too (chromadb leaves it open). For a client of your own, when you are done with it."""
+    parts = [c for c in (client, getattr(client, "_admin_client", None)) if c is not None]
+    sessions = [(c, getattr(getattr(c, "_server", None), "_session", None)) for c in parts]
+    client.close()
+    try:
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        for c, session in sessions:
+            if session is not None and c._identifier not in SharedSystemClient._identifier_to_system:  # noqa: SLF001
+                session.close()
+    except Exception:  # noqa: BLE001 - another chromadb layout: leave the sessions to the GC
+        pass
 
 
 class ChromaStore(BaseStore):
@@ -166,20 +183,7 @@ class ChromaStore(BaseStore):
                                    tenant=tenant, database=database)  # fmt: skip
 
     def _close_client(self, client: Any) -> None:
-        """``client.close()`` releases chromadb's shared systems (refcounted per path / server, one for
-        the client and one for its internal admin client); the HTTP session of a system that stopped is
-        closed too (chromadb leaves it open)."""
-        parts = [c for c in (client, getattr(client, "_admin_client", None)) if c is not None]
-        sessions = [(c, getattr(getattr(c, "_server", None), "_session", None)) for c in parts]
-        client.close()
-        try:
-            from chromadb.api.shared_system_client import SharedSystemClient
-
-            for c, session in sessions:
-                if session is not None and c._identifier not in SharedSystemClient._identifier_to_system:  # noqa: SLF001
-                    session.close()
-        except Exception:  # noqa: BLE001 - another chromadb layout: leave the sessions to the GC
-            pass
+        close_client(client)
 
     @staticmethod
     def _is_not_found(e: BaseException) -> bool:

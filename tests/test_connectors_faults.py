@@ -384,8 +384,11 @@ def test_stores_from_existing_client_objects(es_url: str, chroma_http_url: str, 
                 s.close()
         assert wv_client.is_connected()  # a client we did not create is not closed by us
     finally:
+        from embedrail.connectors.chroma import close_client
+
         es_client.close()
         wv_client.close()
+        close_client(ch_client)
 
 
 @pytest.mark.slow  # waits out retries or slow writes: `make test` only
