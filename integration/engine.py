@@ -436,12 +436,15 @@ class SyncEngine:
         bound, rep = self.targets.bind(ctx), ctx.new_report()
         if ctx.deletes != "snapshot":
             return rep.to_dict()
-        seen = self._snapshot_ids
+        seen, repeated = self._snapshot_ids, []
         if seen is None:  # another process read the source: read its ids again (the listing, for files)
             seen = SortedIds().update(d.id for d in self.source)
             seen.update(self.source.bad_ids)
+            repeated = list(dict.fromkeys(getattr(self.source, "repeated", ())))
         self._snapshot_ids = None
         try:
+            if repeated:
+                self._rewrite_first_occurrences(ctx, bound, repeated, rep)
             for t, run in bound:
                 if not run.ok or run.generation is None:
                     continue
@@ -467,6 +470,43 @@ class SyncEngine:
         finally:
             seen.close()
         return rep.to_dict()
+
+    def _rewrite_first_occurrences(self, ctx: RunContext, bound: list[tuple[TargetSlot, TargetRun]], ids: list[str],
+                                   rep: Report) -> None:  # fmt: skip
+        """Ids the source repeats. Partitions that read shares of it (byte ranges of a file) each keep the first
+        occurrence *in their share*, so an id repeated in two shares was written by both, racing: the store and the
+        ledger may each keep another copy. Write the first occurrence in the whole source again (what one process
+        keeps), its ledger rows forgotten first (intents: whatever either copy left is then rewritten or deleted);
+        its vectors come from the index where it holds them. A repeat within one share costs the same, once."""
+        wanted = set(ids)
+        docs = [d for d in self.source if d.id in wanted]  # the source keeps the first occurrence of an id
+        shown = ", ".join(repr(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        rep.notes.append(f"{len(ids)} ids occur more than once in the source ({shown}): each was written from its first "
+                         "occurrence; give every document its own id")  # fmt: skip
+        log.warning("%s", rep.notes[-1])
+        if ctx.dry_run or not docs:
+            return
+        lease, lanes = self._lease(ctx), {}
+        for t, run in bound:
+            if not run.ok or run.generation is None:
+                continue
+            held = self.ledger.chunk_fingerprints(t.key, run.generation, [d.id for d in docs])
+            self.ledger.forget_fingerprints(t.key, run.generation, [c for chunks in held.values() for c in chunks])
+            self.ledger.commit(t.key, run.generation, docs_removed=[d.id for d in docs], lease=lease)
+            lanes[t.key] = Lane(run, self.targets.writer(t, run))
+        sub = ctx.new_report()
+        pipe = PartitionRun(ctx=ctx, ledger=self.ledger, lease=lease, report=sub, lanes=lanes,
+                            embedder=lambda: self.models.for_run(ctx), batch_size=self.options.batch_size,
+                            queue_depth=self.options.queue_depth)  # fmt: skip
+        try:
+            for d in docs:
+                pipe.add(d)
+            pipe.finish()
+        finally:
+            pipe.close()
+        sub.documents = sub.chunks = sub.unchanged = 0  # the partitions counted these documents; their plan too
+        sub.plan = {}
+        rep.merge(sub)
 
     def _forget_snapshot(self) -> None:
         if self._snapshot_ids is not None:

@@ -275,3 +275,38 @@ def test_folder_partitions_into_pgvector_then_a_whole_run_finds_nothing_to_do(tm
     drift = next(iter(whole["drift"].values()))
     assert not drift["found"] and drift["store_count"] == drift["ledger_count"] > 0, drift
     assert {cid.rsplit("#", 1)[0] for cid in store_records(target)} == {*names, "m/late.md"} - {names[4]}
+
+
+def test_an_id_repeated_in_two_shares_ends_as_its_first_occurrence(tmp_path: Path, pgvector_url: str, unique_name: str) -> None:
+    """A file whose id repeats in two byte ranges: both partitions write their copy (neither sees the other),
+    so the store and the ledger may keep either; the delete step, reading the whole file, finds the repeat
+    and writes the first occurrence again (what one process keeps), so the index ends as a one-process
+    run leaves it, and the next run finds nothing to do."""
+    target = with_name(pgvector_url, "r" + unique_name[-30:])
+    docs = [{"id": f"r{i:03d}", "text": sentences(f"r{i}", 1 + i % 3, 8)} for i in range(40)]
+    first_copy = {"id": "r005", "text": docs[5]["text"]}
+    later = {"id": "r005", "text": "A later copy of r005, about lighthouses. " + sentences("later", 4, 8)}  # more chunks
+    src = write_jsonl(tmp_path / "docs.jsonl", [*docs, later])
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+
+    def run_in_tasks(n: int) -> dict[str, Any]:
+        with SyncEngine(str(src), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
+            ctx = json.loads(json.dumps(e.prepare().to_dict()))
+            shares = e.split(ctx, n)
+        parts = []
+        for i, share in enumerate(shares):
+            with SyncEngine(str(src), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
+                parts.append(e.sync_partition(i, n, ctx, share))
+        with SyncEngine(str(src), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
+            return e.finalize(ctx, [*parts, e.delete_absent(ctx)])
+
+    r = run_in_tasks(2)
+    assert r["ok"] and any("r005" in n and "more than once" in n for n in r["notes"]), r["notes"]
+    assert docs[5] == first_copy
+    assert_in_step(target, minilm(), docs, 32)  # the first occurrence, its chunk count, nothing of the later copy
+    again = run_in_tasks(2)  # the later copy is written by its partition again, then replaced again
+    assert again["ok"] and any("r005" in n for n in again["notes"])
+    assert_in_step(target, minilm(), docs, 32)
+    with SyncEngine(str(src), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:  # one process
+        one = e.run()
+    assert one.ok and one.embedded == 0 and sum(one.upserted.values()) == 0 and sum(one.deleted.values()) == 0

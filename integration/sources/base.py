@@ -61,6 +61,8 @@ class Source:
         self.bad_rows: list[BadRow] = []
         #: ids of bad rows that still carried an id: never deleted as "absent" by a snapshot
         self.bad_ids: set[str] = set()
+        #: ids met again after their first occurrence in the last iteration (the repeats dropped), in file order
+        self.repeated: list[str] = []
 
     # --- to implement -------------------------------------------------------------------------
     def _rows(self) -> Iterator[tuple[str, Any]]:
@@ -103,6 +105,7 @@ class Source:
     def __iter__(self) -> Iterator[Document]:
         self.bad_rows = []
         self.bad_ids = set()
+        self.repeated = []
         seen = SeenIds()  # 16 bytes per id, not a set of the ids (about 90 bytes each)
         batch: list[tuple[str, Document | BadRow]] = []
         for location, row in self._rows():
@@ -124,6 +127,7 @@ class Source:
             elif next(new):
                 yield row
             else:
+                self.repeated.append(row.id)
                 self._bad(BadRow(location, f"duplicate id {row.id!r} (first occurrence kept)", None))
 
     def report_bad(self, bad: BadRow) -> None:
