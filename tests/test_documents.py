@@ -474,6 +474,45 @@ def test_a_bucket_splits_by_path_ranges(s3_env: dict[str, str], unique_name: str
         assert sorted(got) == whole, count
 
 
+def test_a_flat_bucket_prefix_is_listed_by_range_not_whole(s3_env: dict[str, str], unique_name: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A prefix with no folders: each partition lists the store's keys from its range's start (``StartAfter``) to
+    the first page past its end, so P partitions list about the prefix once in total, not P times; the ranges
+    still read every object once."""
+    from embedrail.integration.sources.objects import FileSource
+
+    bucket = f"fl{unique_name.replace('_', '')[-20:].lower()}"
+    fs = _bucket(bucket)
+    names = [f"f{i:03d}.md" for i in range(120)] + ["f050.md.bak/x.md", "f0/y.md"]  # two folders among the keys
+    fs.pipe({f"{bucket}/docs/{n}": f"# {n}\n\nword {n}\n".encode() for n in names})
+    monkeypatch.setattr(FileSource, "LIST_PAGE", 10)
+    src = open_source(f"s3://{bucket}/docs")
+    listed: list[int] = []
+    real = FileSource._ls
+
+    def counting(self: FileSource, path: str, lo: str | None, hi: str | None) -> list[dict[str, Any]]:
+        got = real(self, path, lo, hi)
+        listed.append(len(got))
+        return got
+
+    monkeypatch.setattr(FileSource, "_ls", counting)
+    whole = sorted(d.id for d in src)
+    assert whole == sorted(names)
+    shares = src.shares(4, None)
+    got: list[str] = []
+    per_share = []
+    for sh in shares:
+        listed.clear()
+        src.read_share(sh)
+        part = [d.id for d in src]
+        per_share.append(sum(listed))
+        got += part
+        assert sum(listed) <= len(part) + 2 * 10 + 4, (sh, sum(listed), len(part))  # its range, a page past it, the folders
+    src.read_share(None)
+    assert sorted(got) == whole
+    assert sum(per_share) < 2 * len(names)  # about once in total (listed whole, 4 partitions would list 4 times)
+
+
 def test_a_bucket_that_is_down_or_missing(s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 

@@ -160,15 +160,15 @@ class FileSource(Source):
     def _list_range(self, lo: str | None, hi: str | None) -> dict[str, dict[str, Any]]:
         """The files whose relative path is in ``[lo, hi)`` (None: unbounded), listing only what can hold them: a
         folder wholly inside the range in one recursive listing, a folder the range cuts through level by level,
-        a folder outside it not at all. (A flat prefix of an object store is listed whole: S3 lists from a
-        prefix's start.)"""
+        a folder outside it not at all. On S3 a level is listed from the range's start (``StartAfter``) up to its
+        end, so a flat prefix of many objects is not listed whole by every partition (``_ls``)."""
         out: dict[str, dict[str, Any]] = {}
 
         def inside(rel: str) -> bool:
             return (lo is None or rel >= lo) and (hi is None or rel < hi)
 
         def walk(path: str) -> None:
-            for info in self.fs.ls(path, detail=True):
+            for info in self._ls(path, lo, hi):
                 name = info["name"].rstrip("/")
                 rel = self._rel(name)
                 if info.get("type") == "directory":
@@ -183,6 +183,53 @@ class FileSource(Source):
 
         walk(self.root)
         return out
+
+    LIST_PAGE = 1000  # keys per S3 listing request (S3's own maximum): a partition lists at most this many past its range
+
+    def _ls(self, path: str, lo: str | None, hi: str | None) -> list[dict[str, Any]]:
+        """``fs.ls(path, detail=True)``; on S3 (s3fs) only the entries from relative path ``lo`` on (ListObjectsV2
+        ``StartAfter``, a few entries before it included) and the pages up to the first past ``hi``: what a
+        partition's range needs of one level, in the store's own order (keys by their bytes: the code-point order
+        the ranges are cut in). Elsewhere, or on an s3fs without the paging it uses, the whole level."""
+        fs = self.fs
+        if (lo is None and hi is None) or self.protocol not in ("s3", "s3a") or getattr(fs, "version_aware", False) \
+                or not (hasattr(fs, "_list_pages") and hasattr(fs, "_fill_info") and hasattr(fs, "loop")):  # fmt: skip
+            return list(fs.ls(path, detail=True))
+        from fsspec.asyn import sync
+
+        bucket, key = fs.split_path(path)[:2]
+        root_key = fs.split_path(self.root)[1].strip("/")
+        base = root_key + "/" if root_key else ""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key.strip("/") + "/" if key.strip("/") else "", "Delimiter": "/",
+                                  "MaxKeys": self.LIST_PAGE, **getattr(fs, "req_kw", {})}  # fmt: skip
+        level = self._rel(path.rstrip("/"))
+        level = level + "/" if level else ""
+        if lo and lo.startswith(level) and lo != level:
+            # the entries of this level from lo's component on: start after that component less its last character,
+            # which is below the component and below the folder "component/" alike (stores differ on whether a folder
+            # counts from its own name or from its keys, and this start gives the same answer either way)
+            kwargs["StartAfter"] = base + level + lo[len(level):].split("/", 1)[0][:-1]
+        stop = base + hi if hi is not None else None
+
+        async def pages() -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            async for page in fs._list_pages("list_objects_v2", **kwargs):  # noqa: SLF001 - s3fs's own paging
+                last = ""
+                for p in page.get("CommonPrefixes", []):
+                    c = {"Key": p["Prefix"][:-1], "Size": 0, "StorageClass": "DIRECTORY", "type": "directory"}
+                    fs._fill_info(c, bucket, versions=False)  # noqa: SLF001
+                    out.append(c)
+                    last = max(last, p["Prefix"])
+                for c in page.get("Contents", []):
+                    last = max(last, c["Key"])
+                    c["type"] = "file"
+                    fs._fill_info(c, bucket, versions=False)  # noqa: SLF001
+                    out.append(c)
+                if stop is not None and last >= stop:
+                    break
+            return out
+
+        return sync(fs.loop, pages)
 
     #: what reading one file costs beyond its bytes, in bytes, when the plan weighs the shares
     FILE_WEIGHT = 16 << 10
