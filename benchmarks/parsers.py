@@ -11,8 +11,12 @@
    boilerplate.
 3. **Listing cost** (``--s3``, needs ``make servers``): N small Markdown objects in the S3 server, synced once into
    the in-memory store, then unchanged runs: seconds per run, objects listed and fetched.
+4. **Partitions listing a flat prefix** (``--flat N --partitions P``, needs ``make servers``): N objects under
+   one prefix with no folders, split into P shares as the plan step cuts them; each share's listing (what a
+   partition task lists) from its range's start (embedrail's) against the whole prefix per share (the
+   baseline: what it did before), the listing cache emptied before each share as in a task of its own.
 
-    .venv/bin/python benchmarks/parsers.py [--modules 60] [--rounds 3] [--s3 10000] [--json]
+    .venv/bin/python benchmarks/parsers.py [--modules 60] [--rounds 3] [--s3 10000] [--flat 20000 --partitions 4] [--json]
 """
 
 from __future__ import annotations
@@ -169,14 +173,8 @@ def parse_bench(n: int, rounds: int) -> dict[str, Any]:
 
 
 def listing_bench(n: int, rounds: int) -> dict[str, Any]:
-    from urllib.parse import urlsplit
-
-    url = server_url("EMBEDRAIL_S3_URL")
-    if not url:
+    if not _s3_env():
         return {"skipped": "no S3 server (make servers)"}
-    u = urlsplit(url)
-    os.environ.update(AWS_ACCESS_KEY_ID=u.username or "", AWS_SECRET_ACCESS_KEY=u.password or "",
-                      AWS_ENDPOINT_URL=f"http://{u.hostname}:{u.port}", AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
     import s3fs
 
     from embedrail import sync
@@ -210,16 +208,86 @@ def listing_bench(n: int, rounds: int) -> dict[str, Any]:
             "bare_listing_s": round(bare, 2), "bare_listed": listed, "unchanged_objects_per_s": round(n / t)}  # fmt: skip
 
 
+def _s3_env() -> bool:
+    """Point boto at the test S3 server (False: none)."""
+    from urllib.parse import urlsplit
+
+    url = server_url("EMBEDRAIL_S3_URL")
+    if not url:
+        return False
+    u = urlsplit(url)
+    os.environ.update(AWS_ACCESS_KEY_ID=u.username or "", AWS_SECRET_ACCESS_KEY=u.password or "",
+                      AWS_ENDPOINT_URL=f"http://{u.hostname}:{u.port}", AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+    return True
+
+
+def flat_listing_bench(n: int, parts: int, rounds: int) -> dict:
+    if not _s3_env():
+        return {"skipped": "no S3 server (make servers)"}
+    import s3fs
+
+    from embedrail.integration.sources import open_source
+    from embedrail.integration.sources.objects import FileSource
+
+    fs = s3fs.S3FileSystem()
+    bucket = f"flat{n}"
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    have = len(fs.find(f"{bucket}/docs")) if fs.exists(f"{bucket}/docs") else 0
+    if have < n:
+        fs.pipe({f"{bucket}/docs/note{i:07d}.md": f"# Note {i}".encode() for i in range(have, n)})
+    src = open_source(f"s3://{bucket}/docs")
+    shares = src.shares(parts, None)
+    ranged = FileSource._ls
+
+    def listing(whole: bool) -> tuple[float, int, int]:
+        """Seconds and store entries for every share's listing, and the files the shares hold."""
+        entries, files = 0, 0
+
+        def ls(self: FileSource, path: str, lo: str | None, hi: str | None) -> list:
+            nonlocal entries
+            got = list(self.fs.ls(path, detail=True)) if whole else ranged(self, path, lo, hi)
+            entries += len(got)
+            return got
+
+        FileSource._ls = ls  # type: ignore[method-assign]
+        try:
+            t0 = time.perf_counter()
+            for sh in shares:
+                src.fs.invalidate_cache()  # each partition is a task of its own: no listing cached
+                src.read_share(sh)
+                files += len(src._list())  # noqa: SLF001 - the listing alone
+            return time.perf_counter() - t0, entries, files
+        finally:
+            FileSource._ls = ranged  # type: ignore[method-assign]
+            src.read_share(None)
+
+    runs: dict[str, list[tuple[float, int, int]]] = {"ranged": [], "whole": []}
+    for _ in range(rounds):
+        for kind in ("whole", "ranged"):
+            runs[kind].append(listing(kind == "whole"))
+    out: dict = {"objects": n, "partitions": parts}
+    for kind, rs in runs.items():
+        out[kind] = {"seconds": round(statistics.median(r[0] for r in rs), 3), "entries_listed": rs[-1][1], "files": rs[-1][2]}
+    out["ratio_whole_to_ranged"] = round(out["whole"]["seconds"] / out["ranged"]["seconds"], 2)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modules", type=int, default=60, help="standard-library modules in the corpus")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--s3", type=int, default=0, help="objects for the listing benchmark (0: skip it)")
+    p.add_argument("--flat", type=int, default=0, help="objects under one flat prefix for the partitions' listing (0: skip)")
+    p.add_argument("--partitions", type=int, default=4, help="shares of the flat prefix (--flat)")
+    p.add_argument("--no-parsers", action="store_true", help="only the listing benchmarks")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    out = {"parsers": parse_bench(a.modules, a.rounds)}
+    out: dict = {"parsers": {} if a.no_parsers else parse_bench(a.modules, a.rounds)}
     if a.s3:
         out["listing"] = listing_bench(a.s3, a.rounds)
+    if a.flat:
+        out["flat_partitions"] = flat_listing_bench(a.flat, a.partitions, a.rounds)
     if a.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -227,8 +295,9 @@ def main() -> int:
     for name, r in out["parsers"].items():
         print(f"{name:<58} {r['files']:>5} {r['MB']:>6} {r['files_per_s']:>8} {r['MB_per_s']:>6} {r['word_recall']:>7} "
               f"{r['boilerplate_share']:>7}")  # fmt: skip
-    if "listing" in out:
-        print(json.dumps(out["listing"], indent=2))
+    for key in ("listing", "flat_partitions"):
+        if key in out:
+            print(json.dumps(out[key], indent=2))
     return 0
 
 
