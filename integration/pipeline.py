@@ -156,7 +156,7 @@ class PartitionRun:
         # targets whose stored vectors are not looked up: a read failed, or the target held nothing when the
         # partition began (a first run: its own texts are in the vector cache above; no ledger query per batch)
         self._no_reads: set[str] = {key for key, lane in lanes.items()
-                                    if ctx.dry_run or lane.run.generation is None or not ledger.has_chunks(key, lane.run.generation)}
+                                    if lane.run.generation is None or not ledger.has_chunks(key, lane.run.generation)}
         self._cache_size = max(1, self.VECTOR_CACHE_BYTES // (4 * max(1, ctx.dims or 1)))
         # each target at its own dims holds its own vectors: its own fingerprint and document hashes
         self._specs: dict[str, IndexSpec] = {key: ctx.spec_of(lane.run) for key, lane in lanes.items()}
@@ -420,7 +420,9 @@ class PartitionRun:
                 todo[tfp] = e.chunk.to_embed
         self.rep.reused += len(needed) - len(todo)
         if self.ctx.dry_run:  # remember the texts (not vectors), so the counts are those of a real run
-            self.rep.embedded += len(todo)
+            known = self._in_ledger(todo) if todo else set()
+            self.rep.from_index += len(known)
+            self.rep.embedded += len(todo) - len(known)
             for tfp in todo:
                 self._remember(tfp, None)
             return None
@@ -446,6 +448,18 @@ class PartitionRun:
         for tfp, vec in fresh.items():
             self._remember(tfp, vec)
         return out
+
+    def _in_ledger(self, todo: dict[str, str]) -> set[str]:
+        """A dry run's estimate of ``_from_index``: the texts of ``todo`` whose ledger names a record of the same
+        text in a target that could give its vector (no store is read: a record lost or rewritten since counts)."""
+        known: set[str] = set()
+        for key, lane in self.lanes.items():
+            want = [t for t in todo if t not in known]
+            if not want:
+                break
+            if key not in self._no_reads and lane.run.generation is not None and self._specs[key].fingerprint == self.ctx.fingerprint:
+                known.update(self.ledger.chunks_with_text(key, lane.run.generation, want))
+        return known
 
     def _from_index(self, todo: dict[str, str]) -> dict[str, np.ndarray]:
         """text fingerprint -> the vector of a record of the same text that a target's index holds under another id

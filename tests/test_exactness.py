@@ -130,9 +130,11 @@ def test_the_four_everyday_drifts_on_every_store(kind: str, request: pytest.Fixt
         before_move = {c: v for c, (v, _) in store.stored_vectors([c for c in store_records(store) if c.rpartition("#")[0] in moved]).items()}
     docs = [{**d, "id": moved.get(d["id"], d["id"])} for d in docs]
     write_jsonl(src, docs)
+    n = len(before_move)
+    rc, r, err = reindex(capsys, "--source", str(src), "--target", url, "--ledger", ledger, "--dry-run")
+    assert rc == 0 and r is not None and r["embedded"] == 0 and r["from_index"] == n, (err, r)  # the ledger's estimate
     rc, r, err = reindex(capsys, "--source", str(src), "--target", url, "--ledger", ledger)
     assert rc == 0 and r is not None, err
-    n = len(before_move)
     assert n >= 6 and r["embedded"] == 0 and r["from_index"] == n, r
     assert r["upserted"][key] == n and r["deleted"][key] == n
     assert_in_step(url, emb, docs, CT)
