@@ -181,13 +181,8 @@ def listing_bench(n: int, rounds: int) -> dict[str, Any]:
 
     fs = s3fs.S3FileSystem()
     bucket = f"listing{n}"
-    if not fs.exists(bucket):
-        fs.mkdir(bucket)
-    have = len(fs.find(f"{bucket}/docs")) if fs.exists(f"{bucket}/docs") else 0
     t0 = time.perf_counter()
-    if have < n:
-        fs.pipe({f"{bucket}/docs/{i // 1000:03d}/note{i:06d}.md": f"# Note {i}\n\nThe number {i} is noted here.".encode()
-                 for i in range(have, n)})  # fmt: skip
+    _fill(fs, bucket, n, lambda i: (f"{i // 1000:03d}/note{i:06d}.md", f"# Note {i}\n\nThe number {i} is noted here."))
     upload = time.perf_counter() - t0
     tmp = Path(tempfile.mkdtemp(prefix="embedrail-listing-"))
     led, target = f"sqlite:///{tmp / 'ledger.sqlite'}", f"memory://listing/n{n}"
@@ -206,6 +201,15 @@ def listing_bench(n: int, rounds: int) -> dict[str, Any]:
     return {"objects": n, "upload_s": round(upload, 1), "first_run_s": round(first_s, 1), "first_files": first["files"],
             "unchanged_run_s": round(t, 2), "unchanged_files": runs[-1][1], "unchanged_embedded": runs[-1][2],
             "bare_listing_s": round(bare, 2), "bare_listed": listed, "unchanged_objects_per_s": round(n / t)}  # fmt: skip
+
+
+def _fill(fs: Any, bucket: str, n: int, obj: Any) -> None:
+    """``n`` objects under ``bucket/docs/`` (``obj(i)`` -> (relative key, text)), kept from an earlier run."""
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    have = len(fs.find(f"{bucket}/docs")) if fs.exists(f"{bucket}/docs") else 0
+    if have < n:
+        fs.pipe({f"{bucket}/docs/{k}": t.encode() for k, t in (obj(i) for i in range(have, n))})
 
 
 def _s3_env() -> bool:
@@ -231,11 +235,7 @@ def flat_listing_bench(n: int, parts: int, rounds: int) -> dict:
 
     fs = s3fs.S3FileSystem()
     bucket = f"flat{n}"
-    if not fs.exists(bucket):
-        fs.mkdir(bucket)
-    have = len(fs.find(f"{bucket}/docs")) if fs.exists(f"{bucket}/docs") else 0
-    if have < n:
-        fs.pipe({f"{bucket}/docs/note{i:07d}.md": f"# Note {i}".encode() for i in range(have, n)})
+    _fill(fs, bucket, n, lambda i: (f"note{i:07d}.md", f"# Note {i}"))
     src = open_source(f"s3://{bucket}/docs")
     shares = src.shares(parts, None)
     ranged = FileSource._ls

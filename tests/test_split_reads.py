@@ -131,6 +131,20 @@ def test_sql_key_ranges_read_each_row_once(ledger_url: str, ledger_kind: str, un
     feed.close()
 
 
+def in_tasks(src: Path, target: str, ledger: str, n: int) -> dict[str, Any]:
+    """The steps as Airflow runs them, each in an engine of its own: a plan, the split decided once (through JSON),
+    n partition tasks, deletes, report."""
+    with SyncEngine(str(src), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
+        ctx = json.loads(json.dumps(e.prepare().to_dict()))
+        shares = json.loads(json.dumps(e.split(ctx, n)))
+    parts = []
+    for i, share in enumerate(shares):
+        with SyncEngine(str(src), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
+            parts.append(e.sync_partition(i, n, ctx, share))
+    with SyncEngine(str(src), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
+        return e.finalize(ctx, [*parts, e.delete_absent(ctx)])
+
+
 @pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_four_partitions_read_the_source_once_and_the_store_ends_exact(tmp_path: Path, ledger_url: str, pgvector_url: str,
                                                                        unique_name: str) -> None:  # fmt: skip
@@ -139,16 +153,7 @@ def test_four_partitions_read_the_source_once_and_the_store_ends_exact(tmp_path:
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
 
     def run_in_tasks(n: int) -> dict[str, Any]:
-        """The steps as Airflow runs them: a plan, the split decided once, n partition tasks, deletes, report."""
-        with SyncEngine(str(src), [target], ledger=ledger_url, embedder=minilm(), chunk_tokens=32) as e:
-            ctx = json.loads(json.dumps(e.prepare().to_dict()))
-            shares = json.loads(json.dumps(e.split(ctx, n)))
-        parts = []
-        for i, share in enumerate(shares):
-            with SyncEngine(str(src), [target], ledger=ledger_url, embedder=minilm(), chunk_tokens=32) as e:
-                parts.append(e.sync_partition(i, n, ctx, share))
-        with SyncEngine(str(src), [target], ledger=ledger_url, embedder=minilm(), chunk_tokens=32) as e:
-            return e.finalize(ctx, [*parts, e.delete_absent(ctx)])
+        return in_tasks(src, target, ledger_url, n)
 
     first = run_in_tasks(4)
     assert first["ok"] and first["read"] == 90 and first["documents"] == 90
@@ -290,15 +295,7 @@ def test_an_id_repeated_in_two_shares_ends_as_its_first_occurrence(tmp_path: Pat
     ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
 
     def run_in_tasks(n: int) -> dict[str, Any]:
-        with SyncEngine(str(src), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
-            ctx = json.loads(json.dumps(e.prepare().to_dict()))
-            shares = e.split(ctx, n)
-        parts = []
-        for i, share in enumerate(shares):
-            with SyncEngine(str(src), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
-                parts.append(e.sync_partition(i, n, ctx, share))
-        with SyncEngine(str(src), [target], ledger=ledger, embedder=minilm(), chunk_tokens=32) as e:
-            return e.finalize(ctx, [*parts, e.delete_absent(ctx)])
+        return in_tasks(src, target, ledger, n)
 
     r = run_in_tasks(2)
     assert r["ok"] and any("r005" in n and "more than once" in n for n in r["notes"]), r["notes"]
