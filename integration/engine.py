@@ -366,13 +366,12 @@ class SyncEngine:
                 rep.fail(t.key, run.error or "failed")
                 continue
             try:
-                store = None if ctx.dry_run else self.targets.writer(t, run)
+                lanes[t.key] = self._lane(ctx, t, run)
             except Exception as e:
                 if not is_retryable(e) and not isinstance(e, ConfigError):
                     raise
                 rep.fail(t.key, one_line(e))
                 continue
-            lanes[t.key] = Lane(run, store)
         if ctx.watermark:
             self.source.set_watermark(decode_watermark(ctx.watermark.since))
         pipe = PartitionRun(ctx=ctx, ledger=self.ledger, lease=self._lease(ctx), report=rep, lanes=lanes,
@@ -411,6 +410,19 @@ class SyncEngine:
         d["seconds"] = round(time.time() - started, 3)
         d["watermark_max"] = encode_watermark(self.source.max_watermark()) if ctx.watermark else None
         return d
+
+    def _lane(self, ctx: RunContext, t: TargetSlot, run: TargetRun) -> Lane:
+        """Where a partition writes for ``t`` (None in a dry run), and for a full rebuild the index it replaces, when
+        that holds vectors of the same embedding: a rebuild for another index type, quantisation or sparse vectors
+        takes its vectors from there instead of the model."""
+        store = None if ctx.dry_run else self.targets.writer(t, run)
+        lane = Lane(run, store)
+        if run.rebuild:
+            state = self.ledger.target(t.key)
+            if state is not None and state.generation and state.generation != run.generation \
+                    and state.fingerprint == ctx.spec_of(run).fingerprint:  # fmt: skip
+                lane.donor = (None if ctx.dry_run else self.targets.store(t), state.generation)
+        return lane
 
     def _check_embedded(self, bound: list[tuple[TargetSlot, TargetRun]], count: int) -> None:
         """Refuse partitions on an embedded store: its files take one process at a time."""
@@ -493,7 +505,7 @@ class SyncEngine:
             held = self.ledger.chunk_fingerprints(t.key, run.generation, [d.id for d in docs])
             self.ledger.forget_fingerprints(t.key, run.generation, [c for chunks in held.values() for c in chunks])
             self.ledger.commit(t.key, run.generation, docs_removed=[d.id for d in docs], lease=lease)
-            lanes[t.key] = Lane(run, self.targets.writer(t, run))
+            lanes[t.key] = self._lane(ctx, t, run)
         sub = ctx.new_report()
         pipe = PartitionRun(ctx=ctx, ledger=self.ledger, lease=lease, report=sub, lanes=lanes,
                             embedder=lambda: self.models.for_run(ctx), batch_size=self.options.batch_size,

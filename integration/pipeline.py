@@ -71,6 +71,9 @@ class Lane:
     doc_hashes: dict[str, tuple[str, int, str | None]] = field(default_factory=dict)
     bad: dict[str, tuple[str, str]] = field(default_factory=dict)
     dead: str | None = None  # the error that took the target out of the rest of this partition
+    #: a full rebuild's lane: the index it replaces (its user-facing store, None in a dry run) and that index's
+    #: ledger generation, when it holds vectors of the same embedding (texts found there are not embedded)
+    donor: tuple[VectorStore | None, str] | None = None
 
     @property
     def key(self) -> str:
@@ -153,14 +156,20 @@ class PartitionRun:
         self.batch = _Batch()
         self._chunker: Chunker | None = None
         self._vectors: OrderedDict[str, np.ndarray | None] = OrderedDict()  # text fingerprint -> vector (LRU)
-        # targets whose stored vectors are not looked up: a read failed, or the target held nothing when the
-        # partition began (a first run: its own texts are in the vector cache above; no ledger query per batch)
-        self._no_reads: set[str] = {key for key, lane in lanes.items()
-                                    if lane.run.generation is None or not ledger.has_chunks(key, lane.run.generation)}
         self._cache_size = max(1, self.VECTOR_CACHE_BYTES // (4 * max(1, ctx.dims or 1)))
         # each target at its own dims holds its own vectors: its own fingerprint and document hashes
         self._specs: dict[str, IndexSpec] = {key: ctx.spec_of(lane.run) for key, lane in lanes.items()}
         self._doc_configs = {key: ctx.doc_config(lane.run) for key, lane in lanes.items()}
+        # where a text's vector may be read back instead of embedded: (target, store, generation) for each target's
+        # own index and a full rebuild's old one, at the run's dims, that held chunks when the partition began (a
+        # first run looks nothing up: its own texts are in the vector cache above); a read that fails drops it
+        self._vector_sources: list[tuple[str, VectorStore | None, str]] = []
+        for key, lane in lanes.items():
+            if self._specs[key].fingerprint != ctx.fingerprint:
+                continue  # a Matryoshka cut: not the model's vectors
+            for store, gen in ((lane.store, lane.run.generation), lane.donor or (None, None)):
+                if gen is not None and ledger.has_chunks(key, gen):
+                    self._vector_sources.append((key, store, gen))
         # one writer thread per target, each with its own bounded queue: the targets are written in
         # parallel (a slow store never holds up a fast one by more than the queue depth) while the
         # calling thread embeds the next batch
@@ -453,12 +462,11 @@ class PartitionRun:
         """A dry run's estimate of ``_from_index``: the texts of ``todo`` whose ledger names a record of the same
         text in a target that could give its vector (no store is read: a record lost or rewritten since counts)."""
         known: set[str] = set()
-        for key, lane in self.lanes.items():
+        for key, _, gen in self._vector_sources:
             want = [t for t in todo if t not in known]
             if not want:
                 break
-            if key not in self._no_reads and lane.run.generation is not None and self._specs[key].fingerprint == self.ctx.fingerprint:
-                known.update(self.ledger.chunks_with_text(key, lane.run.generation, want))
+            known.update(self.ledger.chunks_with_text(key, gen, want))
         return known
 
     def _from_index(self, todo: dict[str, str]) -> dict[str, np.ndarray]:
@@ -468,22 +476,21 @@ class PartitionRun:
         since the ledger's row (by this run's writer, say) is not taken. Only targets at the run's own dims
         (their vectors are the model's, not a cut) that keep float32 vectors can give one."""
         found: dict[str, np.ndarray] = {}
-        for key, lane in self.lanes.items():
+        for n, (key, store, gen) in enumerate(self._vector_sources):
             want = [t for t in todo if t not in found]
             if not want:
                 break
-            read = getattr(lane.store, "stored_vectors", None)  # optional: a store of the user's own may not have it
-            if (read is None or lane.dead is not None or lane.run.generation is None or key in self._no_reads
-                    or self._specs[key].fingerprint != self.ctx.fingerprint):  # fmt: skip
+            read = getattr(store, "stored_vectors", None)  # optional: a store of the user's own may not have it
+            if read is None or self.lanes[key].dead is not None:
                 continue
-            ids = self.ledger.chunks_with_text(key, lane.run.generation, want)
+            ids = self.ledger.chunks_with_text(key, gen, want)
             if not ids:
                 continue
             try:
                 stored = read([c for cs in ids.values() for c in cs])
             except StoreError as e:  # the writer meets the same store: its error decides the run; here, embed instead
                 log.warning("reading stored vectors back from %s failed (%s): embedding instead", key, one_line(e))
-                self._no_reads.add(key)
+                self._vector_sources[n] = (key, None, gen)
                 continue
             for tfp, cids in ids.items():
                 for cid in cids:

@@ -130,7 +130,8 @@ def test_sync_into_pgvector_with_the_ledger_in_the_same_database(tmp_path: Path,
     assert {"er_chunks", "er_docs", "embedrail_aliases"} <= tables
     with SyncEngine(str(src), [target], ledger=ledger, embedder=emb, chunk_tokens=24, mode="full", progress=False) as e:
         r = e.run()  # a full rebuild: loaded into a plain table, HNSW-indexed before the switch
-    assert r.ok and r.embedded + r.reused == r.chunks
+    # the same model: every vector is read back from the table it replaces, none embedded
+    assert r.ok and r.embedded == 0 and r.from_index + r.reused == r.chunks
     assert_in_step(target, emb, docs, 24)
     with connect(target) as s:
         assert s.has_vector_index() and s.describe().physical_name != before
