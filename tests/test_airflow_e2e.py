@@ -324,11 +324,12 @@ def test_partition_fails_once_and_retry_leaves_stores_in_step(airflow_home, es_u
     assert rep["embedded"] == 0 and rep["unchanged"] == 10
 
     # full rebuild from the trigger params: every task is a separate engine (as on separate workers),
-    # so the partitions reopen the rebuild index that `plan` began; the alias switches in `report`
+    # so the partitions reopen the rebuild index that `plan` began; the alias switches in `report`. The same
+    # model: each partition reads the vectors back from the indexes being replaced, and embeds nothing
     before = [describe(u).physical_name for u in urls]
     dr, rep = run(dag, {"mode": "full"})
     assert str(dr.state) == "success", task_states(dag.dag_id, dr.run_id)
-    assert rep is not None and rep["ok"] and rep["mode"] == "full" and rep["embedded"] == 10, rep
+    assert rep is not None and rep["ok"] and rep["mode"] == "full" and rep["embedded"] == 0 and rep["from_index"] == 10, rep
     after = [describe(u).physical_name for u in urls]
     assert all(a != b for a, b in zip(after, before, strict=True)), (before, after)
     for url in urls:
@@ -506,7 +507,7 @@ def test_operator_runs_a_reindex_inside_a_users_own_dag(airflow_home, chroma_pat
     before = describe(url).physical_name
     dr = parse(dag.embedrail_test_file).test(run_conf={"mode": "full"})
     rep = report_of(dag, dr)
-    assert str(dr.state) == "success" and rep["mode"] == "full" and rep["embedded"] == 4
+    assert str(dr.state) == "success" and rep["mode"] == "full" and rep["embedded"] == 0 and rep["from_index"] == 4
     assert describe(url).physical_name != before
     assert store_texts(url) == expected(docs)
     # a user error (the index holds 384-d vectors): the task fails once, without its 3 retries
