@@ -490,29 +490,39 @@ class SyncEngine:
         ledger may each keep another copy. Write the first occurrence in the whole source again (what one process
         keeps), its ledger rows forgotten first (intents: whatever either copy left is then rewritten or deleted);
         its vectors come from the index where it holds them. A repeat within one share costs the same, once."""
-        wanted = set(ids)
-        docs = [d for d in self.source if d.id in wanted]  # the source keeps the first occurrence of an id
         shown = ", ".join(repr(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
         rep.notes.append(f"{len(ids)} ids occur more than once in the source ({shown}): each was written from its first "
                          "occurrence; give every document its own id")  # fmt: skip
         log.warning("%s", rep.notes[-1])
-        if ctx.dry_run or not docs:
+        if ctx.dry_run:
             return
-        lease, lanes = self._lease(ctx), {}
-        for t, run in bound:
-            if not run.ok or run.generation is None:
-                continue
-            held = self.ledger.chunk_fingerprints(t.key, run.generation, [d.id for d in docs])
-            self.ledger.forget_fingerprints(t.key, run.generation, [c for chunks in held.values() for c in chunks])
-            self.ledger.commit(t.key, run.generation, docs_removed=[d.id for d in docs], lease=lease)
-            lanes[t.key] = self._lane(ctx, t, run)
+        lease, wanted = self._lease(ctx), set(ids)
+        runs = [(t, run) for t, run in bound if run.ok and run.generation is not None]
+        lanes = {t.key: self._lane(ctx, t, run) for t, run in runs}
         sub = ctx.new_report()
         pipe = PartitionRun(ctx=ctx, ledger=self.ledger, lease=lease, report=sub, lanes=lanes,
                             embedder=lambda: self.models.for_run(ctx), batch_size=self.options.batch_size,
                             queue_depth=self.options.queue_depth)  # fmt: skip
-        try:
-            for d in docs:
+
+        def rewrite(group: list[Document]) -> None:
+            """Forget what the ledger holds of these documents, then plan them (streamed: never all of them at once)."""
+            for t, run in runs:
+                assert run.generation is not None
+                held = self.ledger.chunk_fingerprints(t.key, run.generation, [d.id for d in group])
+                self.ledger.forget_fingerprints(t.key, run.generation, [c for chunks in held.values() for c in chunks])
+                self.ledger.commit(t.key, run.generation, docs_removed=[d.id for d in group], lease=lease)
+            for d in group:
                 pipe.add(d)
+
+        try:
+            group: list[Document] = []
+            for d in self.source:  # the source yields the first occurrence of an id, and drops the others
+                if d.id in wanted:
+                    group.append(d)
+                    if len(group) >= PartitionRun.INTAKE:
+                        rewrite(group)
+                        group = []
+            rewrite(group)
             pipe.finish()
         finally:
             pipe.close()
