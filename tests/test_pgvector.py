@@ -221,6 +221,8 @@ def test_quantised_tables_and_what_they_keep_against_float(pgvector_url: str, tm
     with connect(urls["float"]) as f, connect(with_name(pgvector_url, names["bit"])) as b:  # reads follow the table
         stored = f.stored_vectors(sorted(f.iter_ids())[:8])  # the float vectors as stored
         assert len(stored) == 8
+        with connect(with_name(pgvector_url, names["halfvec"])) as h:  # 16-bit floats are not the vectors written
+            assert h.count() == f.count() and h.stored_vectors(list(stored)) == {}
         for cid, (vec, _) in stored.items():  # itself, or a chunk of the same text (the corpus repeats some)
             hit = b.search(vec, k=1)[0]
             assert hit.id == cid or hit.score > 0.9999, (cid, hit.id, hit.score)
