@@ -304,6 +304,32 @@ def test_a_store_that_cannot_read_vectors_back_gets_a_renamed_document_embedded(
     assert_in_step(store, minilm(), renamed, CT)
 
 
+def test_a_failed_read_back_embeds_instead(tmp_path: Path, unique_name: str, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """Reading stored vectors back is a shortcut: a store that refuses it (a fault injected here) has the texts
+    embedded instead, once warned, and the run succeeds exactly."""
+    from embedrail.connectors.memory import MemoryStore
+    from embedrail.errors import StoreUnavailableError
+
+    url = f"memory://{unique_name}/docs"
+    docs, src, ledger, key, emb = _synced(tmp_path, url, 4)
+    calls = []
+
+    def refuse(self: Any, ids: Any) -> Any:
+        calls.append(len(ids))
+        raise StoreUnavailableError(f"{self.url}: read vectors failed: injected")
+
+    monkeypatch.setattr(MemoryStore, "stored_vectors", refuse)
+    renamed = [{**docs[0], "id": "renamed"}, *docs[1:]]
+    write_jsonl(src, renamed)
+    with caplog.at_level("WARNING", logger="embedrail.sync"):
+        r = run_sync(src, [url], ledger)
+    n = len([c for c in store_records(url) if c.startswith("renamed#")])
+    assert r.ok and r.from_index == 0 and r.embedded + r.reused == n > 0 and len(calls) == 1  # asked once, then not again
+    assert any("embedding instead" in m for m in caplog.messages)
+    assert_in_step(url, emb, renamed, CT)
+
+
 def test_repair_rewrites_only_what_drifted(tmp_path: Path, es_url: str, unique_name: str) -> None:
     """``repair=on`` compares every record: a record whose metadata was changed out of band gets its metadata
     back without the model, a record the ledger does not know is deleted, one lost is embedded again; a dry
