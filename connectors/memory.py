@@ -158,7 +158,7 @@ class MemoryStore(BaseStore):
     def _stored(self, target: ReadTarget, ids: list[str]) -> dict[str, tuple[np.ndarray, str, dict[str, Any]]]:
         with self.client.lock:
             rows = target.handle.rows
-            return {i: (rows[i][0].copy(), rows[i][1], json.loads(json.dumps(rows[i][2]))) for i in ids if i in rows}
+            return {i: (rows[i][0].copy(), rows[i][1], _hit((i, rows[i]), 1.0).metadata) for i in ids if i in rows}
 
     def _delete_batch(self, physical: str, ids: list[str]) -> dict[str, str]:
         index = self.client.indexes.get(physical)

@@ -218,3 +218,7 @@ class OpenSearchStore(ElasticsearchStore):
                 out[str(d["_id"])] = (np.asarray(src["vector"], dtype=np.float32), str(src.get("text") or ""),
                                       dict(src.get("metadata") or {}))  # fmt: skip
         return out
+
+    # a real-time get sees every acknowledged write and no deleted record: no refresh first (Elasticsearch's
+    # vectors are read by a search, which needs one)
+    _stored = _vectors_as_written
